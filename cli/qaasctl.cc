@@ -1,0 +1,225 @@
+// qaasctl: the command-line client of qaas.v1.JobService.
+//
+//   qaasctl [--server HOST:PORT] submit --model URI --scheme W4A16g128 [--preset rtn]
+//           [--calib URI] [--eval URI,...] [--eval_seq_len N] [--wait] ...
+//   qaasctl get ID | list [--state S] | watch ID | cancel ID | report ID
+//
+// Local paths are accepted wherever a uri is (they become file:// uris).
+// Jobs print as JSON. `submit --wait` and `watch` exit 0 only when the job
+// SUCCEEDED (1 when it FAILED or was CANCELLED, 2 for usage or RPC errors).
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "qaas/v1/job_service.grpc.pb.h"
+
+ABSL_FLAG(std::string, server, "127.0.0.1:50051", "qaas-server address");
+ABSL_FLAG(std::string, model, "", "submit: model directory uri (or local path)");
+ABSL_FLAG(std::string, scheme, "W4A16g128", "submit: scheme shorthand");
+ABSL_FLAG(std::string, preset, "", "submit: recipe preset (default rtn when --recipe is empty)");
+ABSL_FLAG(std::string, recipe, "", "submit: comma-separated methods instead of a preset");
+ABSL_FLAG(std::string, calib, "", "submit: calibration text uri");
+ABSL_FLAG(int32_t, num_samples, 0, "submit: calibration windows (0 = 128)");
+ABSL_FLAG(int32_t, calib_seq_len, 0, "submit: calibration window length (0 = min(2048, context))");
+ABSL_FLAG(uint64_t, seed, 0, "submit: calibration seed");
+ABSL_FLAG(std::string, eval, "", "submit: comma-separated evaluation text uris");
+ABSL_FLAG(int32_t, eval_seq_len, 0, "submit: evaluation window length (0 = min(2048, context))");
+ABSL_FLAG(int32_t, max_windows, 0, "submit: evaluation windows per dataset (0 = all)");
+ABSL_FLAG(std::string, output, "", "submit: output uri prefix (default: the server's store)");
+ABSL_FLAG(int32_t, priority, 0, "submit: priority (higher first)");
+ABSL_FLAG(std::string, labels, "", "submit: k=v,k=v labels; list: filter");
+ABSL_FLAG(std::string, idempotency_key, "", "submit: returns the same job when repeated");
+ABSL_FLAG(bool, wait, false, "submit: watch until the job ends");
+ABSL_FLAG(std::string, state, "", "list: QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED");
+ABSL_FLAG(int32_t, page_size, 50, "list: jobs per page");
+ABSL_FLAG(std::string, reason, "", "cancel: why");
+
+namespace {
+
+namespace v1 = qaas::v1;
+
+std::string ToUri(const std::string& s) {
+  if (s.empty() || absl::StrContains(s, "://")) return s;
+  return "file://" + std::filesystem::absolute(s).lexically_normal().string();
+}
+
+std::string Json(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
+  return out;
+}
+
+int RpcError(const grpc::Status& s) {
+  std::cerr << "qaasctl: " << s.error_code() << " " << s.error_message() << "\n";
+  return 2;
+}
+
+bool Final(v1::JobState s) {
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+}
+
+// Streams events; prints progress to stderr (a bar on a terminal) and the final job.
+int Watch(v1::JobService::Stub& stub, const std::string& id) {
+  grpc::ClientContext ctx;
+  v1::WatchJobRequest req;
+  req.set_id(id);
+  auto reader = stub.WatchJob(&ctx, req);
+  v1::JobEvent ev;
+  v1::Job last;
+  const bool tty = isatty(STDERR_FILENO);
+  while (reader->Read(&ev)) {
+    last = ev.job();
+    const auto& p = last.progress();
+    std::string line = absl::StrCat(v1::JobState_Name(last.state()).substr(10), " ", p.step());
+    if (p.num_layers() > 0) absl::StrAppend(&line, " layer ", p.layer(), "/", p.num_layers());
+    absl::StrAppend(&line, " ", static_cast<int>(p.fraction() * 100), "%");
+    if (p.eta_ms() > 0) absl::StrAppend(&line, " eta ", p.eta_ms() / 1000, "s");
+    if (tty) {
+      const int width = 30, filled = static_cast<int>(p.fraction() * width);
+      std::fprintf(stderr, "\r[%s%s] %-60s", std::string(filled, '#').c_str(),
+                   std::string(width - filled, '.').c_str(), line.c_str());
+    } else {
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+  }
+  if (tty) std::fprintf(stderr, "\n");
+  grpc::Status s = reader->Finish();
+  if (!s.ok()) return RpcError(s);
+  std::cout << Json(last) << "\n";
+  if (last.state() == v1::JOB_STATE_SUCCEEDED) return 0;
+  if (!last.error().empty()) std::cerr << "qaasctl: job " << v1::JobState_Name(last.state()) << ": " << last.error() << "\n";
+  return Final(last.state()) ? 1 : 2;
+}
+
+int Submit(v1::JobService::Stub& stub) {
+  v1::SubmitJobRequest req;
+  v1::JobSpec* spec = req.mutable_spec();
+  spec->set_model(ToUri(absl::GetFlag(FLAGS_model)));
+  spec->mutable_scheme()->set_shorthand(absl::GetFlag(FLAGS_scheme));
+  for (auto m : absl::StrSplit(absl::GetFlag(FLAGS_recipe), ',', absl::SkipEmpty())) {
+    spec->add_recipe()->set_method(std::string(m));
+  }
+  if (spec->recipe_size() == 0) {
+    spec->set_preset(absl::GetFlag(FLAGS_preset).empty() ? "rtn" : absl::GetFlag(FLAGS_preset));
+  }
+  auto* calib = spec->mutable_calibration();
+  calib->set_dataset(ToUri(absl::GetFlag(FLAGS_calib)));
+  calib->set_num_samples(absl::GetFlag(FLAGS_num_samples));
+  calib->set_seq_len(absl::GetFlag(FLAGS_calib_seq_len));
+  calib->set_seed(absl::GetFlag(FLAGS_seed));
+  for (auto d : absl::StrSplit(absl::GetFlag(FLAGS_eval), ',', absl::SkipEmpty())) {
+    auto* e = spec->add_evaluation();
+    e->set_dataset(ToUri(std::string(d)));
+    e->set_seq_len(absl::GetFlag(FLAGS_eval_seq_len));
+    e->set_max_windows(absl::GetFlag(FLAGS_max_windows));
+  }
+  spec->set_output(ToUri(absl::GetFlag(FLAGS_output)));
+  spec->set_priority(absl::GetFlag(FLAGS_priority));
+  for (auto kv : absl::StrSplit(absl::GetFlag(FLAGS_labels), ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    (*spec->mutable_labels())[p.first] = p.second;
+  }
+  spec->set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
+  grpc::ClientContext ctx;
+  v1::Job job;
+  grpc::Status s = stub.SubmitJob(&ctx, req, &job);
+  if (!s.ok()) return RpcError(s);
+  if (!absl::GetFlag(FLAGS_wait)) {
+    std::cout << Json(job) << "\n";
+    return 0;
+  }
+  std::cerr << "submitted " << job.id() << "\n";
+  return Watch(stub, job.id());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "qaasctl [--server HOST:PORT] submit|get ID|list|watch ID|cancel ID|report ID [flags]");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() < 2) {
+    std::cerr << "usage: qaasctl submit|get ID|list|watch ID|cancel ID|report ID (see --help)\n";
+    return 2;
+  }
+  const std::string cmd = args[1];
+  const std::string id = args.size() > 2 ? args[2] : "";
+  auto stub = v1::JobService::NewStub(
+      grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
+  if (cmd == "submit") return Submit(*stub);
+  if (cmd == "list") {
+    v1::ListJobsRequest req;
+    if (!absl::GetFlag(FLAGS_state).empty()) {
+      v1::JobState st;
+      if (!v1::JobState_Parse("JOB_STATE_" + absl::GetFlag(FLAGS_state), &st)) {
+        std::cerr << "qaasctl: unknown --state '" << absl::GetFlag(FLAGS_state) << "'\n";
+        return 2;
+      }
+      req.add_states(st);
+    }
+    for (auto kv : absl::StrSplit(absl::GetFlag(FLAGS_labels), ',', absl::SkipEmpty())) {
+      std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+      (*req.mutable_labels())[p.first] = p.second;
+    }
+    req.set_page_size(absl::GetFlag(FLAGS_page_size));
+    grpc::ClientContext ctx;
+    v1::ListJobsResponse resp;
+    grpc::Status s = stub->ListJobs(&ctx, req, &resp);
+    if (!s.ok()) return RpcError(s);
+    for (const auto& j : resp.jobs()) {
+      std::printf("%s  %-20s %-10s %s\n", j.id().c_str(), v1::JobState_Name(j.state()).substr(10).c_str(),
+                  j.spec().scheme().shorthand().c_str(), j.spec().model().c_str());
+    }
+    if (!resp.next_page_token().empty()) std::printf("(more: next page token %s)\n", resp.next_page_token().c_str());
+    return 0;
+  }
+  if (id.empty()) {
+    std::cerr << "qaasctl " << cmd << ": a job id is required\n";
+    return 2;
+  }
+  grpc::ClientContext ctx;
+  if (cmd == "get") {
+    v1::GetJobRequest req;
+    req.set_id(id);
+    v1::Job job;
+    grpc::Status s = stub->GetJob(&ctx, req, &job);
+    if (!s.ok()) return RpcError(s);
+    std::cout << Json(job) << "\n";
+    return 0;
+  }
+  if (cmd == "watch") return Watch(*stub, id);
+  if (cmd == "cancel") {
+    v1::CancelJobRequest req;
+    req.set_id(id);
+    req.set_reason(absl::GetFlag(FLAGS_reason));
+    v1::Job job;
+    grpc::Status s = stub->CancelJob(&ctx, req, &job);
+    if (!s.ok()) return RpcError(s);
+    std::cout << Json(job) << "\n";
+    return 0;
+  }
+  if (cmd == "report") {
+    v1::GetReportRequest req;
+    req.set_id(id);
+    v1::GetReportResponse resp;
+    grpc::Status s = stub->GetReport(&ctx, req, &resp);
+    if (!s.ok()) return RpcError(s);
+    std::cout << resp.report_json();
+    return 0;
+  }
+  std::cerr << "qaasctl: unknown command '" << cmd << "'\n";
+  return 2;
+}

@@ -1,0 +1,25 @@
+// Negative log-likelihood of token windows from final hidden states.
+#ifndef QAAS_QUANT_EVAL_PERPLEXITY_H_
+#define QAAS_QUANT_EVAL_PERPLEXITY_H_
+
+#include <ATen/ATen.h>
+
+#include "quant/model/llama.h"
+
+namespace qaas::quant {
+
+struct NllSum {
+  double nll = 0;      // summed over predicted positions
+  int64_t tokens = 0;  // predicted positions
+  double perplexity() const;
+};
+
+// hidden: [windows, seq, hidden] after the last decoder layer; windows: the
+// token ids [windows, seq]. Every position but the last predicts the next
+// token of its window. Computed a window at a time in float64 log-softmax.
+NllSum WindowsNll(const at::Tensor& hidden, const at::Tensor& windows, const LlamaHead& head,
+                  double rms_norm_eps);
+
+}  // namespace qaas::quant
+
+#endif  // QAAS_QUANT_EVAL_PERPLEXITY_H_

@@ -1,0 +1,94 @@
+#include "quant/formats/int_quant.h"
+
+namespace qaas::quant {
+
+int64_t GroupSize(const TensorQuant& spec, int64_t in) {
+  if (spec.granularity == Granularity::kPerGroup && spec.group_size > 0 && spec.group_size < in) {
+    return spec.group_size;
+  }
+  return in;
+}
+
+void RangeToScaleZero(const at::Tensor& xmin_in, const at::Tensor& xmax_in, int bits,
+                      bool symmetric, at::Tensor* scale, at::Tensor* zero) {
+  const double maxq = static_cast<double>((1 << bits) - 1);
+  at::Tensor xmin = at::clamp_max(xmin_in, 0.0);
+  at::Tensor xmax = at::clamp_min(xmax_in, 0.0);
+  if (symmetric) {
+    xmax = at::maximum(xmin.abs(), xmax);
+    xmin = -xmax;
+  }
+  // An all-zero row would give scale 0: use the range [-1, 1] as GPTQ does.
+  at::Tensor empty = (xmin == 0) & (xmax == 0);
+  xmin = at::where(empty, at::full_like(xmin, -1.0), xmin);
+  xmax = at::where(empty, at::full_like(xmax, 1.0), xmax);
+  at::Tensor s = (xmax - xmin) / maxq;
+  // float16-representable and never zero (6e-8 is float16's smallest subnormal).
+  s = at::clamp_min(s, 6e-8).to(at::kHalf).to(at::kFloat);
+  *scale = s;
+  if (symmetric) {
+    *zero = at::full_like(s, static_cast<double>(1 << (bits - 1)));
+  } else {
+    *zero = at::clamp(at::round(-xmin / s), 0.0, maxq);
+  }
+}
+
+IntQuantParams ComputeIntParams(const at::Tensor& w, const TensorQuant& spec) {
+  IntQuantParams p;
+  p.bits = spec.bits;
+  p.symmetric = spec.symmetric;
+  const int64_t out = w.size(0), in = w.size(1);
+  at::Tensor xmin, xmax;
+  if (spec.granularity == Granularity::kPerTensor) {
+    p.group_size = 0;
+    xmin = w.min().reshape({1, 1}).expand({out, 1});
+    xmax = w.max().reshape({1, 1}).expand({out, 1});
+  } else {
+    const int64_t g = GroupSize(spec, in);
+    p.group_size = g == in ? 0 : static_cast<int>(g);
+    const int64_t groups = (in + g - 1) / g;
+    at::Tensor padded = w;
+    if (groups * g != in) {
+      // A ragged last group: pad with its own first column so the range is unchanged.
+      at::Tensor last = w.narrow(1, (groups - 1) * g, 1);
+      padded = at::cat({w, last.expand({out, groups * g - in})}, 1);
+    }
+    at::Tensor grouped = padded.reshape({out, groups, g});
+    xmin = std::get<0>(grouped.min(-1));
+    xmax = std::get<0>(grouped.max(-1));
+  }
+  RangeToScaleZero(xmin.contiguous(), xmax.contiguous(), p.bits, p.symmetric, &p.scale, &p.zero);
+  return p;
+}
+
+namespace {
+
+// Expands [out, groups] parameters to [out, in].
+at::Tensor PerColumn(const at::Tensor& t, const IntQuantParams& p, int64_t in) {
+  const int64_t g = p.group_size == 0 ? in : p.group_size;
+  return t.repeat_interleave(g, 1).narrow(1, 0, in);
+}
+
+}  // namespace
+
+at::Tensor QuantizeToCodes(const at::Tensor& w, const IntQuantParams& p) {
+  const int64_t in = w.size(1);
+  const double maxq = static_cast<double>((1 << p.bits) - 1);
+  at::Tensor scale = PerColumn(p.scale, p, in), zero = PerColumn(p.zero, p, in);
+  return at::clamp(at::round(w / scale) + zero, 0.0, maxq).to(at::kInt);
+}
+
+at::Tensor DequantizeCodes(const at::Tensor& codes, const IntQuantParams& p) {
+  const int64_t in = codes.size(1);
+  at::Tensor scale = PerColumn(p.scale, p, in), zero = PerColumn(p.zero, p, in);
+  return (codes.to(at::kFloat) - zero) * scale;
+}
+
+at::Tensor FakeQuantizeColumns(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& zero,
+                               int bits) {
+  const double maxq = static_cast<double>((1 << bits) - 1);
+  at::Tensor q = at::clamp(at::round(w / scale) + zero, 0.0, maxq);
+  return (q - zero) * scale;
+}
+
+}  // namespace qaas::quant

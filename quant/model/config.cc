@@ -1,0 +1,111 @@
+#include "quant/model/config.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace qaas::quant {
+namespace {
+
+using nlohmann::json;
+
+absl::Status GetInt(const json& j, const char* key, bool required, int& out) {
+  if (!j.contains(key) || j[key].is_null()) {
+    if (required) return absl::InvalidArgumentError(absl::StrCat("config.json: missing '", key, "'"));
+    return absl::OkStatus();
+  }
+  if (!j[key].is_number_integer() || j[key].get<int64_t>() <= 0 || j[key].get<int64_t>() > (1 << 30)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: '", key, "' must be a positive integer, got ", j[key].dump()));
+  }
+  out = j[key].get<int>();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
+  json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError("config.json: not a JSON object");
+  }
+  ModelConfig c;
+  c.raw_json = std::string(json_text);
+  if (!j.contains("model_type") || !j["model_type"].is_string()) {
+    return absl::InvalidArgumentError("config.json: missing 'model_type'");
+  }
+  c.model_type = j["model_type"].get<std::string>();
+  if (c.model_type != "llama" && c.model_type != "mistral") {
+    return absl::UnimplementedError(absl::StrCat("config.json: model_type '", c.model_type,
+                                                 "' is not supported (llama, mistral)"));
+  }
+  for (auto [key, out, required] :
+       {std::tuple<const char*, int*, bool>{"hidden_size", &c.hidden_size, true},
+        {"intermediate_size", &c.intermediate_size, true},
+        {"num_hidden_layers", &c.num_layers, true},
+        {"num_attention_heads", &c.num_heads, true},
+        {"num_key_value_heads", &c.num_kv_heads, false},
+        {"head_dim", &c.head_dim, false},
+        {"vocab_size", &c.vocab_size, true},
+        {"max_position_embeddings", &c.max_position_embeddings, true}}) {
+    if (auto st = GetInt(j, key, required, *out); !st.ok()) return st;
+  }
+  if (c.num_kv_heads == 0) c.num_kv_heads = c.num_heads;
+  if (c.head_dim == 0) {
+    if (c.hidden_size % c.num_heads != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: hidden_size ", c.hidden_size,
+                                                     " is not divisible by num_attention_heads ",
+                                                     c.num_heads));
+    }
+    c.head_dim = c.hidden_size / c.num_heads;
+  }
+  if (c.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: head_dim ", c.head_dim, " is odd"));
+  }
+  if (c.num_heads % c.num_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: num_attention_heads ", c.num_heads,
+                                                   " is not a multiple of num_key_value_heads ",
+                                                   c.num_kv_heads));
+  }
+  auto get_number = [&](const char* key, double& out) -> absl::Status {
+    if (!j.contains(key) || j[key].is_null()) return absl::OkStatus();
+    if (!j[key].is_number() || j[key].get<double>() <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.json: '", key, "' must be a positive number, got ", j[key].dump()));
+    }
+    out = j[key].get<double>();
+    return absl::OkStatus();
+  };
+  if (auto st = get_number("rms_norm_eps", c.rms_norm_eps); !st.ok()) return st;
+  if (auto st = get_number("rope_theta", c.rope_theta); !st.ok()) return st;
+  auto get_bool = [&](const char* key, bool& out) -> absl::Status {
+    if (!j.contains(key) || j[key].is_null()) return absl::OkStatus();
+    if (!j[key].is_boolean()) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: '", key, "' must be a boolean"));
+    }
+    out = j[key].get<bool>();
+    return absl::OkStatus();
+  };
+  if (auto st = get_bool("tie_word_embeddings", c.tie_word_embeddings); !st.ok()) return st;
+  if (auto st = get_bool("attention_bias", c.attention_bias); !st.ok()) return st;
+  if (auto st = get_bool("mlp_bias", c.mlp_bias); !st.ok()) return st;
+  if (j.contains("hidden_act") && j["hidden_act"] != "silu") {
+    return absl::UnimplementedError(
+        absl::StrCat("config.json: hidden_act ", j["hidden_act"].dump(), " is not supported (silu)"));
+  }
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+    return absl::UnimplementedError("config.json: rope_scaling is not supported yet");
+  }
+  if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer()) {
+    c.bos_token_id = j["bos_token_id"].get<int>();
+  }
+  if (j.contains("eos_token_id") && j["eos_token_id"].is_number_integer()) {
+    c.eos_token_id = j["eos_token_id"].get<int>();
+  }
+  if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) {
+    c.torch_dtype = j["torch_dtype"].get<std::string>();
+  }
+  return c;
+}
+
+}  // namespace qaas::quant

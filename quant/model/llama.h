@@ -1,0 +1,71 @@
+// The LLaMA decoder in libtorch, as Hugging Face's LlamaForCausalLM computes it:
+// pre-norm RMSNorm, rotary position embeddings in the rotate-half layout,
+// grouped-query attention with a causal mask, SwiGLU MLP, tied or separate
+// output head. All computation in float32 on the tensors' device.
+#ifndef QAAS_QUANT_MODEL_LLAMA_H_
+#define QAAS_QUANT_MODEL_LLAMA_H_
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "quant/model/checkpoint.h"
+#include "quant/model/config.h"
+
+namespace qaas::quant {
+
+struct Linear {
+  at::Tensor weight;  // [out, in]
+  at::Tensor bias;    // [out] or undefined
+};
+
+// One decoder layer's weights. `linears` follows LinearNames() order.
+struct LlamaLayer {
+  at::Tensor input_norm;  // input_layernorm.weight
+  at::Tensor post_norm;   // post_attention_layernorm.weight
+  std::vector<Linear> linears;
+  Linear& linear(const std::string& name);
+  const Linear& linear(const std::string& name) const;
+  LlamaLayer To(const at::Device& device) const;
+};
+
+// The linear layers of a decoder layer, by their Hugging Face names relative
+// to "model.layers.<i>.": self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj.
+const std::vector<std::string>& LlamaLinearNames();
+std::string LayerPrefix(int index);  // "model.layers.<i>."
+
+// Reads layer `index`, checking every shape against config.json.
+absl::StatusOr<LlamaLayer> LoadLlamaLayer(const Checkpoint& ck, int index);
+
+// Embedding, final norm and output head.
+struct LlamaHead {
+  at::Tensor embed;       // [vocab, hidden]
+  at::Tensor final_norm;  // [hidden]
+  at::Tensor lm_head;     // [vocab, hidden]; the embedding when tied
+};
+absl::StatusOr<LlamaHead> LoadLlamaHead(const Checkpoint& ck);
+
+// cos/sin tables for positions [0, max_len), and the additive causal mask.
+struct Rope {
+  Rope(const ModelConfig& config, int64_t max_len, const at::Device& device);
+  at::Tensor cos;  // [max_len, head_dim]
+  at::Tensor sin;
+  at::Tensor causal_mask;  // [max_len, max_len]: 0 on and below the diagonal, -inf above
+};
+
+// Sees the input of each linear layer as a 2-D [tokens, in] tensor, e.g. to
+// accumulate GPTQ Hessians. Called once per linear, q/k/v with the same input.
+using LinearInputHook = std::function<void(const std::string& name, const at::Tensor& x)>;
+
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// hidden: [batch, seq, hidden] -> same shape.
+at::Tensor LlamaLayerForward(const LlamaLayer& layer, const ModelConfig& config, const Rope& rope,
+                             const at::Tensor& hidden, const LinearInputHook& hook = nullptr);
+
+}  // namespace qaas::quant
+
+#endif  // QAAS_QUANT_MODEL_LLAMA_H_

@@ -1,0 +1,82 @@
+// The safetensors file format (https://huggingface.co/docs/safetensors):
+//   8 bytes little-endian header length N | N bytes JSON header | data
+// The header maps tensor names to {dtype, shape, data_offsets: [begin, end)}
+// relative to the data section, plus an optional "__metadata__" string map.
+//
+// This file is torch-free: parsing is pure (and fuzzable), reading returns raw
+// bytes. Every inconsistency (truncated file, offsets past the end, overlapping
+// tensors, sizes that do not match dtype x shape) is InvalidArgument naming the
+// file and the tensor.
+#ifndef QAAS_QUANT_MODEL_SAFETENSORS_H_
+#define QAAS_QUANT_MODEL_SAFETENSORS_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace qaas::quant {
+
+enum class DType { kF64, kF32, kF16, kBF16, kI64, kI32, kI16, kI8, kU8, kBool };
+
+absl::StatusOr<DType> ParseDType(absl::string_view name);
+absl::string_view DTypeName(DType d);
+size_t DTypeSize(DType d);
+
+struct TensorEntry {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;  // offsets into the data section
+  uint64_t end = 0;
+  int64_t numel() const;
+};
+
+struct SafetensorsHeader {
+  std::map<std::string, TensorEntry> tensors;
+  std::map<std::string, std::string> metadata;
+};
+
+// Parses and validates a header against a data section of `data_size` bytes.
+absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view json, uint64_t data_size);
+
+// A safetensors file opened for random access. Thread-compatible.
+class SafetensorsFile {
+ public:
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+  ~SafetensorsFile();
+
+  const std::string& path() const { return path_; }
+  const SafetensorsHeader& header() const { return header_; }
+  // NotFound when the file has no tensor of that name.
+  absl::StatusOr<const TensorEntry*> Find(absl::string_view name) const;
+  // Reads a tensor's bytes.
+  absl::StatusOr<std::string> ReadRaw(absl::string_view name) const;
+
+ private:
+  SafetensorsFile() = default;
+  std::string path_;
+  int fd_ = -1;
+  uint64_t data_start_ = 0;
+  SafetensorsHeader header_;
+};
+
+// One tensor to write: raw little-endian bytes of dtype x shape.
+struct RawTensor {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::string data;
+};
+
+// Writes a safetensors file atomically (temp file + rename). Tensors are laid
+// out in the order given, 8-byte aligned header as the format recommends.
+absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace qaas::quant
+
+#endif  // QAAS_QUANT_MODEL_SAFETENSORS_H_

@@ -1,0 +1,73 @@
+// The layer-wise sequential pipeline (DESIGN.md section 4, step 4-6):
+//
+//   for each decoder layer i:
+//     load layer i's weights (only this layer is resident)
+//     run the original layer on the evaluation streams (original model)
+//     run it on the calibration stream, observing each linear's inputs
+//     quantize each linear with the recipe's weight quantizer
+//     run the quantized layer on the calibration stream (next layer's inputs)
+//       and on the evaluation streams (quantized model)
+//     write checkpoints/layer-<i>.safetensors, report progress, honour stop
+//   perplexity of both models on each evaluation set
+//   assemble artifact/ and write report.json / report.md
+//
+// Works on local directories only; the worker stages inputs and uploads
+// outputs. Everything runs on `device`; no other device is touched.
+#ifndef QAAS_QUANT_PIPELINE_H_
+#define QAAS_QUANT_PIPELINE_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+#include "quant/scheme.h"
+
+namespace qaas::quant {
+
+struct DatasetRef {
+  std::string path;  // local file
+  std::string name;  // what the report calls it (the job's uri)
+  int seq_len = 0;   // 0 = min(2048, model context)
+  int max_windows = 0;
+};
+
+struct PipelineProgress {
+  int layer = 0;  // layers finished
+  int num_layers = 0;
+  std::string step;  // "loading", "calibrating", "quantizing", "evaluating", "exporting"
+};
+
+struct PipelineOptions {
+  std::string model_dir;
+  std::string output_dir;  // receives artifact/, checkpoints/, report.json, report.md
+  Scheme scheme;
+  std::vector<std::string> recipe = {"rtn"};  // method names in order
+  std::optional<DatasetRef> calibration;     // seq_len 0 = min(2048, context)
+  int num_samples = 128;
+  uint64_t seed = 0;
+  std::vector<DatasetRef> evaluations;
+  std::string device = "cpu";
+  int batch_size = 8;            // windows per forward call
+  nlohmann::json manifest_extra;  // recorded in qaas_manifest.json (e.g. the job spec)
+  // Called from the pipeline's thread; must not block for long.
+  std::function<void(const PipelineProgress&)> on_progress;
+  // Polled at layer boundaries; true stops the run with CANCELLED.
+  std::function<bool()> should_stop;
+};
+
+// The methods this build runs, and whether a name is one of them.
+const std::vector<std::string>& ImplementedMethods();
+
+// Runs the job and returns report.json's content. Errors: InvalidArgument for
+// bad inputs (naming the file, tensor or field), Cancelled when should_stop
+// said so, ResourceExhausted when the disk is full, Internal for libtorch
+// failures (with libtorch's message).
+absl::StatusOr<nlohmann::json> RunPipeline(const PipelineOptions& options);
+
+}  // namespace qaas::quant
+
+#endif  // QAAS_QUANT_PIPELINE_H_

@@ -1,0 +1,69 @@
+#include "quant/report.h"
+
+#include <thread>
+
+#include "absl/strings/str_format.h"
+
+namespace qaas::quant {
+
+nlohmann::json ToJson(const Report& r) {
+  nlohmann::json j;
+  j["model"] = r.model;
+  j["scheme"] = r.scheme;
+  j["recipe"] = r.recipe;
+  j["num_layers"] = r.num_layers;
+  j["calibration"] = r.calibration;
+  j["evaluations"] = nlohmann::json::array();
+  for (const auto& e : r.evaluations) {
+    j["evaluations"].push_back({{"dataset", e.dataset},
+                                {"seq_len", e.seq_len},
+                                {"windows", e.windows},
+                                {"tokens", e.tokens},
+                                {"perplexity_original", e.perplexity_original},
+                                {"perplexity_quantized", e.perplexity_quantized}});
+  }
+  j["layers"] = nlohmann::json::array();
+  for (const auto& l : r.layers) {
+    j["layers"].push_back({{"name", l.name},
+                           {"method", l.method},
+                           {"seconds", l.seconds},
+                           {"relative_weight_error", l.relative_weight_error}});
+  }
+  j["blocks"] = nlohmann::json::array();
+  for (const auto& b : r.blocks) {
+    j["blocks"].push_back({{"index", b.index}, {"output_relative_error", b.output_relative_error}});
+  }
+  j["size"] = {{"original_bytes", r.original_bytes}, {"quantized_bytes", r.quantized_bytes}};
+  j["seconds"] = {{"calibration", r.seconds_calibration},
+                  {"quantization", r.seconds_quantization},
+                  {"evaluation", r.seconds_evaluation},
+                  {"total", r.seconds_total}};
+  j["environment"] = {{"qaas_version", QAAS_VERSION},
+                      {"device", r.device},
+                      {"hardware_threads", std::thread::hardware_concurrency()}};
+  return j;
+}
+
+std::string ToMarkdown(const Report& r) {
+  std::string md = absl::StrFormat("# Quantization report\n\n- model: `%s`\n- scheme: %s\n- recipe:",
+                                   r.model, r.scheme);
+  for (const auto& m : r.recipe) md += " " + m;
+  md += absl::StrFormat("\n- size: %d -> %d bytes\n- time: %.1f s (calibration %.1f, quantization %.1f, "
+                        "evaluation %.1f)\n\n",
+                        r.original_bytes, r.quantized_bytes, r.seconds_total, r.seconds_calibration,
+                        r.seconds_quantization, r.seconds_evaluation);
+  if (!r.evaluations.empty()) {
+    md += "| dataset | seq_len | windows | perplexity original | perplexity quantized |\n|---|---|---|---|---|\n";
+    for (const auto& e : r.evaluations) {
+      md += absl::StrFormat("| %s | %d | %d | %.4f | %.4f |\n", e.dataset, e.seq_len, e.windows,
+                            e.perplexity_original, e.perplexity_quantized);
+    }
+  }
+  md += "\n| layer | method | relative weight error |\n|---|---|---|\n";
+  for (const auto& l : r.layers) {
+    md += absl::StrFormat("| %s | %s | %.5f |\n", l.name, l.method, l.relative_weight_error);
+  }
+  return md;
+}
+
+}  // namespace qaas::quant

@@ -1,0 +1,58 @@
+// report.json / report.md of a job: what was done, how well, how long.
+#ifndef QAAS_QUANT_REPORT_H_
+#define QAAS_QUANT_REPORT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
+
+namespace qaas::quant {
+
+struct LayerReport {
+  std::string name;  // e.g. model.layers.0.self_attn.q_proj
+  std::string method;
+  double seconds = 0;
+  double relative_weight_error = 0;  // ||W - Q(W)||_F / ||W||_F
+};
+
+struct BlockReport {
+  int index = 0;
+  // ||L_q(X) - L(X)||_F / ||L(X)||_F on the calibration inputs X of the block.
+  double output_relative_error = 0;
+};
+
+struct EvaluationReport {
+  std::string dataset;
+  int seq_len = 0;
+  int64_t windows = 0;
+  int64_t tokens = 0;  // predicted positions
+  double perplexity_original = 0;
+  double perplexity_quantized = 0;
+};
+
+struct Report {
+  std::string model;
+  std::string scheme;
+  std::vector<std::string> recipe;
+  int num_layers = 0;
+  std::string device;
+  nlohmann::json calibration = nullptr;
+  std::vector<EvaluationReport> evaluations;
+  std::vector<LayerReport> layers;
+  std::vector<BlockReport> blocks;
+  uint64_t original_bytes = 0;
+  uint64_t quantized_bytes = 0;
+  double seconds_calibration = 0;
+  double seconds_quantization = 0;
+  double seconds_evaluation = 0;
+  double seconds_total = 0;
+};
+
+nlohmann::json ToJson(const Report& r);
+std::string ToMarkdown(const Report& r);
+
+}  // namespace qaas::quant
+
+#endif  // QAAS_QUANT_REPORT_H_

@@ -1,0 +1,252 @@
+#include "quant/scheme.h"
+
+#include <algorithm>
+#include <cctype>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+
+namespace qaas::quant {
+
+absl::string_view NumberFormatName(NumberFormat f) {
+  switch (f) {
+    case NumberFormat::kNone: return "none";
+    case NumberFormat::kInt: return "int";
+    case NumberFormat::kFp8E4M3: return "fp8_e4m3";
+    case NumberFormat::kFp8E5M2: return "fp8_e5m2";
+    case NumberFormat::kMxInt: return "mxint";
+    case NumberFormat::kMxFp: return "mxfp";
+  }
+  return "?";
+}
+
+absl::string_view GranularityName(Granularity g) {
+  switch (g) {
+    case Granularity::kDefault: return "default";
+    case Granularity::kPerTensor: return "per_tensor";
+    case Granularity::kPerChannel: return "per_channel";
+    case Granularity::kPerGroup: return "per_group";
+    case Granularity::kPerToken: return "per_token";
+    case Granularity::kPerHead: return "per_head";
+    case Granularity::kBlock: return "block";
+  }
+  return "?";
+}
+
+namespace {
+
+// A cursor over the lower-cased shorthand that remembers the original text
+// for error messages.
+class Lexer {
+ public:
+  explicit Lexer(absl::string_view original)
+      : original_(original), text_(absl::AsciiStrToLower(original)) {}
+
+  bool done() const { return pos_ >= text_.size(); }
+  size_t pos() const { return pos_; }
+  bool Consume(absl::string_view word) {
+    if (absl::string_view(text_).substr(std::min(pos_, text_.size()), word.size()) != word) return false;
+    pos_ += word.size();
+    return true;
+  }
+  bool PeekDigit() const { return !done() && std::isdigit(static_cast<unsigned char>(text_[pos_])); }
+  int ReadInt() {
+    int v = 0;
+    while (PeekDigit() && v < 100000) v = v * 10 + (text_[pos_++] - '0');
+    return v;
+  }
+  // The rest of the current token (up to the next separator) for messages.
+  std::string TokenAt(size_t at) const {
+    size_t end = at;
+    while (end < original_.size() && original_[end] != '_' && original_[end] != '-') ++end;
+    return std::string(original_.substr(at, end - at));
+  }
+  absl::Status Error(size_t at, absl::string_view what) const {
+    std::string token = TokenAt(at);
+    if (token.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("scheme '", original_, "': ", what, " at end of string"));
+    }
+    return absl::InvalidArgumentError(absl::StrCat("scheme '", original_, "': ", what, " '",
+                                                   token, "' at position ", at));
+  }
+
+ private:
+  absl::string_view original_;
+  std::string text_;
+  size_t pos_ = 0;
+};
+
+absl::StatusOr<TensorQuant> ParseFormat(Lexer& lx, absl::string_view kind) {
+  TensorQuant q;
+  size_t at = lx.pos();
+  if (lx.Consume("mxint")) {
+    if (!lx.PeekDigit()) return lx.Error(lx.pos(), absl::StrCat(kind, ": expected bits after mxint"));
+    q.format = NumberFormat::kMxInt;
+    q.bits = lx.ReadInt();
+    q.granularity = Granularity::kBlock;
+    q.symmetric = true;
+    if (q.bits != 4 && q.bits != 8) return lx.Error(at, absl::StrCat(kind, ": MXINT needs 4 or 8 bits, got"));
+    return q;
+  }
+  if (lx.Consume("mxfp")) {
+    if (!lx.PeekDigit()) return lx.Error(lx.pos(), absl::StrCat(kind, ": expected bits after mxfp"));
+    q.format = NumberFormat::kMxFp;
+    q.bits = lx.ReadInt();
+    q.granularity = Granularity::kBlock;
+    q.symmetric = true;
+    if (q.bits != 4 && q.bits != 6 && q.bits != 8) {
+      return lx.Error(at, absl::StrCat(kind, ": MXFP needs 4, 6 or 8 bits, got"));
+    }
+    return q;
+  }
+  if (lx.Consume("fp8")) {
+    q.format = lx.Consume("e5m2") ? NumberFormat::kFp8E5M2 : NumberFormat::kFp8E4M3;
+    if (q.format == NumberFormat::kFp8E4M3) lx.Consume("e4m3");
+    q.bits = 8;
+    q.granularity = Granularity::kPerTensor;
+    q.symmetric = true;
+    return q;
+  }
+  if (!lx.PeekDigit()) return lx.Error(at, absl::StrCat(kind, ": expected bits or a format, got"));
+  q.bits = lx.ReadInt();
+  if (q.bits == 16 || q.bits == 32) {
+    q.format = NumberFormat::kNone;
+    q.bits = 16;
+    return q;
+  }
+  if (q.bits < 2 || q.bits > 8) {
+    return lx.Error(at, absl::StrCat(kind, ": integer bits must be 2..8 or 16, got"));
+  }
+  q.format = NumberFormat::kInt;
+  return q;
+}
+
+std::string FormatToString(const TensorQuant& q) {
+  switch (q.format) {
+    case NumberFormat::kNone: return "16";
+    case NumberFormat::kInt: return std::to_string(q.bits);
+    case NumberFormat::kFp8E4M3: return "fp8";
+    case NumberFormat::kFp8E5M2: return "fp8e5m2";
+    case NumberFormat::kMxInt: return absl::StrCat("mxint", q.bits);
+    case NumberFormat::kMxFp: return absl::StrCat("mxfp", q.bits);
+  }
+  return "?";
+}
+
+}  // namespace
+
+absl::StatusOr<Scheme> ParseScheme(absl::string_view shorthand) {
+  Lexer lx(shorthand);
+  if (shorthand.empty()) return absl::InvalidArgumentError("scheme is empty");
+  if (!lx.Consume("w")) return lx.Error(0, "expected 'W' (weights) first, got");
+  Scheme s;
+  auto w = ParseFormat(lx, "weights");
+  if (!w.ok()) return w.status();
+  s.weights = *w;
+  if (s.weights.format == NumberFormat::kInt) s.weights.granularity = Granularity::kPerChannel;
+  // The weights' group size may follow W or A: "W4g128A16" and "W4A16g128".
+  auto group = [&]() -> absl::Status {
+    size_t at = lx.pos();
+    if (!lx.Consume("g")) return absl::OkStatus();
+    if (!lx.PeekDigit()) return lx.Error(at, "expected a group size after 'g', got");
+    if (s.weights.format != NumberFormat::kInt) {
+      return lx.Error(at, "group size applies to integer weights only, got");
+    }
+    if (s.weights.granularity == Granularity::kPerGroup) return lx.Error(at, "second group size");
+    s.weights.group_size = lx.ReadInt();
+    s.weights.granularity = Granularity::kPerGroup;
+    return absl::OkStatus();
+  };
+  if (auto st = group(); !st.ok()) return st;
+  size_t at = lx.pos();
+  if (lx.Consume("a")) {
+    auto a = ParseFormat(lx, "activations");
+    if (!a.ok()) return a.status();
+    s.activations = *a;
+    if (s.activations.format == NumberFormat::kInt) {
+      s.activations.granularity = Granularity::kPerToken;
+      s.activations.symmetric = true;
+    }
+    if (auto st = group(); !st.ok()) return st;
+  }
+  at = lx.pos();
+  if (lx.Consume("kv")) {
+    auto kv = ParseFormat(lx, "kv cache");
+    if (!kv.ok()) return kv.status();
+    s.kv_cache = *kv;
+    if (s.kv_cache.format == NumberFormat::kInt) s.kv_cache.granularity = Granularity::kPerToken;
+  }
+  while (!lx.done()) {
+    at = lx.pos();
+    if (!lx.Consume("_") && !lx.Consume("-")) return lx.Error(at, "unexpected");
+    at = lx.pos();
+    if (lx.Consume("asym")) {
+      s.weights.symmetric = false;
+    } else if (lx.Consume("sym")) {
+      if (s.weights.format != NumberFormat::kInt) return lx.Error(at, "option applies to integer weights only:");
+      s.weights.symmetric = true;
+    } else {
+      return lx.Error(at, "unknown option");
+    }
+    if (!lx.done() && lx.TokenAt(lx.pos()).size() > 0) return lx.Error(at, "unknown option");
+  }
+  return NormalizeScheme(s);
+}
+
+absl::StatusOr<Scheme> NormalizeScheme(Scheme s) {
+  auto check = [](TensorQuant& q, absl::string_view kind, bool is_weight) -> absl::Status {
+    if (q.format == NumberFormat::kNone) {
+      q = TensorQuant{};
+      return absl::OkStatus();
+    }
+    if (q.format == NumberFormat::kInt && (q.bits < 2 || q.bits > 8)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kind, ".bits: integer bits must be 2..8, got ", q.bits));
+    }
+    if (q.format == NumberFormat::kMxInt || q.format == NumberFormat::kMxFp) {
+      if (q.granularity == Granularity::kDefault) q.granularity = Granularity::kBlock;
+      if (q.granularity != Granularity::kBlock) {
+        return absl::InvalidArgumentError(absl::StrCat(kind, ": MX formats use 32-element blocks"));
+      }
+      return absl::OkStatus();
+    }
+    if (q.granularity == Granularity::kDefault) {
+      q.granularity = is_weight ? (q.group_size > 0 ? Granularity::kPerGroup : Granularity::kPerChannel)
+                                : Granularity::kPerToken;
+    }
+    if (q.granularity == Granularity::kPerGroup) {
+      if (!is_weight) {
+        return absl::InvalidArgumentError(absl::StrCat(kind, ": per-group applies to weights only"));
+      }
+      if (q.group_size < 2 || q.group_size > 65536) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(kind, ".group_size: must be 2..65536 for per-group, got ", q.group_size));
+      }
+    } else if (q.group_size != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(kind, ".group_size: set only for per-group"));
+    }
+    if (is_weight && (q.granularity == Granularity::kPerToken || q.granularity == Granularity::kPerHead)) {
+      return absl::InvalidArgumentError(absl::StrCat(kind, ": granularity ",
+                                                     GranularityName(q.granularity),
+                                                     " is not for weights"));
+    }
+    return absl::OkStatus();
+  };
+  if (auto st = check(s.weights, "weights", true); !st.ok()) return st;
+  if (auto st = check(s.activations, "activations", false); !st.ok()) return st;
+  if (auto st = check(s.kv_cache, "kv_cache", false); !st.ok()) return st;
+  return s;
+}
+
+std::string Scheme::ToString() const {
+  std::string out = absl::StrCat("W", FormatToString(weights), "A", FormatToString(activations));
+  if (weights.granularity == Granularity::kPerGroup) absl::StrAppend(&out, "g", weights.group_size);
+  if (kv_cache.enabled()) absl::StrAppend(&out, "KV", FormatToString(kv_cache));
+  if (weights.format == NumberFormat::kInt && weights.symmetric) absl::StrAppend(&out, "_sym");
+  return out;
+}
+
+}  // namespace qaas::quant

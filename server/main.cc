@@ -1,0 +1,89 @@
+// qaas-server: the scheduler. With --embedded it also runs an in-process
+// worker and keeps everything (SQLite database, file:// object store, worker
+// scratch) under one --data_dir, so a newcomer needs no other server.
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_split.h"
+#include "server/server.h"
+#include "storage/uri.h"
+#include "worker/worker.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address (port 0 = any free port)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "Prometheus /metrics address (\"\" = off)");
+ABSL_FLAG(std::string, data_dir, "./qaas-data", "database, object store and worker scratch");
+ABSL_FLAG(bool, embedded, false, "also run a worker in this process");
+ABSL_FLAG(std::string, file_roots, "", "comma-separated extra directories that file:// uris may name");
+ABSL_FLAG(int64_t, lease_seconds, 30, "lease duration; a worker silent this long loses its job");
+ABSL_FLAG(int32_t, max_attempts, 3, "leases per job before it FAILS");
+ABSL_FLAG(std::string, device, "cpu", "the embedded worker's device (cpu or cuda)");
+ABSL_FLAG(std::string, port_file, "", "write the bound gRPC port here (for scripts and tests)");
+
+namespace {
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("qaas scheduler (qaas.v1.JobService / WorkerService).");
+  absl::ParseCommandLine(argc, argv);
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const std::string data_dir = fs::absolute(absl::GetFlag(FLAGS_data_dir)).lexically_normal().string();
+  const std::string store_dir = data_dir + "/store";
+  fs::create_directories(store_dir, ec);
+  if (ec) {
+    std::cerr << "qaas-server: cannot create " << store_dir << ": " << ec.message() << "\n";
+    return 1;
+  }
+  qaas::server::ServerOptions o;
+  o.listen_address = absl::GetFlag(FLAGS_listen);
+  o.metrics_address = absl::GetFlag(FLAGS_metrics_listen);
+  o.db_path = data_dir + "/jobs.db";
+  o.scheduler.lease_duration_ms = absl::GetFlag(FLAGS_lease_seconds) * 1000;
+  o.scheduler.heartbeat_interval_ms = std::max<int64_t>(1000, o.scheduler.lease_duration_ms / 6);
+  o.scheduler.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  o.scheduler.default_output_uri = "file://" + store_dir;
+  o.scheduler.validation.file_roots.push_back(store_dir);
+  for (auto root : absl::StrSplit(absl::GetFlag(FLAGS_file_roots), ',', absl::SkipEmpty())) {
+    o.scheduler.validation.file_roots.push_back(
+        fs::weakly_canonical(fs::absolute(std::string(root))).string());
+  }
+  auto server = qaas::server::Server::Start(o);
+  if (!server.ok()) {
+    std::cerr << "qaas-server: " << server.status() << "\n";
+    return 1;
+  }
+  std::cerr << "qaas-server: gRPC on port " << (*server)->port() << ", metrics on port "
+            << (*server)->metrics_port() << ", data in " << data_dir << "\n";
+  if (!absl::GetFlag(FLAGS_port_file).empty()) {
+    std::ofstream(absl::GetFlag(FLAGS_port_file)) << (*server)->port() << "\n";
+  }
+  std::unique_ptr<qaas::worker::Worker> worker;
+  std::thread worker_thread;
+  if (absl::GetFlag(FLAGS_embedded)) {
+    qaas::worker::WorkerOptions wo;
+    wo.name = "embedded";
+    wo.work_dir = data_dir + "/worker";
+    wo.device = absl::GetFlag(FLAGS_device);
+    wo.poll_wait_ms = 1000;
+    worker = std::make_unique<qaas::worker::Worker>((*server)->InProcessChannel(), wo);
+    worker_thread = std::thread([&] { worker->Run(); });
+  }
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::cerr << "qaas-server: shutting down\n";
+  if (worker) {
+    worker->Stop();
+    worker_thread.join();
+  }
+  (*server)->Shutdown();
+  return 0;
+}

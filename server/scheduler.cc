@@ -1,0 +1,317 @@
+#include "server/scheduler.h"
+
+#include <chrono>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace qaas::server {
+
+std::string RandomId(const std::string& prefix) {
+  static thread_local std::mt19937_64 rng(std::random_device{}() ^
+                                          std::chrono::steady_clock::now().time_since_epoch().count());
+  return absl::StrFormat("%s%016x", prefix, rng());
+}
+
+bool IsFinal(v1::JobState s) {
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+}
+
+Scheduler::Scheduler(std::unique_ptr<JobStore> store, SchedulerOptions options, Metrics* metrics)
+    : store_(std::move(store)), options_(std::move(options)), metrics_(metrics) {
+  if (!options_.now_ms) {
+    options_.now_ms = [] {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::system_clock::now().time_since_epoch())
+          .count();
+    };
+  }
+  RefreshGauges();
+}
+
+void Scheduler::Notify() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++version_;
+  }
+  changed_.notify_all();
+}
+
+uint64_t Scheduler::WaitForChange(uint64_t seen, int64_t timeout_ms) {
+  std::unique_lock<std::mutex> lock(mu_);
+  changed_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                    [&] { return version_.load() != seen || shutdown_.load(); });
+  return version_.load();
+}
+
+void Scheduler::Shutdown() {
+  shutdown_ = true;
+  Notify();
+}
+
+void Scheduler::RefreshGauges() {
+  auto counts = store_->CountStates();
+  if (!counts.ok()) return;
+  metrics_->SetQueueDepth(static_cast<double>(counts->queued));
+  metrics_->SetRunning(static_cast<double>(counts->running));
+}
+
+void Scheduler::RecordFinish(const v1::Job& job) {
+  metrics_->JobFinished(job.state(), (job.finish_time_ms() - job.create_time_ms()) / 1000.0);
+}
+
+absl::StatusOr<v1::Job> Scheduler::Submit(const std::string& tenant, v1::JobSpec spec) {
+  if (auto st = ValidateJobSpec(options_.validation, &spec); !st.ok()) return st;
+  v1::Job job;
+  job.set_id(RandomId("j-"));
+  job.set_tenant(tenant);
+  if (spec.output().empty()) spec.set_output(absl::StrCat(options_.default_output_uri, "/jobs/", job.id()));
+  *job.mutable_spec() = std::move(spec);
+  job.set_state(v1::JOB_STATE_QUEUED);
+  job.set_max_attempts(options_.max_attempts);
+  job.set_create_time_ms(Now());
+  job.set_update_time_ms(job.create_time_ms());
+  job.mutable_progress()->set_step("queued");
+  job.mutable_progress()->set_eta_ms(-1);
+  bool created = false;
+  auto stored = store_->Insert(job, &created);
+  if (!stored.ok()) return stored.status();
+  if (created) {
+    metrics_->JobSubmitted();
+    RefreshGauges();
+    Notify();
+  }
+  return stored;
+}
+
+absl::StatusOr<v1::Job> Scheduler::Get(const std::string& tenant, const std::string& id) {
+  auto row = store_->Get(id);
+  if (!row.ok()) return row.status();
+  if (!tenant.empty() && row->job.tenant() != tenant) {
+    return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
+  }
+  return row->job;
+}
+
+absl::StatusOr<v1::ListJobsResponse> Scheduler::List(const std::string& tenant,
+                                                     const v1::ListJobsRequest& request) {
+  if (request.page_size() < 0) return absl::InvalidArgumentError("page_size: must not be negative");
+  ListQuery q;
+  q.tenant = tenant;
+  for (int s : request.states()) q.states.push_back(static_cast<v1::JobState>(s));
+  for (const auto& [k, v] : request.labels()) q.labels.emplace_back(k, v);
+  q.page_size = request.page_size() == 0 ? 50 : std::min(request.page_size(), 500);
+  q.page_token = request.page_token();
+  auto page = store_->List(q);
+  if (!page.ok()) return page.status();
+  v1::ListJobsResponse resp;
+  for (auto& j : page->jobs) *resp.add_jobs() = std::move(j);
+  resp.set_next_page_token(page->next_page_token);
+  return resp;
+}
+
+absl::StatusOr<v1::Job> Scheduler::Cancel(const std::string& tenant, const std::string& id,
+                                          const std::string& reason) {
+  bool finished = false;
+  auto row = store_->Update(id, [&](JobRow& r) -> absl::Status {
+    v1::Job& j = r.job;
+    if (!tenant.empty() && j.tenant() != tenant) return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
+    if (IsFinal(j.state())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("job '", id, "' already ended (", v1::JobState_Name(j.state()), ")"));
+    }
+    const std::string why = reason.empty() ? "cancelled by request" : absl::StrCat("cancelled: ", reason);
+    j.set_update_time_ms(Now());
+    if (j.state() == v1::JOB_STATE_QUEUED) {
+      j.set_state(v1::JOB_STATE_CANCELLED);
+      j.set_error(why);
+      j.set_finish_time_ms(Now());
+      finished = true;
+    } else {
+      j.set_cancel_requested(true);
+      j.set_error(why);
+    }
+    return absl::OkStatus();
+  });
+  if (!row.ok()) return row.status();
+  if (finished) RecordFinish(row->job);
+  RefreshGauges();
+  Notify();
+  return row->job;
+}
+
+absl::StatusOr<v1::RegisterWorkerResponse> Scheduler::RegisterWorker(const v1::RegisterWorkerRequest& req) {
+  if (req.name().empty()) return absl::InvalidArgumentError("name: required");
+  v1::RegisterWorkerResponse resp;
+  resp.set_worker_id(RandomId(req.name() + "-"));
+  resp.set_lease_duration_ms(options_.lease_duration_ms);
+  resp.set_heartbeat_interval_ms(options_.heartbeat_interval_ms);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    workers_[resp.worker_id()] = {req.capabilities(), req.name()};
+  }
+  metrics_->WorkerRegistered();
+  return resp;
+}
+
+absl::StatusOr<v1::LeaseJobResponse> Scheduler::LeaseJob(const v1::LeaseJobRequest& req) {
+  WorkerInfo worker;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = workers_.find(req.worker_id());
+    if (it == workers_.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("worker '", req.worker_id(), "' is not registered (server restarted?): register again"));
+    }
+    worker = it->second;
+  }
+  auto eligible = [&](const v1::Job& job) {
+    const auto& res = job.spec().resources();
+    if (!res.device().empty()) {
+      bool has = false;
+      for (const auto& d : worker.capabilities.devices()) has |= d == res.device();
+      if (!has) return false;
+    }
+    return res.min_gpu_memory_bytes() <= worker.capabilities.gpu_memory_bytes() ||
+           res.min_gpu_memory_bytes() == 0;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<int64_t>(0, req.wait_ms()));
+  v1::LeaseJobResponse resp;
+  while (true) {
+    const uint64_t seen = Version();
+    const std::string lease_id = RandomId("l-");
+    auto claimed = store_->ClaimNext(eligible, [&](JobRow& r) {
+      v1::Job& j = r.job;
+      j.set_state(v1::JOB_STATE_RUNNING);
+      j.set_attempt(j.attempt() + 1);
+      j.set_worker_id(req.worker_id());
+      j.set_update_time_ms(Now());
+      if (j.start_time_ms() == 0) j.set_start_time_ms(Now());
+      j.mutable_progress()->set_step("leased");
+      r.lease_id = lease_id;
+      r.lease_expire_ms = Now() + options_.lease_duration_ms;
+    });
+    if (!claimed.ok()) return claimed.status();
+    if (claimed->has_value()) {
+      const JobRow& row = **claimed;
+      metrics_->JobStarted((Now() - row.job.create_time_ms()) / 1000.0);
+      RefreshGauges();
+      Notify();
+      *resp.mutable_job() = row.job;
+      resp.set_lease_id(row.lease_id);
+      resp.set_lease_expire_time_ms(row.lease_expire_ms);
+      return resp;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline || shutting_down()) return resp;
+    WaitForChange(seen, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count());
+  }
+}
+
+absl::StatusOr<JobRow> Scheduler::UpdateLeased(const std::string& job_id, const std::string& lease_id,
+                                               const std::function<void(JobRow&)>& mutate) {
+  return store_->Update(job_id, [&](JobRow& r) -> absl::Status {
+    if (r.job.state() != v1::JOB_STATE_RUNNING || r.lease_id != lease_id || lease_id.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("job '", job_id, "': lease '", lease_id, "' is no longer held (expired or job ended)"));
+    }
+    mutate(r);
+    r.job.set_update_time_ms(Now());
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<v1::HeartbeatResponse> Scheduler::Heartbeat(const v1::HeartbeatRequest& req) {
+  auto row = UpdateLeased(req.job_id(), req.lease_id(), [&](JobRow& r) {
+    *r.job.mutable_progress() = req.progress();
+    r.lease_expire_ms = Now() + options_.lease_duration_ms;
+  });
+  if (!row.ok()) return row.status();
+  Notify();
+  v1::HeartbeatResponse resp;
+  resp.set_cancel_requested(row->job.cancel_requested());
+  resp.set_lease_expire_time_ms(row->lease_expire_ms);
+  return resp;
+}
+
+absl::Status Scheduler::CompleteJob(const v1::CompleteJobRequest& req) {
+  auto row = UpdateLeased(req.job_id(), req.lease_id(), [&](JobRow& r) {
+    r.job.set_state(v1::JOB_STATE_SUCCEEDED);
+    *r.job.mutable_result() = req.result();
+    r.job.set_finish_time_ms(Now());
+    r.job.mutable_progress()->set_step("done");
+    r.job.mutable_progress()->set_fraction(1.0);
+    r.job.mutable_progress()->set_eta_ms(0);
+    r.lease_id.clear();
+  });
+  if (!row.ok()) return row.status();
+  RecordFinish(row->job);
+  RefreshGauges();
+  Notify();
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::FailJob(const v1::FailJobRequest& req) {
+  if (req.reason().empty()) return absl::InvalidArgumentError("reason: required");
+  auto row = UpdateLeased(req.job_id(), req.lease_id(), [&](JobRow& r) {
+    const bool cancelled = req.cancelled() && r.job.cancel_requested();
+    r.job.set_state(cancelled ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_FAILED);
+    if (!cancelled) r.job.set_error(req.reason());
+    r.job.set_finish_time_ms(Now());
+    r.lease_id.clear();
+  });
+  if (!row.ok()) return row.status();
+  RecordFinish(row->job);
+  RefreshGauges();
+  Notify();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> Scheduler::ExpireLeases() {
+  auto ids = store_->ExpiredLeases(Now());
+  if (!ids.ok()) return ids.status();
+  int n = 0;
+  for (const auto& id : *ids) {
+    bool finished = false;
+    auto row = store_->Update(id, [&](JobRow& r) -> absl::Status {
+      v1::Job& j = r.job;
+      if (j.state() != v1::JOB_STATE_RUNNING || r.lease_expire_ms >= Now()) {
+        return absl::AbortedError("lease renewed meanwhile");
+      }
+      const std::string lost = absl::StrCat("lease of worker '", j.worker_id(), "' expired (worker lost)");
+      r.lease_id.clear();
+      r.lease_expire_ms = 0;
+      j.set_update_time_ms(Now());
+      if (j.cancel_requested()) {
+        j.set_state(v1::JOB_STATE_CANCELLED);
+        j.set_finish_time_ms(Now());
+        finished = true;
+      } else if (j.attempt() >= j.max_attempts()) {
+        j.set_state(v1::JOB_STATE_FAILED);
+        j.set_error(absl::StrCat(lost, "; gave up after ", j.attempt(), " attempts"));
+        j.set_finish_time_ms(Now());
+        finished = true;
+      } else {
+        j.set_state(v1::JOB_STATE_QUEUED);
+        j.set_worker_id("");
+        j.mutable_progress()->set_step(absl::StrCat("requeued: ", lost));
+      }
+      return absl::OkStatus();
+    });
+    if (!row.ok()) {
+      if (absl::IsAborted(row.status())) continue;
+      return row.status();
+    }
+    ++n;
+    metrics_->LeaseExpired();
+    if (finished) RecordFinish(row->job);
+  }
+  if (n > 0) {
+    RefreshGauges();
+    Notify();
+  }
+  return n;
+}
+
+}  // namespace qaas::server

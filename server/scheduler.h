@@ -1,0 +1,102 @@
+// The scheduler: the job state machine of DESIGN.md section 4 over a JobStore,
+// with leases, cancellation, idempotency and change notification. A plain
+// object that the gRPC services call (and tests call directly, with an
+// injected clock: no sleeps needed).
+//
+//   QUEUED --lease--> RUNNING --> SUCCEEDED | FAILED
+//     ^                  | lease expired, attempts left
+//     +------------------+
+//   QUEUED/RUNNING --cancel--> CANCELLED (RUNNING: at the worker's next layer)
+//
+// Thread-safe. Methods that wait say so.
+#ifndef QAAS_SERVER_SCHEDULER_H_
+#define QAAS_SERVER_SCHEDULER_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "qaas/v1/job_service.pb.h"
+#include "qaas/v1/worker_service.pb.h"
+#include "server/job_store.h"
+#include "server/metrics.h"
+#include "server/spec_validation.h"
+
+namespace qaas::server {
+
+struct SchedulerOptions {
+  int64_t lease_duration_ms = 30000;
+  int64_t heartbeat_interval_ms = 5000;
+  int max_attempts = 3;
+  ValidationOptions validation;
+  std::string default_output_uri;  // jobs without spec.output go to <this>/jobs/<id>
+  std::function<int64_t()> now_ms;  // unix ms; defaults to the system clock
+};
+
+class Scheduler {
+ public:
+  // `store` is owned; `metrics` must outlive the scheduler.
+  Scheduler(std::unique_ptr<JobStore> store, SchedulerOptions options, Metrics* metrics);
+
+  // JobService. `tenant` scopes every call: other tenants' jobs are NotFound.
+  absl::StatusOr<v1::Job> Submit(const std::string& tenant, v1::JobSpec spec);
+  absl::StatusOr<v1::Job> Get(const std::string& tenant, const std::string& id);
+  absl::StatusOr<v1::ListJobsResponse> List(const std::string& tenant, const v1::ListJobsRequest& request);
+  absl::StatusOr<v1::Job> Cancel(const std::string& tenant, const std::string& id, const std::string& reason);
+
+  // WorkerService.
+  absl::StatusOr<v1::RegisterWorkerResponse> RegisterWorker(const v1::RegisterWorkerRequest& request);
+  // Blocks up to request.wait_ms (bounded by the scheduler's shutdown) for a job.
+  absl::StatusOr<v1::LeaseJobResponse> LeaseJob(const v1::LeaseJobRequest& request);
+  absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
+  absl::Status CompleteJob(const v1::CompleteJobRequest& request);
+  absl::Status FailJob(const v1::FailJobRequest& request);
+
+  // Requeues (or fails, when out of attempts) RUNNING jobs whose lease
+  // expired. Returns how many. Called periodically by the server.
+  absl::StatusOr<int> ExpireLeases();
+
+  // Change notification for WatchJob: Version() increases on every change;
+  // WaitForChange blocks until it passes `seen` or `timeout_ms` passes.
+  uint64_t Version() const { return version_.load(); }
+  uint64_t WaitForChange(uint64_t seen, int64_t timeout_ms);
+
+  // Wakes every waiter; later waits return at once.
+  void Shutdown();
+  bool shutting_down() const { return shutdown_.load(); }
+
+ private:
+  struct WorkerInfo {
+    v1::WorkerCapabilities capabilities;
+    std::string name;
+  };
+  int64_t Now() const { return options_.now_ms(); }
+  void Notify();
+  void RefreshGauges();
+  void RecordFinish(const v1::Job& job);
+  absl::StatusOr<JobRow> UpdateLeased(const std::string& job_id, const std::string& lease_id,
+                                      const std::function<void(JobRow&)>& mutate);
+
+  std::unique_ptr<JobStore> store_;
+  SchedulerOptions options_;
+  Metrics* metrics_;
+  std::atomic<uint64_t> version_{0};
+  std::atomic<bool> shutdown_{false};
+  std::mutex mu_;  // guards workers_ and the condition variable
+  std::condition_variable changed_;
+  std::map<std::string, WorkerInfo> workers_;
+};
+
+// "j-" + 16 random hex digits (also used for worker and lease ids).
+std::string RandomId(const std::string& prefix);
+bool IsFinal(v1::JobState state);
+
+}  // namespace qaas::server
+
+#endif  // QAAS_SERVER_SCHEDULER_H_

@@ -1,0 +1,71 @@
+#include "server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <chrono>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "server/sqlite_job_store.h"
+
+namespace qaas::server {
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
+  std::unique_ptr<Server> s(new Server());
+  s->options_ = options;
+  auto store = SqliteJobStore::Open(options.db_path);
+  if (!store.ok()) return store.status();
+  s->registry_ = std::make_shared<prometheus::Registry>();
+  s->metrics_ = std::make_unique<Metrics>(*s->registry_);
+  if (!options.metrics_address.empty()) {
+    auto http = MetricsHttpServer::Start(options.metrics_address, s->registry_.get());
+    if (!http.ok()) return http.status();
+    s->metrics_http_ = *std::move(http);
+    s->metrics_port_ = s->metrics_http_->port();
+  }
+  s->scheduler_ = std::make_unique<Scheduler>(*std::move(store), options.scheduler, s->metrics_.get());
+  s->job_service_ = std::make_unique<JobServiceImpl>(s->scheduler_.get());
+  s->worker_service_ = std::make_unique<WorkerServiceImpl>(s->scheduler_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.RegisterService(s->job_service_.get());
+  builder.RegisterService(s->worker_service_.get());
+  s->grpc_server_ = builder.BuildAndStart();
+  if (!s->grpc_server_ || s->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address));
+  }
+  s->reaper_ = std::thread([srv = s.get()] {
+    while (!srv->stopped_) {
+      auto expired = srv->scheduler_->ExpireLeases();
+      if (!expired.ok()) std::cerr << "qaas-server: lease reaper: " << expired.status() << "\n";
+      for (int64_t waited = 0; waited < srv->options_.reaper_interval_ms && !srv->stopped_; waited += 20) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+  });
+  return s;
+}
+
+Server::~Server() { Shutdown(); }
+
+std::shared_ptr<grpc::Channel> Server::InProcessChannel() {
+  return grpc_server_->InProcessChannel(grpc::ChannelArguments());
+}
+
+void Server::Shutdown(int64_t grace_ms) {
+  if (stopped_.exchange(true)) return;
+  if (scheduler_) scheduler_->Shutdown();  // wakes long polls and watches first
+  if (grpc_server_) {
+    grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(grace_ms));
+  }
+  if (reaper_.joinable()) reaper_.join();
+  metrics_http_.reset();
+}
+
+void Server::Wait() { grpc_server_->Wait(); }
+
+}  // namespace qaas::server

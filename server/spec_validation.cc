@@ -1,0 +1,200 @@
+#include "server/spec_validation.h"
+
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <climits>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "proto/scheme_convert.h"
+#include "storage/uri.h"
+
+namespace qaas::server {
+namespace {
+
+constexpr int kMaxSamples = 100000;
+constexpr int kMaxSeqLen = 1 << 20;
+constexpr int kMaxLabels = 64;
+constexpr size_t kMaxLabelBytes = 256;
+
+absl::Status Invalid(absl::string_view field, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+}
+
+// The recipe steps of a preset.
+const std::map<std::string, std::vector<std::string>>& Presets() {
+  static const auto* kPresets = new std::map<std::string, std::vector<std::string>>{
+      {"rtn", {"rtn"}},
+      {"gptq", {"gptq"}},
+      {"adadim-rtn", {"adadim"}},
+      {"adadim-gptq", {"adadim"}},
+      {"smoothquant-rtn", {"smoothquant", "rtn"}},
+      {"smoothquant-gptq", {"smoothquant", "gptq"}},
+      {"rptq", {"rptq", "rtn"}},
+      {"omniquant", {"omniquant"}},
+  };
+  return *kPresets;
+}
+
+std::string RealPathOr(const std::string& path) {
+  char buf[PATH_MAX];
+  return realpath(path.c_str(), buf) ? std::string(buf) : path;
+}
+
+// Which options message a method accepts (0 = none given).
+bool OptionsMatch(const v1::RecipeStep& step) {
+  switch (step.options_case()) {
+    case v1::RecipeStep::OPTIONS_NOT_SET: return true;
+    case v1::RecipeStep::kRtn: return step.method() == "rtn";
+    case v1::RecipeStep::kGptq: return step.method() == "gptq";
+    case v1::RecipeStep::kAdadim: return step.method() == "adadim";
+    case v1::RecipeStep::kSmoothquant: return step.method() == "smoothquant";
+    case v1::RecipeStep::kRptq: return step.method() == "rptq";
+    case v1::RecipeStep::kOmniquant: return step.method() == "omniquant";
+  }
+  return false;
+}
+
+absl::Status ValidateRecipe(v1::JobSpec* spec) {
+  if (!spec->preset().empty()) {
+    if (spec->recipe_size() > 0) return Invalid("preset", "give a preset or recipe steps, not both");
+    auto it = Presets().find(spec->preset());
+    if (it == Presets().end()) {
+      std::vector<std::string> names;
+      for (const auto& [n, s] : Presets()) names.push_back(n);
+      return Invalid("preset", absl::StrCat("unknown preset '", spec->preset(), "' (known: ",
+                                            absl::StrJoin(names, ", "), ")"));
+    }
+    for (const auto& m : it->second) spec->add_recipe()->set_method(m);
+  }
+  if (spec->recipe_size() == 0) return Invalid("recipe", "required (a preset such as \"rtn\" or steps)");
+  for (int i = 0; i < spec->recipe_size(); ++i) {
+    const auto& step = spec->recipe(i);
+    const std::string field = absl::StrCat("recipe[", i, "]");
+    const auto& known = KnownMethods();
+    if (std::find(known.begin(), known.end(), step.method()) == known.end()) {
+      return Invalid(field, absl::StrCat("unknown method '", step.method(), "' (known: ",
+                                         absl::StrJoin(known, ", "), ")"));
+    }
+    if (!OptionsMatch(step)) return Invalid(field, absl::StrCat("options do not belong to method '", step.method(), "'"));
+    if (!MethodImplemented(step.method())) {
+      return absl::UnimplementedError(
+          absl::StrCat(field, ": method '", step.method(), "' is not implemented in this build yet"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateScheme(v1::JobSpec* spec) {
+  auto scheme = SchemeFromProto(spec->scheme());
+  if (!scheme.ok()) return scheme.status();
+  if (!scheme->activations.enabled() && !scheme->kv_cache.enabled() && !scheme->weights.enabled()) {
+    return Invalid("scheme", absl::StrCat("'", scheme->ToString(), "' quantizes nothing"));
+  }
+  if (scheme->activations.enabled() || scheme->kv_cache.enabled()) {
+    return absl::UnimplementedError(absl::StrCat("scheme ", scheme->ToString(),
+                                                 ": activation and KV-cache quantization are not implemented in this build yet"));
+  }
+  if (scheme->weights.format != quant::NumberFormat::kInt) {
+    return absl::UnimplementedError(absl::StrCat("scheme ", scheme->ToString(), ": weight format ",
+                                                 quant::NumberFormatName(scheme->weights.format),
+                                                 " is not implemented in this build yet"));
+  }
+  *spec->mutable_scheme() = SchemeToProto(*scheme);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+const std::vector<std::string>& KnownMethods() {
+  static const auto* kMethods =
+      new std::vector<std::string>{"rtn", "gptq", "adadim", "smoothquant", "rptq", "omniquant"};
+  return *kMethods;
+}
+
+bool MethodImplemented(const std::string& method) { return method == "rtn"; }
+
+absl::Status ValidateUri(const std::string& field, const std::string& uri,
+                         const std::vector<std::string>& roots) {
+  auto parsed = storage::ParseUri(uri);
+  if (!parsed.ok()) return Invalid(field, parsed.status().message());
+  if (parsed->scheme == "s3") {
+    return absl::UnimplementedError(absl::StrCat(field, ": s3:// storage is not available in this build yet"));
+  }
+  if (parsed->scheme != "file") return Invalid(field, absl::StrCat("unsupported uri scheme '", parsed->scheme, "'"));
+  auto path = storage::NormalizeLocalPath(parsed->path);
+  if (!path.ok()) return Invalid(field, path.status().message());
+  // Lexically and after resolving symlinks, the path must stay inside a root.
+  const std::string real = RealPathOr(*path);
+  for (const auto& root : roots) {
+    if (storage::PathIsWithin(*path, root) && storage::PathIsWithin(real, RealPathOr(root))) {
+      return absl::OkStatus();
+    }
+  }
+  return Invalid(field, absl::StrCat("uri '", uri, "' is outside the server's allowed file roots (",
+                                     absl::StrJoin(roots, ", "), ")"));
+}
+
+absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec) {
+  if (spec->model().empty()) return Invalid("model", "required (uri of a Hugging Face model directory)");
+  if (auto st = ValidateUri("model", spec->model(), options.file_roots); !st.ok()) return st;
+  if (auto parsed = storage::ParseUri(spec->model()); parsed.ok() && parsed->scheme == "file") {
+    struct stat st;
+    const std::string config = parsed->path + "/config.json";
+    if (::stat(parsed->path.c_str(), &st) != 0) {
+      return Invalid("model", absl::StrCat("model directory '", spec->model(), "' does not exist"));
+    }
+    if (::stat(config.c_str(), &st) != 0) {
+      return Invalid("model", absl::StrCat("'", spec->model(), "' has no config.json"));
+    }
+  }
+  if (auto st = ValidateRecipe(spec); !st.ok()) return st;
+  if (auto st = ValidateScheme(spec); !st.ok()) return st;
+
+  auto* calib = spec->mutable_calibration();
+  if (!calib->dataset().empty()) {
+    if (auto st = ValidateUri("calibration.dataset", calib->dataset(), options.file_roots); !st.ok()) return st;
+  }
+  if (calib->num_samples() == 0) calib->set_num_samples(128);
+  if (calib->num_samples() < 0 || calib->num_samples() > kMaxSamples) {
+    return Invalid("calibration.num_samples", absl::StrCat("must be 1..", kMaxSamples, ", got ", calib->num_samples()));
+  }
+  if (calib->seq_len() < 0 || calib->seq_len() > kMaxSeqLen) {
+    return Invalid("calibration.seq_len", absl::StrCat("must be 0 (default) or 2..", kMaxSeqLen, ", got ", calib->seq_len()));
+  }
+  for (int i = 0; i < spec->evaluation_size(); ++i) {
+    const auto& e = spec->evaluation(i);
+    const std::string field = absl::StrCat("evaluation[", i, "]");
+    if (e.dataset().empty()) return Invalid(field + ".dataset", "required");
+    if (auto st = ValidateUri(field + ".dataset", e.dataset(), options.file_roots); !st.ok()) return st;
+    if (e.seq_len() < 0 || e.seq_len() == 1 || e.seq_len() > kMaxSeqLen) {
+      return Invalid(field + ".seq_len", absl::StrCat("must be 0 (default) or 2..", kMaxSeqLen, ", got ", e.seq_len()));
+    }
+    if (e.max_windows() < 0) return Invalid(field + ".max_windows", "must not be negative");
+  }
+  if (!spec->output().empty()) {
+    if (auto st = ValidateUri("output", spec->output(), options.file_roots); !st.ok()) return st;
+  }
+  const auto& device = spec->resources().device();
+  if (!device.empty() && device != "cpu" && device != "cuda") {
+    return Invalid("resources.device", absl::StrCat("must be \"cpu\", \"cuda\" or empty, got '", device, "'"));
+  }
+  if (spec->priority() < -1000 || spec->priority() > 1000) {
+    return Invalid("priority", absl::StrCat("must be -1000..1000, got ", spec->priority()));
+  }
+  if (spec->labels_size() > kMaxLabels) return Invalid("labels", absl::StrCat("at most ", kMaxLabels));
+  for (const auto& [k, v] : spec->labels()) {
+    if (k.empty() || k.size() > kMaxLabelBytes || v.size() > kMaxLabelBytes) {
+      return Invalid("labels", absl::StrCat("keys must be 1..", kMaxLabelBytes, " bytes and values at most ", kMaxLabelBytes));
+    }
+  }
+  if (spec->idempotency_key().size() > kMaxLabelBytes) {
+    return Invalid("idempotency_key", absl::StrCat("at most ", kMaxLabelBytes, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace qaas::server

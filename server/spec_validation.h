@@ -1,0 +1,38 @@
+// Validation of a submitted JobSpec: everything that can be checked without
+// running the model (DESIGN.md section 4, step 1).
+#ifndef QAAS_SERVER_SPEC_VALIDATION_H_
+#define QAAS_SERVER_SPEC_VALIDATION_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "qaas/v1/job.pb.h"
+
+namespace qaas::server {
+
+struct ValidationOptions {
+  // file:// uris must resolve inside one of these absolute directories.
+  std::vector<std::string> file_roots;
+};
+
+// Checks `spec` and fills its defaults in place: a preset becomes its recipe
+// steps, the scheme gets its structured fields and canonical shorthand,
+// calibration.num_samples defaults to 128.
+//
+// InvalidArgument names the field and the value (unknown scheme token, uri
+// outside the allowed roots, model directory without config.json, ...).
+// Unimplemented names a method or format this build does not run yet.
+absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec);
+
+// Methods a recipe may name, and the ones this build runs.
+const std::vector<std::string>& KnownMethods();
+bool MethodImplemented(const std::string& method);
+
+// Checks a file:// or s3:// uri; file uris must resolve inside `roots`.
+absl::Status ValidateUri(const std::string& field, const std::string& uri,
+                         const std::vector<std::string>& roots);
+
+}  // namespace qaas::server
+
+#endif  // QAAS_SERVER_SPEC_VALIDATION_H_

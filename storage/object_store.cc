@@ -1,0 +1,50 @@
+#include "storage/object_store.h"
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "storage/file_store.h"
+#include "storage/uri.h"
+
+namespace qaas::storage {
+
+absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(std::string_view uri) {
+  absl::StatusOr<Uri> parsed = ParseUri(uri);
+  if (!parsed.ok()) return parsed.status();
+  if (parsed->scheme == "file") {
+    absl::StatusOr<std::unique_ptr<FileStore>> store = FileStore::Create(parsed->path);
+    if (!store.ok()) return store.status();
+    return std::unique_ptr<ObjectStore>(*std::move(store));
+  }
+  if (parsed->scheme == "s3") {
+    return absl::UnimplementedError(absl::StrCat("storage scheme 's3' (uri ", QuoteForMessage(uri),
+                                                 ") is not implemented yet"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown storage scheme ",
+                                                 QuoteForMessage(parsed->scheme), " in uri ",
+                                                 QuoteForMessage(uri), "; use file:// or s3://"));
+}
+
+absl::StatusOr<std::string> NormalizeObjectKey(std::string_view key) {
+  absl::StatusOr<std::string> normalized = NormalizeKey(key);
+  if (!normalized.ok()) return normalized.status();
+  if (normalized->empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key ", QuoteForMessage(key), " names the store root, not an object"));
+  }
+  return normalized;
+}
+
+absl::StatusOr<std::string> NormalizeListPrefix(std::string_view prefix) {
+  absl::StatusOr<std::string> normalized = NormalizeKey(prefix);
+  if (!normalized.ok()) return normalized.status();
+  if (!normalized->empty() && !prefix.empty() && prefix.back() == '/') normalized->push_back('/');
+  return normalized;
+}
+
+}  // namespace qaas::storage

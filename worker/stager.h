@@ -1,0 +1,31 @@
+// Staging of job inputs from object storage into a local cache, and upload of
+// a job's outputs. A staged directory is keyed by the sha256 of its uri and
+// its objects' (key, size, mtime), so an unchanged model is fetched once; it
+// appears atomically (downloaded under a temp name, then renamed).
+#ifndef QAAS_WORKER_STAGER_H_
+#define QAAS_WORKER_STAGER_H_
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace qaas::worker {
+
+// Copies every object under the directory `uri` into the cache; returns the
+// local directory. NotFound when the uri holds no objects.
+absl::StatusOr<std::string> StageDirectory(const std::string& uri, const std::string& cache_dir);
+// Copies the single object `uri` into the cache; returns the local file path.
+absl::StatusOr<std::string> StageFile(const std::string& uri, const std::string& cache_dir);
+// Uploads every file under `local_dir` to the directory `uri`, keeping
+// relative paths; files named in `last` go after all others (so their
+// presence means the rest is complete).
+absl::Status UploadDirectory(const std::string& local_dir, const std::string& uri,
+                             const std::vector<std::string>& last);
+// Splits "file:///a/b/c.txt" into ("file:///a/b", "c.txt").
+std::pair<std::string, std::string> SplitObjectUri(const std::string& uri);
+
+}  // namespace qaas::worker
+
+#endif  // QAAS_WORKER_STAGER_H_

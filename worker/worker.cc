@@ -1,0 +1,228 @@
+#include "worker/worker.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "proto/scheme_convert.h"
+#include "quant/pipeline.h"
+#include "worker/stager.h"
+
+namespace qaas::worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::unique_ptr<grpc::ClientContext> Context(int64_t timeout_ms) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  return ctx;
+}
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+// Shared between the pipeline thread and the heartbeat thread.
+struct JobProgress {
+  std::mutex mu;
+  std::condition_variable changed;
+  v1::Progress progress;
+  bool dirty = true;
+  bool done = false;
+  std::atomic<bool> cancel{false};  // the server asked to cancel
+  std::atomic<bool> lost{false};    // the lease is gone: stop and report nothing
+};
+
+}  // namespace
+
+Worker::Worker(std::shared_ptr<grpc::Channel> channel, WorkerOptions options)
+    : stub_(v1::WorkerService::NewStub(channel)), options_(std::move(options)) {}
+
+void Worker::Stop() {
+  stop_ = true;
+  stop_cv_.notify_all();
+}
+
+absl::Status Worker::Register() {
+  v1::RegisterWorkerRequest req;
+  req.set_name(options_.name);
+  req.mutable_capabilities()->add_devices(options_.device);
+  req.mutable_capabilities()->set_host_memory_bytes(static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
+                                                    static_cast<uint64_t>(sysconf(_SC_PAGESIZE)));
+  v1::RegisterWorkerResponse resp;
+  auto ctx = Context(options_.rpc_timeout_ms);
+  if (auto st = FromGrpc(stub_->RegisterWorker(ctx.get(), req, &resp)); !st.ok()) return st;
+  worker_id_ = resp.worker_id();
+  return absl::OkStatus();
+}
+
+void Worker::Run() {
+  int64_t backoff_ms = 200;
+  while (!stop_) {
+    auto ran = RunOnce();
+    if (ran.ok()) {
+      backoff_ms = 200;
+      continue;
+    }
+    std::cerr << "qaas-worker: " << ran.status() << " (retrying in " << backoff_ms << " ms)\n";
+    std::unique_lock<std::mutex> lock(mu_);
+    stop_cv_.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return stop_.load(); });
+    backoff_ms = std::min<int64_t>(backoff_ms * 2, 10000);
+  }
+}
+
+absl::StatusOr<bool> Worker::RunOnce() {
+  if (worker_id_.empty()) {
+    if (auto st = Register(); !st.ok()) return st;
+  }
+  v1::LeaseJobRequest req;
+  req.set_worker_id(worker_id_);
+  req.set_wait_ms(options_.poll_wait_ms);
+  v1::LeaseJobResponse resp;
+  auto ctx = Context(options_.poll_wait_ms + options_.rpc_timeout_ms);
+  auto st = FromGrpc(stub_->LeaseJob(ctx.get(), req, &resp));
+  if (absl::IsFailedPrecondition(st)) worker_id_.clear();  // server forgot us: register again
+  if (!st.ok()) return st;
+  if (!resp.has_job()) return false;
+  RunJob(resp.job(), resp.lease_id());
+  return true;
+}
+
+void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
+  const auto start = Clock::now();
+  JobProgress p;
+  auto set_progress = [&](double fraction, const std::string& step, int layer, int num_layers) {
+    std::lock_guard<std::mutex> lock(p.mu);
+    v1::Progress& pr = p.progress;
+    pr.set_fraction(fraction);
+    pr.set_step(step);
+    pr.set_layer(layer);
+    pr.set_num_layers(num_layers);
+    const int64_t elapsed =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
+    pr.set_elapsed_ms(elapsed);
+    pr.set_eta_ms(fraction > 0.05 ? static_cast<int64_t>(elapsed / fraction * (1 - fraction)) : -1);
+    p.dirty = true;
+    p.changed.notify_all();
+  };
+
+  // Heartbeats: at the server's interval, and soon after each progress change.
+  std::thread heartbeat([&] {
+    const int64_t min_gap_ms = 200, interval_ms = 2000;
+    while (true) {
+      v1::HeartbeatRequest req;
+      {
+        std::unique_lock<std::mutex> lock(p.mu);
+        p.changed.wait_for(lock, std::chrono::milliseconds(interval_ms), [&] { return p.dirty || p.done; });
+        if (p.done) return;
+        p.dirty = false;
+        *req.mutable_progress() = p.progress;
+      }
+      req.set_worker_id(worker_id_);
+      req.set_job_id(job.id());
+      req.set_lease_id(lease_id);
+      v1::HeartbeatResponse resp;
+      auto ctx = Context(options_.rpc_timeout_ms);
+      grpc::Status s = stub_->Heartbeat(ctx.get(), req, &resp);
+      if (s.ok()) {
+        if (resp.cancel_requested()) p.cancel = true;
+      } else if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+                 s.error_code() == grpc::StatusCode::NOT_FOUND) {
+        p.lost = true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(min_gap_ms));
+    }
+  });
+
+  const std::string job_dir = absl::StrCat(options_.work_dir, "/jobs/", job.id());
+  const std::string cache_dir = options_.work_dir + "/cache";
+  absl::Status status = [&]() -> absl::Status {
+    std::error_code ec;
+    std::filesystem::remove_all(job_dir, ec);
+    std::filesystem::create_directories(job_dir + "/out", ec);
+    std::filesystem::create_directories(cache_dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot create ", job_dir, ": ", ec.message()));
+    const v1::JobSpec& spec = job.spec();
+    set_progress(0.01, "staging", 0, 0);
+    quant::PipelineOptions o;
+    auto model = StageDirectory(spec.model(), cache_dir);
+    if (!model.ok()) return absl::Status(model.status().code(), absl::StrCat("model: ", model.status().message()));
+    o.model_dir = *model;
+    o.output_dir = job_dir + "/out";
+    auto scheme = SchemeFromProto(spec.scheme());
+    if (!scheme.ok()) return scheme.status();
+    o.scheme = *scheme;
+    o.recipe.clear();
+    for (const auto& step : spec.recipe()) o.recipe.push_back(step.method());
+    if (!spec.calibration().dataset().empty()) {
+      auto path = StageFile(spec.calibration().dataset(), cache_dir);
+      if (!path.ok()) return absl::Status(path.status().code(), absl::StrCat("calibration.dataset: ", path.status().message()));
+      o.calibration = quant::DatasetRef{*path, spec.calibration().dataset(), spec.calibration().seq_len(), 0};
+      o.num_samples = spec.calibration().num_samples();
+      o.seed = spec.calibration().seed();
+    }
+    for (const auto& e : spec.evaluation()) {
+      auto path = StageFile(e.dataset(), cache_dir);
+      if (!path.ok()) return absl::Status(path.status().code(), absl::StrCat("evaluation dataset: ", path.status().message()));
+      o.evaluations.push_back({*path, e.dataset(), e.seq_len(), e.max_windows()});
+    }
+    o.device = options_.device;
+    std::string spec_json;
+    o.manifest_extra = {{"job_id", job.id()}, {"model", spec.model()}};
+    o.on_progress = [&](const quant::PipelineProgress& pp) {
+      const double f = pp.num_layers > 0 ? 0.05 + 0.85 * pp.layer / pp.num_layers : 0.05;
+      set_progress(f, pp.step, pp.layer, pp.num_layers);
+    };
+    o.should_stop = [&] { return p.cancel.load() || p.lost.load() || stop_.load(); };
+    auto report = quant::RunPipeline(o);
+    if (!report.ok()) return report.status();
+    set_progress(0.95, "uploading", 0, 0);
+    if (auto st = UploadDirectory(o.output_dir, spec.output(), {"report.md", "report.json"}); !st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("upload to ", spec.output(), ": ", st.message()));
+    }
+    v1::CompleteJobRequest done;
+    done.set_job_id(job.id());
+    done.set_lease_id(lease_id);
+    v1::JobResult* r = done.mutable_result();
+    r->set_artifact_uri(spec.output() + "/artifact");
+    r->set_report_uri(spec.output() + "/report.json");
+    if (!(*report)["evaluations"].empty()) {
+      r->set_perplexity_original((*report)["evaluations"][0]["perplexity_original"].get<double>());
+      r->set_perplexity_quantized((*report)["evaluations"][0]["perplexity_quantized"].get<double>());
+    }
+    r->set_quantized_bytes((*report)["size"]["quantized_bytes"].get<uint64_t>());
+    v1::CompleteJobResponse resp;
+    auto ctx = Context(options_.rpc_timeout_ms);
+    return FromGrpc(stub_->CompleteJob(ctx.get(), done, &resp));
+  }();
+
+  {
+    std::lock_guard<std::mutex> lock(p.mu);
+    p.done = true;
+    p.changed.notify_all();
+  }
+  heartbeat.join();
+  std::error_code ec;
+  std::filesystem::remove_all(job_dir, ec);
+  if (status.ok() || p.lost) return;  // a lost lease is the scheduler's to requeue
+  if (stop_ && !p.cancel) return;     // shutting down: the lease expires and the job is requeued
+  v1::FailJobRequest fail;
+  fail.set_job_id(job.id());
+  fail.set_lease_id(lease_id);
+  fail.set_cancelled(absl::IsCancelled(status) && p.cancel);
+  fail.set_reason(std::string(status.message()).empty() ? status.ToString() : absl::StrCat(
+      absl::StatusCodeToString(status.code()), ": ", status.message()));
+  v1::FailJobResponse resp;
+  auto ctx = Context(options_.rpc_timeout_ms);
+  grpc::Status s = stub_->FailJob(ctx.get(), fail, &resp);
+  if (!s.ok()) std::cerr << "qaas-worker: FailJob(" << job.id() << "): " << s.error_message() << "\n";
+}
+
+}  // namespace qaas::worker
