@@ -60,7 +60,6 @@ bool OptionsMatch(const v1::RecipeStep& step) {
 
 absl::Status ValidateRecipe(v1::JobSpec* spec) {
   if (!spec->preset().empty()) {
-    if (spec->recipe_size() > 0) return Invalid("preset", "give a preset or recipe steps, not both");
     auto it = Presets().find(spec->preset());
     if (it == Presets().end()) {
       std::vector<std::string> names;
@@ -68,7 +67,14 @@ absl::Status ValidateRecipe(v1::JobSpec* spec) {
       return Invalid("preset", absl::StrCat("unknown preset '", spec->preset(), "' (known: ",
                                             absl::StrJoin(names, ", "), ")"));
     }
-    for (const auto& m : it->second) spec->add_recipe()->set_method(m);
+    if (spec->recipe_size() == 0) {
+      for (const auto& m : it->second) spec->add_recipe()->set_method(m);
+    } else {
+      // Validation is idempotent: a preset with its own expansion is fine.
+      std::vector<std::string> given;
+      for (const auto& step : spec->recipe()) given.push_back(step.method());
+      if (given != it->second) return Invalid("preset", "give a preset or recipe steps, not both");
+    }
   }
   if (spec->recipe_size() == 0) return Invalid("recipe", "required (a preset such as \"rtn\" or steps)");
   for (int i = 0; i < spec->recipe_size(); ++i) {

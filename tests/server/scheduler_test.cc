@@ -1,0 +1,229 @@
+#include "server/scheduler.h"
+
+#include <gtest/gtest.h>
+#include <prometheus/registry.h>
+
+#include <filesystem>
+
+#include "server/sqlite_job_store.h"
+#include "tests/test_util.h"
+
+namespace qaas::server {
+namespace {
+
+using ::qaas::testing::ScopedTempDir;
+using ::qaas::testing::WriteLocalFile;
+
+double Value(prometheus::Registry& r, const std::string& name, const std::string& status = "") {
+  for (const auto& family : r.Collect()) {
+    if (family.name != name) continue;
+    for (const auto& m : family.metric) {
+      bool match = status.empty();
+      for (const auto& l : m.label) match |= l.name == "status" && l.value == status;
+      if (!match) continue;
+      if (family.type == prometheus::MetricType::Counter) return m.counter.value;
+      if (family.type == prometheus::MetricType::Gauge) return m.gauge.value;
+      if (family.type == prometheus::MetricType::Histogram) return m.histogram.sample_count;
+    }
+  }
+  return -1;
+}
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::filesystem::create_directories(dir_.path() + "/model");
+    WriteLocalFile(dir_.path() + "/model/config.json", "{}");
+    auto store = SqliteJobStore::Open(dir_.path() + "/jobs.db");
+    ASSERT_TRUE(store.ok());
+    metrics_ = std::make_unique<Metrics>(registry_);
+    SchedulerOptions o;
+    o.lease_duration_ms = 1000;
+    o.max_attempts = 2;
+    o.validation.file_roots = {dir_.path()};
+    o.default_output_uri = "file://" + dir_.path() + "/out";
+    o.now_ms = [this] { return now_; };
+    scheduler_ = std::make_unique<Scheduler>(*std::move(store), o, metrics_.get());
+    auto w = scheduler_->RegisterWorker(Worker("w1"));
+    ASSERT_TRUE(w.ok());
+    worker_ = w->worker_id();
+  }
+  static v1::RegisterWorkerRequest Worker(const std::string& name) {
+    v1::RegisterWorkerRequest r;
+    r.set_name(name);
+    r.mutable_capabilities()->add_devices("cpu");
+    return r;
+  }
+  v1::JobSpec Spec() {
+    v1::JobSpec s;
+    s.set_model("file://" + dir_.path() + "/model");
+    s.set_preset("rtn");
+    s.mutable_scheme()->set_shorthand("W4A16");
+    return s;
+  }
+  v1::LeaseJobResponse Lease(const std::string& worker) {
+    v1::LeaseJobRequest r;
+    r.set_worker_id(worker);
+    auto resp = scheduler_->LeaseJob(r);
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    return resp.ok() ? *resp : v1::LeaseJobResponse();
+  }
+
+  ScopedTempDir dir_;
+  prometheus::Registry registry_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::string worker_;
+  int64_t now_ = 1'000'000;
+};
+
+TEST_F(SchedulerTest, SubmitLeaseHeartbeatComplete) {
+  auto job = scheduler_->Submit("t", Spec());
+  QAAS_ASSERT_OK(job);
+  EXPECT_EQ(job->state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(job->spec().output(), "file://" + dir_.path() + "/out/jobs/" + job->id());
+  EXPECT_EQ(Value(registry_, "qaas_jobs_submitted_total"), 1);
+  EXPECT_EQ(Value(registry_, "qaas_jobs_queued"), 1);
+
+  auto lease = Lease(worker_);
+  ASSERT_TRUE(lease.has_job());
+  EXPECT_EQ(lease.job().state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(lease.job().attempt(), 1);
+  EXPECT_EQ(Value(registry_, "qaas_jobs_running"), 1);
+
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(worker_);
+  hb.set_job_id(job->id());
+  hb.set_lease_id(lease.lease_id());
+  hb.mutable_progress()->set_layer(2);
+  hb.mutable_progress()->set_num_layers(5);
+  auto hbr = scheduler_->Heartbeat(hb);
+  QAAS_ASSERT_OK(hbr);
+  EXPECT_FALSE(hbr->cancel_requested());
+  EXPECT_EQ(scheduler_->Get("t", job->id())->progress().layer(), 2);
+
+  v1::CompleteJobRequest done;
+  done.set_job_id(job->id());
+  done.set_lease_id(lease.lease_id());
+  done.mutable_result()->set_artifact_uri("file:///x");
+  now_ += 5000;
+  QAAS_ASSERT_OK(scheduler_->CompleteJob(done));
+  auto final_job = scheduler_->Get("t", job->id());
+  EXPECT_EQ(final_job->state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(final_job->result().artifact_uri(), "file:///x");
+  EXPECT_EQ(Value(registry_, "qaas_jobs_finished_total", "succeeded"), 1);
+  EXPECT_EQ(Value(registry_, "qaas_job_duration_seconds", "succeeded"), 1);
+  EXPECT_EQ(Value(registry_, "qaas_jobs_running"), 0);
+  // The lease is gone: a late heartbeat or completion is refused.
+  QAAS_EXPECT_CODE(scheduler_->Heartbeat(hb), kFailedPrecondition);
+  QAAS_EXPECT_CODE(scheduler_->CompleteJob(done), kFailedPrecondition);
+}
+
+TEST_F(SchedulerTest, ExpiredLeaseRequeuesThenFailsAfterMaxAttempts) {
+  auto job = scheduler_->Submit("t", Spec());
+  QAAS_ASSERT_OK(job);
+  auto first = Lease(worker_);
+  ASSERT_TRUE(first.has_job());
+  now_ += 999;
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 0);  // not yet
+  now_ += 2;
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 1);
+  EXPECT_EQ(scheduler_->Get("t", job->id())->state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(Value(registry_, "qaas_lease_expirations_total"), 1);
+
+  auto second = Lease(worker_);
+  ASSERT_TRUE(second.has_job());
+  EXPECT_EQ(second.job().attempt(), 2);
+  // The first worker's lease no longer counts.
+  v1::HeartbeatRequest stale;
+  stale.set_job_id(job->id());
+  stale.set_lease_id(first.lease_id());
+  QAAS_EXPECT_CODE(scheduler_->Heartbeat(stale), kFailedPrecondition);
+
+  now_ += 1001;
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 1);
+  auto failed = scheduler_->Get("t", job->id());
+  EXPECT_EQ(failed->state(), v1::JOB_STATE_FAILED);
+  EXPECT_NE(failed->error().find("2 attempts"), std::string::npos) << failed->error();
+  EXPECT_EQ(Value(registry_, "qaas_jobs_finished_total", "failed"), 1);
+}
+
+TEST_F(SchedulerTest, CancelQueuedAtOnceRunningAtTheWorker) {
+  auto queued = scheduler_->Submit("t", Spec());
+  QAAS_ASSERT_OK(queued);
+  auto c = scheduler_->Cancel("t", queued->id(), "changed my mind");
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->state(), v1::JOB_STATE_CANCELLED);
+  QAAS_EXPECT_CODE(scheduler_->Cancel("t", queued->id(), ""), kFailedPrecondition);
+
+  auto running = scheduler_->Submit("t", Spec());
+  auto lease = Lease(worker_);
+  ASSERT_TRUE(lease.has_job());
+  EXPECT_EQ(lease.job().id(), running->id());
+  QAAS_ASSERT_OK(scheduler_->Cancel("t", running->id(), ""));
+  EXPECT_EQ(scheduler_->Get("t", running->id())->state(), v1::JOB_STATE_RUNNING);
+  v1::HeartbeatRequest hb;
+  hb.set_job_id(running->id());
+  hb.set_lease_id(lease.lease_id());
+  EXPECT_TRUE(scheduler_->Heartbeat(hb)->cancel_requested());
+  v1::FailJobRequest stop;
+  stop.set_job_id(running->id());
+  stop.set_lease_id(lease.lease_id());
+  stop.set_cancelled(true);
+  stop.set_reason("stopped at layer 2");
+  QAAS_ASSERT_OK(scheduler_->FailJob(stop));
+  EXPECT_EQ(scheduler_->Get("t", running->id())->state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(Value(registry_, "qaas_jobs_finished_total", "cancelled"), 2);
+}
+
+TEST_F(SchedulerTest, TenantsSeeOnlyTheirJobs) {
+  auto job = scheduler_->Submit("a", Spec());
+  QAAS_ASSERT_OK(job);
+  QAAS_EXPECT_CODE(scheduler_->Get("b", job->id()), kNotFound);
+  QAAS_EXPECT_CODE(scheduler_->Cancel("b", job->id(), ""), kNotFound);
+  v1::ListJobsRequest list;
+  EXPECT_EQ(scheduler_->List("b", list)->jobs_size(), 0);
+  EXPECT_EQ(scheduler_->List("a", list)->jobs_size(), 1);
+}
+
+TEST_F(SchedulerTest, IdempotentSubmitCountsOnce) {
+  v1::JobSpec s = Spec();
+  s.set_idempotency_key("nightly-42");
+  auto a = scheduler_->Submit("t", s);
+  auto b = scheduler_->Submit("t", s);
+  QAAS_ASSERT_OK(a);
+  QAAS_ASSERT_OK(b);
+  EXPECT_EQ(a->id(), b->id());
+  EXPECT_EQ(Value(registry_, "qaas_jobs_submitted_total"), 1);
+}
+
+TEST_F(SchedulerTest, LeaseMatchesDeviceAndKnowsWorkers) {
+  v1::JobSpec s = Spec();
+  s.mutable_resources()->set_device("cuda");
+  QAAS_ASSERT_OK(scheduler_->Submit("t", s));
+  EXPECT_FALSE(Lease(worker_).has_job());  // a cpu worker cannot take it
+  v1::RegisterWorkerRequest gpu = Worker("g1");
+  gpu.mutable_capabilities()->add_devices("cuda");
+  auto g = scheduler_->RegisterWorker(gpu);
+  QAAS_ASSERT_OK(g);
+  EXPECT_TRUE(Lease(g->worker_id()).has_job());
+  v1::LeaseJobRequest unknown;
+  unknown.set_worker_id("nobody");
+  QAAS_EXPECT_CODE(scheduler_->LeaseJob(unknown), kFailedPrecondition);
+}
+
+TEST_F(SchedulerTest, FailJobKeepsTheReason) {
+  auto job = scheduler_->Submit("t", Spec());
+  auto lease = Lease(worker_);
+  v1::FailJobRequest f;
+  f.set_job_id(job->id());
+  f.set_lease_id(lease.lease_id());
+  f.set_reason("INVALID_ARGUMENT: tensor 'x' has shape [2] but config.json implies [3]");
+  QAAS_ASSERT_OK(scheduler_->FailJob(f));
+  auto failed = scheduler_->Get("t", job->id());
+  EXPECT_EQ(failed->state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed->error(), f.reason());
+}
+
+}  // namespace
+}  // namespace qaas::server

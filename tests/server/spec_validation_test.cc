@@ -1,0 +1,138 @@
+#include "server/spec_validation.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "tests/test_util.h"
+
+namespace qaas::server {
+namespace {
+
+using ::qaas::testing::ScopedTempDir;
+using ::qaas::testing::WriteLocalFile;
+
+class SpecValidationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = dir_.path() + "/root";
+    std::filesystem::create_directories(root_ + "/model");
+    WriteLocalFile(root_ + "/model/config.json", "{}");
+    WriteLocalFile(root_ + "/calib.txt", "text");
+    options_.file_roots = {root_};
+    spec_.set_model("file://" + root_ + "/model");
+    spec_.set_preset("rtn");
+    spec_.mutable_scheme()->set_shorthand("W4A16g128");
+  }
+  absl::Status Validate() { return ValidateJobSpec(options_, &spec_); }
+
+  ScopedTempDir dir_;
+  std::string root_;
+  ValidationOptions options_;
+  v1::JobSpec spec_;
+};
+
+TEST_F(SpecValidationTest, FillsDefaults) {
+  QAAS_ASSERT_OK(Validate());
+  ASSERT_EQ(spec_.recipe_size(), 1);
+  EXPECT_EQ(spec_.recipe(0).method(), "rtn");
+  EXPECT_EQ(spec_.calibration().num_samples(), 128);
+  EXPECT_EQ(spec_.scheme().weights().bits(), 4);
+  EXPECT_EQ(spec_.scheme().weights().group_size(), 128);
+  EXPECT_EQ(spec_.scheme().shorthand(), "W4A16g128");
+}
+
+TEST_F(SpecValidationTest, UnknownSchemeTokenIsNamed) {
+  spec_.mutable_scheme()->set_shorthand("W4A16q7");
+  absl::Status st = Validate();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("q7"), absl::string_view::npos) << st;
+}
+
+TEST_F(SpecValidationTest, StructuredSchemeWorksAndMustAgreeWithShorthand) {
+  spec_.mutable_scheme()->clear_shorthand();
+  spec_.mutable_scheme()->mutable_weights()->set_format(v1::NUMBER_FORMAT_INT);
+  spec_.mutable_scheme()->mutable_weights()->set_bits(3);
+  QAAS_ASSERT_OK(Validate());
+  EXPECT_EQ(spec_.scheme().shorthand(), "W3A16");
+  spec_.mutable_scheme()->set_shorthand("W4A16");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+}
+
+TEST_F(SpecValidationTest, UnimplementedMethodsAndFormatsAreNamed) {
+  spec_.clear_preset();
+  spec_.add_recipe()->set_method("omniquant");
+  absl::Status st = Validate();
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(st.message().find("omniquant"), absl::string_view::npos) << st;
+
+  spec_.mutable_recipe(0)->set_method("magic");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+
+  spec_.mutable_recipe(0)->set_method("rtn");
+  spec_.mutable_scheme()->set_shorthand("W4A8");
+  QAAS_EXPECT_CODE(Validate(), kUnimplemented);
+  spec_.mutable_scheme()->set_shorthand("Wmxfp4A16");
+  QAAS_EXPECT_CODE(Validate(), kUnimplemented);
+}
+
+TEST_F(SpecValidationTest, OptionsMustMatchTheMethod) {
+  spec_.clear_preset();
+  auto* step = spec_.add_recipe();
+  step->set_method("rtn");
+  step->mutable_gptq()->set_damp(0.1);
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+}
+
+TEST_F(SpecValidationTest, UrisMustStayInsideTheRoots) {
+  spec_.set_model("file://" + root_ + "/../../etc");
+  absl::Status st = Validate();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("outside"), absl::string_view::npos) << st;
+
+  // A symlink inside the root that points outside is refused too.
+  std::filesystem::create_directory_symlink("/etc", root_ + "/escape");
+  spec_.set_model("file://" + root_ + "/escape");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+
+  spec_.set_model("file://" + root_ + "/model");
+  spec_.mutable_calibration()->set_dataset("file:///etc/passwd");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+  spec_.mutable_calibration()->set_dataset("http://example/x");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+}
+
+TEST_F(SpecValidationTest, MissingModelDirectoryOrConfig) {
+  spec_.set_model("file://" + root_ + "/nope");
+  absl::Status st = Validate();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("does not exist"), absl::string_view::npos) << st;
+  std::filesystem::create_directories(root_ + "/empty");
+  spec_.set_model("file://" + root_ + "/empty");
+  st = Validate();
+  EXPECT_NE(st.message().find("config.json"), absl::string_view::npos) << st;
+  spec_.clear_model();
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+}
+
+TEST_F(SpecValidationTest, LimitsAreChecked) {
+  spec_.mutable_calibration()->set_num_samples(-1);
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+  spec_.mutable_calibration()->set_num_samples(10);
+  auto* e = spec_.add_evaluation();
+  e->set_dataset("file://" + root_ + "/calib.txt");
+  e->set_seq_len(-5);
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+  e->set_seq_len(512);
+  spec_.mutable_resources()->set_device("tpu");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+  spec_.mutable_resources()->set_device("cpu");
+  spec_.set_priority(5000);
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+  spec_.set_priority(1);
+  spec_.mutable_scheme()->set_shorthand("W16A16");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace qaas::server

@@ -1,0 +1,387 @@
+// End to end over a real gRPC server on a loopback port: JobService clients,
+// workers in this process or as separate qaas-worker processes, the file://
+// store, and the Prometheus endpoint scraped over HTTP.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "nlohmann/json.hpp"
+#include "qaas/v1/job_service.grpc.pb.h"
+#include "quant/model/random_model.h"
+#include "server/server.h"
+#include "tests/test_util.h"
+#include "worker/worker.h"
+
+namespace qaas {
+namespace {
+
+using ::qaas::testing::ReadLocalFile;
+using ::qaas::testing::ScopedTempDir;
+using ::qaas::testing::SharedDir;
+using ::qaas::testing::WriteLocalFile;
+namespace fs = std::filesystem;
+
+std::string HttpGet(int port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  ::inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return "";
+  }
+  std::string req = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+  ::send(fd, req.data(), req.size(), 0);
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
+
+// Text with enough variety for a tokenizer and many evaluation windows.
+std::string SyntheticText(size_t words, unsigned seed) {
+  static const char* kWords[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to",
+                                 "park", "with", "big", "red", "ball", "she", "said", "hello", "sun", "was"};
+  std::mt19937 rng(seed);
+  std::string s;
+  for (size_t i = 0; i < words; ++i) {
+    s += kWords[rng() % 20];
+    s += (i % 12 == 11) ? ".\n" : " ";
+  }
+  return s;
+}
+
+class EndToEndTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = dir_.path();
+    server::ServerOptions o;
+    o.listen_address = "127.0.0.1:0";
+    o.metrics_address = "127.0.0.1:0";
+    o.db_path = root_ + "/jobs.db";
+    o.scheduler.lease_duration_ms = 1500;
+    o.scheduler.heartbeat_interval_ms = 300;
+    o.scheduler.default_output_uri = "file://" + root_ + "/store";
+    o.scheduler.validation.file_roots = {root_};
+    if (!SharedDir().empty()) o.scheduler.validation.file_roots.push_back(SharedDir());
+    o.reaper_interval_ms = 100;
+    auto s = server::Server::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+    address_ = "127.0.0.1:" + std::to_string(server_->port());
+    jobs_ = v1::JobService::NewStub(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
+    WriteLocalFile(root_ + "/text.txt", SyntheticText(20000, 1));
+  }
+  void TearDown() override {
+    StopWorker();
+    if (server_) server_->Shutdown(1000);
+  }
+
+  // A random LLaMA under root_/<name>.
+  std::string MakeModel(const std::string& name, int layers, int hidden, int context) {
+    quant::RandomModelOptions m;
+    m.num_layers = layers;
+    m.hidden_size = hidden;
+    m.intermediate_size = hidden * 2;
+    m.num_heads = 4;
+    m.num_kv_heads = 2;
+    m.vocab_size = 320;
+    m.max_position_embeddings = context;
+    m.tokenizer_text = SyntheticText(5000, 2);
+    const std::string dir = root_ + "/" + name;
+    auto st = quant::WriteRandomLlama(m, dir);
+    EXPECT_TRUE(st.ok()) << st;
+    return dir;
+  }
+
+  void StartWorker() {
+    worker::WorkerOptions wo;
+    wo.name = "test";
+    wo.work_dir = root_ + "/worker";
+    wo.poll_wait_ms = 200;
+    worker_ = std::make_unique<worker::Worker>(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()), wo);
+    worker_thread_ = std::thread([this] { worker_->Run(); });
+  }
+  void StopWorker() {
+    if (!worker_) return;
+    worker_->Stop();
+    worker_thread_.join();
+    worker_.reset();
+  }
+
+  grpc::Status Submit(const v1::JobSpec& spec, v1::Job* job) {
+    grpc::ClientContext ctx;
+    v1::SubmitJobRequest req;
+    *req.mutable_spec() = spec;
+    return jobs_->SubmitJob(&ctx, req, job);
+  }
+  v1::Job Get(const std::string& id) {
+    grpc::ClientContext ctx;
+    v1::GetJobRequest req;
+    req.set_id(id);
+    v1::Job job;
+    EXPECT_TRUE(jobs_->GetJob(&ctx, req, &job).ok());
+    return job;
+  }
+  // Polls until `done(job)` or the timeout; returns the last job seen.
+  v1::Job WaitFor(const std::string& id, const std::function<bool(const v1::Job&)>& done, int timeout_s = 120) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+    v1::Job job = Get(id);
+    while (!done(job) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      job = Get(id);
+    }
+    return job;
+  }
+  static bool Final(const v1::Job& j) { return server::IsFinal(j.state()); }
+
+  v1::JobSpec Spec(const std::string& model_dir, const std::string& scheme = "W4A16g128") {
+    v1::JobSpec s;
+    s.set_model("file://" + model_dir);
+    s.set_preset("rtn");
+    s.mutable_scheme()->set_shorthand(scheme);
+    return s;
+  }
+
+  ScopedTempDir dir_;
+  std::string root_;
+  std::unique_ptr<server::Server> server_;
+  std::string address_;
+  std::unique_ptr<v1::JobService::Stub> jobs_;
+  std::unique_ptr<worker::Worker> worker_;
+  std::thread worker_thread_;
+};
+
+TEST_F(EndToEndTest, JobRunsThroughTheServiceAndWatchSeesEveryState) {
+  // The real model when ../shared is there; a random one otherwise.
+  std::string model = SharedDir().empty() ? MakeModel("model", 2, 64, 256) : SharedDir() + "/models/stories260k";
+  std::string text = SharedDir().empty() ? root_ + "/text.txt" : SharedDir() + "/data/tinystories/valid-sample.txt";
+  v1::JobSpec spec = Spec(model);
+  spec.mutable_calibration()->set_dataset("file://" + text);
+  spec.mutable_calibration()->set_num_samples(8);
+  spec.mutable_calibration()->set_seq_len(128);
+  auto* eval = spec.add_evaluation();
+  eval->set_dataset("file://" + text);
+  eval->set_seq_len(256);
+  eval->set_max_windows(8);
+  v1::Job job;
+  ASSERT_TRUE(Submit(spec, &job).ok());
+
+  // Watch from before a worker exists, so QUEUED, RUNNING and SUCCEEDED all pass by.
+  std::vector<v1::JobState> states;
+  int max_layer_seen = 0;
+  std::thread watcher([&] {
+    grpc::ClientContext ctx;
+    v1::WatchJobRequest req;
+    req.set_id(job.id());
+    auto reader = jobs_->WatchJob(&ctx, req);
+    v1::JobEvent ev;
+    while (reader->Read(&ev)) {
+      if (states.empty() || states.back() != ev.job().state()) states.push_back(ev.job().state());
+      max_layer_seen = std::max(max_layer_seen, ev.job().progress().layer());
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  StartWorker();
+  watcher.join();
+
+  ASSERT_GE(states.size(), 3u);
+  EXPECT_EQ(states.front(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(states[1], v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(states.back(), v1::JOB_STATE_SUCCEEDED) << Get(job.id()).error();
+  EXPECT_GE(max_layer_seen, 1);
+
+  v1::Job done = Get(job.id());
+  const std::string out = root_ + "/store/jobs/" + job.id();
+  EXPECT_EQ(done.result().artifact_uri(), "file://" + out + "/artifact");
+  for (const char* f : {"artifact/model.safetensors", "artifact/config.json", "artifact/qaas_manifest.json",
+                        "artifact/tokenizer.model", "report.json", "report.md"}) {
+    EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
+  }
+  auto report = nlohmann::json::parse(ReadLocalFile(out + "/report.json"));
+  EXPECT_EQ(report["scheme"], "W4A16g128");
+  ASSERT_EQ(report["evaluations"].size(), 1u);
+  EXPECT_EQ(report["evaluations"][0]["windows"], 8);
+  EXPECT_GT(report["evaluations"][0]["perplexity_quantized"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(report["evaluations"][0]["perplexity_original"].get<double>(), done.result().perplexity_original());
+
+  grpc::ClientContext ctx;
+  v1::GetReportRequest rr;
+  rr.set_id(job.id());
+  v1::GetReportResponse resp;
+  ASSERT_TRUE(jobs_->GetReport(&ctx, rr, &resp).ok());
+  EXPECT_EQ(nlohmann::json::parse(resp.report_json()), report);
+
+  const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_NE(metrics.find("qaas_jobs_submitted_total 1"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("qaas_jobs_finished_total{status=\"succeeded\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.find("qaas_job_duration_seconds_count{status=\"succeeded\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.find("qaas_jobs_running 0"), std::string::npos);
+}
+
+TEST_F(EndToEndTest, BadRequestsAreRejectedAtSubmitNamingTheProblem) {
+  const std::string model = MakeModel("model", 1, 32, 128);
+  struct Case {
+    std::function<void(v1::JobSpec&)> edit;
+    grpc::StatusCode code;
+    std::string mention;
+  };
+  std::vector<Case> cases = {
+      {[](v1::JobSpec& s) { s.mutable_scheme()->set_shorthand("W4A16x9"); }, grpc::INVALID_ARGUMENT, "x9"},
+      {[&](v1::JobSpec& s) { s.set_model("file://" + root_ + "/missing"); }, grpc::INVALID_ARGUMENT, "does not exist"},
+      {[&](v1::JobSpec& s) { s.set_model("file://" + root_ + "/../../etc"); }, grpc::INVALID_ARGUMENT, "outside"},
+      {[](v1::JobSpec& s) {
+         s.clear_preset();
+         s.add_recipe()->set_method("gptq");
+       },
+       grpc::UNIMPLEMENTED, "gptq"},
+      {[](v1::JobSpec& s) { s.set_model(""); }, grpc::INVALID_ARGUMENT, "model"},
+  };
+  for (const auto& c : cases) {
+    v1::JobSpec spec = Spec(model);
+    c.edit(spec);
+    v1::Job job;
+    grpc::Status st = Submit(spec, &job);
+    EXPECT_EQ(st.error_code(), c.code) << st.error_message();
+    EXPECT_NE(st.error_message().find(c.mention), std::string::npos) << st.error_message();
+  }
+  grpc::ClientContext ctx;
+  v1::ListJobsRequest req;
+  v1::ListJobsResponse resp;
+  ASSERT_TRUE(jobs_->ListJobs(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.jobs_size(), 0);  // nothing was stored
+}
+
+TEST_F(EndToEndTest, BadModelsAndDataFailTheJobWithAReadableReason) {
+  const std::string good = MakeModel("good", 1, 32, 128);
+  // Truncated weights.
+  fs::copy(good, root_ + "/truncated", fs::copy_options::recursive);
+  fs::resize_file(root_ + "/truncated/model.safetensors", fs::file_size(good + "/model.safetensors") - 100);
+  // A header that lies about a tensor's size.
+  fs::copy(good, root_ + "/lying", fs::copy_options::recursive);
+  {
+    std::string bytes = ReadLocalFile(good + "/model.safetensors");
+    const size_t at = bytes.find("\"shape\":[32]");
+    ASSERT_NE(at, std::string::npos);
+    bytes.replace(at, 12, "\"shape\":[31]");
+    WriteLocalFile(root_ + "/lying/model.safetensors", bytes);
+  }
+  // config.json that disagrees with the stored shapes.
+  fs::copy(good, root_ + "/mismatch", fs::copy_options::recursive);
+  {
+    auto config = nlohmann::json::parse(ReadLocalFile(good + "/config.json"));
+    config["intermediate_size"] = 80;
+    WriteLocalFile(root_ + "/mismatch/config.json", config.dump());
+  }
+  WriteLocalFile(root_ + "/empty.txt", "\n\n");
+  StartWorker();
+
+  struct Case {
+    v1::JobSpec spec;
+    std::string mention;
+  };
+  std::vector<Case> cases;
+  cases.push_back({Spec(root_ + "/truncated"), "truncated"});
+  cases.push_back({Spec(root_ + "/lying"), "model.layers.0"});
+  cases.push_back({Spec(root_ + "/mismatch"), "config.json implies"});
+  {
+    v1::JobSpec s = Spec(good);
+    s.mutable_calibration()->set_dataset("file://" + root_ + "/empty.txt");
+    cases.push_back({s, "empty"});
+  }
+  {
+    v1::JobSpec s = Spec(good);
+    auto* e = s.add_evaluation();
+    e->set_dataset("file://" + root_ + "/text.txt");
+    e->set_seq_len(4096);
+    cases.push_back({s, "exceeds the model context 128"});
+  }
+  for (const auto& c : cases) {
+    v1::Job job;
+    ASSERT_TRUE(Submit(c.spec, &job).ok());
+    v1::Job end = WaitFor(job.id(), Final);
+    EXPECT_EQ(end.state(), v1::JOB_STATE_FAILED) << c.mention;
+    EXPECT_NE(end.error().find(c.mention), std::string::npos) << "want '" << c.mention << "' in: " << end.error();
+  }
+  // The service keeps serving: a good job still succeeds.
+  v1::Job ok;
+  ASSERT_TRUE(Submit(Spec(good), &ok).ok());
+  EXPECT_EQ(WaitFor(ok.id(), Final).state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(EndToEndTest, CancelStopsARunningJobAtALayerBoundary) {
+  const std::string model = MakeModel("deep", 24, 64, 256);
+  v1::JobSpec spec = Spec(model);
+  auto* e = spec.add_evaluation();
+  e->set_dataset("file://" + root_ + "/text.txt");
+  e->set_seq_len(256);
+  v1::Job job;
+  ASSERT_TRUE(Submit(spec, &job).ok());
+  StartWorker();
+  v1::Job running = WaitFor(job.id(), [](const v1::Job& j) { return j.progress().layer() >= 1 || Final(j); });
+  ASSERT_EQ(running.state(), v1::JOB_STATE_RUNNING);
+  grpc::ClientContext ctx;
+  v1::CancelJobRequest req;
+  req.set_id(job.id());
+  v1::Job after;
+  ASSERT_TRUE(jobs_->CancelJob(&ctx, req, &after).ok());
+  v1::Job end = WaitFor(job.id(), Final);
+  EXPECT_EQ(end.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_LT(end.progress().layer(), 24);
+}
+
+// A qaas-worker process killed mid-job: its lease expires, the job goes back
+// to QUEUED, and a new worker completes it.
+TEST_F(EndToEndTest, KilledWorkerProcessJobIsRequeuedAndFinishedByAnother) {
+  const std::string model = MakeModel("deep", 16, 64, 256);
+  v1::JobSpec spec = Spec(model);
+  auto* e = spec.add_evaluation();
+  e->set_dataset("file://" + root_ + "/text.txt");
+  e->set_seq_len(256);
+  v1::Job job;
+  ASSERT_TRUE(Submit(spec, &job).ok());
+
+  const std::string work = root_ + "/proc-worker";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string server_flag = "--server=" + address_;
+    const std::string work_flag = "--work_dir=" + work;
+    execl(QAAS_WORKER_BIN, QAAS_WORKER_BIN, server_flag.c_str(), work_flag.c_str(), "--poll_wait_ms=200",
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  v1::Job mid = WaitFor(job.id(), [](const v1::Job& j) { return j.progress().layer() >= 1 || Final(j); });
+  ASSERT_EQ(mid.state(), v1::JOB_STATE_RUNNING) << mid.error();
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFSIGNALED(status));
+
+  v1::Job requeued = WaitFor(job.id(), [](const v1::Job& j) { return j.state() != v1::JOB_STATE_RUNNING; }, 30);
+  EXPECT_EQ(requeued.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_NE(requeued.progress().step().find("worker lost"), std::string::npos) << requeued.progress().step();
+
+  StartWorker();
+  v1::Job end = WaitFor(job.id(), Final);
+  EXPECT_EQ(end.state(), v1::JOB_STATE_SUCCEEDED) << end.error();
+  EXPECT_EQ(end.attempt(), 2);
+  const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_NE(metrics.find("qaas_lease_expirations_total 1"), std::string::npos) << metrics;
+}
+
+}  // namespace
+}  // namespace qaas
