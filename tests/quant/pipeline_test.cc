@@ -1,0 +1,410 @@
+#include "quant/pipeline.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "quant/export.h"
+#include "quant/methods/rtn.h"
+#include "quant/model/checkpoint.h"
+#include "quant/model/llama.h"
+#include "quant/model/random_model.h"
+#include "quant/model/safetensors.h"
+#include "tests/quant/quant_test_util.h"
+#include "tests/test_util.h"
+
+namespace qaas::quant {
+namespace {
+
+using nlohmann::json;
+using ::qaas::testing::LocalPathExists;
+using ::qaas::testing::ReadLocalFile;
+using ::qaas::testing::ScopedTempDir;
+using ::qaas::testing::SharedDir;
+using ::qaas::testing::WriteLocalFile;
+
+const json& Reference() {
+  static const json* j =
+      new json(json::parse(ReadLocalFile(ReferencePath("stories260k_reference.json"))));
+  return *j;
+}
+
+Scheme MustParse(const std::string& s) {
+  auto scheme = ParseScheme(s);
+  EXPECT_TRUE(scheme.ok()) << scheme.status();
+  return scheme.ok() ? *scheme : Scheme{};
+}
+
+std::map<std::string, RawTensor> ReadAll(const std::string& path) {
+  std::map<std::string, RawTensor> out;
+  auto f = SafetensorsFile::Open(path);
+  EXPECT_TRUE(f.ok()) << f.status();
+  if (!f.ok()) return out;
+  for (const auto& [name, entry] : (*f)->header().tensors) {
+    auto bytes = (*f)->ReadRaw(name);
+    EXPECT_TRUE(bytes.ok()) << bytes.status();
+    out[name] = {name, entry.dtype, entry.shape, bytes.ok() ? *bytes : ""};
+  }
+  return out;
+}
+
+// One W4A16g128 RTN run of stories260k, shared by the tests that inspect it.
+class Stories260kPipelineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (SharedDir().empty()) return;
+    dir_ = new ScopedTempDir();
+    PipelineOptions o;
+    o.model_dir = Stories260kDir();
+    o.output_dir = dir_->path() + "/out";
+    o.scheme = MustParse("W4A16g128");
+    o.recipe = {"rtn"};
+    o.calibration = DatasetRef{TinyStoriesPath(), "tinystories-calib", 128, 0};
+    o.num_samples = 4;
+    o.evaluations = {DatasetRef{TinyStoriesPath(), "tinystories", 512, 0}};
+    o.on_progress = [](const PipelineProgress& p) { progress_->push_back(p); };
+    progress_ = new std::vector<PipelineProgress>();
+    result_ = new absl::StatusOr<json>(RunPipeline(o));
+  }
+  static void TearDownTestSuite() {
+    delete result_;
+    delete progress_;
+    delete dir_;
+    result_ = nullptr;
+    progress_ = nullptr;
+    dir_ = nullptr;
+  }
+  void SetUp() override {
+    QAAS_REQUIRE_SHARED();
+    QAAS_ASSERT_OK(*result_);
+  }
+  static const json& report() { return **result_; }
+  static std::string out() { return dir_->path() + "/out"; }
+
+  static ScopedTempDir* dir_;
+  static absl::StatusOr<json>* result_;
+  static std::vector<PipelineProgress>* progress_;
+};
+ScopedTempDir* Stories260kPipelineTest::dir_ = nullptr;
+absl::StatusOr<json>* Stories260kPipelineTest::result_ = nullptr;
+std::vector<PipelineProgress>* Stories260kPipelineTest::progress_ = nullptr;
+
+TEST_F(Stories260kPipelineTest, OriginalPerplexityMatchesTheReference) {
+  const json& ref = Reference()["perplexity"]["tinystories"]["seq_len_512"]["float64"];
+  ASSERT_EQ(report()["evaluations"].size(), 1u);
+  const json& e = report()["evaluations"][0];
+  EXPECT_EQ(e["dataset"], "tinystories");
+  EXPECT_EQ(e["seq_len"], 512);
+  EXPECT_EQ(e["windows"], 86);
+  EXPECT_EQ(e["windows"], ref["windows"]);
+  EXPECT_EQ(e["tokens"], 43946);
+  EXPECT_EQ(e["tokens"], ref["tokens_scored"]);
+  const double want = ref["perplexity"].get<double>();
+  const double got = e["perplexity_original"].get<double>();
+  EXPECT_NEAR(got, want, 1e-4 * want) << "reference " << want;
+  // Quantization costs something, but W4 g128 on this model not everything.
+  const double quantized = e["perplexity_quantized"].get<double>();
+  EXPECT_GT(quantized, got);
+  EXPECT_LT(quantized, 2 * got);
+}
+
+TEST_F(Stories260kPipelineTest, ReportJsonHasEveryField) {
+  const json written = json::parse(ReadLocalFile(out() + "/report.json"));
+  EXPECT_EQ(written, report());
+  EXPECT_TRUE(LocalPathExists(out() + "/report.md"));
+  EXPECT_NE(ReadLocalFile(out() + "/report.md").find("tinystories"), std::string::npos);
+
+  EXPECT_EQ(written["scheme"], "W4A16g128");
+  EXPECT_EQ(written["recipe"], json::array({"rtn"}));
+  EXPECT_EQ(written["num_layers"], 5);
+  EXPECT_EQ(written["model"], Stories260kDir());
+  EXPECT_EQ(written["calibration"]["num_samples"], 4);
+  EXPECT_EQ(written["calibration"]["seq_len"], 128);
+  EXPECT_EQ(written["calibration"]["tokens"], 4 * 128);
+  ASSERT_EQ(written["blocks"].size(), 5u);
+  for (const auto& b : written["blocks"]) {
+    EXPECT_GT(b["output_relative_error"].get<double>(), 0);
+    EXPECT_LT(b["output_relative_error"].get<double>(), 1);
+  }
+
+  const json& layers = written["layers"];
+  ASSERT_EQ(layers.size(), 35u);
+  for (int i = 0; i < 5; ++i) {
+    for (size_t j = 0; j < 7; ++j) {
+      const json& l = layers[i * 7 + j];
+      EXPECT_EQ(l["name"], LayerPrefix(i) + LlamaLinearNames()[j]);
+      EXPECT_EQ(l["method"], "rtn");
+      EXPECT_GE(l["seconds"].get<double>(), 0);
+      EXPECT_GT(l["relative_weight_error"].get<double>(), 0.01);
+      EXPECT_LT(l["relative_weight_error"].get<double>(), 0.3);
+    }
+  }
+  const uint64_t original = written["size"]["original_bytes"].get<uint64_t>();
+  const uint64_t quantized = written["size"]["quantized_bytes"].get<uint64_t>();
+  EXPECT_GT(original, 1000000u);  // ~264K float32 parameters
+  EXPECT_LT(quantized, original);
+  for (const char* k : {"calibration", "quantization", "evaluation", "total"}) {
+    ASSERT_TRUE(written["seconds"].contains(k)) << k;
+    EXPECT_GE(written["seconds"][k].get<double>(), 0) << k;
+  }
+  EXPECT_GE(written["seconds"]["total"].get<double>(), written["seconds"]["evaluation"].get<double>());
+}
+
+TEST_F(Stories260kPipelineTest, ArtifactIsAGptqCheckpointOfTheRtnWeights) {
+  const std::string artifact = out() + "/artifact";
+  ASSERT_TRUE(LocalPathExists(artifact + "/model.safetensors"));
+  const json config = json::parse(ReadLocalFile(artifact + "/config.json"));
+  EXPECT_EQ(config["quantization_config"]["quant_method"], "gptq");
+  EXPECT_EQ(config["quantization_config"]["bits"], 4);
+  EXPECT_EQ(config["quantization_config"]["group_size"], 128);
+  EXPECT_EQ(config["hidden_size"], 64);  // the original config is kept
+  EXPECT_EQ(ReadLocalFile(artifact + "/tokenizer.model"), ReadLocalFile(Stories260kDir() + "/tokenizer.model"));
+  const json manifest = json::parse(ReadLocalFile(artifact + "/qaas_manifest.json"));
+  EXPECT_EQ(manifest["scheme"], "W4A16g128");
+  EXPECT_EQ(manifest["format"], "gptq");
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_TRUE(LocalPathExists(out() + "/checkpoints/layer-" + std::to_string(i) + ".safetensors")) << i;
+  }
+
+  const auto tensors = ReadAll(artifact + "/model.safetensors");
+  EXPECT_EQ(tensors.count("model.embed_tokens.weight"), 1u);
+  EXPECT_EQ(tensors.count("model.norm.weight"), 1u);
+  EXPECT_EQ(tensors.count("lm_head.weight"), 0u);  // tied, as in the original
+  // embed + final norm + 5 x (2 norms + 7 x (qweight, qzeros, scales, g_idx)).
+  EXPECT_EQ(tensors.size(), 2u + 5 * (2 + 7 * 4));
+
+  auto ck = Checkpoint::Open(Stories260kDir());
+  QAAS_ASSERT_OK(ck);
+  const TensorQuant& spec = MustParse("W4A16g128").weights;
+  for (int i = 0; i < 5; ++i) {
+    auto layer = LoadLlamaLayer(**ck, i);
+    QAAS_ASSERT_OK(layer);
+    EXPECT_TRUE(RawToTensor(tensors.at(LayerPrefix(i) + "input_layernorm.weight")).equal(layer->input_norm));
+    for (size_t j = 0; j < 7; ++j) {
+      const std::string name = LayerPrefix(i) + LlamaLinearNames()[j];
+      SCOPED_TRACE(name);
+      EXPECT_EQ(tensors.count(name + ".weight"), 0u);
+      const at::Tensor& w = layer->linears[j].weight;
+      auto unpacked = UnpackGptqLinear(tensors, name, 4, w.size(1), w.size(0));
+      QAAS_ASSERT_OK(unpacked);
+      const QuantizedLinear q = QuantizeRtn(w, spec);
+      EXPECT_TRUE(unpacked->equal(q.dequantized));
+      EXPECT_NEAR(report()["layers"][i * 7 + j]["relative_weight_error"].get<double>(),
+                  RelativeError(w, q.dequantized), 1e-9);
+    }
+  }
+}
+
+TEST_F(Stories260kPipelineTest, ProgressReportsEveryLayer) {
+  for (int i = 0; i < 5; ++i) {
+    bool loading = false, done = false;
+    for (const auto& p : *progress_) {
+      EXPECT_EQ(p.num_layers, 5);
+      loading |= p.layer == i && p.step == "loading";
+      done |= p.layer == i + 1 && p.step == "layer done";
+    }
+    EXPECT_TRUE(loading) << "no progress for layer " << i;
+    EXPECT_TRUE(done) << "layer " << i << " never finished";
+  }
+  ASSERT_FALSE(progress_->empty());
+  EXPECT_EQ(progress_->back().step, "exporting");
+  EXPECT_EQ(progress_->back().layer, 5);
+  for (size_t k = 1; k < progress_->size(); ++k) EXPECT_GE((*progress_)[k].layer, (*progress_)[k - 1].layer);
+}
+
+TEST(PipelineTest, W8IsNearlyLossless) {
+  QAAS_REQUIRE_SHARED();
+  ScopedTempDir dir;
+  PipelineOptions o;
+  o.model_dir = Stories260kDir();
+  o.output_dir = dir.path();
+  o.scheme = MustParse("W8A16");
+  o.evaluations = {DatasetRef{TinyStoriesPath(), "tinystories", 512, 24}};
+  auto report = RunPipeline(o);
+  QAAS_ASSERT_OK(report);
+  const json& e = (*report)["evaluations"][0];
+  EXPECT_EQ(e["windows"], 24);
+  EXPECT_EQ(e["tokens"], 24 * 511);
+  const double original = e["perplexity_original"].get<double>();
+  const double quantized = e["perplexity_quantized"].get<double>();
+  EXPECT_NEAR(quantized, original, 0.01 * original);
+  EXPECT_NE(quantized, original);  // the weights did change
+  const json config = json::parse(ReadLocalFile(dir.path() + "/artifact/config.json"));
+  EXPECT_EQ(config["quantization_config"]["bits"], 8);
+  EXPECT_EQ(config["quantization_config"]["group_size"], -1);
+}
+
+// A random 2-layer model and a small text, for the tests that need no real model.
+class RandomModelPipelineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    RandomModelOptions m;
+    m.tokenizer_text = kTinyText;
+    m.seed = 3;
+    QAAS_ASSERT_OK(WriteRandomLlama(m, model_dir()));
+    std::string text;
+    for (int i = 0; i < 6; ++i) text += kTinyText;
+    WriteLocalFile(text_path(), text);
+  }
+  std::string model_dir() const { return dir_.path() + "/model"; }
+  std::string text_path() const { return dir_.path() + "/text.txt"; }
+  PipelineOptions Options() const {
+    PipelineOptions o;
+    o.model_dir = model_dir();
+    o.output_dir = dir_.path() + "/out";
+    o.scheme = MustParse("W4A16g128");
+    o.calibration = DatasetRef{text_path(), "calib", 32, 0};
+    o.num_samples = 2;
+    o.evaluations = {DatasetRef{text_path(), "eval", 64, 2}};
+    return o;
+  }
+  ScopedTempDir dir_;
+};
+
+TEST_F(RandomModelPipelineTest, RunsAndReportsBothModels) {
+  PipelineOptions o = Options();
+  std::vector<PipelineProgress> progress;
+  o.on_progress = [&](const PipelineProgress& p) { progress.push_back(p); };
+  auto report = RunPipeline(o);
+  QAAS_ASSERT_OK(report);
+  const json& e = (*report)["evaluations"][0];
+  EXPECT_EQ(e["windows"], 2);
+  EXPECT_EQ(e["tokens"], 2 * 63);
+  // A random model predicts about uniformly over its 512-entry vocabulary.
+  EXPECT_GT(e["perplexity_original"].get<double>(), 300);
+  EXPECT_LT(e["perplexity_original"].get<double>(), 800);
+  EXPECT_EQ((*report)["layers"].size(), 14u);
+  for (int i = 0; i < 2; ++i) {
+    int loading = 0;
+    for (const auto& p : progress) {
+      EXPECT_EQ(p.num_layers, 2);
+      loading += p.layer == i && p.step == "loading";
+    }
+    EXPECT_EQ(loading, 1) << "layer " << i << " of 2";
+  }
+}
+
+TEST_F(RandomModelPipelineTest, UnquantizedWeightsKeepThePerplexity) {
+  PipelineOptions o = Options();
+  o.scheme = MustParse("W16A16");
+  auto report = RunPipeline(o);
+  QAAS_ASSERT_OK(report);
+  const json& e = (*report)["evaluations"][0];
+  EXPECT_EQ(e["perplexity_quantized"], e["perplexity_original"]);
+  EXPECT_EQ((*report)["layers"][0]["method"], "none");
+  const json config = json::parse(ReadLocalFile(o.output_dir + "/artifact/config.json"));
+  EXPECT_FALSE(config.contains("quantization_config"));
+  const auto tensors = ReadAll(o.output_dir + "/artifact/model.safetensors");
+  EXPECT_EQ(tensors.count("model.layers.1.mlp.down_proj.weight"), 1u);
+  EXPECT_EQ(tensors.count("model.layers.1.mlp.down_proj.qweight"), 0u);
+}
+
+TEST_F(RandomModelPipelineTest, UntiedShardedModelExportsItsHead) {
+  RandomModelOptions m;
+  m.tokenizer_text = kTinyText;
+  m.tie_word_embeddings = false;
+  m.shards = 2;
+  m.dtype = "bfloat16";
+  QAAS_ASSERT_OK(WriteRandomLlama(m, model_dir()));
+  ASSERT_EQ(std::remove((model_dir() + "/model.safetensors").c_str()), 0);
+  PipelineOptions o = Options();
+  QAAS_ASSERT_OK(RunPipeline(o));
+  const auto tensors = ReadAll(o.output_dir + "/artifact/model.safetensors");
+  ASSERT_EQ(tensors.count("lm_head.weight"), 1u);
+  EXPECT_EQ(tensors.at("lm_head.weight").dtype, DType::kBF16);  // copied verbatim
+  EXPECT_EQ(tensors.count("model.layers.1.self_attn.q_proj.qweight"), 1u);
+}
+
+TEST_F(RandomModelPipelineTest, EvaluationLongerThanTheContextIsInvalidArgument) {
+  PipelineOptions o = Options();
+  o.evaluations[0].seq_len = 1024;
+  auto report = RunPipeline(o);
+  QAAS_EXPECT_CODE(report, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(report, "context"));
+  EXPECT_TRUE(MessageHas(report, "1024"));
+
+  o = Options();
+  o.calibration->seq_len = 513;
+  report = RunPipeline(o);
+  QAAS_EXPECT_CODE(report, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(report, "context"));
+}
+
+TEST_F(RandomModelPipelineTest, EmptyCalibrationTextIsInvalidArgument) {
+  WriteLocalFile(dir_.path() + "/empty.txt", "");
+  PipelineOptions o = Options();
+  o.calibration->path = dir_.path() + "/empty.txt";
+  auto report = RunPipeline(o);
+  QAAS_EXPECT_CODE(report, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(report, "empty"));
+  EXPECT_TRUE(MessageHas(report, "calibration"));
+}
+
+TEST_F(RandomModelPipelineTest, TooShortEvaluationTextIsInvalidArgumentNamingTheDataset) {
+  WriteLocalFile(dir_.path() + "/short.txt", "Lily ran.");
+  PipelineOptions o = Options();
+  o.evaluations[0] = DatasetRef{dir_.path() + "/short.txt", "s3://bucket/short.txt", 64, 0};
+  auto report = RunPipeline(o);
+  QAAS_EXPECT_CODE(report, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(report, "s3://bucket/short.txt"));
+}
+
+TEST_F(RandomModelPipelineTest, MissingModelDirectoryIsNotFound) {
+  PipelineOptions o = Options();
+  o.model_dir = dir_.path() + "/absent";
+  auto report = RunPipeline(o);
+  QAAS_EXPECT_CODE(report, kNotFound);
+  EXPECT_TRUE(MessageHas(report, "absent"));
+}
+
+TEST_F(RandomModelPipelineTest, UnimplementedMethodsAndSchemesAreUnimplemented) {
+  PipelineOptions o = Options();
+  o.recipe = {"gptq"};
+  auto report = RunPipeline(o);
+  QAAS_EXPECT_CODE(report, kUnimplemented);
+  EXPECT_TRUE(MessageHas(report, "gptq"));
+
+  o = Options();
+  o.scheme = MustParse("W4A8");
+  report = RunPipeline(o);
+  QAAS_EXPECT_CODE(report, kUnimplemented);
+  EXPECT_TRUE(MessageHas(report, "W4A8"));
+
+  o = Options();
+  o.scheme = MustParse("Wmxfp4A16");
+  report = RunPipeline(o);
+  QAAS_EXPECT_CODE(report, kUnimplemented);
+  EXPECT_TRUE(MessageHas(report, "mxfp"));
+  EXPECT_FALSE(LocalPathExists(o.output_dir + "/report.json"));
+}
+
+TEST_F(RandomModelPipelineTest, StopAfterTheFirstLayerIsCancelled) {
+  PipelineOptions o = Options();
+  int polls = 0;
+  std::vector<PipelineProgress> progress;
+  o.should_stop = [&] { return ++polls > 1; };
+  o.on_progress = [&](const PipelineProgress& p) { progress.push_back(p); };
+  auto report = RunPipeline(o);
+  QAAS_EXPECT_CODE(report, kCancelled);
+  EXPECT_EQ(polls, 2);
+  EXPECT_TRUE(LocalPathExists(o.output_dir + "/checkpoints/layer-0.safetensors"));
+  EXPECT_FALSE(LocalPathExists(o.output_dir + "/checkpoints/layer-1.safetensors"));
+  EXPECT_FALSE(LocalPathExists(o.output_dir + "/report.json"));
+  for (const auto& p : progress) EXPECT_LE(p.layer, 1) << p.step;
+}
+
+TEST(ImplementedMethodsTest, ListsRtn) {
+  const auto& m = ImplementedMethods();
+  EXPECT_NE(std::find(m.begin(), m.end(), "rtn"), m.end());
+}
+
+}  // namespace
+}  // namespace qaas::quant
