@@ -62,6 +62,14 @@ std::string Json(const google::protobuf::Message& m) {
   return out;
 }
 
+// --labels k=v,k=v into a label map.
+void ParseLabels(google::protobuf::Map<std::string, std::string>* labels) {
+  for (auto kv : absl::StrSplit(absl::GetFlag(FLAGS_labels), ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    (*labels)[p.first] = p.second;
+  }
+}
+
 int RpcError(const grpc::Status& s) {
   std::cerr << "qaasctl: " << s.error_code() << " " << s.error_message() << "\n";
   return 2;
@@ -128,10 +136,7 @@ int Submit(v1::JobService::Stub& stub) {
   }
   spec->set_output(ToUri(absl::GetFlag(FLAGS_output)));
   spec->set_priority(absl::GetFlag(FLAGS_priority));
-  for (auto kv : absl::StrSplit(absl::GetFlag(FLAGS_labels), ',', absl::SkipEmpty())) {
-    std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
-    (*spec->mutable_labels())[p.first] = p.second;
-  }
+  ParseLabels(spec->mutable_labels());
   spec->set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
   grpc::ClientContext ctx;
   v1::Job job;
@@ -170,10 +175,7 @@ int main(int argc, char** argv) {
       }
       req.add_states(st);
     }
-    for (auto kv : absl::StrSplit(absl::GetFlag(FLAGS_labels), ',', absl::SkipEmpty())) {
-      std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
-      (*req.mutable_labels())[p.first] = p.second;
-    }
+    ParseLabels(req.mutable_labels());
     req.set_page_size(absl::GetFlag(FLAGS_page_size));
     grpc::ClientContext ctx;
     v1::ListJobsResponse resp;

@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <map>
-#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"

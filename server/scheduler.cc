@@ -236,28 +236,28 @@ absl::StatusOr<v1::HeartbeatResponse> Scheduler::Heartbeat(const v1::HeartbeatRe
 }
 
 absl::Status Scheduler::CompleteJob(const v1::CompleteJobRequest& req) {
-  auto row = UpdateLeased(req.job_id(), req.lease_id(), [&](JobRow& r) {
+  return FinishLeased(req.job_id(), req.lease_id(), [&](JobRow& r) {
     r.job.set_state(v1::JOB_STATE_SUCCEEDED);
     *r.job.mutable_result() = req.result();
-    r.job.set_finish_time_ms(Now());
     r.job.mutable_progress()->set_step("done");
     r.job.mutable_progress()->set_fraction(1.0);
     r.job.mutable_progress()->set_eta_ms(0);
-    r.lease_id.clear();
   });
-  if (!row.ok()) return row.status();
-  RecordFinish(row->job);
-  RefreshGauges();
-  Notify();
-  return absl::OkStatus();
 }
 
 absl::Status Scheduler::FailJob(const v1::FailJobRequest& req) {
   if (req.reason().empty()) return absl::InvalidArgumentError("reason: required");
-  auto row = UpdateLeased(req.job_id(), req.lease_id(), [&](JobRow& r) {
+  return FinishLeased(req.job_id(), req.lease_id(), [&](JobRow& r) {
     const bool cancelled = req.cancelled() && r.job.cancel_requested();
     r.job.set_state(cancelled ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_FAILED);
     if (!cancelled) r.job.set_error(req.reason());
+  });
+}
+
+absl::Status Scheduler::FinishLeased(const std::string& job_id, const std::string& lease_id,
+                                     const std::function<void(JobRow&)>& set_outcome) {
+  auto row = UpdateLeased(job_id, lease_id, [&](JobRow& r) {
+    set_outcome(r);
     r.job.set_finish_time_ms(Now());
     r.lease_id.clear();
   });

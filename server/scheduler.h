@@ -82,6 +82,9 @@ class Scheduler {
   void RecordFinish(const v1::Job& job);
   absl::StatusOr<JobRow> UpdateLeased(const std::string& job_id, const std::string& lease_id,
                                       const std::function<void(JobRow&)>& mutate);
+  // Ends a leased job with the outcome `set_outcome` writes (state, result or error).
+  absl::Status FinishLeased(const std::string& job_id, const std::string& lease_id,
+                            const std::function<void(JobRow&)>& set_outcome);
 
   std::unique_ptr<JobStore> store_;
   SchedulerOptions options_;

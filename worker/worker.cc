@@ -174,7 +174,6 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
       o.evaluations.push_back({*path, e.dataset(), e.seq_len(), e.max_windows()});
     }
     o.device = options_.device;
-    std::string spec_json;
     o.manifest_extra = {{"job_id", job.id()}, {"model", spec.model()}};
     o.on_progress = [&](const quant::PipelineProgress& pp) {
       const double f = pp.num_layers > 0 ? 0.05 + 0.85 * pp.layer / pp.num_layers : 0.05;

@@ -9,12 +9,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <thread>
 
+#include "grpc/health/v1/health.grpc.pb.h"
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/dynamic_message.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/byte_buffer.h>
 #include "nlohmann/json.hpp"
 #include "qaas/v1/job_service.grpc.pb.h"
 #include "quant/model/random_model.h"
@@ -381,6 +388,104 @@ TEST_F(EndToEndTest, KilledWorkerProcessJobIsRequeuedAndFinishedByAnother) {
   EXPECT_EQ(end.attempt(), 2);
   const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
   EXPECT_NE(metrics.find("qaas_lease_expirations_total 1"), std::string::npos) << metrics;
+}
+
+TEST_F(EndToEndTest, HealthAndReflectionAreServed) {
+  auto channel = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  ASSERT_TRUE(health->Check(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  // Reflection: list the services. The messages come from the descriptors that
+  // libgrpc++_reflection registered; the call goes through a generic stub.
+  const auto* pool = google::protobuf::DescriptorPool::generated_pool();
+  const auto* req_type = pool->FindMessageTypeByName("grpc.reflection.v1alpha.ServerReflectionRequest");
+  const auto* resp_type = pool->FindMessageTypeByName("grpc.reflection.v1alpha.ServerReflectionResponse");
+  ASSERT_NE(req_type, nullptr);
+  ASSERT_NE(resp_type, nullptr);
+  google::protobuf::DynamicMessageFactory factory(pool);
+  std::unique_ptr<google::protobuf::Message> list(factory.GetPrototype(req_type)->New());
+  list->GetReflection()->SetString(list.get(), req_type->FindFieldByName("list_services"), "");
+  std::string bytes = list->SerializeAsString();
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1), response;
+
+  grpc::GenericStub generic(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext rctx;
+  auto call = generic.PrepareCall(&rctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  auto step = [&](auto&& start) {
+    void* tag;
+    bool ok = false;
+    start();
+    return cq.Next(&tag, &ok) && ok;
+  };
+  ASSERT_TRUE(step([&] { call->StartCall(reinterpret_cast<void*>(1)); }));
+  ASSERT_TRUE(step([&] { call->Write(request, reinterpret_cast<void*>(2)); }));
+  ASSERT_TRUE(step([&] { call->Read(&response, reinterpret_cast<void*>(3)); }));
+  ASSERT_TRUE(step([&] { call->WritesDone(reinterpret_cast<void*>(4)); }));
+  grpc::Status status;
+  ASSERT_TRUE(step([&] { call->Finish(&status, reinterpret_cast<void*>(5)); }));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response.Dump(&slices).ok());
+  std::string resp_bytes;
+  for (const auto& sl : slices) resp_bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  std::unique_ptr<google::protobuf::Message> listed(factory.GetPrototype(resp_type)->New());
+  ASSERT_TRUE(listed->ParseFromString(resp_bytes));
+  const auto* services_field = resp_type->FindFieldByName("list_services_response");
+  const auto& services = listed->GetReflection()->GetMessage(*listed, services_field);
+  const auto* service_list = services.GetDescriptor()->FindFieldByName("service");
+  std::vector<std::string> names;
+  for (int i = 0; i < services.GetReflection()->FieldSize(services, service_list); ++i) {
+    const auto& svc = services.GetReflection()->GetRepeatedMessage(services, service_list, i);
+    names.push_back(svc.GetReflection()->GetString(svc, svc.GetDescriptor()->FindFieldByName("name")));
+  }
+  EXPECT_NE(std::find(names.begin(), names.end(), "qaas.v1.JobService"), names.end());
+  EXPECT_NE(std::find(names.begin(), names.end(), "qaas.v1.WorkerService"), names.end());
+  EXPECT_NE(std::find(names.begin(), names.end(), "grpc.health.v1.Health"), names.end());
+}
+
+// Shutdown wakes long polls and watches instead of waiting them out, and
+// what was acknowledged before is still there after a restart.
+TEST_F(EndToEndTest, GracefulShutdownEndsLongCallsAndKeepsJobs) {
+  const std::string model = MakeModel("model", 1, 32, 128);
+  v1::Job job;
+  ASSERT_TRUE(Submit(Spec(model), &job).ok());
+  std::atomic<bool> watch_ended{false};
+  std::thread watcher([&] {
+    grpc::ClientContext ctx;
+    v1::WatchJobRequest req;
+    req.set_id(job.id());
+    auto reader = jobs_->WatchJob(&ctx, req);
+    v1::JobEvent ev;
+    while (reader->Read(&ev)) {
+    }
+    reader->Finish();
+    watch_ended = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto start = std::chrono::steady_clock::now();
+  server_->Shutdown(/*grace_ms=*/5000);
+  watcher.join();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_TRUE(watch_ended);
+  EXPECT_LT(seconds, 4.0);  // not the 5 s grace: the watch was woken
+
+  server::ServerOptions o;
+  o.listen_address = "127.0.0.1:0";
+  o.metrics_address = "";
+  o.db_path = root_ + "/jobs.db";
+  o.scheduler.validation.file_roots = {root_};
+  auto again = server::Server::Start(o);
+  ASSERT_TRUE(again.ok()) << again.status();
+  auto stored = (*again)->scheduler().Get("", job.id());
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->state(), v1::JOB_STATE_QUEUED);
+  (*again)->Shutdown(1000);
 }
 
 }  // namespace
