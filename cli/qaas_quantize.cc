@@ -2,6 +2,7 @@
 // no server. Prints the report's evaluation table and writes the artifact.
 //
 //   qaas-quantize --model DIR --output DIR --scheme W4A16g128 [--recipe rtn]
+//                 [--act_order --static_groups --damp 0.01 --blocksize 128]
 //                 [--calib FILE --num-samples 128 --calib-seq-len 2048 --seed 0]
 //                 [--eval FILE[,FILE...] --eval-seq-len 2048 --max-windows 0] [--device cpu]
 #include <cstdio>
@@ -16,7 +17,12 @@
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
 ABSL_FLAG(std::string, output, "", "output directory (artifact/, report.json, checkpoints/)");
 ABSL_FLAG(std::string, scheme, "W4A16g128", "scheme shorthand, e.g. W4A16g128, W8A16, W3A16g128_sym");
-ABSL_FLAG(std::string, recipe, "rtn", "comma-separated methods");
+ABSL_FLAG(std::string, recipe, "rtn", "comma-separated methods: rtn, gptq, adadim");
+ABSL_FLAG(bool, act_order, false, "gptq: quantize columns by decreasing Hessian diagonal (desc_act)");
+ABSL_FLAG(bool, static_groups, false, "gptq: group parameters from the unmodified weights");
+ABSL_FLAG(double, damp, 0.01, "gptq: damping as a fraction of mean(diag(H))");
+ABSL_FLAG(int, blocksize, 128, "gptq: lazy-batch block size");
+ABSL_FLAG(std::string, adadim_base, "rtn", "adadim: the quantizer it augments (rtn or gptq)");
 ABSL_FLAG(std::string, calib, "", "calibration text file (.txt or .jsonl)");
 ABSL_FLAG(int, num_samples, 128, "calibration windows");
 ABSL_FLAG(int, calib_seq_len, 0, "calibration window length (0 = min(2048, context))");
@@ -44,7 +50,17 @@ int main(int argc, char** argv) {
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.output_dir = absl::GetFlag(FLAGS_output);
   o.scheme = *scheme;
-  o.recipe = absl::StrSplit(absl::GetFlag(FLAGS_recipe), ',', absl::SkipEmpty());
+  o.recipe.clear();
+  for (auto method : absl::StrSplit(absl::GetFlag(FLAGS_recipe), ',', absl::SkipEmpty())) {
+    q::RecipeStep step;
+    step.method = std::string(method);
+    step.gptq.act_order = absl::GetFlag(FLAGS_act_order);
+    step.gptq.static_groups = absl::GetFlag(FLAGS_static_groups);
+    step.gptq.percdamp = absl::GetFlag(FLAGS_damp);
+    step.gptq.blocksize = absl::GetFlag(FLAGS_blocksize);
+    step.adadim_base = absl::GetFlag(FLAGS_adadim_base);
+    o.recipe.push_back(step);
+  }
   if (!absl::GetFlag(FLAGS_calib).empty()) {
     o.calibration = q::DatasetRef{absl::GetFlag(FLAGS_calib), absl::GetFlag(FLAGS_calib),
                                   absl::GetFlag(FLAGS_calib_seq_len), 0};

@@ -27,7 +27,12 @@ ABSL_FLAG(std::string, server, "127.0.0.1:50051", "qaas-server address");
 ABSL_FLAG(std::string, model, "", "submit: model directory uri (or local path)");
 ABSL_FLAG(std::string, scheme, "W4A16g128", "submit: scheme shorthand");
 ABSL_FLAG(std::string, preset, "", "submit: recipe preset (default rtn when --recipe is empty)");
-ABSL_FLAG(std::string, recipe, "", "submit: comma-separated methods instead of a preset");
+ABSL_FLAG(std::string, recipe, "", "submit: comma-separated methods (rtn, gptq, adadim) instead of a preset");
+ABSL_FLAG(bool, act_order, false, "submit: gptq desc_act (columns by decreasing Hessian diagonal)");
+ABSL_FLAG(bool, static_groups, false, "submit: gptq group parameters from the unmodified weights");
+ABSL_FLAG(double, damp, 0, "submit: gptq damping fraction (0 = 0.01)");
+ABSL_FLAG(int32_t, blocksize, 0, "submit: gptq lazy-batch block (0 = 128)");
+ABSL_FLAG(std::string, adadim_base, "rtn", "submit: what adadim augments (rtn or gptq)");
 ABSL_FLAG(std::string, calib, "", "submit: calibration text uri");
 ABSL_FLAG(int32_t, num_samples, 0, "submit: calibration windows (0 = 128)");
 ABSL_FLAG(int32_t, calib_seq_len, 0, "submit: calibration window length (0 = min(2048, context))");
@@ -118,7 +123,16 @@ int Submit(v1::JobService::Stub& stub) {
   spec->set_model(ToUri(absl::GetFlag(FLAGS_model)));
   spec->mutable_scheme()->set_shorthand(absl::GetFlag(FLAGS_scheme));
   for (auto m : absl::StrSplit(absl::GetFlag(FLAGS_recipe), ',', absl::SkipEmpty())) {
-    spec->add_recipe()->set_method(std::string(m));
+    v1::RecipeStep* step = spec->add_recipe();
+    step->set_method(std::string(m));
+    if (m == "gptq") {
+      step->mutable_gptq()->set_act_order(absl::GetFlag(FLAGS_act_order));
+      step->mutable_gptq()->set_static_groups(absl::GetFlag(FLAGS_static_groups));
+      step->mutable_gptq()->set_damp(absl::GetFlag(FLAGS_damp));
+      step->mutable_gptq()->set_block_size(absl::GetFlag(FLAGS_blocksize));
+    } else if (m == "adadim") {
+      step->mutable_adadim()->set_base(absl::GetFlag(FLAGS_adadim_base));
+    }
   }
   if (spec->recipe_size() == 0) {
     spec->set_preset(absl::GetFlag(FLAGS_preset).empty() ? "rtn" : absl::GetFlag(FLAGS_preset));

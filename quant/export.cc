@@ -68,12 +68,15 @@ absl::StatusOr<at::Tensor> UnpackGptqLinear(const std::map<std::string, RawTenso
   return (codes.to(at::kFloat) - zero) * scale;
 }
 
-nlohmann::json GptqQuantizationConfig(const Scheme& scheme) {
+nlohmann::json GptqQuantizationConfig(const Scheme& scheme, bool desc_act, bool static_groups,
+                                      double damp_percent) {
   const auto& w = scheme.weights;
   return {{"quant_method", "gptq"},
           {"bits", w.bits},
           {"group_size", w.granularity == Granularity::kPerGroup ? w.group_size : -1},
-          {"desc_act", false},
+          {"desc_act", desc_act},
+          {"static_groups", static_groups},
+          {"damp_percent", damp_percent},
           {"sym", w.symmetric},
           {"true_sequential", true},
           {"checkpoint_format", "gptq"}};

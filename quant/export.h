@@ -38,8 +38,10 @@ absl::StatusOr<at::Tensor> UnpackGptqLinear(const std::map<std::string, RawTenso
                                             const std::string& prefix, int bits, int64_t in,
                                             int64_t out);
 
-// The "quantization_config" entry of config.json for a weight scheme.
-nlohmann::json GptqQuantizationConfig(const Scheme& scheme);
+// The "quantization_config" entry of config.json for a weight scheme;
+// desc_act / static_groups / damp_percent describe how GPTQ ran (RTN: defaults).
+nlohmann::json GptqQuantizationConfig(const Scheme& scheme, bool desc_act = false,
+                                      bool static_groups = false, double damp_percent = 0.01);
 
 }  // namespace qaas::quant
 

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
+#include <optional>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -12,6 +14,8 @@
 #include "quant/data/text_dataset.h"
 #include "quant/eval/perplexity.h"
 #include "quant/export.h"
+#include "quant/methods/adadim.h"
+#include "quant/methods/gptq.h"
 #include "quant/methods/rtn.h"
 #include "quant/model/checkpoint.h"
 #include "quant/model/llama.h"
@@ -23,7 +27,7 @@
 namespace qaas::quant {
 
 const std::vector<std::string>& ImplementedMethods() {
-  static const std::vector<std::string> kMethods = {"rtn"};
+  static const std::vector<std::string> kMethods = {"rtn", "gptq", "adadim"};
   return kMethods;
 }
 
@@ -73,11 +77,18 @@ class Pipeline {
   absl::Status Prepare();
   absl::Status QuantizeLayer(int i);
   absl::Status Assemble();
+  std::vector<std::string> RecipeNames() const {
+    std::vector<std::string> names;
+    for (const auto& step : o_.recipe) names.push_back(step.method);
+    return names;
+  }
   void Progress(int layer, const char* step) {
     if (o_.on_progress) o_.on_progress({layer, config_.num_layers, step});
   }
 
   const PipelineOptions& o_;
+  RecipeStep weight_step_;  // the recipe's weight quantizer (its last step)
+  bool any_per_ic_ = false;  // some layer chose AdaDim's per-IC groups
   at::Device device_;
   std::unique_ptr<Checkpoint> ck_;
   ModelConfig config_;
@@ -91,11 +102,21 @@ class Pipeline {
 };
 
 absl::Status Pipeline::Prepare() {
-  for (const auto& m : o_.recipe) {
+  if (o_.recipe.empty()) return absl::InvalidArgumentError("recipe is empty");
+  for (const auto& step : o_.recipe) {
     const auto& impl = ImplementedMethods();
-    if (std::find(impl.begin(), impl.end(), m) == impl.end()) {
-      return absl::UnimplementedError(absl::StrCat("method '", m, "' is not implemented"));
+    if (std::find(impl.begin(), impl.end(), step.method) == impl.end()) {
+      return absl::UnimplementedError(absl::StrCat("method '", step.method, "' is not implemented"));
     }
+  }
+  weight_step_ = o_.recipe.back();
+  if ((weight_step_.method == "gptq" || weight_step_.method == "adadim") && !o_.calibration) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(weight_step_.method, " needs calibration data (calibration.dataset)"));
+  }
+  if (weight_step_.method == "adadim" && weight_step_.adadim_base != "rtn" && weight_step_.adadim_base != "gptq") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("adadim base must be rtn or gptq, got '", weight_step_.adadim_base, "'"));
   }
   if (!o_.scheme.weight_only()) {
     return absl::UnimplementedError(absl::StrCat("scheme ", o_.scheme.ToString(),
@@ -177,32 +198,135 @@ absl::Status Pipeline::QuantizeLayer(int i) {
   for (auto& s : evals_) s.original = ForwardBatched(original, config_, *rope_, s.original, o_.batch_size);
   report_.seconds_evaluation += SecondsSince(t0);
 
-  // Quantize each linear from its original weights.
+  // Quantize the linears: RTN from the original weights; GPTQ "true
+  // sequential", group by group, each group's Hessians gathered with the
+  // groups before it already quantized (as the GPTQ paper's LLaMA runs do).
   Progress(i, "quantizing");
   LlamaLayer quantized = original;
   std::vector<RawTensor> packed;
   packed.push_back(TensorToRaw(LayerPrefix(i) + "input_layernorm.weight", original.input_norm.cpu()));
   packed.push_back(TensorToRaw(LayerPrefix(i) + "post_attention_layernorm.weight", original.post_norm.cpu()));
+  std::vector<std::optional<QuantizedLinear>> results(LlamaLinearNames().size());
+  std::vector<LayerReport> reports(LlamaLinearNames().size());
+  if (o_.scheme.weights.enabled()) {
+    static const std::vector<std::vector<int>> kSequentialGroups = {{0, 1, 2}, {3}, {4, 5}, {6}};
+    const std::string& method = weight_step_.method;
+    const bool adadim = method == "adadim";
+    const bool gptq = method == "gptq" || (adadim && weight_step_.adadim_base == "gptq");
+    const bool sequential = gptq || adadim;
+    // AdaDim compares candidates on a bounded subset of the calibration windows.
+    at::Tensor sel = adadim ? calib_.narrow(0, 0, std::min<int64_t>(16, calib_.size(0))) : at::Tensor();
+    for (const auto& group : sequential ? kSequentialGroups : std::vector<std::vector<int>>{{0, 1, 2, 3, 4, 5, 6}}) {
+      std::map<std::string, std::unique_ptr<HessianAccumulator>> hessians;
+      std::map<std::string, at::Tensor> sel_inputs;  // AdaDim: each linear's inputs on `sel`
+      if (sequential) {
+        auto tc = Clock::now();
+        for (int j : group) {
+          hessians[LlamaLinearNames()[j]] = std::make_unique<HessianAccumulator>(
+              original.linears[j].weight.size(1), device_);
+        }
+        ForwardBatched(quantized, config_, *rope_, calib_, o_.batch_size,
+                       [&](const std::string& name, const at::Tensor& x) {
+                         auto it = hessians.find(name);
+                         if (it != hessians.end()) it->second->Add(x);
+                       });
+        if (adadim) {
+          ForwardBatched(quantized, config_, *rope_, sel, o_.batch_size, [&](const std::string& name, const at::Tensor& x) {
+            if (hessians.count(name)) sel_inputs[name] = sel_inputs.count(name) ? at::cat({sel_inputs[name], x}) : x;
+          });
+        }
+        report_.seconds_calibration += SecondsSince(tc);
+      }
+      for (int j : group) {
+        const std::string& name = LlamaLinearNames()[j];
+        const at::Tensor& w = original.linears[j].weight;
+        LayerReport& lr = reports[j];
+        lr.name = LayerPrefix(i) + name;
+        lr.method = adadim ? "adadim-" + weight_step_.adadim_base : method;
+        auto tq = Clock::now();
+        auto quantize = [&](bool per_ic) -> absl::StatusOr<QuantizedLinear> {
+          if (!gptq) return per_ic ? QuantizeRtnPerInputChannel(w, o_.scheme.weights) : QuantizeRtn(w, o_.scheme.weights);
+          GptqOptions g = weight_step_.gptq;
+          g.per_input_channel = per_ic;
+          GptqStats stats;
+          auto q = QuantizeGptq(w, hessians[name]->H(), o_.scheme.weights, g, &stats);
+          if (q.ok() && !per_ic) {
+            lr.details = {{"damp", stats.damp}, {"cholesky_retries", stats.cholesky_retries},
+                          {"dead_columns", stats.dead_columns}};
+          }
+          return q;
+        };
+        auto q = quantize(false);
+        if (!q.ok()) return absl::Status(q.status().code(), absl::StrCat(lr.name, ": ", q.status().message()));
+        if (adadim) {
+          auto ic = quantize(true);
+          if (!ic.ok()) return absl::Status(ic.status().code(), absl::StrCat(lr.name, ": ", ic.status().message()));
+          // The block whose output decides: attention for q/k/v, the MLP for
+          // gate/up, the linear itself for o/down (AdaDim, section 4).
+          std::function<at::Tensor(const LlamaLayer&)> block;
+          if (j <= 2) {
+            block = [&](const LlamaLayer& l) { return LlamaAttentionForward(l, config_, *rope_, sel); };
+          } else if (j == 4 || j == 5) {
+            at::Tensor h = sel + LlamaAttentionForward(quantized, config_, *rope_, sel);
+            block = [this, h](const LlamaLayer& l) { return LlamaMlpForward(l, config_, h); };
+          } else {
+            const at::Tensor x = sel_inputs[name];
+            block = [x, j](const LlamaLayer& l) { return at::linear(x, l.linears[j].weight); };
+          }
+          const at::Tensor reference = block(original);
+          AdaDimChoice choice = ChooseAxis(*q, *ic, reference, [&](const at::Tensor& weight) {
+            LlamaLayer candidate = quantized;
+            candidate.linears[j].weight = weight;
+            return block(candidate);
+          });
+          if (choice.per_input_channel) q = *std::move(ic);
+          lr.details["axis"] = choice.per_input_channel ? "per_ic" : "per_oc";
+          lr.details["block_mse_per_oc"] = choice.error_per_oc;
+          lr.details["block_mse_per_ic"] = choice.error_per_ic;
+        }
+        results[j] = *std::move(q);
+        lr.seconds = SecondsSince(tq);
+        lr.relative_weight_error = RelativeError(w, results[j]->dequantized);
+        quantized.linears[j].weight = results[j]->dequantized;
+        report_.seconds_quantization += lr.seconds;
+      }
+    }
+  }
   for (size_t j = 0; j < LlamaLinearNames().size(); ++j) {
     const std::string name = LayerPrefix(i) + LlamaLinearNames()[j];
     const Linear& lin = original.linears[j];
-    LayerReport lr;
-    lr.name = name;
-    auto tq = Clock::now();
-    if (o_.scheme.weights.enabled()) {
-      lr.method = o_.recipe.back();
-      QuantizedLinear q = QuantizeRtn(lin.weight, o_.scheme.weights);
-      quantized.linears[j].weight = q.dequantized;
-      lr.relative_weight_error = RelativeError(lin.weight, q.dequantized);
-      for (auto& t : PackGptqLinear(name, q, lin.bias)) packed.push_back(std::move(t));
+    if (results[j]) {
+      // Per-IC weights are packed as their transpose, under "<name>.ic".
+      if (results[j]->per_input_channel) any_per_ic_ = true;
+      const std::string prefix = results[j]->per_input_channel ? name + ".ic" : name;
+      for (auto& t : PackGptqLinear(prefix, *results[j], lin.bias)) packed.push_back(std::move(t));
     } else {
-      lr.method = "none";
+      reports[j].name = name;
+      reports[j].method = "none";
       packed.push_back(TensorToRaw(name + ".weight", lin.weight.cpu()));
       if (lin.bias.defined()) packed.push_back(TensorToRaw(name + ".bias", lin.bias.cpu()));
     }
-    lr.seconds = SecondsSince(tq);
-    report_.seconds_quantization += lr.seconds;
-    report_.layers.push_back(lr);
+    report_.layers.push_back(reports[j]);
+  }
+  if (weight_step_.method == "adadim") {
+    // AdaDim's per-IC layers have no common runtime format: keep a plain
+    // checkpoint of the dequantized layer, in the stored dtype, as well.
+    std::vector<RawTensor> plain;
+    auto add = [&](const std::string& name, const at::Tensor& t) -> absl::Status {
+      auto entry = ck_->Entry(name);
+      if (!entry.ok()) return entry.status();
+      plain.push_back(TensorToRaw(name, t.cpu().to(ToScalarType(entry->dtype))));
+      return absl::OkStatus();
+    };
+    QAAS_RETURN_IF_ERROR(add(LayerPrefix(i) + "input_layernorm.weight", original.input_norm));
+    QAAS_RETURN_IF_ERROR(add(LayerPrefix(i) + "post_attention_layernorm.weight", original.post_norm));
+    for (size_t j = 0; j < LlamaLinearNames().size(); ++j) {
+      const std::string name = LayerPrefix(i) + LlamaLinearNames()[j];
+      QAAS_RETURN_IF_ERROR(add(name + ".weight", quantized.linears[j].weight));
+      if (quantized.linears[j].bias.defined()) QAAS_RETURN_IF_ERROR(add(name + ".bias", quantized.linears[j].bias));
+    }
+    QAAS_RETURN_IF_ERROR(
+        WriteSafetensors(absl::StrFormat("%s/checkpoints/dequantized-layer-%d.safetensors", o_.output_dir, i), plain));
   }
 
   // Calibration stream: the next layer sees the quantized layer's outputs.
@@ -234,6 +358,7 @@ absl::Status Pipeline::Assemble() {
     if (!raw.ok()) return raw.status();
     tensors.push_back(*std::move(raw));
   }
+  const size_t num_head_tensors = tensors.size();  // embeddings, final norm, lm_head
   for (int i = 0; i < config_.num_layers; ++i) {
     const std::string path = absl::StrFormat("%s/checkpoints/layer-%d.safetensors", o_.output_dir, i);
     auto f = SafetensorsFile::Open(path);
@@ -249,19 +374,56 @@ absl::Status Pipeline::Assemble() {
   report_.quantized_bytes = bytes;
   QAAS_RETURN_IF_ERROR(WriteSafetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}}));
 
-  auto config = nlohmann::json::parse(config_.raw_json);
-  if (o_.scheme.weights.enabled()) config["quantization_config"] = GptqQuantizationConfig(o_.scheme);
+  const nlohmann::json original_config = nlohmann::json::parse(config_.raw_json);
+  nlohmann::json config = original_config;
+  if (o_.scheme.weights.enabled()) {
+    const bool gptq = weight_step_.method == "gptq" ||
+                      (weight_step_.method == "adadim" && weight_step_.adadim_base == "gptq");
+    config["quantization_config"] =
+        GptqQuantizationConfig(o_.scheme, gptq && weight_step_.gptq.act_order,
+                               gptq && weight_step_.gptq.static_groups, weight_step_.gptq.percdamp);
+    if (any_per_ic_) {
+      // Not loadable as GPTQ: some layers hold per-IC groups (docs/artifact-format.md).
+      nlohmann::json per_ic = nlohmann::json::array();
+      for (const auto& l : report_.layers) {
+        if (l.details.is_object() && l.details.value("axis", "") == "per_ic") per_ic.push_back(l.name);
+      }
+      config["quantization_config"]["quant_method"] = "qaas";
+      config["quantization_config"]["format"] = "adadim";
+      config["quantization_config"]["per_input_channel_layers"] = per_ic;
+    }
+  }
   config["qaas_scheme"] = o_.scheme.ToString();
   QAAS_RETURN_IF_ERROR(WriteFileAtomic(dir + "/config.json", config.dump(2) + "\n"));
-  for (const char* f : {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                        "generation_config.json"}) {
-    const std::string from = o_.model_dir + "/" + f;
-    if (FileExists(from)) QAAS_RETURN_IF_ERROR(CopyFile(from, dir + "/" + f));
+  std::vector<std::string> out_dirs = {dir};
+  if (weight_step_.method == "adadim") {
+    const std::string plain_dir = o_.output_dir + "/artifact-dequantized";
+    QAAS_RETURN_IF_ERROR(MakeDirs(plain_dir));
+    std::vector<RawTensor> plain(tensors.begin(), tensors.begin() + num_head_tensors);
+    for (int i = 0; i < config_.num_layers; ++i) {
+      auto f = SafetensorsFile::Open(absl::StrFormat("%s/checkpoints/dequantized-layer-%d.safetensors", o_.output_dir, i));
+      if (!f.ok()) return f.status();
+      for (const auto& [name, entry] : (*f)->header().tensors) {
+        auto raw = (*f)->ReadRaw(name);
+        if (!raw.ok()) return raw.status();
+        plain.push_back({name, entry.dtype, entry.shape, *std::move(raw)});
+      }
+    }
+    QAAS_RETURN_IF_ERROR(WriteSafetensors(plain_dir + "/model.safetensors", plain, {{"format", "pt"}}));
+    QAAS_RETURN_IF_ERROR(WriteFileAtomic(plain_dir + "/config.json", original_config.dump(2) + "\n"));
+    out_dirs.push_back(plain_dir);
+  }
+  for (const auto& out : out_dirs) {
+    for (const char* f : {"tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                          "special_tokens_map.json", "generation_config.json"}) {
+      const std::string from = o_.model_dir + "/" + f;
+      if (FileExists(from)) QAAS_RETURN_IF_ERROR(CopyFile(from, out + "/" + f));
+    }
   }
   nlohmann::json manifest = o_.manifest_extra;
   manifest["qaas_version"] = QAAS_VERSION;
   manifest["scheme"] = o_.scheme.ToString();
-  manifest["recipe"] = o_.recipe;
+  manifest["recipe"] = RecipeNames();
   manifest["seed"] = o_.seed;
   manifest["format"] = "gptq";
   return WriteFileAtomic(dir + "/qaas_manifest.json", manifest.dump(2) + "\n");
@@ -271,7 +433,7 @@ absl::StatusOr<nlohmann::json> Pipeline::Run() {
   c10::InferenceMode inference;
   QAAS_RETURN_IF_ERROR(Prepare());
   report_.scheme = o_.scheme.ToString();
-  report_.recipe = o_.recipe;
+  report_.recipe = RecipeNames();
   report_.model = o_.model_dir;
   report_.num_layers = config_.num_layers;
   report_.original_bytes = ck_->total_bytes();

@@ -24,6 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
+#include "quant/methods/gptq.h"
 #include "quant/scheme.h"
 
 namespace qaas::quant {
@@ -41,11 +42,18 @@ struct PipelineProgress {
   std::string step;  // "loading", "calibrating", "quantizing", "evaluating", "exporting"
 };
 
+// One step of a recipe: a method and its options (the paper's defaults).
+struct RecipeStep {
+  std::string method;  // "rtn", "gptq", "adadim"
+  GptqOptions gptq;    // gptq, and adadim over gptq
+  std::string adadim_base = "rtn";  // adadim: "rtn" or "gptq"
+};
+
 struct PipelineOptions {
   std::string model_dir;
   std::string output_dir;  // receives artifact/, checkpoints/, report.json, report.md
   Scheme scheme;
-  std::vector<std::string> recipe = {"rtn"};  // method names in order
+  std::vector<RecipeStep> recipe = {{"rtn"}};  // applied in order
   std::optional<DatasetRef> calibration;     // seq_len 0 = min(2048, context)
   int num_samples = 128;
   uint64_t seed = 0;

@@ -24,10 +24,12 @@ nlohmann::json ToJson(const Report& r) {
   }
   j["layers"] = nlohmann::json::array();
   for (const auto& l : r.layers) {
-    j["layers"].push_back({{"name", l.name},
-                           {"method", l.method},
-                           {"seconds", l.seconds},
-                           {"relative_weight_error", l.relative_weight_error}});
+    nlohmann::json layer = {{"name", l.name},
+                            {"method", l.method},
+                            {"seconds", l.seconds},
+                            {"relative_weight_error", l.relative_weight_error}};
+    if (!l.details.is_null()) layer["details"] = l.details;
+    j["layers"].push_back(layer);
   }
   j["blocks"] = nlohmann::json::array();
   for (const auto& b : r.blocks) {

@@ -15,6 +15,7 @@ struct LayerReport {
   std::string method;
   double seconds = 0;
   double relative_weight_error = 0;  // ||W - Q(W)||_F / ||W||_F
+  nlohmann::json details = nullptr;  // method specifics (GPTQ: damp, cholesky_retries, dead_columns)
 };
 
 struct BlockReport {

@@ -25,18 +25,27 @@ absl::Status Invalid(absl::string_view field, absl::string_view why) {
 }
 
 // The recipe steps of a preset.
+// A preset's steps: method names, "adadim:<base>" for AdaDim over a base.
 const std::map<std::string, std::vector<std::string>>& Presets() {
   static const auto* kPresets = new std::map<std::string, std::vector<std::string>>{
       {"rtn", {"rtn"}},
       {"gptq", {"gptq"}},
-      {"adadim-rtn", {"adadim"}},
-      {"adadim-gptq", {"adadim"}},
+      {"adadim-rtn", {"adadim:rtn"}},
+      {"adadim-gptq", {"adadim:gptq"}},
       {"smoothquant-rtn", {"smoothquant", "rtn"}},
       {"smoothquant-gptq", {"smoothquant", "gptq"}},
       {"rptq", {"rptq", "rtn"}},
       {"omniquant", {"omniquant"}},
   };
   return *kPresets;
+}
+
+v1::RecipeStep PresetStep(const std::string& entry) {
+  v1::RecipeStep step;
+  const size_t colon = entry.find(':');
+  step.set_method(entry.substr(0, colon));
+  if (colon != std::string::npos) step.mutable_adadim()->set_base(entry.substr(colon + 1));
+  return step;
 }
 
 std::string RealPathOr(const std::string& path) {
@@ -68,12 +77,14 @@ absl::Status ValidateRecipe(v1::JobSpec* spec) {
                                             absl::StrJoin(names, ", "), ")"));
     }
     if (spec->recipe_size() == 0) {
-      for (const auto& m : it->second) spec->add_recipe()->set_method(m);
+      for (const auto& m : it->second) *spec->add_recipe() = PresetStep(m);
     } else {
       // Validation is idempotent: a preset with its own expansion is fine.
-      std::vector<std::string> given;
-      for (const auto& step : spec->recipe()) given.push_back(step.method());
-      if (given != it->second) return Invalid("preset", "give a preset or recipe steps, not both");
+      bool same = spec->recipe_size() == static_cast<int>(it->second.size());
+      for (int i = 0; same && i < spec->recipe_size(); ++i) {
+        same = spec->recipe(i).SerializeAsString() == PresetStep(it->second[i]).SerializeAsString();
+      }
+      if (!same) return Invalid("preset", "give a preset or recipe steps, not both");
     }
   }
   if (spec->recipe_size() == 0) return Invalid("recipe", "required (a preset such as \"rtn\" or steps)");
@@ -121,7 +132,9 @@ const std::vector<std::string>& KnownMethods() {
   return *kMethods;
 }
 
-bool MethodImplemented(const std::string& method) { return method == "rtn"; }
+bool MethodImplemented(const std::string& method) {
+  return method == "rtn" || method == "gptq" || method == "adadim";
+}
 
 absl::Status ValidateUri(const std::string& field, const std::string& uri,
                          const std::vector<std::string>& roots) {
@@ -163,6 +176,18 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
   auto* calib = spec->mutable_calibration();
   if (!calib->dataset().empty()) {
     if (auto st = ValidateUri("calibration.dataset", calib->dataset(), options.file_roots); !st.ok()) return st;
+  }
+  for (const auto& step : spec->recipe()) {
+    if ((step.method() == "gptq" || step.method() == "adadim") && calib->dataset().empty()) {
+      return Invalid("calibration.dataset", absl::StrCat("required: ", step.method(), " calibrates on it"));
+    }
+    if (step.has_adadim() && !step.adadim().base().empty() && step.adadim().base() != "rtn" &&
+        step.adadim().base() != "gptq") {
+      return Invalid("recipe.adadim.base", absl::StrCat("must be \"rtn\" or \"gptq\", got '", step.adadim().base(), "'"));
+    }
+    if (step.has_gptq() && (step.gptq().damp() < 0 || step.gptq().damp() > 1 || step.gptq().block_size() < 0)) {
+      return Invalid("recipe.gptq", "damp must be in [0, 1] and block_size non-negative");
+    }
   }
   if (calib->num_samples() == 0) calib->set_num_samples(128);
   if (calib->num_samples() < 0 || calib->num_samples() > kMaxSamples) {

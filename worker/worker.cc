@@ -60,6 +60,12 @@ absl::Status Worker::Register() {
   auto ctx = Context(options_.rpc_timeout_ms);
   if (auto st = FromGrpc(stub_->RegisterWorker(ctx.get(), req, &resp)); !st.ok()) return st;
   worker_id_ = resp.worker_id();
+  // Beat at the server's interval, and at least three times per lease.
+  heartbeat_interval_ms_ = resp.heartbeat_interval_ms() > 0 ? resp.heartbeat_interval_ms() : 2000;
+  if (resp.lease_duration_ms() > 0) {
+    heartbeat_interval_ms_ = std::min<int64_t>(heartbeat_interval_ms_, resp.lease_duration_ms() / 3);
+  }
+  heartbeat_interval_ms_ = std::max<int64_t>(heartbeat_interval_ms_, 50);
   return absl::OkStatus();
 }
 
@@ -115,7 +121,7 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
 
   // Heartbeats: at the server's interval, and soon after each progress change.
   std::thread heartbeat([&] {
-    const int64_t min_gap_ms = 200, interval_ms = 2000;
+    const int64_t interval_ms = heartbeat_interval_ms_, min_gap_ms = std::min<int64_t>(200, interval_ms / 2);
     while (true) {
       v1::HeartbeatRequest req;
       {
@@ -160,7 +166,18 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     if (!scheme.ok()) return scheme.status();
     o.scheme = *scheme;
     o.recipe.clear();
-    for (const auto& step : spec.recipe()) o.recipe.push_back(step.method());
+    for (const auto& step : spec.recipe()) {
+      quant::RecipeStep r;
+      r.method = step.method();
+      if (step.has_gptq()) {
+        if (step.gptq().damp() > 0) r.gptq.percdamp = step.gptq().damp();
+        if (step.gptq().block_size() > 0) r.gptq.blocksize = step.gptq().block_size();
+        r.gptq.act_order = step.gptq().act_order();
+        r.gptq.static_groups = step.gptq().static_groups();
+      }
+      if (step.has_adadim() && !step.adadim().base().empty()) r.adadim_base = step.adadim().base();
+      o.recipe.push_back(r);
+    }
     if (!spec.calibration().dataset().empty()) {
       auto path = StageFile(spec.calibration().dataset(), cache_dir);
       if (!path.ok()) return absl::Status(path.status().code(), absl::StrCat("calibration.dataset: ", path.status().message()));
@@ -182,7 +199,24 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     o.should_stop = [&] { return p.cancel.load() || p.lost.load() || stop_.load(); };
     auto report = quant::RunPipeline(o);
     if (!report.ok()) return report.status();
-    set_progress(0.95, "uploading", 0, 0);
+    // Deliver "all layers done" before uploading, whatever the heartbeat
+    // thread's timing: a fast job must not end showing layer 0.
+    const int layers = (*report)["num_layers"].get<int>();
+    set_progress(0.95, "uploading", layers, layers);
+    {
+      v1::HeartbeatRequest beat;
+      beat.set_worker_id(worker_id_);
+      beat.set_job_id(job.id());
+      beat.set_lease_id(lease_id);
+      {
+        std::lock_guard<std::mutex> lock(p.mu);
+        *beat.mutable_progress() = p.progress;
+      }
+      v1::HeartbeatResponse resp;
+      auto ctx = Context(options_.rpc_timeout_ms);
+      grpc::Status s = stub_->Heartbeat(ctx.get(), beat, &resp);
+      if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    }
     if (auto st = UploadDirectory(o.output_dir, spec.output(), {"report.md", "report.json"}); !st.ok()) {
       return absl::Status(st.code(), absl::StrCat("upload to ", spec.output(), ": ", st.message()));
     }

@@ -48,6 +48,7 @@ class Worker {
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   WorkerOptions options_;
   std::string worker_id_;
+  int64_t heartbeat_interval_ms_ = 2000;  // the server's, from RegisterWorker
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::condition_variable stop_cv_;

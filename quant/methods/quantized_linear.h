@@ -8,11 +8,16 @@
 
 namespace qaas::quant {
 
+// Per output channel (the usual layout) or, for AdaDim's per-IC groups, per
+// input channel: then codes/params/g_idx describe the transposed weight W^T
+// [in, out] (groups run along the output dimension), which is what lets the
+// per-IC case reuse the same packing.
 struct QuantizedLinear {
-  at::Tensor codes;        // int32 [out, in], in the original column order
-  IntQuantParams params;   // scale/zero [out, groups]
-  at::Tensor g_idx;        // int32 [in]: the group of each input column
-  at::Tensor dequantized;  // float32 [out, in]: what inference computes with
+  at::Tensor codes;        // int32 [out, in] ([in, out] when per_input_channel)
+  IntQuantParams params;   // scale/zero [out, groups] ([in, groups] when per_input_channel)
+  at::Tensor g_idx;        // int32 [in] ([out] when per_input_channel): the group of each column
+  at::Tensor dequantized;  // float32 [out, in] always: what inference computes with
+  bool per_input_channel = false;
 };
 
 // ||W - W'||_F / ||W||_F

@@ -12,22 +12,6 @@
 namespace qaas::quant {
 namespace {
 
-at::ScalarType ToScalarType(DType d) {
-  switch (d) {
-    case DType::kF64: return at::kDouble;
-    case DType::kF32: return at::kFloat;
-    case DType::kF16: return at::kHalf;
-    case DType::kBF16: return at::kBFloat16;
-    case DType::kI64: return at::kLong;
-    case DType::kI32: return at::kInt;
-    case DType::kI16: return at::kShort;
-    case DType::kI8: return at::kChar;
-    case DType::kU8: return at::kByte;
-    case DType::kBool: return at::kBool;
-  }
-  return at::kFloat;
-}
-
 DType FromScalarType(at::ScalarType t) {
   switch (t) {
     case at::kDouble: return DType::kF64;
@@ -46,6 +30,22 @@ DType FromScalarType(at::ScalarType t) {
 std::string ShapeString(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
 
 }  // namespace
+
+at::ScalarType ToScalarType(DType d) {
+  switch (d) {
+    case DType::kF64: return at::kDouble;
+    case DType::kF32: return at::kFloat;
+    case DType::kF16: return at::kHalf;
+    case DType::kBF16: return at::kBFloat16;
+    case DType::kI64: return at::kLong;
+    case DType::kI32: return at::kInt;
+    case DType::kI16: return at::kShort;
+    case DType::kI8: return at::kChar;
+    case DType::kU8: return at::kByte;
+    case DType::kBool: return at::kBool;
+  }
+  return at::kFloat;
+}
 
 at::Tensor RawToTensor(const RawTensor& raw) {
   at::Tensor t = at::empty(raw.shape, at::TensorOptions().dtype(ToScalarType(raw.dtype)));

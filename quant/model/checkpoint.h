@@ -49,6 +49,8 @@ class Checkpoint {
   std::map<std::string, SafetensorsFile*> where_;                  // tensor -> file
 };
 
+at::ScalarType ToScalarType(DType dtype);
+
 // Raw little-endian bytes <-> tensors.
 at::Tensor RawToTensor(const RawTensor& raw);  // keeps the stored dtype
 RawTensor TensorToRaw(const std::string& name, const at::Tensor& t);

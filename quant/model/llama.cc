@@ -136,14 +136,13 @@ at::Tensor ApplyLinear(const Linear& l, const at::Tensor& x) {
 
 }  // namespace
 
-at::Tensor LlamaLayerForward(const LlamaLayer& layer, const ModelConfig& c, const Rope& rope,
-                             const at::Tensor& hidden, const LinearInputHook& hook) {
+at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, const Rope& rope,
+                                 const at::Tensor& hidden, const LinearInputHook& hook) {
   const int64_t B = hidden.size(0), T = hidden.size(1);
   const int64_t nh = c.num_heads, nkv = c.num_kv_heads, hd = c.head_dim;
   auto observe = [&](const char* name, const at::Tensor& x) {
     if (hook) hook(name, x.reshape({-1, x.size(-1)}));
   };
-
   at::Tensor x = RmsNorm(hidden, layer.input_norm, c.rms_norm_eps);
   observe("self_attn.q_proj", x);
   observe("self_attn.k_proj", x);
@@ -167,14 +166,26 @@ at::Tensor LlamaLayerForward(const LlamaLayer& layer, const ModelConfig& c, cons
   at::Tensor attn = at::bmm(scores, v.reshape({B * nh, T, hd})).view({B, nh, T, hd});
   attn = attn.transpose(1, 2).reshape({B, T, nh * hd});
   observe("self_attn.o_proj", attn);
-  at::Tensor h = hidden + ApplyLinear(layer.linears[3], attn);
+  return ApplyLinear(layer.linears[3], attn);
+}
 
-  x = RmsNorm(h, layer.post_norm, c.rms_norm_eps);
+at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& c, const at::Tensor& hidden,
+                           const LinearInputHook& hook) {
+  auto observe = [&](const char* name, const at::Tensor& x) {
+    if (hook) hook(name, x.reshape({-1, x.size(-1)}));
+  };
+  at::Tensor x = RmsNorm(hidden, layer.post_norm, c.rms_norm_eps);
   observe("mlp.gate_proj", x);
   observe("mlp.up_proj", x);
   at::Tensor mlp = at::silu(ApplyLinear(layer.linears[4], x)) * ApplyLinear(layer.linears[5], x);
   observe("mlp.down_proj", mlp);
-  return h + ApplyLinear(layer.linears[6], mlp);
+  return ApplyLinear(layer.linears[6], mlp);
+}
+
+at::Tensor LlamaLayerForward(const LlamaLayer& layer, const ModelConfig& c, const Rope& rope,
+                             const at::Tensor& hidden, const LinearInputHook& hook) {
+  at::Tensor h = hidden + LlamaAttentionForward(layer, c, rope, hidden, hook);
+  return h + LlamaMlpForward(layer, c, h, hook);
 }
 
 }  // namespace qaas::quant

@@ -62,6 +62,14 @@ using LinearInputHook = std::function<void(const std::string& name, const at::Te
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+// The two halves of a decoder layer, without their residual connections:
+// the attention block's output (o_proj's output) for the layer input, and the
+// MLP block's output (down_proj's output) for the post-attention hidden state.
+at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& config, const Rope& rope,
+                                 const at::Tensor& hidden, const LinearInputHook& hook = nullptr);
+at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& config, const at::Tensor& hidden,
+                           const LinearInputHook& hook = nullptr);
+
 // hidden: [batch, seq, hidden] -> same shape.
 at::Tensor LlamaLayerForward(const LlamaLayer& layer, const ModelConfig& config, const Rope& rope,
                              const at::Tensor& hidden, const LinearInputHook& hook = nullptr);

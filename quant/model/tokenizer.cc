@@ -4,10 +4,12 @@
 #include <cstdio>
 #include <map>
 #include <queue>
+#include <unordered_map>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "quant/model/bpe_tokenizer.h"
 #include "quant/util/files.h"
 
 namespace qaas::quant {
@@ -22,17 +24,39 @@ size_t CharLen(absl::string_view s, size_t i) {
   return std::min(n, s.size() - i);
 }
 
+// SentencePiece BPE (tokenizer.model).
+class SentencePieceTokenizer : public Tokenizer {
+ public:
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Create(SentencePieceModel model);
+
+  std::vector<int> Encode(absl::string_view text) const override;
+  int bos_id() const override { return model_.bos_id; }
+  int eos_id() const override { return model_.eos_id; }
+  int vocab_size() const override { return static_cast<int>(model_.pieces.size()); }
+
+ private:
+  SentencePieceTokenizer() = default;
+  std::string Normalize(absl::string_view text) const;
+
+  SentencePieceModel model_;
+  std::unordered_map<std::string, int> pieces_;  // normal, user-defined and unused pieces
+  std::vector<std::string> user_defined_;
+  int byte_ids_[256] = {};
+};
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {
   const std::string path = model_dir + "/tokenizer.model";
   if (!FileExists(path)) {
-    if (FileExists(model_dir + "/tokenizer.json")) {
-      return absl::UnimplementedError(absl::StrCat(
-          model_dir, ": only tokenizer.json found; byte-level BPE tokenizers are not supported yet "
-                     "(need tokenizer.model)"));
+    if (FileExists(model_dir + "/tokenizer.json") ||
+        (FileExists(model_dir + "/vocab.json") && FileExists(model_dir + "/merges.txt"))) {
+      auto bpe = BpeTokenizer::Load(model_dir);
+      if (!bpe.ok()) return bpe.status();
+      return std::unique_ptr<Tokenizer>(*std::move(bpe));
     }
-    return absl::NotFoundError(absl::StrCat(model_dir, ": no tokenizer.model"));
+    return absl::NotFoundError(
+        absl::StrCat(model_dir, ": no tokenizer.model, tokenizer.json or vocab.json + merges.txt"));
   }
   auto bytes = ReadFile(path);
   if (!bytes.ok()) return bytes.status();
@@ -42,6 +66,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromModel(SentencePieceModel model) {
+  return SentencePieceTokenizer::Create(std::move(model));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> SentencePieceTokenizer::Create(
+    SentencePieceModel model) {
   if (model.model_type != SentencePieceModel::ModelType::kBpe) {
     return absl::UnimplementedError("tokenizer.model: only BPE SentencePiece models are supported");
   }
@@ -49,7 +78,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromModel(SentencePieceMod
     return absl::UnimplementedError(absl::StrCat("tokenizer.model: normalizer '", model.normalizer_name,
                                                  "' is not supported (identity only)"));
   }
-  std::unique_ptr<Tokenizer> t(new Tokenizer());
+  std::unique_ptr<SentencePieceTokenizer> t(new SentencePieceTokenizer());
   std::fill(std::begin(t->byte_ids_), std::end(t->byte_ids_), -1);
   for (size_t i = 0; i < model.pieces.size(); ++i) {
     const auto& p = model.pieces[i];
@@ -72,10 +101,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromModel(SentencePieceMod
     }
   }
   t->model_ = std::move(model);
-  return t;
+  return std::unique_ptr<Tokenizer>(std::move(t));
 }
 
-std::string Tokenizer::Normalize(absl::string_view text) const {
+std::string SentencePieceTokenizer::Normalize(absl::string_view text) const {
   std::string s(text);
   if (model_.remove_extra_whitespaces) {
     std::string out;
@@ -111,7 +140,7 @@ std::string Tokenizer::Normalize(absl::string_view text) const {
 // kept whole), repeatedly merge the adjacent pair whose concatenation is the
 // highest-scoring piece (leftmost on ties), then map each symbol to its id,
 // falling back to its bytes (or <unk>) when it is not a piece.
-std::vector<int> Tokenizer::Encode(absl::string_view text) const {
+std::vector<int> SentencePieceTokenizer::Encode(absl::string_view text) const {
   const std::string norm = Normalize(text);
   struct Symbol {
     int prev, next;

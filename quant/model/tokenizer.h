@@ -1,13 +1,15 @@
-// The model's tokenizer: SentencePiece BPE models (tokenizer.model), as LLaMA
-// and Mistral ship them, encoded exactly as SentencePiece does (checked against
-// its Python package in tests/quant/tokenizer_test.cc). The byte-level BPE of
-// tokenizer.json (GPT-2 / OPT) comes with the OPT work.
+// The model's tokenizer, an interface with two implementations chosen by the
+// files in the model directory:
+//   * tokenizer.model: SentencePiece BPE models, as LLaMA and Mistral ship
+//     them, encoded exactly as SentencePiece does (checked against its Python
+//     package in tests/quant/tokenizer_test.cc);
+//   * tokenizer.json, or vocab.json + merges.txt: byte-level BPE as GPT-2 and
+//     OPT use it (bpe_tokenizer.h).
 #ifndef QAAS_QUANT_MODEL_TOKENIZER_H_
 #define QAAS_QUANT_MODEL_TOKENIZER_H_
 
 #include <memory>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -18,26 +20,29 @@ namespace qaas::quant {
 
 class Tokenizer {
  public:
-  // Loads <dir>/tokenizer.model. NotFound when missing; InvalidArgument when
-  // malformed; Unimplemented for unigram models or non-identity normalizers
-  // (the message names the setting).
+  virtual ~Tokenizer() = default;
+
+  // Loads the tokenizer of a model directory: <dir>/tokenizer.model when
+  // present (SentencePiece), else <dir>/tokenizer.json or <dir>/vocab.json +
+  // <dir>/merges.txt (byte-level BPE, see BpeTokenizer::Load). NotFound when
+  // there is none of them; InvalidArgument when malformed; Unimplemented for
+  // unigram models, non-identity normalizers and the tokenizer.json features
+  // BpeTokenizer does not run (the message names the setting).
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir);
+  // A SentencePiece BPE tokenizer of a parsed tokenizer.model.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromModel(SentencePieceModel model);
 
   // Encodes text without BOS/EOS (callers add BOS where a protocol asks).
-  std::vector<int> Encode(absl::string_view text) const;
-  int bos_id() const { return model_.bos_id; }
-  int eos_id() const { return model_.eos_id; }
-  int vocab_size() const { return static_cast<int>(model_.pieces.size()); }
+  // Thread-safe (const).
+  virtual std::vector<int> Encode(absl::string_view text) const = 0;
+  // -1 when the tokenizer has none.
+  virtual int bos_id() const = 0;
+  virtual int eos_id() const = 0;
+  // One more than the largest id Encode can return.
+  virtual int vocab_size() const = 0;
 
- private:
+ protected:
   Tokenizer() = default;
-  std::string Normalize(absl::string_view text) const;
-
-  SentencePieceModel model_;
-  std::unordered_map<std::string, int> pieces_;  // normal, user-defined and unused pieces
-  std::vector<std::string> user_defined_;
-  int byte_ids_[256] = {};
 };
 
 // A small SentencePiece BPE model (byte fallback, identity normalizer) learnt

@@ -147,5 +147,85 @@ TEST(ModelConfigTest, NotAnObjectIsInvalidArgument) {
   QAAS_EXPECT_CODE(ParseModelConfig(""), kInvalidArgument);
 }
 
+json MinimalOptConfig() {
+  return {{"model_type", "opt"},           {"hidden_size", 64},        {"ffn_dim", 128},
+          {"num_hidden_layers", 2},        {"num_attention_heads", 4}, {"vocab_size", 400},
+          {"max_position_embeddings", 128}};
+}
+
+TEST(ModelConfigTest, ParsesOptWithOptConfigDefaults) {
+  auto c = ParseModelConfig(MinimalOptConfig().dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->model_type, "opt");
+  EXPECT_EQ(c->architecture, "opt");
+  EXPECT_EQ(c->intermediate_size, 128);  // from ffn_dim
+  EXPECT_EQ(c->num_kv_heads, 4);
+  EXPECT_EQ(c->head_dim, 16);
+  EXPECT_EQ(c->word_embed_proj_dim, 64);
+  EXPECT_TRUE(c->do_layer_norm_before);
+  EXPECT_TRUE(c->attention_bias);
+  EXPECT_TRUE(c->mlp_bias);
+  EXPECT_TRUE(c->layer_norm_elementwise_affine);
+  EXPECT_TRUE(c->tie_word_embeddings);
+  EXPECT_EQ(c->activation, "relu");
+  EXPECT_EQ(c->bos_token_id, 2);
+  EXPECT_EQ(c->eos_token_id, 2);
+
+  json j = MinimalOptConfig();
+  j["enable_bias"] = false;
+  j["layer_norm_elementwise_affine"] = false;
+  j["word_embed_proj_dim"] = 64;
+  j["dtype"] = "float16";
+  c = ParseModelConfig(j.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_FALSE(c->attention_bias);
+  EXPECT_FALSE(c->mlp_bias);
+  EXPECT_FALSE(c->layer_norm_elementwise_affine);
+  EXPECT_EQ(c->torch_dtype, "float16");
+
+  auto llama = ParseModelConfig(MinimalConfig().dump());
+  QAAS_ASSERT_OK(llama);
+  EXPECT_EQ(llama->architecture, "llama");
+}
+
+TEST(ModelConfigTest, OptFieldsAreValidated) {
+  for (const char* field : {"ffn_dim", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                            "vocab_size", "max_position_embeddings"}) {
+    SCOPED_TRACE(field);
+    json j = MinimalOptConfig();
+    j.erase(field);
+    auto c = ParseModelConfig(j.dump());
+    QAAS_EXPECT_CODE(c, kInvalidArgument);
+    EXPECT_TRUE(MessageHas(c, field));
+  }
+  json j = MinimalOptConfig();
+  j["enable_bias"] = "yes";
+  auto c = ParseModelConfig(j.dump());
+  QAAS_EXPECT_CODE(c, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(c, "enable_bias"));
+
+  j = MinimalOptConfig();
+  j["num_attention_heads"] = 5;
+  c = ParseModelConfig(j.dump());
+  QAAS_EXPECT_CODE(c, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(c, "num_attention_heads"));
+
+  struct Unsupported {
+    const char* field;
+    json value;
+  };
+  for (const auto& u :
+       {Unsupported{"do_layer_norm_before", false}, Unsupported{"word_embed_proj_dim", 512},
+        Unsupported{"activation_function", "gelu"},
+        Unsupported{"_remove_final_layer_norm", true}}) {
+    SCOPED_TRACE(u.field);
+    j = MinimalOptConfig();
+    j[u.field] = u.value;
+    c = ParseModelConfig(j.dump());
+    QAAS_EXPECT_CODE(c, kUnimplemented);
+    EXPECT_TRUE(MessageHas(c, u.field));
+  }
+}
+
 }  // namespace
 }  // namespace qaas::quant

@@ -274,9 +274,10 @@ TEST(TokenizerLoadTest, MissingMalformedAndUnsupportedFiles) {
   QAAS_EXPECT_CODE(t, kNotFound);
   EXPECT_TRUE(MessageHas(t, "tokenizer.model"));
 
+  // tokenizer.json goes to the byte-level BPE tokenizer (bpe_tokenizer_test.cc).
   WriteLocalFile(dir.path() + "/tokenizer.json", "{}");
   t = Tokenizer::Load(dir.path());
-  QAAS_EXPECT_CODE(t, kUnimplemented);
+  QAAS_EXPECT_CODE(t, kInvalidArgument);
   EXPECT_TRUE(MessageHas(t, "tokenizer.json"));
 
   WriteLocalFile(dir.path() + "/tokenizer.model", "garbage");

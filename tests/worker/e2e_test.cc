@@ -252,9 +252,10 @@ TEST_F(EndToEndTest, BadRequestsAreRejectedAtSubmitNamingTheProblem) {
       {[&](v1::JobSpec& s) { s.set_model("file://" + root_ + "/../../etc"); }, grpc::INVALID_ARGUMENT, "outside"},
       {[](v1::JobSpec& s) {
          s.clear_preset();
-         s.add_recipe()->set_method("gptq");
+         s.add_recipe()->set_method("omniquant");
        },
-       grpc::UNIMPLEMENTED, "gptq"},
+       grpc::UNIMPLEMENTED, "omniquant"},
+      {[](v1::JobSpec& s) { s.set_preset("gptq"); }, grpc::INVALID_ARGUMENT, "calibration.dataset"},
       {[](v1::JobSpec& s) { s.set_model(""); }, grpc::INVALID_ARGUMENT, "model"},
   };
   for (const auto& c : cases) {

@@ -1,0 +1,329 @@
+#include "quant/model/bpe_tokenizer.h"
+
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "quant/model/byte_level.h"
+#include "quant/model/tokenizer.h"
+#include "tests/quant/quant_test_util.h"
+#include "tests/test_util.h"
+
+namespace qaas::quant {
+namespace {
+
+using nlohmann::json;
+using ::qaas::testing::ReadLocalFile;
+using ::qaas::testing::ScopedTempDir;
+using ::qaas::testing::WriteLocalFile;
+
+const json& Reference() {
+  static const json* j = new json(json::parse(ReadLocalFile(ReferencePath("opt_reference.json"))));
+  return *j;
+}
+
+std::string TinyOptDir() { return ReferencePath("tiny-opt"); }
+
+// FNV-1a 64 over the ids as 4-byte little-endian uint32s (the reference's formula).
+std::string Fnv1a64(const std::vector<int>& ids) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (int id : ids) {
+    const uint32_t v = static_cast<uint32_t>(id);
+    for (int b = 0; b < 4; ++b) {
+      h ^= (v >> (8 * b)) & 0xff;
+      h *= 0x100000001b3ull;
+    }
+  }
+  char hash[32];
+  std::snprintf(hash, sizeof(hash), "0x%016llx", static_cast<unsigned long long>(h));
+  return hash;
+}
+
+void CopyFiles(const std::string& to, const std::vector<std::string>& names) {
+  for (const auto& n : names) WriteLocalFile(to + "/" + n, ReadLocalFile(TinyOptDir() + "/" + n));
+}
+
+// The two file forms of the tiny OPT tokenizer, loaded through Tokenizer::Load
+// from a directory holding only that form's files (as in the reference).
+class ReferenceBpeTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    ref_ = &Reference()["tokenizer"]["forms"][GetParam()];
+    CopyFiles(dir_.path(), (*ref_)["files"].get<std::vector<std::string>>());
+    auto tok = Tokenizer::Load(dir_.path());
+    QAAS_ASSERT_OK(tok);
+    tok_ = *std::move(tok);
+    bpe_ = dynamic_cast<const BpeTokenizer*>(tok_.get());
+    ASSERT_NE(bpe_, nullptr) << "Tokenizer::Load did not pick the byte-level BPE tokenizer";
+  }
+  ScopedTempDir dir_;
+  const json* ref_ = nullptr;
+  std::unique_ptr<Tokenizer> tok_;
+  const BpeTokenizer* bpe_ = nullptr;
+};
+
+TEST_P(ReferenceBpeTest, EveryCaseEncodesAsTransformersDoes) {
+  ASSERT_GE((*ref_)["cases"].size(), 15u);
+  for (const auto& c : (*ref_)["cases"]) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    EXPECT_EQ(tok_->Encode(c["text"].get<std::string>()), c["ids"].get<std::vector<int>>());
+  }
+}
+
+TEST_P(ReferenceBpeTest, BosIsPrependedWhereTransformersAddsIt) {
+  EXPECT_EQ(tok_->bos_id(), (*ref_)["bos_id"].get<int>());
+  EXPECT_EQ(tok_->bos_id(), 2);  // </s>, as OPT
+  EXPECT_EQ(tok_->eos_id(), (*ref_)["eos_id"].get<int>());
+  EXPECT_EQ(tok_->vocab_size(), (*ref_)["vocab_size"].get<int>());
+  // tokenizer.json's post-processor adds </s>; vocab.json + merges.txt with a
+  // tokenizer_config.json that sets no add_bos_token do not.
+  EXPECT_EQ(bpe_->add_bos(), GetParam() == "tokenizer.json");
+  for (const auto& c : (*ref_)["cases"]) {
+    std::vector<int> ids = tok_->Encode(c["text"].get<std::string>());
+    if (bpe_->add_bos()) ids.insert(ids.begin(), tok_->bos_id());
+    EXPECT_EQ(ids, c["ids_with_special_tokens"].get<std::vector<int>>()) << c["name"];
+  }
+}
+
+TEST_P(ReferenceBpeTest, WholeTinyStoriesFileMatches) {
+  QAAS_REQUIRE_SHARED();
+  const auto& full = (*ref_)["full_file"];
+  const std::string text = ReadLocalFile(TinyStoriesPath());
+  ASSERT_EQ(text.size(), full["file_utf8_bytes"].get<size_t>());
+  const std::vector<int> ids = tok_->Encode(text);
+  ASSERT_EQ(ids.size(), full["num_ids"].get<size_t>());
+  const auto first = full["first_ids"].get<std::vector<int>>();
+  const auto last = full["last_ids"].get<std::vector<int>>();
+  EXPECT_EQ(std::vector<int>(ids.begin(), ids.begin() + first.size()), first);
+  EXPECT_EQ(std::vector<int>(ids.end() - last.size(), ids.end()), last);
+  EXPECT_EQ(Fnv1a64(ids), full["fnv1a64"].get<std::string>());
+}
+
+INSTANTIATE_TEST_SUITE_P(BothFileForms, ReferenceBpeTest,
+                         ::testing::Values("tokenizer.json", "vocab.json+merges.txt"),
+                         [](const auto& info) {
+                           return info.param == "tokenizer.json" ? "TokenizerJson"
+                                                                 : "VocabAndMerges";
+                         });
+
+json TinyTokenizerJson() { return json::parse(ReadLocalFile(TinyOptDir() + "/tokenizer.json")); }
+
+TEST(BpeTokenizerTest, MergesWrittenAsStringsEncodeTheSame) {
+  json j = TinyTokenizerJson();
+  ASSERT_TRUE(j["model"]["merges"][0].is_array()) << "the reference stores [a, b] pairs";
+  for (auto& m : j["model"]["merges"]) m = m[0].get<std::string>() + " " + m[1].get<std::string>();
+  ScopedTempDir dir;
+  WriteLocalFile(dir.path() + "/tokenizer.json", j.dump());
+  auto tok = BpeTokenizer::Load(dir.path());
+  QAAS_ASSERT_OK(tok);
+  for (const auto& c : Reference()["tokenizer"]["forms"]["tokenizer.json"]["cases"]) {
+    EXPECT_EQ((*tok)->Encode(c["text"].get<std::string>()), c["ids"].get<std::vector<int>>())
+        << c["name"];
+  }
+}
+
+TEST(BpeTokenizerTest, SentencePieceModelStillWins) {
+  // A directory with both forms is read as SentencePiece (LLaMA ships both).
+  QAAS_REQUIRE_SHARED();
+  ScopedTempDir dir;
+  WriteLocalFile(dir.path() + "/tokenizer.model",
+                 ReadLocalFile(Stories260kDir() + "/tokenizer.model"));
+  CopyFiles(dir.path(), {"tokenizer.json"});
+  auto tok = Tokenizer::Load(dir.path());
+  QAAS_ASSERT_OK(tok);
+  EXPECT_EQ(dynamic_cast<const BpeTokenizer*>(tok->get()), nullptr);
+  EXPECT_EQ((*tok)->vocab_size(), 512);
+}
+
+// A hand-made byte-level tokenizer: vocab.json with `tokens` (ids in order)
+// and merges.txt with `merges`, plus an optional tokenizer_config.json.
+std::unique_ptr<BpeTokenizer> HandMade(const std::vector<std::string>& tokens,
+                                       const std::vector<std::string>& merges,
+                                       const json& config = json()) {
+  ScopedTempDir dir;
+  json vocab = json::object();
+  for (size_t i = 0; i < tokens.size(); ++i) vocab[tokens[i]] = static_cast<int>(i);
+  WriteLocalFile(dir.path() + "/vocab.json", vocab.dump());
+  std::string m = "#version: 0.2\n";
+  for (const auto& s : merges) m += s + "\n";
+  WriteLocalFile(dir.path() + "/merges.txt", m);
+  if (!config.is_null()) WriteLocalFile(dir.path() + "/tokenizer_config.json", config.dump());
+  auto tok = BpeTokenizer::Load(dir.path());
+  EXPECT_TRUE(tok.ok()) << tok.status();
+  return tok.ok() ? *std::move(tok) : nullptr;
+}
+
+TEST(BpeTokenizerTest, LowerRankMergesFirst) {
+  //                                    0    1    2    3     4     5
+  auto bc_first = HandMade({"a", "b", "c", "ab", "bc", "abc"}, {"b c", "a b", "a bc"});
+  ASSERT_NE(bc_first, nullptr);
+  EXPECT_EQ(bc_first->Encode("abc"), (std::vector<int>{5}));  // b+c, then a+bc
+  auto ab_first = HandMade({"a", "b", "c", "ab", "bc", "abc"}, {"a b", "b c", "a bc"});
+  ASSERT_NE(ab_first, nullptr);
+  EXPECT_EQ(ab_first->Encode("abc"), (std::vector<int>{3, 2}));  // a+b, and "ab c" is no merge
+}
+
+TEST(BpeTokenizerTest, EqualRanksMergeLeftmostFirst) {
+  auto tok = HandMade({"a", "aa"}, {"a a"});
+  ASSERT_NE(tok, nullptr);
+  EXPECT_EQ(tok->Encode("aaa"), (std::vector<int>{1, 0}));
+  EXPECT_EQ(tok->Encode("aaaaa"), (std::vector<int>{1, 1, 0}));
+  // Characters outside the vocabulary are dropped when there is no <unk>, as tokenizers does.
+  EXPECT_EQ(tok->Encode("aXa"), (std::vector<int>{1}));
+}
+
+TEST(BpeTokenizerTest, WordsNeverMergeAcrossThePreTokenizer) {
+  const std::string sp = ByteLevelAlphabet()[' '];  // "Ġ"
+  auto tok = HandMade({"a", "b", sp, sp + "b", "ab", "a" + sp}, {"a b", sp + " b", "a " + sp});
+  ASSERT_NE(tok, nullptr);
+  EXPECT_EQ(tok->Encode("ab"), (std::vector<int>{4}));
+  EXPECT_EQ(tok->Encode("a b"), (std::vector<int>{0, 3}));  // "a" | " b": no "aĠ"
+}
+
+TEST(BpeTokenizerTest, SpecialTokensAreMatchedWholeAndAddPrefixSpaceIsHonoured) {
+  const std::string sp = ByteLevelAlphabet()[' '];
+  std::vector<std::string> tokens = {"<s>", "</s>", "<", ">", "/", "s", sp, "x", sp + "x"};
+  auto tok =
+      HandMade(tokens, {sp + " x"},
+               {{"bos_token", {{"content", "<s>"}, {"lstrip", false}}}, {"eos_token", "</s>"}});
+  ASSERT_NE(tok, nullptr);
+  EXPECT_EQ(tok->bos_id(), 0);
+  EXPECT_EQ(tok->eos_id(), 1);
+  EXPECT_FALSE(tok->add_bos());
+  EXPECT_EQ(tok->Encode("x</s><s> x"), (std::vector<int>{7, 1, 0, 8}));
+  EXPECT_EQ(tok->Encode("</s"), (std::vector<int>{2, 4, 5}));
+
+  auto prefixed =
+      HandMade(tokens, {sp + " x"},
+               {{"add_prefix_space", true}, {"add_bos_token", true}, {"bos_token", "</s>"}});
+  ASSERT_NE(prefixed, nullptr);
+  EXPECT_TRUE(prefixed->add_bos());
+  EXPECT_EQ(prefixed->bos_id(), 1);
+  EXPECT_EQ(prefixed->Encode("x x"), (std::vector<int>{8, 8}));
+  EXPECT_EQ(prefixed->Encode("x</s>x"),
+            (std::vector<int>{8, 1, 8}));  // each segment gets its space
+}
+
+TEST(BpeTokenizerTest, LongestAddedTokenWins) {
+  json j = TinyTokenizerJson();
+  j["added_tokens"].push_back(
+      {{"id", 399}, {"content", "</s></s>"}, {"normalized", false}, {"special", true}});
+  ScopedTempDir dir;
+  WriteLocalFile(dir.path() + "/tokenizer.json", j.dump());
+  auto tok = BpeTokenizer::Load(dir.path());
+  QAAS_ASSERT_OK(tok);
+  EXPECT_EQ((*tok)->Encode("</s></s></s>"), (std::vector<int>{399, 2}));
+}
+
+TEST(BpeTokenizerTest, GptTwoDefaultsToEndOfTextAndNoBos) {
+  // GPT-2 ships vocab.json + merges.txt with <|endoftext|> and no special-token config.
+  auto tok = HandMade({"a", "<|endoftext|>"}, {});
+  ASSERT_NE(tok, nullptr);
+  EXPECT_EQ(tok->bos_id(), 1);
+  EXPECT_EQ(tok->eos_id(), 1);
+  EXPECT_FALSE(tok->add_bos());
+  EXPECT_EQ(tok->vocab_size(), 2);
+  EXPECT_EQ(tok->Encode("a<|endoftext|>a"), (std::vector<int>{0, 1, 0}));
+  auto none = HandMade({"a"}, {});
+  ASSERT_NE(none, nullptr);
+  EXPECT_EQ(none->bos_id(), -1);
+}
+
+TEST(BpeTokenizerTest, FeaturesWeDoNotRunAreUnimplementedNamingThem) {
+  struct Case {
+    const char* needle;
+    std::function<void(json&)> edit;
+  };
+  const std::vector<Case> cases = {
+      {"WordPiece", [](json& j) { j["model"]["type"] = "WordPiece"; }},
+      {"dropout", [](json& j) { j["model"]["dropout"] = 0.1; }},
+      {"continuing_subword_prefix",
+       [](json& j) { j["model"]["continuing_subword_prefix"] = "##"; }},
+      {"byte_fallback", [](json& j) { j["model"]["byte_fallback"] = true; }},
+      {"NFC",
+       [](json& j) {
+         j["normalizer"] = {{"type", "NFC"}};
+       }},
+      {"Metaspace",
+       [](json& j) {
+         j["pre_tokenizer"] = {{"type", "Metaspace"}};
+       }},
+      {"none", [](json& j) { j["pre_tokenizer"] = nullptr; }},
+      {"use_regex", [](json& j) { j["pre_tokenizer"]["use_regex"] = false; }},
+      {"lstrip", [](json& j) { j["added_tokens"][1]["lstrip"] = true; }},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.needle);
+    json j = TinyTokenizerJson();
+    c.edit(j);
+    ScopedTempDir dir;
+    WriteLocalFile(dir.path() + "/tokenizer.json", j.dump());
+    auto tok = Tokenizer::Load(dir.path());
+    QAAS_EXPECT_CODE(tok, kUnimplemented);
+    EXPECT_TRUE(MessageHas(tok, c.needle));
+    EXPECT_TRUE(MessageHas(tok, "tokenizer.json"));
+  }
+}
+
+TEST(BpeTokenizerTest, MalformedFilesAreInvalidArgumentNamingTheProblem) {
+  struct Case {
+    const char* needle;
+    std::function<void(json&)> edit;
+  };
+  const std::vector<Case> cases = {
+      {"missing 'model'", [](json& j) { j.erase("model"); }},
+      {"model.vocab", [](json& j) { j["model"]["vocab"] = json::array(); }},
+      {"'zz' is not in the vocabulary",
+       [](json& j) {
+         j["model"]["merges"].push_back({"zz", "a"});
+       }},
+      {"not two tokens", [](json& j) { j["model"]["merges"].push_back("a b c"); }},
+      {"id of 'h'", [](json& j) { j["model"]["vocab"]["h"] = -4; }},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.needle);
+    json j = TinyTokenizerJson();
+    c.edit(j);
+    ScopedTempDir dir;
+    WriteLocalFile(dir.path() + "/tokenizer.json", j.dump());
+    auto tok = Tokenizer::Load(dir.path());
+    QAAS_EXPECT_CODE(tok, kInvalidArgument);
+    EXPECT_TRUE(MessageHas(tok, c.needle));
+  }
+
+  ScopedTempDir garbage;
+  WriteLocalFile(garbage.path() + "/tokenizer.json", "{not json");
+  auto tok = Tokenizer::Load(garbage.path());
+  QAAS_EXPECT_CODE(tok, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(tok, "tokenizer.json"));
+
+  ScopedTempDir bad_merges;
+  CopyFiles(bad_merges.path(), {"vocab.json"});
+  WriteLocalFile(bad_merges.path() + "/merges.txt", "#version: 0.2\n\xc4\xa0 t\nh e x\n");
+  tok = Tokenizer::Load(bad_merges.path());
+  QAAS_EXPECT_CODE(tok, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(tok, "merges.txt: line 3"));
+
+  ScopedTempDir bad_bos;
+  CopyFiles(bad_bos.path(), {"vocab.json", "merges.txt"});
+  WriteLocalFile(bad_bos.path() + "/tokenizer_config.json", R"({"bos_token": "<|begin|>"})");
+  tok = Tokenizer::Load(bad_bos.path());
+  QAAS_EXPECT_CODE(tok, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(tok, "<|begin|>"));
+}
+
+TEST(BpeTokenizerTest, VocabWithoutMergesIsNotFound) {
+  ScopedTempDir dir;
+  CopyFiles(dir.path(), {"vocab.json"});
+  auto tok = Tokenizer::Load(dir.path());
+  QAAS_EXPECT_CODE(tok, kNotFound);
+  EXPECT_TRUE(MessageHas(tok, "merges.txt"));
+  QAAS_EXPECT_CODE(BpeTokenizer::Load(dir.path()), kNotFound);
+}
+
+}  // namespace
+}  // namespace qaas::quant

@@ -1,0 +1,144 @@
+#include "quant/methods/gptq.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+
+#include "quant/export.h"
+#include "quant/methods/rtn.h"
+#include "tests/test_util.h"
+
+namespace qaas::quant {
+namespace {
+
+struct Problem {
+  at::Tensor W;  // [rows, columns]
+  at::Tensor X;  // [tokens, columns]
+  at::Tensor H;
+};
+
+// Correlated inputs with a few high-variance channels, as in LLM activations.
+Problem MakeProblem(int64_t rows, int64_t columns, int64_t tokens, uint64_t seed) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  auto opts = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor mix = at::randn({columns, columns}, gen, opts) / std::sqrt(static_cast<double>(columns));
+  at::Tensor X = at::matmul(at::randn({tokens, columns}, gen, opts), mix + at::eye(columns, opts));
+  X.narrow(1, 0, 4).mul_(8.0);
+  Problem p;
+  p.W = at::randn({rows, columns}, gen, opts) * 0.05;
+  p.X = X;
+  HessianAccumulator acc(columns, at::kCPU);
+  for (int64_t i = 0; i < tokens; i += 256) acc.Add(X.narrow(0, i, std::min<int64_t>(256, tokens - i)));
+  p.H = acc.H();
+  return p;
+}
+
+double OutputError(const Problem& p, const at::Tensor& Q) {
+  return (at::matmul(p.X, p.W.t()) - at::matmul(p.X, Q.t())).norm().item<double>();
+}
+
+TensorQuant Spec(int bits, int group, bool sym = false) {
+  TensorQuant t;
+  t.format = NumberFormat::kInt;
+  t.bits = bits;
+  t.granularity = group > 0 ? Granularity::kPerGroup : Granularity::kPerChannel;
+  t.group_size = group;
+  t.symmetric = sym;
+  return t;
+}
+
+TEST(HessianAccumulator, StreamingEqualsTheBatchFormula) {
+  Problem p = MakeProblem(8, 48, 1000, 1);
+  at::Tensor expected = 2.0 * at::matmul(p.X.t(), p.X) / 1000.0;
+  EXPECT_TRUE(at::allclose(p.H, expected, 1e-4, 1e-4));
+}
+
+class GptqBeatsRtn : public ::testing::TestWithParam<std::tuple<int, int, bool>> {};
+
+TEST_P(GptqBeatsRtn, OnLayerOutputError) {
+  const auto [bits, group, act_order] = GetParam();
+  Problem p = MakeProblem(96, 256, 2048, 7);
+  GptqOptions o;
+  o.act_order = act_order;
+  o.blocksize = 64;  // several lazy blocks
+  GptqStats stats;
+  auto q = QuantizeGptq(p.W, p.H, Spec(bits, group), o, &stats);
+  QAAS_ASSERT_OK(q);
+  QuantizedLinear rtn = QuantizeRtn(p.W, Spec(bits, group));
+  const double gptq_err = OutputError(p, q->dequantized), rtn_err = OutputError(p, rtn.dequantized);
+  EXPECT_LT(gptq_err, rtn_err) << "bits " << bits << " group " << group << " act_order " << act_order;
+  EXPECT_EQ(stats.cholesky_retries, 0);
+  EXPECT_GT(stats.damp, 0);
+  // Codes, parameters and g_idx describe exactly the dequantized weights.
+  at::Tensor g = q->g_idx.to(at::kLong);
+  at::Tensor deq = (q->codes.to(at::kFloat) - q->params.zero.index_select(1, g)) * q->params.scale.index_select(1, g);
+  EXPECT_TRUE(at::equal(deq, q->dequantized));
+  EXPECT_GE(q->codes.min().item<int>(), 0);
+  EXPECT_LE(q->codes.max().item<int>(), (1 << bits) - 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Settings, GptqBeatsRtn,
+                         ::testing::Combine(::testing::Values(2, 3, 4, 8), ::testing::Values(0, 32, 128),
+                                            ::testing::Bool()));
+
+TEST(Gptq, ExportRoundTripsWithActOrderAndStaticGroups) {
+  Problem p = MakeProblem(64, 256, 1024, 3);
+  for (bool static_groups : {false, true}) {
+    GptqOptions o;
+    o.act_order = true;
+    o.static_groups = static_groups;
+    auto q = QuantizeGptq(p.W, p.H, Spec(4, 64, /*sym=*/true), o);
+    QAAS_ASSERT_OK(q);
+    std::map<std::string, RawTensor> tensors;
+    for (auto& t : PackGptqLinear("l", *q, at::Tensor())) tensors[t.name] = t;
+    auto back = UnpackGptqLinear(tensors, "l", 4, 256, 64);
+    QAAS_ASSERT_OK(back);
+    EXPECT_TRUE(at::equal(*back, q->dequantized)) << "static_groups " << static_groups;
+    at::Tensor in_order = at::div(at::arange(256, at::TensorOptions().dtype(at::kLong)), 64, "floor").to(at::kInt);
+    // Static groups keep groups in column order; dynamic ones follow act-order.
+    EXPECT_EQ(at::equal(q->g_idx, in_order), static_groups);
+  }
+}
+
+TEST(Gptq, DeadInputsAreZeroed) {
+  Problem p = MakeProblem(16, 64, 512, 5);
+  p.X.select(1, 10).zero_();
+  HessianAccumulator acc(64, at::kCPU);
+  acc.Add(p.X);
+  GptqStats stats;
+  auto q = QuantizeGptq(p.W, acc.H(), Spec(4, 0), GptqOptions(), &stats);
+  QAAS_ASSERT_OK(q);
+  EXPECT_EQ(stats.dead_columns, 1);
+  EXPECT_EQ(q->dequantized.select(1, 10).abs().max().item<float>(), 0.0f);
+}
+
+TEST(Gptq, IndefiniteHessianIsDampedNotFatal) {
+  Problem p = MakeProblem(16, 32, 256, 9);
+  at::Tensor H = p.H.clone();
+  H[3][3] = -H.diagonal().mean() * 0.5;  // not positive definite
+  GptqStats stats;
+  auto q = QuantizeGptq(p.W, H, Spec(4, 0), GptqOptions(), &stats);
+  QAAS_ASSERT_OK(q);
+  EXPECT_GT(stats.cholesky_retries, 0);
+  EXPECT_FALSE(q->dequantized.isnan().any().item<bool>());
+
+  GptqOptions no_retries;
+  no_retries.max_damp_retries = 0;
+  QAAS_EXPECT_CODE(QuantizeGptq(p.W, H, Spec(4, 0), no_retries), kInternal);
+}
+
+TEST(Gptq, ShapeMismatchIsInvalidArgument) {
+  Problem p = MakeProblem(16, 32, 64, 2);
+  QAAS_EXPECT_CODE(QuantizeGptq(p.W, at::eye(31), Spec(4, 0), GptqOptions()), kInvalidArgument);
+}
+
+TEST(Gptq, DoesNotModifyItsInputs) {
+  Problem p = MakeProblem(16, 64, 256, 4);
+  at::Tensor W = p.W.clone(), H = p.H.clone();
+  ASSERT_TRUE(QuantizeGptq(p.W, p.H, Spec(3, 32), GptqOptions()).ok());
+  EXPECT_TRUE(at::equal(W, p.W));
+  EXPECT_TRUE(at::equal(H, p.H));
+}
+
+}  // namespace
+}  // namespace qaas::quant
