@@ -23,13 +23,22 @@ void RangeToScaleZero(const at::Tensor& xmin_in, const at::Tensor& xmax_in, int 
   xmin = at::where(empty, at::full_like(xmin, -1.0), xmin);
   xmax = at::where(empty, at::full_like(xmax, 1.0), xmax);
   at::Tensor s = (xmax - xmin) / maxq;
+  if (!symmetric) {
+    // Zero points stay in [1, maxq]: the GPTQ checkpoint stores zero - 1, and
+    // loaders disagree on a stored -1 (GPTQModel/Transformers add 1 to the
+    // packed word and carry into the next channel, AutoGPTQ/vLLM add 1 per
+    // field and read 2^b). Groups whose zero would round to 0 (all weights
+    // >= 0, or nearly) widen their scale so that code 1 is zero instead.
+    at::Tensor low = at::round(-xmin / at::clamp_min(s, 6e-8)) < 1;
+    s = at::where(low, at::maximum(xmax / (maxq - 1), -xmin), s);
+  }
   // float16-representable and never zero (6e-8 is float16's smallest subnormal).
   s = at::clamp_min(s, 6e-8).to(at::kHalf).to(at::kFloat);
   *scale = s;
   if (symmetric) {
     *zero = at::full_like(s, static_cast<double>(1 << (bits - 1)));
   } else {
-    *zero = at::clamp(at::round(-xmin / s), 0.0, maxq);
+    *zero = at::clamp(at::round(-xmin / s), 1.0, maxq);
   }
 }
 

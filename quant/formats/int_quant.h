@@ -6,7 +6,9 @@
 // Conventions follow GPTQ (Frantar et al. 2022, reference quantizer), so the
 // artifact can be written in the GPTQ checkpoint layout without conversion:
 //  - asymmetric: the range [min(w), max(w)] is widened to include 0,
-//    scale = (max - min) / (2^bits - 1), zero = round(-min / scale);
+//    scale = (max - min) / (2^bits - 1), zero = round(-min / scale), except
+//    that zero is kept >= 1 (a group that would get 0 uses
+//    scale = max(max / (2^bits - 2), -min), zero = 1): see RangeToScaleZero;
 //  - symmetric: m = max|w|, scale = 2m / (2^bits - 1), zero = 2^(bits-1).
 // Scales are rounded to float16 before codes are computed, because the
 // exported checkpoint stores them in float16: dequantizing the export gives

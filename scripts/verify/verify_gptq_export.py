@@ -204,7 +204,12 @@ def dequantize_layer(t, prefix, bits, group_size, in_f, out_f, errors):
     expect(gi.shape == (in_f,), f"g_idx shape {gi.shape}, want {(in_f,)}")
     want_g = (np.zeros(in_f, np.int64) if group_size in (-1, 0)
               else np.arange(in_f) // group_size)
-    expect(np.array_equal(gi.astype(np.int64), want_g), "g_idx != i // group_size")
+    expect(gi.shape == (in_f,) and np.array_equal(gi.astype(np.int64), want_g),
+           "g_idx != i // group_size")
+    if any(e.startswith(prefix + ":") for e in errors):
+        # cannot decode tensors of the wrong shape/dtype: stop here, loudly
+        print("\n".join("  LAYOUT ERROR: " + e for e in errors))
+        raise SystemExit(1)
 
     codes_t, pad1 = unpack_stream(qw.T, in_f, bits)       # [out, in]
     codes = codes_t.T                                        # [in, out]
@@ -458,7 +463,11 @@ def load_with(loader, backend, dtype_name, artifact, bits):
         kw = {}
         if backend != "auto":
             kw["quantization_config"] = GPTQConfig(bits=bits, backend=backend)
-        m = AutoModelForCausalLM.from_pretrained(artifact, device_map="cpu", dtype=dtype, **kw)
+        m, info = AutoModelForCausalLM.from_pretrained(artifact, device_map="cpu", dtype=dtype,
+                                                       output_loading_info=True, **kw)
+        bad = {k: sorted(map(str, v)) for k, v in info.items() if v}
+        if bad:   # every tensor must be consumed and none left at its init value
+            raise RuntimeError(f"transformers loading info not clean: {bad}")
         return m
     if loader == "gptqmodel":
         from gptqmodel import GPTQModel

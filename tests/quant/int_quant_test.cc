@@ -197,19 +197,35 @@ TEST(IntQuantTest, PerTensorSharesOneScaleAndZero) {
   EXPECT_NEAR(deq[3][5].item<float>(), 1.0f, p.scale[0][0].item<float>());
 }
 
+TEST(IntQuantTest, AsymmetricZeroPointsAreNeverZero) {
+  // Groups that are all >= 0 or have a tiny negative minimum would round the
+  // zero point to 0; it must stay in [1, maxq] for every bit width.
+  at::Tensor w = at::rand({32, 256}) - 0.001;
+  w.narrow(0, 0, 8).abs_();
+  for (int bits : {2, 3, 4, 8}) {
+    IntQuantParams p = ComputeIntParams(w, IntSpec(bits, false, 32));
+    EXPECT_GE(p.zero.min().item<float>(), 1.0f) << bits;
+    at::Tensor deq = DequantizeCodes(QuantizeToCodes(w, p), p);
+    // Every weight is still within half a step (nothing is clipped).
+    EXPECT_TRUE(((deq - w).abs() <= p.scale.repeat_interleave(32, 1) / 2 + 1e-6).all().item<bool>()) << bits;
+  }
+}
+
 TEST(IntQuantTest, AsymmetricRangeAlwaysIncludesZero) {
   // Rows entirely positive and entirely negative: zero stays representable.
   at::Tensor w = at::stack({at::linspace(0.5, 1.5, 64), at::linspace(-2.0, -1.0, 64)});
   IntQuantParams p = ComputeIntParams(w, IntSpec(4, false, 0));
-  EXPECT_EQ(p.zero[0][0].item<float>(), 0.0f);   // min widened to 0
+  // min widened to 0; the zero point is kept at 1, not 0, so GPTQ v1 loaders
+  // agree on it (a stored zero - 1 of -1 is read differently by each).
+  EXPECT_EQ(p.zero[0][0].item<float>(), 1.0f);
   EXPECT_EQ(p.zero[1][0].item<float>(), 15.0f);  // max widened to 0
   at::Tensor zeros = at::zeros({2, 64});
   EXPECT_TRUE(DequantizeCodes(QuantizeToCodes(zeros, p), p).equal(zeros));
   at::Tensor deq = DequantizeCodes(QuantizeToCodes(w, p), p);
   EXPECT_NEAR(deq[0][63].item<float>(), 1.5f, p.scale[0][0].item<float>() / 2 + 1e-6);
   EXPECT_NEAR(deq[1][0].item<float>(), -2.0f, p.scale[1][0].item<float>() / 2 + 1e-6);
-  // Ranges: 1.5 and 2.0 over 15 steps.
-  EXPECT_FLOAT_EQ(p.scale[0][0].item<float>(), static_cast<float>(c10::Half(1.5f / 15)));
+  // Ranges: 1.5 over the 14 steps above zero point 1; 2.0 over 15 steps.
+  EXPECT_FLOAT_EQ(p.scale[0][0].item<float>(), static_cast<float>(c10::Half(1.5f / 14)));
   EXPECT_FLOAT_EQ(p.scale[1][0].item<float>(), static_cast<float>(c10::Half(2.0f / 15)));
 }
 
