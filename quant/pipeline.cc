@@ -18,7 +18,7 @@
 #include "quant/methods/gptq.h"
 #include "quant/methods/rtn.h"
 #include "quant/model/checkpoint.h"
-#include "quant/model/llama.h"
+#include "quant/model/decoder.h"
 #include "quant/model/tokenizer.h"
 #include "quant/report.h"
 #include "quant/util/files.h"
@@ -46,12 +46,12 @@ struct EvalStream {
 };
 
 // Runs `layer` over `hidden` in batches of `batch` windows.
-at::Tensor ForwardBatched(const LlamaLayer& layer, const ModelConfig& c, const Rope& rope,
-                          const at::Tensor& hidden, int batch, const LinearInputHook& hook = nullptr) {
+at::Tensor ForwardBatched(const DecoderModel& model, const DecoderLayer& layer, const at::Tensor& hidden,
+                          int batch, const LinearInputHook& hook = nullptr) {
   std::vector<at::Tensor> outs;
   for (int64_t i = 0; i < hidden.size(0); i += batch) {
     const int64_t n = std::min<int64_t>(batch, hidden.size(0) - i);
-    outs.push_back(LlamaLayerForward(layer, c, rope, hidden.narrow(0, i, n), hook));
+    outs.push_back(model.LayerForward(layer, hidden.narrow(0, i, n), hook));
   }
   return at::cat(outs, 0);
 }
@@ -93,8 +93,7 @@ class Pipeline {
   std::unique_ptr<Checkpoint> ck_;
   ModelConfig config_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  LlamaHead head_;
-  std::unique_ptr<Rope> rope_;
+  std::unique_ptr<DecoderModel> model_;  // the architecture, with its head on device_
   at::Tensor calib_;  // hidden states of the calibration stream (quantized model)
   std::vector<EvalStream> evals_;
   Report report_;
@@ -138,9 +137,6 @@ absl::Status Pipeline::Prepare() {
     return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", tokenizer_->vocab_size(),
                                                    " pieces but config.json vocab_size is ", config_.vocab_size));
   }
-  auto head = LoadLlamaHead(*ck_);
-  if (!head.ok()) return head.status();
-  head_ = *std::move(head);
 
   const int context = config_.max_position_embeddings;
   absl::Status seq_error;
@@ -153,6 +149,10 @@ absl::Status Pipeline::Prepare() {
     QAAS_RETURN_IF_ERROR(seq_error);
     auto text = LoadDatasetText(ref.path);
     if (!text.ok()) return text.status();
+    if (tokenizer_->bos_id() < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("the tokenizer of ", o_.model_dir,
+                                                     " has no BOS token, which evaluation windows start with"));
+    }
     std::vector<int> ids = tokenizer_->Encode(*text);
     ids.insert(ids.begin(), tokenizer_->bos_id());
     auto windows = MakeEvaluationWindows(ids, s.ref.seq_len, ref.max_windows);
@@ -163,6 +163,7 @@ absl::Status Pipeline::Prepare() {
     max_len = std::max(max_len, s.ref.seq_len);
     evals_.push_back(std::move(s));
   }
+  at::Tensor calib_windows;
   if (o_.calibration) {
     const int seq_len = ResolveSeqLen(o_.calibration->seq_len, context, "calibration", &seq_error);
     QAAS_RETURN_IF_ERROR(seq_error);
@@ -172,76 +173,81 @@ absl::Status Pipeline::Prepare() {
     }
     auto windows = SampleCalibrationWindows(tokenizer_->Encode(*text), o_.num_samples, seq_len, o_.seed);
     if (!windows.ok()) return windows.status();
-    calib_ = at::embedding(head_.embed, *windows).to(device_);
+    calib_windows = *windows;
     report_.calibration = {{"dataset", o_.calibration->name}, {"num_samples", o_.num_samples},
                            {"seq_len", seq_len}, {"seed", o_.seed}, {"tokens", windows->numel()}};
     max_len = std::max(max_len, seq_len);
   }
-  head_.embed = head_.embed.to(device_);
-  head_.final_norm = head_.final_norm.to(device_);
-  head_.lm_head = head_.lm_head.to(device_);
+  auto model = DecoderModel::Create(*ck_, device_, max_len);
+  if (!model.ok()) return model.status();
+  model_ = *std::move(model);
+  if (calib_windows.defined()) calib_ = model_->Embed(calib_windows);
   for (auto& s : evals_) {
-    s.original = at::embedding(head_.embed, s.windows.to(device_));
+    s.original = model_->Embed(s.windows);
     s.quantized = s.original;
   }
-  rope_ = std::make_unique<Rope>(config_, max_len, device_);
   return MakeDirs(o_.output_dir + "/checkpoints");
 }
 
 absl::Status Pipeline::QuantizeLayer(int i) {
   Progress(i, "loading");
-  auto loaded = LoadLlamaLayer(*ck_, i);
+  const DecoderModel& model = *model_;
+  const std::vector<std::string>& linear_names = model.LinearNames();
+  const std::string layer_prefix = model.LayerPrefix(i);
+  auto loaded = model.LoadLayer(i);
   if (!loaded.ok()) return loaded.status();
-  LlamaLayer original = loaded->To(device_);
+  DecoderLayer original = loaded->To(device_);
 
   auto t0 = Clock::now();
-  for (auto& s : evals_) s.original = ForwardBatched(original, config_, *rope_, s.original, o_.batch_size);
+  for (auto& s : evals_) s.original = ForwardBatched(model, original, s.original, o_.batch_size);
   report_.seconds_evaluation += SecondsSince(t0);
 
   // Quantize the linears: RTN from the original weights; GPTQ "true
   // sequential", group by group, each group's Hessians gathered with the
   // groups before it already quantized (as the GPTQ paper's LLaMA runs do).
   Progress(i, "quantizing");
-  LlamaLayer quantized = original;
+  DecoderLayer quantized = original;
   std::vector<RawTensor> packed;
-  packed.push_back(TensorToRaw(LayerPrefix(i) + "input_layernorm.weight", original.input_norm.cpu()));
-  packed.push_back(TensorToRaw(LayerPrefix(i) + "post_attention_layernorm.weight", original.post_norm.cpu()));
-  std::vector<std::optional<QuantizedLinear>> results(LlamaLinearNames().size());
-  std::vector<LayerReport> reports(LlamaLinearNames().size());
+  for (const auto& [name, t] : original.norms) packed.push_back(TensorToRaw(layer_prefix + name, t.cpu()));
+  std::vector<std::optional<QuantizedLinear>> results(linear_names.size());
+  std::vector<LayerReport> reports(linear_names.size());
   if (o_.scheme.weights.enabled()) {
-    static const std::vector<std::vector<int>> kSequentialGroups = {{0, 1, 2}, {3}, {4, 5}, {6}};
     const std::string& method = weight_step_.method;
     const bool adadim = method == "adadim";
     const bool gptq = method == "gptq" || (adadim && weight_step_.adadim_base == "gptq");
     const bool sequential = gptq || adadim;
     // AdaDim compares candidates on a bounded subset of the calibration windows.
     at::Tensor sel = adadim ? calib_.narrow(0, 0, std::min<int64_t>(16, calib_.size(0))) : at::Tensor();
-    for (const auto& group : sequential ? kSequentialGroups : std::vector<std::vector<int>>{{0, 1, 2, 3, 4, 5, 6}}) {
+    std::vector<std::vector<int>> groups = model.SequentialGroups();
+    if (!sequential) {  // RTN needs no inputs: one group of every linear
+      groups = {std::vector<int>(linear_names.size())};
+      for (size_t j = 0; j < linear_names.size(); ++j) groups[0][j] = static_cast<int>(j);
+    }
+    for (const auto& group : groups) {
       std::map<std::string, std::unique_ptr<HessianAccumulator>> hessians;
       std::map<std::string, at::Tensor> sel_inputs;  // AdaDim: each linear's inputs on `sel`
       if (sequential) {
         auto tc = Clock::now();
         for (int j : group) {
-          hessians[LlamaLinearNames()[j]] = std::make_unique<HessianAccumulator>(
+          hessians[linear_names[j]] = std::make_unique<HessianAccumulator>(
               original.linears[j].weight.size(1), device_);
         }
-        ForwardBatched(quantized, config_, *rope_, calib_, o_.batch_size,
-                       [&](const std::string& name, const at::Tensor& x) {
-                         auto it = hessians.find(name);
-                         if (it != hessians.end()) it->second->Add(x);
-                       });
+        ForwardBatched(model, quantized, calib_, o_.batch_size, [&](const std::string& name, const at::Tensor& x) {
+          auto it = hessians.find(name);
+          if (it != hessians.end()) it->second->Add(x);
+        });
         if (adadim) {
-          ForwardBatched(quantized, config_, *rope_, sel, o_.batch_size, [&](const std::string& name, const at::Tensor& x) {
+          ForwardBatched(model, quantized, sel, o_.batch_size, [&](const std::string& name, const at::Tensor& x) {
             if (hessians.count(name)) sel_inputs[name] = sel_inputs.count(name) ? at::cat({sel_inputs[name], x}) : x;
           });
         }
         report_.seconds_calibration += SecondsSince(tc);
       }
       for (int j : group) {
-        const std::string& name = LlamaLinearNames()[j];
+        const std::string& name = linear_names[j];
         const at::Tensor& w = original.linears[j].weight;
         LayerReport& lr = reports[j];
-        lr.name = LayerPrefix(i) + name;
+        lr.name = layer_prefix + name;
         lr.method = adadim ? "adadim-" + weight_step_.adadim_base : method;
         auto tq = Clock::now();
         auto quantize = [&](bool per_ic) -> absl::StatusOr<QuantizedLinear> {
@@ -262,20 +268,27 @@ absl::Status Pipeline::QuantizeLayer(int i) {
           auto ic = quantize(true);
           if (!ic.ok()) return absl::Status(ic.status().code(), absl::StrCat(lr.name, ": ", ic.status().message()));
           // The block whose output decides: attention for q/k/v, the MLP for
-          // gate/up, the linear itself for o/down (AdaDim, section 4).
-          std::function<at::Tensor(const LlamaLayer&)> block;
-          if (j <= 2) {
-            block = [&](const LlamaLayer& l) { return LlamaAttentionForward(l, config_, *rope_, sel); };
-          } else if (j == 4 || j == 5) {
-            at::Tensor h = sel + LlamaAttentionForward(quantized, config_, *rope_, sel);
-            block = [this, h](const LlamaLayer& l) { return LlamaMlpForward(l, config_, h); };
-          } else {
-            const at::Tensor x = sel_inputs[name];
-            block = [x, j](const LlamaLayer& l) { return at::linear(x, l.linears[j].weight); };
+          // its input projections, the linear itself for the output
+          // projections (AdaDim, section 4).
+          std::function<at::Tensor(const DecoderLayer&)> block;
+          switch (model.DecidingBlock(j)) {
+            case AdaDimBlock::kAttention:
+              block = [&](const DecoderLayer& l) { return model.AttentionForward(l, sel); };
+              break;
+            case AdaDimBlock::kMlp: {
+              at::Tensor h = sel + model.AttentionForward(quantized, sel);
+              block = [&model, h](const DecoderLayer& l) { return model.MlpForward(l, h); };
+              break;
+            }
+            case AdaDimBlock::kOwnOutput: {
+              const at::Tensor x = sel_inputs[name];
+              block = [x, j](const DecoderLayer& l) { return at::linear(x, l.linears[j].weight); };
+              break;
+            }
           }
           const at::Tensor reference = block(original);
           AdaDimChoice choice = ChooseAxis(*q, *ic, reference, [&](const at::Tensor& weight) {
-            LlamaLayer candidate = quantized;
+            DecoderLayer candidate = quantized;
             candidate.linears[j].weight = weight;
             return block(candidate);
           });
@@ -292,14 +305,18 @@ absl::Status Pipeline::QuantizeLayer(int i) {
       }
     }
   }
-  for (size_t j = 0; j < LlamaLinearNames().size(); ++j) {
-    const std::string name = LayerPrefix(i) + LlamaLinearNames()[j];
+  for (size_t j = 0; j < linear_names.size(); ++j) {
+    const std::string name = layer_prefix + linear_names[j];
     const Linear& lin = original.linears[j];
     if (results[j]) {
-      // Per-IC weights are packed as their transpose, under "<name>.ic".
-      if (results[j]->per_input_channel) any_per_ic_ = true;
-      const std::string prefix = results[j]->per_input_channel ? name + ".ic" : name;
-      for (auto& t : PackGptqLinear(prefix, *results[j], lin.bias)) packed.push_back(std::move(t));
+      // Per-IC weights are packed as their transpose, under "<name>.ic"; the
+      // bias is not transposed and stays "<name>.bias" (float16, as GPTQ's).
+      const bool per_ic = results[j]->per_input_channel;
+      any_per_ic_ |= per_ic;
+      for (auto& t : PackGptqLinear(per_ic ? name + ".ic" : name, *results[j], per_ic ? at::Tensor() : lin.bias)) {
+        packed.push_back(std::move(t));
+      }
+      if (per_ic && lin.bias.defined()) packed.push_back(TensorToRaw(name + ".bias", lin.bias.cpu().to(at::kHalf)));
     } else {
       reports[j].name = name;
       reports[j].method = "none";
@@ -318,10 +335,9 @@ absl::Status Pipeline::QuantizeLayer(int i) {
       plain.push_back(TensorToRaw(name, t.cpu().to(ToScalarType(entry->dtype))));
       return absl::OkStatus();
     };
-    QAAS_RETURN_IF_ERROR(add(LayerPrefix(i) + "input_layernorm.weight", original.input_norm));
-    QAAS_RETURN_IF_ERROR(add(LayerPrefix(i) + "post_attention_layernorm.weight", original.post_norm));
-    for (size_t j = 0; j < LlamaLinearNames().size(); ++j) {
-      const std::string name = LayerPrefix(i) + LlamaLinearNames()[j];
+    for (const auto& [name, t] : original.norms) QAAS_RETURN_IF_ERROR(add(layer_prefix + name, t));
+    for (size_t j = 0; j < linear_names.size(); ++j) {
+      const std::string name = layer_prefix + linear_names[j];
       QAAS_RETURN_IF_ERROR(add(name + ".weight", quantized.linears[j].weight));
       if (quantized.linears[j].bias.defined()) QAAS_RETURN_IF_ERROR(add(name + ".bias", quantized.linears[j].bias));
     }
@@ -333,8 +349,8 @@ absl::Status Pipeline::QuantizeLayer(int i) {
   if (calib_.defined()) {
     Progress(i, "calibrating");
     auto tc = Clock::now();
-    at::Tensor ref = ForwardBatched(original, config_, *rope_, calib_, o_.batch_size);
-    at::Tensor next = ForwardBatched(quantized, config_, *rope_, calib_, o_.batch_size);
+    at::Tensor ref = ForwardBatched(model, original, calib_, o_.batch_size);
+    at::Tensor next = ForwardBatched(model, quantized, calib_, o_.batch_size);
     report_.blocks.push_back({i, RelativeError(ref, next)});
     calib_ = next;
     report_.seconds_calibration += SecondsSince(tc);
@@ -342,7 +358,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
 
   Progress(i, "evaluating");
   t0 = Clock::now();
-  for (auto& s : evals_) s.quantized = ForwardBatched(quantized, config_, *rope_, s.quantized, o_.batch_size);
+  for (auto& s : evals_) s.quantized = ForwardBatched(model, quantized, s.quantized, o_.batch_size);
   report_.seconds_evaluation += SecondsSince(t0);
   return WriteSafetensors(absl::StrFormat("%s/checkpoints/layer-%d.safetensors", o_.output_dir, i), packed);
 }
@@ -352,8 +368,7 @@ absl::Status Pipeline::Assemble() {
   const std::string dir = o_.output_dir + "/artifact";
   QAAS_RETURN_IF_ERROR(MakeDirs(dir));
   std::vector<RawTensor> tensors;
-  for (const char* name : {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}) {
-    if (!ck_->Has(name)) continue;
+  for (const std::string& name : model_->HeadTensorNames()) {
     auto raw = ck_->LoadRaw(name);
     if (!raw.ok()) return raw.status();
     tensors.push_back(*std::move(raw));
@@ -447,8 +462,9 @@ absl::StatusOr<nlohmann::json> Pipeline::Run() {
   }
   auto t0 = Clock::now();
   for (auto& s : evals_) {
-    NllSum orig = WindowsNll(s.original, s.windows, head_, config_.rms_norm_eps);
-    NllSum quant = WindowsNll(s.quantized, s.windows, head_, config_.rms_norm_eps);
+    auto logits = [this](const at::Tensor& hidden) { return model_->Logits(hidden); };
+    NllSum orig = WindowsNll(s.original, s.windows, logits);
+    NllSum quant = WindowsNll(s.quantized, s.windows, logits);
     report_.evaluations.push_back({s.ref.name, s.ref.seq_len, s.windows.size(0), orig.tokens,
                                    orig.perplexity(), quant.perplexity()});
   }

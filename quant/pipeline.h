@@ -11,6 +11,7 @@
 //   perplexity of both models on each evaluation set
 //   assemble artifact/ and write report.json / report.md
 //
+// Runs any architecture of quant/model/decoder.h (LLaMA, OPT).
 // Works on local directories only; the worker stages inputs and uploads
 // outputs. Everything runs on `device`; no other device is touched.
 #ifndef QAAS_QUANT_PIPELINE_H_

@@ -4,7 +4,7 @@
 
 #include <ATen/ATen.h>
 
-#include "quant/model/llama.h"
+#include <functional>
 
 namespace qaas::quant {
 
@@ -16,9 +16,11 @@ struct NllSum {
 
 // hidden: [windows, seq, hidden] after the last decoder layer; windows: the
 // token ids [windows, seq]. Every position but the last predicts the next
-// token of its window. Computed a window at a time in float64 log-softmax.
-NllSum WindowsNll(const at::Tensor& hidden, const at::Tensor& windows, const LlamaHead& head,
-                  double rms_norm_eps);
+// token of its window. `logits` maps final hidden states [positions, hidden]
+// to float32 logits [positions, vocab] (the model's final norm and head).
+// Computed a window at a time in float64 log-softmax.
+NllSum WindowsNll(const at::Tensor& hidden, const at::Tensor& windows,
+                  const std::function<at::Tensor(const at::Tensor&)>& logits);
 
 }  // namespace qaas::quant
 

@@ -1,0 +1,207 @@
+#include "quant/model/decoder.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "quant/model/opt.h"
+
+namespace qaas::quant {
+
+at::Tensor DecoderLayer::norm(const std::string& name) const {
+  for (const auto& [n, t] : norms) {
+    if (n == name) return t;
+  }
+  return at::Tensor();
+}
+
+DecoderLayer DecoderLayer::To(const at::Device& device) const {
+  DecoderLayer out;
+  for (const auto& [name, t] : norms) out.norms.emplace_back(name, t.to(device));
+  for (const auto& l : linears) {
+    out.linears.push_back({l.weight.to(device), l.bias.defined() ? l.bias.to(device) : l.bias});
+  }
+  return out;
+}
+
+namespace {
+
+// Adapters: each converts a DecoderLayer to its architecture's layer struct
+// (sharing the tensors, no copies) and calls the architecture's forward.
+
+class LlamaModel : public DecoderModel {
+ public:
+  LlamaModel(const Checkpoint& ck, LlamaHead head, const at::Device& device, int64_t max_len)
+      : ck_(ck), config_(ck.config()), head_(std::move(head)), rope_(config_, max_len, device) {
+    head_.embed = head_.embed.to(device);
+    head_.final_norm = head_.final_norm.to(device);
+    head_.lm_head = head_.lm_head.to(device);
+  }
+
+  const std::vector<std::string>& LinearNames() const override { return LlamaLinearNames(); }
+  const std::vector<std::vector<int>>& SequentialGroups() const override {
+    static const std::vector<std::vector<int>> kGroups = {{0, 1, 2}, {3}, {4, 5}, {6}};
+    return kGroups;
+  }
+  AdaDimBlock DecidingBlock(int j) const override {
+    if (j <= 2) return AdaDimBlock::kAttention;
+    if (j == 4 || j == 5) return AdaDimBlock::kMlp;
+    return AdaDimBlock::kOwnOutput;
+  }
+  std::string LayerPrefix(int index) const override { return ::qaas::quant::LayerPrefix(index); }
+  std::vector<std::string> HeadTensorNames() const override {
+    std::vector<std::string> names;
+    for (const char* name : {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}) {
+      if (ck_.Has(name)) names.push_back(name);
+    }
+    return names;
+  }
+
+  absl::StatusOr<DecoderLayer> LoadLayer(int index) const override {
+    auto layer = LoadLlamaLayer(ck_, index);
+    if (!layer.ok()) return layer.status();
+    DecoderLayer out;
+    out.norms = {{"input_layernorm.weight", layer->input_norm},
+                 {"post_attention_layernorm.weight", layer->post_norm}};
+    out.linears = std::move(layer->linears);
+    return out;
+  }
+
+  at::Tensor Embed(const at::Tensor& ids) const override {
+    return at::embedding(head_.embed, ids.to(head_.embed.device()));
+  }
+  at::Tensor AttentionForward(const DecoderLayer& l, const at::Tensor& hidden,
+                              const LinearInputHook& hook) const override {
+    return LlamaAttentionForward(AsLlama(l), config_, rope_, hidden, hook);
+  }
+  at::Tensor MlpForward(const DecoderLayer& l, const at::Tensor& hidden,
+                        const LinearInputHook& hook) const override {
+    return LlamaMlpForward(AsLlama(l), config_, hidden, hook);
+  }
+  at::Tensor LayerForward(const DecoderLayer& l, const at::Tensor& hidden,
+                          const LinearInputHook& hook) const override {
+    return LlamaLayerForward(AsLlama(l), config_, rope_, hidden, hook);
+  }
+  at::Tensor Logits(const at::Tensor& hidden) const override {
+    return at::matmul(RmsNorm(hidden, head_.final_norm, config_.rms_norm_eps), head_.lm_head.t());
+  }
+
+ private:
+  static LlamaLayer AsLlama(const DecoderLayer& l) {
+    LlamaLayer out;
+    out.input_norm = l.norm("input_layernorm.weight");
+    out.post_norm = l.norm("post_attention_layernorm.weight");
+    out.linears = l.linears;
+    return out;
+  }
+
+  const Checkpoint& ck_;
+  const ModelConfig& config_;
+  LlamaHead head_;
+  Rope rope_;
+};
+
+class OptModel : public DecoderModel {
+ public:
+  OptModel(const Checkpoint& ck, OptHead head, const at::Device& device)
+      : ck_(ck), config_(ck.config()), head_(std::move(head)) {
+    auto to = [&](at::Tensor& t) {
+      if (t.defined()) t = t.to(device);
+    };
+    to(head_.embed_tokens);
+    to(head_.embed_positions);
+    to(head_.final_norm.weight);
+    to(head_.final_norm.bias);
+    to(head_.lm_head);
+  }
+
+  const std::vector<std::string>& LinearNames() const override { return OptLinearNames(); }
+  const std::vector<std::vector<int>>& SequentialGroups() const override {
+    static const std::vector<std::vector<int>> kGroups = {{0, 1, 2}, {3}, {4}, {5}};
+    return kGroups;
+  }
+  AdaDimBlock DecidingBlock(int j) const override {
+    if (j <= 2) return AdaDimBlock::kAttention;
+    if (j == 4) return AdaDimBlock::kMlp;
+    return AdaDimBlock::kOwnOutput;
+  }
+  std::string LayerPrefix(int index) const override { return OptLayerPrefix(ck_, index); }
+  std::vector<std::string> HeadTensorNames() const override {
+    const std::string d = OptDecoderPrefix(ck_);
+    std::vector<std::string> names;
+    for (const std::string& name :
+         {d + "embed_tokens.weight", d + "embed_positions.weight", d + "final_layer_norm.weight",
+          d + "final_layer_norm.bias", std::string("lm_head.weight")}) {
+      if (ck_.Has(name)) names.push_back(name);
+    }
+    return names;
+  }
+
+  absl::StatusOr<DecoderLayer> LoadLayer(int index) const override {
+    auto layer = LoadOptLayer(ck_, index);
+    if (!layer.ok()) return layer.status();
+    DecoderLayer out;
+    auto add = [&](const std::string& name, const LayerNormWeights& n) {
+      if (n.weight.defined()) out.norms.emplace_back(name + ".weight", n.weight);
+      if (n.bias.defined()) out.norms.emplace_back(name + ".bias", n.bias);
+    };
+    add("self_attn_layer_norm", layer->self_attn_layer_norm);
+    add("final_layer_norm", layer->final_layer_norm);
+    out.linears = std::move(layer->linears);
+    return out;
+  }
+
+  at::Tensor Embed(const at::Tensor& ids) const override {
+    return OptEmbed(head_, ids.to(head_.embed_tokens.device()));
+  }
+  at::Tensor AttentionForward(const DecoderLayer& l, const at::Tensor& hidden,
+                              const LinearInputHook& hook) const override {
+    return OptAttentionForward(AsOpt(l), config_, hidden, hook);
+  }
+  at::Tensor MlpForward(const DecoderLayer& l, const at::Tensor& hidden,
+                        const LinearInputHook& hook) const override {
+    return OptMlpForward(AsOpt(l), config_, hidden, hook);
+  }
+  at::Tensor LayerForward(const DecoderLayer& l, const at::Tensor& hidden,
+                          const LinearInputHook& hook) const override {
+    return OptLayerForward(AsOpt(l), config_, hidden, hook);
+  }
+  at::Tensor Logits(const at::Tensor& hidden) const override {
+    return OptLogits(head_, config_, hidden);
+  }
+
+ private:
+  static OptLayer AsOpt(const DecoderLayer& l) {
+    OptLayer out;
+    out.self_attn_layer_norm = {l.norm("self_attn_layer_norm.weight"),
+                                l.norm("self_attn_layer_norm.bias")};
+    out.final_layer_norm = {l.norm("final_layer_norm.weight"), l.norm("final_layer_norm.bias")};
+    out.linears = l.linears;
+    return out;
+  }
+
+  const Checkpoint& ck_;
+  const ModelConfig& config_;
+  OptHead head_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Create(const Checkpoint& ck,
+                                                                   const at::Device& device,
+                                                                   int64_t max_len) {
+  const std::string& arch = ck.config().architecture;
+  if (arch == "llama") {
+    auto head = LoadLlamaHead(ck);
+    if (!head.ok()) return head.status();
+    return std::unique_ptr<DecoderModel>(new LlamaModel(ck, *std::move(head), device, max_len));
+  }
+  if (arch == "opt") {
+    auto head = LoadOptHead(ck);
+    if (!head.ok()) return head.status();
+    return std::unique_ptr<DecoderModel>(new OptModel(ck, *std::move(head), device));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("architecture '", arch, "' (model_type '",
+                                                 ck.config().model_type,
+                                                 "') is not one the pipeline runs"));
+}
+
+}  // namespace qaas::quant

@@ -1,0 +1,92 @@
+// The decoder architectures the pipeline quantizes (LLaMA, OPT) behind one
+// interface: what a layer holds, how its linears are grouped, how a layer,
+// its attention block and its MLP block run, and which tensors of the
+// checkpoint form the unquantized head. The pipeline sees only this; the
+// per-architecture code lives in llama.h and opt.h.
+#ifndef QAAS_QUANT_MODEL_DECODER_H_
+#define QAAS_QUANT_MODEL_DECODER_H_
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "quant/model/checkpoint.h"
+#include "quant/model/config.h"
+#include "quant/model/llama.h"  // Linear, LinearInputHook
+
+namespace qaas::quant {
+
+// One decoder layer's weights, architecture-neutral.
+struct DecoderLayer {
+  // The layer's norm parameters by their names relative to the layer prefix
+  // (e.g. "input_layernorm.weight", "self_attn_layer_norm.bias"), in
+  // checkpoint order; absent when the architecture has none (no affine).
+  std::vector<std::pair<std::string, at::Tensor>> norms;
+  std::vector<Linear> linears;  // in the model's LinearNames() order
+  // The norm called `name`, or an undefined tensor.
+  at::Tensor norm(const std::string& name) const;
+  DecoderLayer To(const at::Device& device) const;
+};
+
+// Which block's output decides AdaDim's axis for a linear (AdaDim, section 4).
+enum class AdaDimBlock {
+  kAttention,  // q/k/v: the attention block
+  kMlp,        // the MLP's input projections (LLaMA gate/up, OPT fc1)
+  kOwnOutput,  // the attention output and MLP output projections
+};
+
+// A decoder-only model read from a checkpoint. Holds the head (embeddings,
+// final norm, output head) on `device`; layers are loaded one at a time.
+// Not thread-safe; the checkpoint must outlive the model.
+class DecoderModel {
+ public:
+  // Picks the architecture by config.architecture ("llama" or "opt") and
+  // loads the head onto `device`. `max_len` is the longest sequence any
+  // forward will see (LLaMA's rotary tables). InvalidArgument naming the
+  // tensor when the head is missing or mis-shaped, or the architecture is
+  // not one of ours.
+  static absl::StatusOr<std::unique_ptr<DecoderModel>> Create(const Checkpoint& ck,
+                                                              const at::Device& device,
+                                                              int64_t max_len);
+  virtual ~DecoderModel() = default;
+
+  // The linears of a layer by their Hugging Face names relative to LayerPrefix().
+  virtual const std::vector<std::string>& LinearNames() const = 0;
+  // GPTQ's "true sequential" groups: indices into LinearNames(), in the order
+  // a layer's forward consumes them; linears of a group share one input.
+  virtual const std::vector<std::vector<int>>& SequentialGroups() const = 0;
+  virtual AdaDimBlock DecidingBlock(int linear) const = 0;
+  // "model.layers.<i>." (LLaMA), "model.decoder.layers.<i>." (OPT).
+  virtual std::string LayerPrefix(int index) const = 0;
+  // The checkpoint's tensors that stay unquantized outside the layers
+  // (embeddings, final norm, lm_head when stored), as the checkpoint names them.
+  virtual std::vector<std::string> HeadTensorNames() const = 0;
+
+  // Reads layer `index` to the CPU, checking every shape against config.json.
+  virtual absl::StatusOr<DecoderLayer> LoadLayer(int index) const = 0;
+
+  // ids: int64 [batch, seq] on any device -> hidden [batch, seq, hidden] on
+  // the model's device.
+  virtual at::Tensor Embed(const at::Tensor& ids) const = 0;
+  // The attention block's output without the residual, for the layer input.
+  virtual at::Tensor AttentionForward(const DecoderLayer& layer, const at::Tensor& hidden,
+                                      const LinearInputHook& hook = nullptr) const = 0;
+  // The MLP block's output without the residual, for the hidden state after
+  // the attention residual.
+  virtual at::Tensor MlpForward(const DecoderLayer& layer, const at::Tensor& hidden,
+                                const LinearInputHook& hook = nullptr) const = 0;
+  // hidden: [batch, seq, hidden] -> same shape: both blocks with their residuals.
+  virtual at::Tensor LayerForward(const DecoderLayer& layer, const at::Tensor& hidden,
+                                  const LinearInputHook& hook = nullptr) const = 0;
+  // Final hidden states [..., hidden] -> float32 logits [..., vocab]: the
+  // final norm, then the output head.
+  virtual at::Tensor Logits(const at::Tensor& hidden) const = 0;
+};
+
+}  // namespace qaas::quant
+
+#endif  // QAAS_QUANT_MODEL_DECODER_H_
