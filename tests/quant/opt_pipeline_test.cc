@@ -38,25 +38,6 @@ const json& Reference() {
   return *j;
 }
 
-Scheme MustParse(const std::string& s) {
-  auto scheme = ParseScheme(s);
-  EXPECT_TRUE(scheme.ok()) << scheme.status();
-  return scheme.ok() ? *scheme : Scheme{};
-}
-
-std::map<std::string, RawTensor> ReadAll(const std::string& path) {
-  std::map<std::string, RawTensor> out;
-  auto f = SafetensorsFile::Open(path);
-  EXPECT_TRUE(f.ok()) << f.status();
-  if (!f.ok()) return out;
-  for (const auto& [name, entry] : (*f)->header().tensors) {
-    auto bytes = (*f)->ReadRaw(name);
-    EXPECT_TRUE(bytes.ok()) << bytes.status();
-    out[name] = {name, entry.dtype, entry.shape, bytes.ok() ? *bytes : ""};
-  }
-  return out;
-}
-
 PipelineOptions Options(const std::string& out, const std::string& scheme) {
   PipelineOptions o;
   o.model_dir = TinyOptDir();

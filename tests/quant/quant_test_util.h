@@ -1,14 +1,17 @@
-// Helpers for the quant/ tests: status-message checks and paths of the
-// reference data. Header-only and torch-free.
+// Helpers for the quant/ tests: status-message checks, scheme parsing,
+// reading whole safetensors files, and paths of the reference data. Header-only.
 #ifndef QAAS_TESTS_QUANT_QUANT_TEST_UTIL_H_
 #define QAAS_TESTS_QUANT_QUANT_TEST_UTIL_H_
 
+#include <map>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "gtest/gtest.h"
+#include "quant/model/safetensors.h"
+#include "quant/scheme.h"
 #include "tests/test_util.h"
 
 namespace qaas::quant {
@@ -22,6 +25,27 @@ inline ::testing::AssertionResult MessageHas(const absl::Status& status, absl::s
 template <typename T>
 ::testing::AssertionResult MessageHas(const absl::StatusOr<T>& s, absl::string_view needle) {
   return MessageHas(s.status(), needle);
+}
+
+// The scheme `s` names; a test failure (and an empty scheme) when it does not parse.
+inline Scheme MustParse(const std::string& s) {
+  auto scheme = ParseScheme(s);
+  EXPECT_TRUE(scheme.ok()) << scheme.status();
+  return scheme.ok() ? *scheme : Scheme{};
+}
+
+// Every tensor of a safetensors file, by name; test failures for read errors.
+inline std::map<std::string, RawTensor> ReadAll(const std::string& path) {
+  std::map<std::string, RawTensor> out;
+  auto f = SafetensorsFile::Open(path);
+  EXPECT_TRUE(f.ok()) << f.status();
+  if (!f.ok()) return out;
+  for (const auto& [name, entry] : (*f)->header().tensors) {
+    auto bytes = (*f)->ReadRaw(name);
+    EXPECT_TRUE(bytes.ok()) << bytes.status();
+    out[name] = {name, entry.dtype, entry.shape, bytes.ok() ? *bytes : ""};
+  }
+  return out;
 }
 
 inline std::string ReferencePath(absl::string_view name) {
