@@ -77,6 +77,10 @@ class Pipeline {
   absl::Status Prepare();
   absl::Status QuantizeLayer(int i);
   absl::Status Assemble();
+  // Whether the weight quantizer is GPTQ, alone or under AdaDim.
+  bool UsesGptq() const {
+    return weight_step_.method == "gptq" || (weight_step_.method == "adadim" && weight_step_.adadim_base == "gptq");
+  }
   std::vector<std::string> RecipeNames() const {
     std::vector<std::string> names;
     for (const auto& step : o_.recipe) names.push_back(step.method);
@@ -214,7 +218,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
   if (o_.scheme.weights.enabled()) {
     const std::string& method = weight_step_.method;
     const bool adadim = method == "adadim";
-    const bool gptq = method == "gptq" || (adadim && weight_step_.adadim_base == "gptq");
+    const bool gptq = UsesGptq();
     const bool sequential = gptq || adadim;
     // AdaDim compares candidates on a bounded subset of the calibration windows.
     at::Tensor sel = adadim ? calib_.narrow(0, 0, std::min<int64_t>(16, calib_.size(0))) : at::Tensor();
@@ -374,16 +378,18 @@ absl::Status Pipeline::Assemble() {
     tensors.push_back(*std::move(raw));
   }
   const size_t num_head_tensors = tensors.size();  // embeddings, final norm, lm_head
-  for (int i = 0; i < config_.num_layers; ++i) {
-    const std::string path = absl::StrFormat("%s/checkpoints/layer-%d.safetensors", o_.output_dir, i);
-    auto f = SafetensorsFile::Open(path);
-    if (!f.ok()) return f.status();
-    for (const auto& [name, entry] : (*f)->header().tensors) {
-      auto bytes = (*f)->ReadRaw(name);
-      if (!bytes.ok()) return bytes.status();
-      tensors.push_back({name, entry.dtype, entry.shape, *std::move(bytes)});
+  // Appends every layer's checkpoint "<output>/checkpoints/<stem>-<i>.safetensors".
+  auto append_layers = [&](const char* stem, std::vector<RawTensor>* out) -> absl::Status {
+    for (int i = 0; i < config_.num_layers; ++i) {
+      auto f = SafetensorsFile::Open(absl::StrFormat("%s/checkpoints/%s-%d.safetensors", o_.output_dir, stem, i));
+      if (!f.ok()) return f.status();
+      auto layer = (*f)->ReadAll();
+      if (!layer.ok()) return layer.status();
+      for (auto& t : *layer) out->push_back(std::move(t));
     }
-  }
+    return absl::OkStatus();
+  };
+  QAAS_RETURN_IF_ERROR(append_layers("layer", &tensors));
   uint64_t bytes = 0;
   for (const auto& t : tensors) bytes += t.data.size();
   report_.quantized_bytes = bytes;
@@ -392,8 +398,7 @@ absl::Status Pipeline::Assemble() {
   const nlohmann::json original_config = nlohmann::json::parse(config_.raw_json);
   nlohmann::json config = original_config;
   if (o_.scheme.weights.enabled()) {
-    const bool gptq = weight_step_.method == "gptq" ||
-                      (weight_step_.method == "adadim" && weight_step_.adadim_base == "gptq");
+    const bool gptq = UsesGptq();
     config["quantization_config"] =
         GptqQuantizationConfig(o_.scheme, gptq && weight_step_.gptq.act_order,
                                gptq && weight_step_.gptq.static_groups, weight_step_.gptq.percdamp);
@@ -415,15 +420,7 @@ absl::Status Pipeline::Assemble() {
     const std::string plain_dir = o_.output_dir + "/artifact-dequantized";
     QAAS_RETURN_IF_ERROR(MakeDirs(plain_dir));
     std::vector<RawTensor> plain(tensors.begin(), tensors.begin() + num_head_tensors);
-    for (int i = 0; i < config_.num_layers; ++i) {
-      auto f = SafetensorsFile::Open(absl::StrFormat("%s/checkpoints/dequantized-layer-%d.safetensors", o_.output_dir, i));
-      if (!f.ok()) return f.status();
-      for (const auto& [name, entry] : (*f)->header().tensors) {
-        auto raw = (*f)->ReadRaw(name);
-        if (!raw.ok()) return raw.status();
-        plain.push_back({name, entry.dtype, entry.shape, *std::move(raw)});
-      }
-    }
+    QAAS_RETURN_IF_ERROR(append_layers("dequantized-layer", &plain));
     QAAS_RETURN_IF_ERROR(WriteSafetensors(plain_dir + "/model.safetensors", plain, {{"format", "pt"}}));
     QAAS_RETURN_IF_ERROR(WriteFileAtomic(plain_dir + "/config.json", original_config.dump(2) + "\n"));
     out_dirs.push_back(plain_dir);

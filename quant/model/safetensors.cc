@@ -196,6 +196,16 @@ absl::StatusOr<std::string> SafetensorsFile::ReadRaw(absl::string_view name) con
   return out;
 }
 
+absl::StatusOr<std::vector<RawTensor>> SafetensorsFile::ReadAll() const {
+  std::vector<RawTensor> out;
+  for (const auto& [name, entry] : header_.tensors) {
+    auto bytes = ReadRaw(name);
+    if (!bytes.ok()) return bytes.status();
+    out.push_back({name, entry.dtype, entry.shape, *std::move(bytes)});
+  }
+  return out;
+}
+
 absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTensor>& tensors,
                               const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();

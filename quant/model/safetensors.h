@@ -43,6 +43,14 @@ struct SafetensorsHeader {
 // Parses and validates a header against a data section of `data_size` bytes.
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view json, uint64_t data_size);
 
+// One tensor as stored: raw little-endian bytes of dtype x shape.
+struct RawTensor {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::string data;
+};
+
 // A safetensors file opened for random access. Thread-compatible.
 class SafetensorsFile {
  public:
@@ -55,6 +63,8 @@ class SafetensorsFile {
   absl::StatusOr<const TensorEntry*> Find(absl::string_view name) const;
   // Reads a tensor's bytes.
   absl::StatusOr<std::string> ReadRaw(absl::string_view name) const;
+  // Every tensor of the file, in header (name) order.
+  absl::StatusOr<std::vector<RawTensor>> ReadAll() const;
 
  private:
   SafetensorsFile() = default;
@@ -62,14 +72,6 @@ class SafetensorsFile {
   int fd_ = -1;
   uint64_t data_start_ = 0;
   SafetensorsHeader header_;
-};
-
-// One tensor to write: raw little-endian bytes of dtype x shape.
-struct RawTensor {
-  std::string name;
-  DType dtype = DType::kF32;
-  std::vector<int64_t> shape;
-  std::string data;
 };
 
 // Writes a safetensors file atomically (temp file + rename). Tensors are laid
