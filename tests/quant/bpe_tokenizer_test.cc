@@ -21,13 +21,6 @@ using ::qaas::testing::ReadLocalFile;
 using ::qaas::testing::ScopedTempDir;
 using ::qaas::testing::WriteLocalFile;
 
-const json& Reference() {
-  static const json* j = new json(json::parse(ReadLocalFile(ReferencePath("opt_reference.json"))));
-  return *j;
-}
-
-std::string TinyOptDir() { return ReferencePath("tiny-opt"); }
-
 // FNV-1a 64 over the ids as 4-byte little-endian uint32s (the reference's formula).
 std::string Fnv1a64(const std::vector<int>& ids) {
   uint64_t h = 0xcbf29ce484222325ull;
@@ -52,7 +45,7 @@ void CopyFiles(const std::string& to, const std::vector<std::string>& names) {
 class ReferenceBpeTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    ref_ = &Reference()["tokenizer"]["forms"][GetParam()];
+    ref_ = &OptReference()["tokenizer"]["forms"][GetParam()];
     CopyFiles(dir_.path(), (*ref_)["files"].get<std::vector<std::string>>());
     auto tok = Tokenizer::Load(dir_.path());
     QAAS_ASSERT_OK(tok);
@@ -120,7 +113,7 @@ TEST(BpeTokenizerTest, MergesWrittenAsStringsEncodeTheSame) {
   WriteLocalFile(dir.path() + "/tokenizer.json", j.dump());
   auto tok = BpeTokenizer::Load(dir.path());
   QAAS_ASSERT_OK(tok);
-  for (const auto& c : Reference()["tokenizer"]["forms"]["tokenizer.json"]["cases"]) {
+  for (const auto& c : OptReference()["tokenizer"]["forms"]["tokenizer.json"]["cases"]) {
     EXPECT_EQ((*tok)->Encode(c["text"].get<std::string>()), c["ids"].get<std::vector<int>>())
         << c["name"];
   }

@@ -65,8 +65,7 @@ TEST(SplitGpt2WordsTest, MalformedUtf8BytesAreOtherCharacters) {
 }
 
 TEST(SplitGpt2WordsTest, PiecesCoverTheTextExactly) {
-  const auto ref =
-      nlohmann::json::parse(::qaas::testing::ReadLocalFile(ReferencePath("opt_reference.json")));
+  const nlohmann::json& ref = OptReference();
   for (const auto& c : ref["tokenizer"]["forms"]["tokenizer.json"]["cases"]) {
     const std::string text = c["text"].get<std::string>();
     const Words words = Split(text);

@@ -24,7 +24,7 @@ at::Tensor Ids(int64_t batch, int64_t seq, int64_t vocab) {
 
 // The adapter runs exactly the architecture's own forward.
 TEST(DecoderModelTest, OptIsTheOptForward) {
-  auto ck = Checkpoint::Open(ReferencePath("tiny-opt"));
+  auto ck = Checkpoint::Open(TinyOptDir());
   QAAS_ASSERT_OK(ck);
   auto model = DecoderModel::Create(**ck, at::kCPU, 128);
   QAAS_ASSERT_OK(model);

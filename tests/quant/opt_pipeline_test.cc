@@ -31,13 +31,6 @@ using ::qaas::testing::ReadLocalFile;
 using ::qaas::testing::ScopedTempDir;
 using ::qaas::testing::WriteLocalFile;
 
-std::string TinyOptDir() { return std::string(QAAS_SOURCE_DIR) + "/tests/data/tiny-opt"; }
-
-const json& Reference() {
-  static const json* j = new json(json::parse(ReadLocalFile(ReferencePath("opt_reference.json"))));
-  return *j;
-}
-
 PipelineOptions Options(const std::string& out, const std::string& scheme) {
   PipelineOptions o;
   o.model_dir = TinyOptDir();
@@ -115,7 +108,7 @@ TEST(OptPipelineTest, RtnW8KeepsTheReferencePerplexityAndExportsOpt) {
   PipelineOptions o = Options(dir.path() + "/out", "W8A16");
   auto report = RunPipeline(o);
   QAAS_ASSERT_OK(report);
-  const json& ref = Reference()["model"]["perplexity"];
+  const json& ref = OptReference()["model"]["perplexity"];
   ASSERT_EQ((*report)["evaluations"].size(), 1u);
   const json& e = (*report)["evaluations"][0];
   EXPECT_EQ(e["seq_len"], 128);

@@ -26,14 +26,6 @@ using ::qaas::testing::ReadLocalFile;
 using ::qaas::testing::ScopedTempDir;
 using ::qaas::testing::WriteLocalFile;
 
-const nlohmann::json& Reference() {
-  static const nlohmann::json* j =
-      new nlohmann::json(nlohmann::json::parse(ReadLocalFile(ReferencePath("opt_reference.json"))));
-  return *j;
-}
-
-std::string TinyOptDir() { return ReferencePath("tiny-opt"); }
-
 struct Model {
   std::unique_ptr<Checkpoint> ck;
   OptHead head;
@@ -63,7 +55,7 @@ at::Tensor Logits(const Model& m, const at::Tensor& ids) {
 }
 
 at::Tensor ReferenceIds() {
-  const auto ids = Reference()["model"]["logits"]["input_ids"].get<std::vector<int64_t>>();
+  const auto ids = OptReference()["model"]["logits"]["input_ids"].get<std::vector<int64_t>>();
   return at::tensor(ids, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
 }
 
@@ -117,14 +109,14 @@ TEST(OptTest, TinyOptConfigAndTensors) {
   EXPECT_EQ(OptDecoderPrefix(**ck), "model.decoder.");
   EXPECT_EQ(OptLayerPrefix(**ck, 1), "model.decoder.layers.1.");
   EXPECT_EQ((*ck)->TensorNames(),
-            Reference()["model"]["tensor_names"].get<std::vector<std::string>>());
+            OptReference()["model"]["tensor_names"].get<std::vector<std::string>>());
   EXPECT_FALSE((*ck)->Has("lm_head.weight"));
 }
 
 TEST(OptTest, LogitsMatchTheFloat64Reference) {
   Model m;
   ASSERT_NO_FATAL_FAILURE(LoadModel(TinyOptDir(), &m));
-  const auto& ref = Reference()["model"]["logits"];
+  const auto& ref = OptReference()["model"]["logits"];
   at::Tensor ids = ReferenceIds();
   ASSERT_EQ(ids.size(1), 16);
   at::Tensor logits = Logits(m, ids)[0];
@@ -157,7 +149,7 @@ TEST(OptTest, PerplexityOfTheFirstWindowsMatchesTheReference) {
   ASSERT_NO_FATAL_FAILURE(LoadModel(TinyOptDir(), &m));
   auto tok = Tokenizer::Load(TinyOptDir());
   QAAS_ASSERT_OK(tok);
-  const auto& ref = Reference()["model"]["perplexity"];
+  const auto& ref = OptReference()["model"]["perplexity"];
   // The protocol: [BOS] + encode(whole file), BOS = </s>.
   std::vector<int> ids = (*tok)->Encode(ReadLocalFile(TinyStoriesPath()));
   ASSERT_EQ((*tok)->bos_id(), 2);

@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "quant/model/safetensors.h"
 #include "quant/scheme.h"
 #include "tests/test_util.h"
@@ -40,16 +41,24 @@ inline std::map<std::string, RawTensor> ReadAll(const std::string& path) {
   auto f = SafetensorsFile::Open(path);
   EXPECT_TRUE(f.ok()) << f.status();
   if (!f.ok()) return out;
-  for (const auto& [name, entry] : (*f)->header().tensors) {
-    auto bytes = (*f)->ReadRaw(name);
-    EXPECT_TRUE(bytes.ok()) << bytes.status();
-    out[name] = {name, entry.dtype, entry.shape, bytes.ok() ? *bytes : ""};
-  }
+  auto tensors = (*f)->ReadAll();
+  EXPECT_TRUE(tensors.ok()) << tensors.status();
+  if (!tensors.ok()) return out;
+  for (auto& t : *tensors) out[t.name] = std::move(t);
   return out;
 }
 
 inline std::string ReferencePath(absl::string_view name) {
   return std::string(QAAS_SOURCE_DIR) + "/tests/data/" + std::string(name);
+}
+
+// The small random OPT checkpoint and the values Transformers computed for it
+// (scripts/reference/make_opt_references.py).
+inline std::string TinyOptDir() { return ReferencePath("tiny-opt"); }
+inline const nlohmann::json& OptReference() {
+  static const nlohmann::json* j = new nlohmann::json(
+      nlohmann::json::parse(::qaas::testing::ReadLocalFile(ReferencePath("opt_reference.json"))));
+  return *j;
 }
 
 inline std::string Stories260kDir() { return ::qaas::testing::SharedDir() + "/models/stories260k"; }

@@ -161,6 +161,15 @@ class EndToEndTest : public ::testing::Test {
     s.mutable_scheme()->set_shorthand(scheme);
     return s;
   }
+  // A job that takes a few seconds: a deep random model evaluated on every
+  // window of the synthetic text, so a test can act while it runs.
+  v1::JobSpec SlowSpec(int layers) {
+    v1::JobSpec s = Spec(MakeModel("deep", layers, 64, 256));
+    auto* e = s.add_evaluation();
+    e->set_dataset("file://" + root_ + "/text.txt");
+    e->set_seq_len(256);
+    return s;
+  }
 
   ScopedTempDir dir_;
   std::string root_;
@@ -331,11 +340,7 @@ TEST_F(EndToEndTest, BadModelsAndDataFailTheJobWithAReadableReason) {
 }
 
 TEST_F(EndToEndTest, CancelStopsARunningJobAtALayerBoundary) {
-  const std::string model = MakeModel("deep", 24, 64, 256);
-  v1::JobSpec spec = Spec(model);
-  auto* e = spec.add_evaluation();
-  e->set_dataset("file://" + root_ + "/text.txt");
-  e->set_seq_len(256);
+  v1::JobSpec spec = SlowSpec(24);
   v1::Job job;
   ASSERT_TRUE(Submit(spec, &job).ok());
   StartWorker();
@@ -354,11 +359,7 @@ TEST_F(EndToEndTest, CancelStopsARunningJobAtALayerBoundary) {
 // A qaas-worker process killed mid-job: its lease expires, the job goes back
 // to QUEUED, and a new worker completes it.
 TEST_F(EndToEndTest, KilledWorkerProcessJobIsRequeuedAndFinishedByAnother) {
-  const std::string model = MakeModel("deep", 16, 64, 256);
-  v1::JobSpec spec = Spec(model);
-  auto* e = spec.add_evaluation();
-  e->set_dataset("file://" + root_ + "/text.txt");
-  e->set_seq_len(256);
+  v1::JobSpec spec = SlowSpec(16);
   v1::Job job;
   ASSERT_TRUE(Submit(spec, &job).ok());
 
