@@ -22,6 +22,7 @@ quant::TensorQuant FromProto(const v1::TensorQuant& p) {
   q.granularity = static_cast<quant::Granularity>(p.granularity());
   q.group_size = p.group_size();
   q.symmetric = p.symmetric();
+  q.exponent_bits = p.exponent_bits();
   return q;
 }
 
@@ -39,6 +40,7 @@ v1::TensorQuant ToProto(const quant::TensorQuant& q) {
   p.set_granularity(static_cast<v1::Granularity>(q.granularity));
   p.set_group_size(q.group_size);
   p.set_symmetric(q.symmetric);
+  p.set_exponent_bits(q.exponent_bits);
   return p;
 }
 

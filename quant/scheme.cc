@@ -100,12 +100,30 @@ absl::StatusOr<TensorQuant> ParseFormat(Lexer& lx, absl::string_view kind) {
     if (q.bits != 4 && q.bits != 6 && q.bits != 8) {
       return lx.Error(at, absl::StrCat(kind, ": MXFP needs 4, 6 or 8 bits, got"));
     }
+    const size_t variant_at = lx.pos();
+    if (lx.Consume("e")) {
+      if (!lx.PeekDigit()) return lx.Error(variant_at, absl::StrCat(kind, ": expected an element like e2m3, got"));
+      const int e = lx.ReadInt();
+      if (!lx.Consume("m") || !lx.PeekDigit()) {
+        return lx.Error(variant_at, absl::StrCat(kind, ": expected an element like e2m3, got"));
+      }
+      const int m = lx.ReadInt();
+      const bool known = (q.bits == 8 && ((e == 4 && m == 3) || (e == 5 && m == 2))) ||
+                         (q.bits == 6 && ((e == 3 && m == 2) || (e == 2 && m == 3))) ||
+                         (q.bits == 4 && e == 2 && m == 1);
+      if (!known) {
+        return lx.Error(at, absl::StrCat(kind, ": MX has no such element (mxfp8e4m3, mxfp8e5m2, mxfp6e3m2, "
+                                               "mxfp6e2m3, mxfp4e2m1), got"));
+      }
+      q.exponent_bits = e;
+    }
     return q;
   }
   if (lx.Consume("fp8")) {
     q.format = lx.Consume("e5m2") ? NumberFormat::kFp8E5M2 : NumberFormat::kFp8E4M3;
     if (q.format == NumberFormat::kFp8E4M3) lx.Consume("e4m3");
     q.bits = 8;
+    q.exponent_bits = q.format == NumberFormat::kFp8E5M2 ? 5 : 4;
     q.granularity = Granularity::kPerTensor;
     q.symmetric = true;
     return q;
@@ -131,7 +149,9 @@ std::string FormatToString(const TensorQuant& q) {
     case NumberFormat::kFp8E4M3: return "fp8";
     case NumberFormat::kFp8E5M2: return "fp8e5m2";
     case NumberFormat::kMxInt: return absl::StrCat("mxint", q.bits);
-    case NumberFormat::kMxFp: return absl::StrCat("mxfp", q.bits);
+    case NumberFormat::kMxFp:
+      return absl::StrCat("mxfp", q.bits,
+                          q.exponent_bits == 0 ? "" : absl::StrCat("e", q.exponent_bits, "m", q.bits - 1 - q.exponent_bits));
   }
   return "?";
 }
@@ -185,6 +205,11 @@ absl::StatusOr<Scheme> ParseScheme(absl::string_view shorthand) {
     at = lx.pos();
     if (lx.Consume("asym")) {
       s.weights.symmetric = false;
+    } else if (lx.Consume("static")) {
+      if (s.activations.format != NumberFormat::kInt) {
+        return lx.Error(at, "option applies to integer activations only:");
+      }
+      s.activations.granularity = Granularity::kPerTensor;
     } else if (lx.Consume("sym")) {
       if (s.weights.format != NumberFormat::kInt) return lx.Error(at, "option applies to integer weights only:");
       s.weights.symmetric = true;
@@ -206,7 +231,35 @@ absl::StatusOr<Scheme> NormalizeScheme(Scheme s) {
       return absl::InvalidArgumentError(
           absl::StrCat(kind, ".bits: integer bits must be 2..8, got ", q.bits));
     }
+    if (q.format == NumberFormat::kFp8E4M3 || q.format == NumberFormat::kFp8E5M2) {
+      q.bits = 8;
+      q.exponent_bits = q.format == NumberFormat::kFp8E5M2 ? 5 : 4;
+      if (q.granularity == Granularity::kDefault) q.granularity = Granularity::kPerTensor;
+      if (q.granularity != Granularity::kPerTensor) {
+        return absl::InvalidArgumentError(absl::StrCat(kind, ": FP8 is scaled per tensor"));
+      }
+      return absl::OkStatus();
+    }
     if (q.format == NumberFormat::kMxInt || q.format == NumberFormat::kMxFp) {
+      if (q.format == NumberFormat::kMxInt && q.bits != 4 && q.bits != 8) {
+        return absl::InvalidArgumentError(absl::StrCat(kind, ".bits: MXINT needs 4 or 8 bits, got ", q.bits));
+      }
+      if (q.format == NumberFormat::kMxFp) {
+        const int default_e = q.bits == 8 ? 4 : q.bits == 6 ? 3 : q.bits == 4 ? 2 : -1;
+        if (default_e < 0) {
+          return absl::InvalidArgumentError(absl::StrCat(kind, ".bits: MXFP needs 4, 6 or 8 bits, got ", q.bits));
+        }
+        if (q.exponent_bits == default_e) q.exponent_bits = 0;  // canonical: the default is implied
+        const bool alt = (q.bits == 8 && q.exponent_bits == 5) || (q.bits == 6 && q.exponent_bits == 2);
+        if (q.exponent_bits != 0 && !alt) {
+          return absl::InvalidArgumentError(absl::StrCat(kind, ".exponent_bits: MXFP", q.bits,
+                                                         " has no element with ", q.exponent_bits,
+                                                         " exponent bits"));
+        }
+      } else if (q.exponent_bits != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(kind, ".exponent_bits: MXINT has no exponent"));
+      }
+      q.symmetric = true;
       if (q.granularity == Granularity::kDefault) q.granularity = Granularity::kBlock;
       if (q.granularity != Granularity::kBlock) {
         return absl::InvalidArgumentError(absl::StrCat(kind, ": MX formats use 32-element blocks"));
@@ -246,6 +299,9 @@ std::string Scheme::ToString() const {
   if (weights.granularity == Granularity::kPerGroup) absl::StrAppend(&out, "g", weights.group_size);
   if (kv_cache.enabled()) absl::StrAppend(&out, "KV", FormatToString(kv_cache));
   if (weights.format == NumberFormat::kInt && weights.symmetric) absl::StrAppend(&out, "_sym");
+  if (activations.format == NumberFormat::kInt && activations.granularity == Granularity::kPerTensor) {
+    absl::StrAppend(&out, "_static");
+  }
   return out;
 }
 

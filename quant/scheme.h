@@ -9,13 +9,19 @@
 //   group   := "g" INT             weights' group size (at most once; "W4A16g128" is canonical)
 //   format  := INT                 integer, 2..8 bits; 16 (or 32) = not quantized
 //            | "mxint" INT         OCP MX integer (4 or 8), blocks of 32
-//            | "mxfp" INT          OCP MX float (4 = E2M1, 6 = E3M2, 8 = E4M3)
-//            | "fp8" [ "e4m3" | "e5m2" ]
+//            | "mxfp" INT [ "e" INT "m" INT ]
+//                                  OCP MX float: 4 = E2M1, 6 = E3M2 (or "mxfp6e2m3"),
+//                                  8 = E4M3 (or "mxfp8e5m2")
+//            | "fp8" [ "e4m3" | "e5m2" ]   per-tensor scaled FP8
 //   option  := "sym" | "asym"      symmetry of the integer weights (default asym)
+//            | "static"            integer activations: one scale per tensor,
+//                                  calibrated (needs calibration data)
 //
 // Defaults: integer weights are per output channel, or per group of INT along
 // the input dimension with "g"; integer activations are per token (dynamic),
-// symmetric; the KV cache is per token, asymmetric. A missing "A" means A16.
+// symmetric; the KV cache is per token and head (dynamic), asymmetric. MX
+// formats use blocks of 32 along the last (reduction) dimension. A missing
+// "A" means A16.
 #ifndef QAAS_QUANT_SCHEME_H_
 #define QAAS_QUANT_SCHEME_H_
 
@@ -39,11 +45,15 @@ struct TensorQuant {
   Granularity granularity = Granularity::kDefault;
   int group_size = 0;  // kPerGroup only
   bool symmetric = false;
+  // Float element formats (MXFP, FP8): the exponent width; 0 = the default
+  // for `bits` (8: E4M3, 6: E3M2, 4: E2M1). kFp8E5M2 sets it to 5.
+  int exponent_bits = 0;
 
   bool enabled() const { return format != NumberFormat::kNone; }
   friend bool operator==(const TensorQuant& a, const TensorQuant& b) {
     return a.format == b.format && a.bits == b.bits && a.granularity == b.granularity &&
-           a.group_size == b.group_size && a.symmetric == b.symmetric;
+           a.group_size == b.group_size && a.symmetric == b.symmetric &&
+           a.exponent_bits == b.exponent_bits;
   }
 };
 

@@ -74,6 +74,17 @@ std::vector<Case> ValidCases() {
   cases.push_back({"w4a16g128", {Int(4, Granularity::kPerGroup, false, 128), kNone, kNone}, "W4A16g128"});
   // A missing "A" means A16.
   cases.push_back({"W4", {Int(4, Granularity::kPerChannel, false), kNone, kNone}, "W4A16"});
+  // The MX elements other than the defaults, spelled out; the defaults spelled out are canonicalised.
+  TensorQuant e2m3 = Mx(NumberFormat::kMxFp, 6), e5m2 = Mx(NumberFormat::kMxFp, 8);
+  e2m3.exponent_bits = 2;
+  e5m2.exponent_bits = 5;
+  cases.push_back({"Wmxfp6e2m3Amxfp8e5m2", {e2m3, e5m2, kNone}, "Wmxfp6e2m3Amxfp8e5m2"});
+  cases.push_back({"Wmxfp8e4m3Amxfp6e3m2", {Mx(NumberFormat::kMxFp, 8), Mx(NumberFormat::kMxFp, 6), kNone},
+                   "Wmxfp8Amxfp6"});
+  // Static (calibrated, per-tensor) integer activations.
+  cases.push_back({"W8A8_static",
+                   {Int(8, Granularity::kPerChannel, false), Int(8, Granularity::kPerTensor, true), kNone},
+                   "W8A8_static"});
   return cases;
 }
 
@@ -137,6 +148,8 @@ TEST(ParseSchemeTest, RejectsMalformedShorthandNamingTheToken) {
       {"W4A16g", "'g'"},       {"Wmxfp5A16", "mxfp5"},    {"W4A16_foo", "foo"},
       {"", "empty"},           {"W4A16g128g64", "g64"},   {"Wmxint4A16g128", "g128"},
       {"W4A16_symx", "symx"},  {"W1A16", "1"},           {"Wmxint6A16", "mxint6"},
+      {"Wmxfp6e5m2A16", "mxfp6e5m2"}, {"Wmxfp4e3m0A16", "mxfp4e3m0"}, {"W4A16_static", "static"},
+      {"Wmxfp8exA16", "ex"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.shorthand);
