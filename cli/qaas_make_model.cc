@@ -4,6 +4,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "quant/model/outliers.h"
 #include "quant/model/random_model.h"
 #include "quant/util/files.h"
 
@@ -20,9 +21,33 @@ ABSL_FLAG(int, shards, 1, "safetensors shards (> 1 writes an index)");
 ABSL_FLAG(uint64_t, seed, 0, "seed");
 ABSL_FLAG(std::string, tokenizer, "", "tokenizer.model to copy");
 ABSL_FLAG(std::string, tokenizer_text, "", "text file to train a BPE tokenizer on instead");
+ABSL_FLAG(std::string, outliers_from, "",
+          "instead of a random model: copy this model with activation-outlier channels added "
+          "(function-preserving; see quant/model/outliers.h)");
+ABSL_FLAG(int, outlier_channels, 4, "--outliers_from: outlier channels per norm");
+ABSL_FLAG(double, outlier_min, 30, "--outliers_from: smallest scale factor");
+ABSL_FLAG(double, outlier_max, 100, "--outliers_from: largest scale factor");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (!absl::GetFlag(FLAGS_outliers_from).empty()) {
+    if (absl::GetFlag(FLAGS_output).empty()) {
+      std::cerr << "qaas-make-model: --output is required\n";
+      return 2;
+    }
+    qaas::quant::OutlierOptions oo;
+    oo.channels = absl::GetFlag(FLAGS_outlier_channels);
+    oo.min_factor = absl::GetFlag(FLAGS_outlier_min);
+    oo.max_factor = absl::GetFlag(FLAGS_outlier_max);
+    oo.seed = absl::GetFlag(FLAGS_seed);
+    auto record = qaas::quant::MakeOutlierModel(absl::GetFlag(FLAGS_outliers_from), absl::GetFlag(FLAGS_output), oo);
+    if (!record.ok()) {
+      std::cerr << "qaas-make-model: " << record.status() << "\n";
+      return 1;
+    }
+    std::cout << record->dump() << "\n";
+    return 0;
+  }
   qaas::quant::RandomModelOptions o;
   o.hidden_size = absl::GetFlag(FLAGS_hidden);
   o.intermediate_size = absl::GetFlag(FLAGS_intermediate);

@@ -3,6 +3,7 @@
 //
 //   qaas-quantize --model DIR --output DIR --scheme W4A16g128 [--recipe rtn]
 //                 [--act_order --static_groups --damp 0.01 --blocksize 128]
+//                 [--alpha 0.5] [--rptq_clusters 32,4,4,32,32]
 //                 [--calib FILE --num-samples 128 --calib-seq-len 2048 --seed 0]
 //                 [--eval FILE[,FILE...] --eval-seq-len 2048 --max-windows 0] [--device cpu]
 #include <cstdio>
@@ -11,18 +12,22 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "quant/pipeline.h"
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
 ABSL_FLAG(std::string, output, "", "output directory (artifact/, report.json, checkpoints/)");
 ABSL_FLAG(std::string, scheme, "W4A16g128", "scheme shorthand, e.g. W4A16g128, W8A16, W3A16g128_sym");
-ABSL_FLAG(std::string, recipe, "rtn", "comma-separated methods: rtn, gptq, adadim");
+ABSL_FLAG(std::string, recipe, "rtn",
+          "comma-separated methods: transforms (smoothquant, rptq) then one of rtn, gptq, adadim");
 ABSL_FLAG(bool, act_order, false, "gptq: quantize columns by decreasing Hessian diagonal (desc_act)");
 ABSL_FLAG(bool, static_groups, false, "gptq: group parameters from the unmodified weights");
 ABSL_FLAG(double, damp, 0.01, "gptq: damping as a fraction of mean(diag(H))");
 ABSL_FLAG(int, blocksize, 128, "gptq: lazy-batch block size");
 ABSL_FLAG(std::string, adadim_base, "rtn", "adadim: the quantizer it augments (rtn or gptq)");
+ABSL_FLAG(double, alpha, 0.5, "smoothquant: migration strength in [0, 1]");
+ABSL_FLAG(std::string, rptq_clusters, "32,4,4,32,32", "rptq: clusters at reorder points R1..R5");
 ABSL_FLAG(std::string, calib, "", "calibration text file (.txt or .jsonl)");
 ABSL_FLAG(int, num_samples, 128, "calibration windows");
 ABSL_FLAG(int, calib_seq_len, 0, "calibration window length (0 = min(2048, context))");
@@ -59,6 +64,16 @@ int main(int argc, char** argv) {
     step.gptq.percdamp = absl::GetFlag(FLAGS_damp);
     step.gptq.blocksize = absl::GetFlag(FLAGS_blocksize);
     step.adadim_base = absl::GetFlag(FLAGS_adadim_base);
+    step.smoothquant.alpha = absl::GetFlag(FLAGS_alpha);
+    step.rptq.clusters.clear();
+    for (auto c : absl::StrSplit(absl::GetFlag(FLAGS_rptq_clusters), ',', absl::SkipEmpty())) {
+      int n = 0;
+      if (!absl::SimpleAtoi(c, &n)) {
+        std::cerr << "qaas-quantize: --rptq_clusters: '" << c << "' is not an integer\n";
+        return 2;
+      }
+      step.rptq.clusters.push_back(n);
+    }
     o.recipe.push_back(step);
   }
   if (!absl::GetFlag(FLAGS_calib).empty()) {

@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <map>
 #include <optional>
@@ -14,6 +15,8 @@
 #include "quant/data/text_dataset.h"
 #include "quant/eval/perplexity.h"
 #include "quant/export.h"
+#include "quant/formats/act_quant.h"
+#include "quant/formats/number_format.h"
 #include "quant/methods/adadim.h"
 #include "quant/methods/gptq.h"
 #include "quant/methods/rtn.h"
@@ -27,9 +30,24 @@
 namespace qaas::quant {
 
 const std::vector<std::string>& ImplementedMethods() {
-  static const std::vector<std::string> kMethods = {"rtn", "gptq", "adadim"};
+  static const std::vector<std::string> kMethods = {"rtn", "gptq", "adadim", "smoothquant", "rptq"};
   return kMethods;
 }
+
+namespace {
+bool IsTransform(const std::string& method) { return method == "smoothquant" || method == "rptq"; }
+bool IsMx(const TensorQuant& q) { return q.format == NumberFormat::kMxInt || q.format == NumberFormat::kMxFp; }
+
+nlohmann::json SpecJson(const TensorQuant& q) {
+  nlohmann::json j = {{"format", NumberFormatName(q.format)}, {"bits", q.bits},
+                      {"granularity", GranularityName(q.granularity)}, {"symmetric", q.symmetric}};
+  if (IsMx(q) || q.format == NumberFormat::kFp8E4M3 || q.format == NumberFormat::kFp8E5M2) {
+    j["element"] = Traits(*ElementFormatOf(q)).name;
+  }
+  if (IsMx(q)) j["block_size"] = kMxBlockSize;
+  return j;
+}
+}  // namespace
 
 namespace {
 
@@ -75,6 +93,10 @@ class Pipeline {
 
  private:
   absl::Status Prepare();
+  absl::Status CheckRecipeAndScheme();
+  // Applies the recipe's transforms to `layer` (a float layer) and sets its
+  // activation quantizers; `details` receives what they did.
+  absl::Status TransformLayer(DecoderLayer* layer, nlohmann::json* details);
   absl::Status QuantizeLayer(int i);
   absl::Status Assemble();
   // Whether the weight quantizer is GPTQ, alone or under AdaDim.
@@ -83,15 +105,20 @@ class Pipeline {
   }
   std::vector<std::string> RecipeNames() const {
     std::vector<std::string> names;
-    for (const auto& step : o_.recipe) names.push_back(step.method);
+    for (const auto& step : transforms_) names.push_back(step.method);
+    names.push_back(weight_step_.method);
     return names;
+  }
+  bool UsesRptq() const {
+    return std::any_of(transforms_.begin(), transforms_.end(), [](const RecipeStep& s) { return s.method == "rptq"; });
   }
   void Progress(int layer, const char* step) {
     if (o_.on_progress) o_.on_progress({layer, config_.num_layers, step});
   }
 
   const PipelineOptions& o_;
-  RecipeStep weight_step_;  // the recipe's weight quantizer (its last step)
+  std::vector<RecipeStep> transforms_;  // the recipe's transforms, in order
+  RecipeStep weight_step_;  // the recipe's weight quantizer (its last step; RTN when none)
   bool any_per_ic_ = false;  // some layer chose AdaDim's per-IC groups
   at::Device device_;
   std::unique_ptr<Checkpoint> ck_;
@@ -104,32 +131,85 @@ class Pipeline {
   Clock::time_point start_ = Clock::now();
 };
 
-absl::Status Pipeline::Prepare() {
+absl::Status Pipeline::CheckRecipeAndScheme() {
   if (o_.recipe.empty()) return absl::InvalidArgumentError("recipe is empty");
+  bool have_weight_step = false;
+  weight_step_ = RecipeStep{"rtn"};
   for (const auto& step : o_.recipe) {
     const auto& impl = ImplementedMethods();
     if (std::find(impl.begin(), impl.end(), step.method) == impl.end()) {
       return absl::UnimplementedError(absl::StrCat("method '", step.method, "' is not implemented"));
     }
+    if (IsTransform(step.method)) {
+      if (have_weight_step) {
+        return absl::InvalidArgumentError(absl::StrCat("recipe: ", step.method, " transforms the float model and "
+                                                       "must come before the weight quantizer ", weight_step_.method));
+      }
+      transforms_.push_back(step);
+    } else {
+      if (have_weight_step) {
+        return absl::InvalidArgumentError(absl::StrCat("recipe: one weight quantizer per recipe, got ",
+                                                       weight_step_.method, " and ", step.method));
+      }
+      weight_step_ = step;
+      have_weight_step = true;
+    }
   }
-  weight_step_ = o_.recipe.back();
-  if ((weight_step_.method == "gptq" || weight_step_.method == "adadim") && !o_.calibration) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(weight_step_.method, " needs calibration data (calibration.dataset)"));
+  const Scheme& sc = o_.scheme;
+  const bool static_acts = sc.activations.format == NumberFormat::kInt &&
+                           sc.activations.granularity == Granularity::kPerTensor;
+  const bool needs_calibration = weight_step_.method == "gptq" || weight_step_.method == "adadim" ||
+                                 !transforms_.empty() || static_acts;
+  if (needs_calibration && !o_.calibration) {
+    const std::string why = !transforms_.empty() ? transforms_[0].method
+                            : static_acts        ? std::string("static activation scales")
+                                                 : weight_step_.method;
+    return absl::InvalidArgumentError(absl::StrCat(why, " needs calibration data (calibration.dataset)"));
   }
   if (weight_step_.method == "adadim" && weight_step_.adadim_base != "rtn" && weight_step_.adadim_base != "gptq") {
     return absl::InvalidArgumentError(
         absl::StrCat("adadim base must be rtn or gptq, got '", weight_step_.adadim_base, "'"));
   }
-  if (!o_.scheme.weight_only()) {
-    return absl::UnimplementedError(absl::StrCat("scheme ", o_.scheme.ToString(),
-                                                 ": activation and KV-cache quantization are not implemented yet"));
+  QAAS_RETURN_IF_ERROR(CheckActivationSpec(sc.activations, "activations"));
+  QAAS_RETURN_IF_ERROR(CheckActivationSpec(sc.kv_cache, "kv_cache"));
+  if (sc.weights.enabled() && sc.weights.format != NumberFormat::kInt && !IsMx(sc.weights)) {
+    return absl::UnimplementedError(absl::StrCat("scheme ", sc.ToString(), ": weight format ",
+                                                 NumberFormatName(sc.weights.format),
+                                                 " is not implemented (integer or MX weights)"));
   }
-  if (o_.scheme.weights.enabled() && o_.scheme.weights.format != NumberFormat::kInt) {
-    return absl::UnimplementedError(absl::StrCat("scheme ", o_.scheme.ToString(), ": weight format ",
-                                                 NumberFormatName(o_.scheme.weights.format),
-                                                 " is not implemented yet"));
+  if (IsMx(sc.weights) && weight_step_.method == "adadim") {
+    return absl::InvalidArgumentError(absl::StrCat("scheme ", sc.ToString(),
+                                                   ": AdaDim chooses integer group axes; MX blocks are fixed"));
   }
+  if (IsMx(sc.weights) && UsesGptq() && (weight_step_.gptq.act_order || weight_step_.gptq.static_groups)) {
+    return absl::InvalidArgumentError(absl::StrCat("scheme ", sc.ToString(),
+                                                   ": GPTQ act_order and static_groups do not apply to MX blocks"));
+  }
+  if (UsesRptq() && sc.activations.format != NumberFormat::kInt) {
+    return absl::InvalidArgumentError(absl::StrCat("scheme ", sc.ToString(),
+                                                   ": rptq needs integer activations (e.g. W4A8), got ",
+                                                   NumberFormatName(sc.activations.format)));
+  }
+  for (const auto& step : transforms_) {
+    if (step.method == "smoothquant" && !(step.smoothquant.alpha >= 0 && step.smoothquant.alpha <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("smoothquant alpha must be in [0, 1], got ", step.smoothquant.alpha));
+    }
+    if (step.method == "rptq") {
+      if (step.rptq.clusters.size() != 5) {
+        return absl::InvalidArgumentError(absl::StrCat("rptq takes 5 cluster counts (R1..R5), got ",
+                                                       step.rptq.clusters.size()));
+      }
+      for (int c : step.rptq.clusters) {
+        if (c < 1) return absl::InvalidArgumentError(absl::StrCat("rptq cluster counts must be >= 1, got ", c));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::Prepare() {
+  QAAS_RETURN_IF_ERROR(CheckRecipeAndScheme());
   auto ck = Checkpoint::Open(o_.model_dir);
   if (!ck.ok()) return ck.status();
   ck_ = *std::move(ck);
@@ -193,6 +273,82 @@ absl::Status Pipeline::Prepare() {
   return MakeDirs(o_.output_dir + "/checkpoints");
 }
 
+absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* details) {
+  const DecoderModel& model = *model_;
+  const std::vector<std::string>& names = model.LinearNames();
+  // Each activation point is seen through its first consumer's input.
+  std::map<std::string, ActPoint> point_of;
+  for (int p = 0; p < kNumActPoints; ++p) {
+    point_of[names[model.ConsumersOf(static_cast<ActPoint>(p))[0]]] = static_cast<ActPoint>(p);
+  }
+  // Per-channel ranges of every point (and of V for RPTQ) on the calibration
+  // stream through the float `layer`.
+  auto collect = [&](ChannelRange* v_out) {
+    std::array<ChannelRange, kNumActPoints> ranges;
+    const int v_index = model.ProducersOf(ActPoint::kAttnOut)[0];
+    const std::string& v_name = names[v_index];
+    ForwardBatched(model, *layer, calib_, o_.batch_size, [&](const std::string& name, const at::Tensor& x) {
+      auto it = point_of.find(name);
+      if (it != point_of.end()) ranges[static_cast<int>(it->second)].Add(x);
+      if (v_out && name == v_name) {
+        const Linear& v = layer->linears[v_index];
+        v_out->Add(v.bias.defined() ? at::linear(x, v.weight, v.bias) : at::linear(x, v.weight));
+      }
+    });
+    return ranges;
+  };
+  LayerActQuant act;
+  std::array<bool, kNumActPoints> set_by_transform{};
+  for (const RecipeStep& step : transforms_) {
+    if (step.method == "smoothquant") {
+      auto ranges = collect(nullptr);
+      nlohmann::json j = nlohmann::json::object();
+      for (ActPoint p : {ActPoint::kAttnIn, ActPoint::kMlpIn}) {
+        const ChannelRange& r = ranges[static_cast<int>(p)];
+        auto scales = SmoothLayer(model, p, at::maximum(r.min.abs(), r.max.abs()), step.smoothquant, layer);
+        if (!scales.ok()) return scales.status();
+        j[ActPointName(p)] = {{"scale_min", scales->min().item<double>()},
+                              {"scale_max", scales->max().item<double>()}};
+      }
+      (*details)["smoothquant"] = j;
+    } else if (step.method == "rptq") {
+      RptqStats stats;
+      auto ranges = collect(&stats.v_out);
+      stats.attn_in = ranges[0];
+      stats.attn_out = ranges[1];
+      stats.mlp_in = ranges[2];
+      stats.mlp_hidden = ranges[3];
+      RptqOptions options = step.rptq;
+      options.seed = o_.seed;
+      nlohmann::json j;
+      QAAS_RETURN_IF_ERROR(ApplyRptq(model, stats, options, o_.scheme.activations, layer, &act, &j));
+      set_by_transform.fill(true);
+      (*details)["rptq"] = j;
+    }
+  }
+  const TensorQuant& a = o_.scheme.activations;
+  if (a.enabled()) {
+    if (a.format == NumberFormat::kInt && a.granularity == Granularity::kPerTensor) {
+      auto ranges = collect(nullptr);
+      nlohmann::json j = nlohmann::json::object();
+      for (int p = 0; p < kNumActPoints; ++p) {
+        if (set_by_transform[p]) continue;
+        const double lo = ranges[p].min.min().item<double>(), hi = ranges[p].max.max().item<double>();
+        act.inputs[p] = StaticPerTensorQuantizer(a, lo, hi);
+        j[ActPointName(static_cast<ActPoint>(p))] = {lo, hi};
+      }
+      (*details)["static_activation_ranges"] = j;
+    } else {
+      for (int p = 0; p < kNumActPoints; ++p) {
+        if (!set_by_transform[p]) act.inputs[p] = DynamicQuantizer(a);
+      }
+    }
+  }
+  act.kv = DynamicQuantizer(o_.scheme.kv_cache);
+  if (a.enabled() || act.kv.enabled()) layer->act = std::make_shared<const LayerActQuant>(act.To(device_));
+  return absl::OkStatus();
+}
+
 absl::Status Pipeline::QuantizeLayer(int i) {
   Progress(i, "loading");
   const DecoderModel& model = *model_;
@@ -206,13 +362,33 @@ absl::Status Pipeline::QuantizeLayer(int i) {
   for (auto& s : evals_) s.original = ForwardBatched(model, original, s.original, o_.batch_size);
   report_.seconds_evaluation += SecondsSince(t0);
 
-  // Quantize the linears: RTN from the original weights; GPTQ "true
-  // sequential", group by group, each group's Hessians gathered with the
-  // groups before it already quantized (as the GPTQ paper's LLaMA runs do).
+  // The recipe's transforms give a float layer computing the same function
+  // (up to rounding), with the activation quantizers the scheme asks for.
+  DecoderLayer transformed = original;
+  nlohmann::json transforms = nlohmann::json::object();
+  if (!transforms_.empty() || !o_.scheme.weight_only()) {
+    Progress(i, "transforming");
+    auto tc = Clock::now();
+    QAAS_RETURN_IF_ERROR(TransformLayer(&transformed, &transforms));
+    report_.seconds_calibration += SecondsSince(tc);
+  }
+
+  // Quantize the linears: RTN from the (transformed) float weights; GPTQ
+  // "true sequential", group by group, each group's Hessians gathered with
+  // the groups before it already quantized (as the GPTQ paper's LLaMA runs
+  // do) and with the activations quantized as the layer will see them.
   Progress(i, "quantizing");
-  DecoderLayer quantized = original;
+  DecoderLayer quantized = transformed;
   std::vector<RawTensor> packed;
-  for (const auto& [name, t] : original.norms) packed.push_back(TensorToRaw(layer_prefix + name, t.cpu()));
+  for (const auto& [name, t] : transformed.norms) packed.push_back(TensorToRaw(layer_prefix + name, t.cpu()));
+  if (transformed.act) {
+    for (int p = 0; p < kNumActPoints; ++p) {
+      const ActQuantizer& q = transformed.act->inputs[p];
+      const std::string stem = absl::StrCat(layer_prefix, "act_quant.", ActPointName(static_cast<ActPoint>(p)));
+      if (q.scale.defined()) packed.push_back(TensorToRaw(stem + ".scale", q.scale.cpu()));
+      if (q.zero.defined()) packed.push_back(TensorToRaw(stem + ".zero", q.zero.cpu()));
+    }
+  }
   std::vector<std::optional<QuantizedLinear>> results(linear_names.size());
   std::vector<LayerReport> reports(linear_names.size());
   if (o_.scheme.weights.enabled()) {
@@ -249,7 +425,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
       }
       for (int j : group) {
         const std::string& name = linear_names[j];
-        const at::Tensor& w = original.linears[j].weight;
+        const at::Tensor& w = transformed.linears[j].weight;
         LayerReport& lr = reports[j];
         lr.name = layer_prefix + name;
         lr.method = adadim ? "adadim-" + weight_step_.adadim_base : method;
@@ -311,8 +487,17 @@ absl::Status Pipeline::QuantizeLayer(int i) {
   }
   for (size_t j = 0; j < linear_names.size(); ++j) {
     const std::string name = layer_prefix + linear_names[j];
-    const Linear& lin = original.linears[j];
-    if (results[j]) {
+    const Linear& lin = transformed.linears[j];
+    if (results[j] && results[j]->mx) {
+      // MX: element codes and E8M0 scales; unpacking gives the evaluated weights back.
+      MxPacked mx = PackMx(results[j]->dequantized, results[j]->element);
+      if (!at::equal(UnpackMx(mx), results[j]->dequantized.cpu())) {
+        return absl::InternalError(absl::StrCat(name, ": MX packing does not reproduce the quantized weights"));
+      }
+      packed.push_back(TensorToRaw(name + ".mx_codes", mx.codes));
+      packed.push_back(TensorToRaw(name + ".mx_scales", mx.scales));
+      if (lin.bias.defined()) packed.push_back(TensorToRaw(name + ".bias", lin.bias.cpu()));
+    } else if (results[j]) {
       // Per-IC weights are packed as their transpose, under "<name>.ic"; the
       // bias is not transposed and stays "<name>.bias" (float16, as GPTQ's).
       const bool per_ic = results[j]->per_input_channel;
@@ -333,13 +518,14 @@ absl::Status Pipeline::QuantizeLayer(int i) {
     // AdaDim's per-IC layers have no common runtime format: keep a plain
     // checkpoint of the dequantized layer, in the stored dtype, as well.
     std::vector<RawTensor> plain;
+    // In the stored dtype; tensors the checkpoint lacks (RPTQ's reorder
+    // indices) as they are.
     auto add = [&](const std::string& name, const at::Tensor& t) -> absl::Status {
       auto entry = ck_->Entry(name);
-      if (!entry.ok()) return entry.status();
-      plain.push_back(TensorToRaw(name, t.cpu().to(ToScalarType(entry->dtype))));
+      plain.push_back(TensorToRaw(name, entry.ok() ? t.cpu().to(ToScalarType(entry->dtype)) : t.cpu()));
       return absl::OkStatus();
     };
-    for (const auto& [name, t] : original.norms) QAAS_RETURN_IF_ERROR(add(layer_prefix + name, t));
+    for (const auto& [name, t] : transformed.norms) QAAS_RETURN_IF_ERROR(add(layer_prefix + name, t));
     for (size_t j = 0; j < linear_names.size(); ++j) {
       const std::string name = layer_prefix + linear_names[j];
       QAAS_RETURN_IF_ERROR(add(name + ".weight", quantized.linears[j].weight));
@@ -355,7 +541,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
     auto tc = Clock::now();
     at::Tensor ref = ForwardBatched(model, original, calib_, o_.batch_size);
     at::Tensor next = ForwardBatched(model, quantized, calib_, o_.batch_size);
-    report_.blocks.push_back({i, RelativeError(ref, next)});
+    report_.blocks.push_back({i, RelativeError(ref, next), transforms.empty() ? nlohmann::json() : transforms});
     calib_ = next;
     report_.seconds_calibration += SecondsSince(tc);
   }
@@ -397,7 +583,12 @@ absl::Status Pipeline::Assemble() {
 
   const nlohmann::json original_config = nlohmann::json::parse(config_.raw_json);
   nlohmann::json config = original_config;
-  if (o_.scheme.weights.enabled()) {
+  std::string format = "gptq";
+  if (IsMx(o_.scheme.weights)) {
+    format = "mx";
+    config["quantization_config"] = {{"quant_method", "qaas"}, {"format", "mx"},
+                                     {"weights", SpecJson(o_.scheme.weights)}};
+  } else if (o_.scheme.weights.enabled()) {
     const bool gptq = UsesGptq();
     config["quantization_config"] =
         GptqQuantizationConfig(o_.scheme, gptq && weight_step_.gptq.act_order,
@@ -411,8 +602,21 @@ absl::Status Pipeline::Assemble() {
       config["quantization_config"]["quant_method"] = "qaas";
       config["quantization_config"]["format"] = "adadim";
       config["quantization_config"]["per_input_channel_layers"] = per_ic;
+      format = "adadim";
     }
+  } else if (!o_.scheme.weight_only()) {
+    format = "qaas";
+    config["quantization_config"] = {{"quant_method", "qaas"}, {"format", "float-weights"}};
   }
+  if (UsesRptq()) {
+    // Reordered norms (reorder_index tensors) and permuted weights: only a
+    // runtime that applies the reorder can load it (docs/artifact-format.md).
+    format = "rptq";
+    config["quantization_config"]["quant_method"] = "qaas";
+    config["quantization_config"]["format"] = "rptq";
+  }
+  if (o_.scheme.activations.enabled()) config["quantization_config"]["activations"] = SpecJson(o_.scheme.activations);
+  if (o_.scheme.kv_cache.enabled()) config["quantization_config"]["kv_cache"] = SpecJson(o_.scheme.kv_cache);
   config["qaas_scheme"] = o_.scheme.ToString();
   QAAS_RETURN_IF_ERROR(WriteFileAtomic(dir + "/config.json", config.dump(2) + "\n"));
   std::vector<std::string> out_dirs = {dir};
@@ -437,7 +641,7 @@ absl::Status Pipeline::Assemble() {
   manifest["scheme"] = o_.scheme.ToString();
   manifest["recipe"] = RecipeNames();
   manifest["seed"] = o_.seed;
-  manifest["format"] = "gptq";
+  manifest["format"] = format;
   return WriteFileAtomic(dir + "/qaas_manifest.json", manifest.dump(2) + "\n");
 }
 

@@ -3,7 +3,10 @@
 //   for each decoder layer i:
 //     load layer i's weights (only this layer is resident)
 //     run the original layer on the evaluation streams (original model)
+//     apply the recipe's transforms (SmoothQuant, RPTQ) from statistics of
+//       the calibration stream; set up activation / KV-cache quantizers
 //     run it on the calibration stream, observing each linear's inputs
+//       (activation-quantized, as the quantized model computes)
 //     quantize each linear with the recipe's weight quantizer
 //     run the quantized layer on the calibration stream (next layer's inputs)
 //       and on the evaluation streams (quantized model)
@@ -26,6 +29,8 @@
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
 #include "quant/methods/gptq.h"
+#include "quant/methods/rptq.h"
+#include "quant/methods/smoothquant.h"
 #include "quant/scheme.h"
 
 namespace qaas::quant {
@@ -44,10 +49,15 @@ struct PipelineProgress {
 };
 
 // One step of a recipe: a method and its options (the paper's defaults).
+// A recipe is zero or more function-preserving transforms ("smoothquant",
+// "rptq", applied in order to each float layer), then at most one weight
+// quantizer ("rtn", "gptq", "adadim"; RTN when none is given).
 struct RecipeStep {
-  std::string method;  // "rtn", "gptq", "adadim"
+  std::string method;  // "rtn", "gptq", "adadim", "smoothquant", "rptq"
   GptqOptions gptq;    // gptq, and adadim over gptq
   std::string adadim_base = "rtn";  // adadim: "rtn" or "gptq"
+  SmoothQuantOptions smoothquant;
+  RptqOptions rptq;
 };
 
 struct PipelineOptions {

@@ -33,7 +33,9 @@ nlohmann::json ToJson(const Report& r) {
   }
   j["blocks"] = nlohmann::json::array();
   for (const auto& b : r.blocks) {
-    j["blocks"].push_back({{"index", b.index}, {"output_relative_error", b.output_relative_error}});
+    nlohmann::json block = {{"index", b.index}, {"output_relative_error", b.output_relative_error}};
+    if (!b.transforms.is_null()) block["transforms"] = b.transforms;
+    j["blocks"].push_back(std::move(block));
   }
   j["size"] = {{"original_bytes", r.original_bytes}, {"quantized_bytes", r.quantized_bytes}};
   j["seconds"] = {{"calibration", r.seconds_calibration},

@@ -22,6 +22,9 @@ struct BlockReport {
   int index = 0;
   // ||L_q(X) - L(X)||_F / ||L(X)||_F on the calibration inputs X of the block.
   double output_relative_error = 0;
+  // What the recipe's transforms did to the block (SmoothQuant's scale
+  // range, RPTQ's cluster counts, static activation ranges), when any.
+  nlohmann::json transforms = nullptr;
 };
 
 struct EvaluationReport {

@@ -111,14 +111,33 @@ absl::Status ValidateScheme(v1::JobSpec* spec) {
   if (!scheme->activations.enabled() && !scheme->kv_cache.enabled() && !scheme->weights.enabled()) {
     return Invalid("scheme", absl::StrCat("'", scheme->ToString(), "' quantizes nothing"));
   }
-  if (scheme->activations.enabled() || scheme->kv_cache.enabled()) {
+  const auto wf = scheme->weights.format;
+  if (wf == quant::NumberFormat::kFp8E4M3 || wf == quant::NumberFormat::kFp8E5M2) {
     return absl::UnimplementedError(absl::StrCat("scheme ", scheme->ToString(),
-                                                 ": activation and KV-cache quantization are not implemented in this build yet"));
+                                                 ": per-tensor FP8 weights are not implemented (use MXFP8: "
+                                                 "Wmxfp8); FP8 activations and KV cache are"));
   }
-  if (scheme->weights.format != quant::NumberFormat::kInt) {
-    return absl::UnimplementedError(absl::StrCat("scheme ", scheme->ToString(), ": weight format ",
-                                                 quant::NumberFormatName(scheme->weights.format),
-                                                 " is not implemented in this build yet"));
+  bool uses_rptq = false, transforms_after_weights = false, weight_method_seen = false;
+  int weight_methods = 0;
+  for (const auto& step : spec->recipe()) {
+    const bool transform = step.method() == "smoothquant" || step.method() == "rptq";
+    uses_rptq |= step.method() == "rptq";
+    if (transform && weight_method_seen) transforms_after_weights = true;
+    if (!transform) {
+      weight_method_seen = true;
+      ++weight_methods;
+    }
+    if (step.method() == "adadim" && (wf == quant::NumberFormat::kMxInt || wf == quant::NumberFormat::kMxFp)) {
+      return Invalid("recipe", "adadim chooses integer group axes; MX weight blocks are fixed");
+    }
+  }
+  if (transforms_after_weights) {
+    return Invalid("recipe", "transforms (smoothquant, rptq) come before the weight quantizer");
+  }
+  if (weight_methods > 1) return Invalid("recipe", "one weight quantizer (rtn, gptq or adadim) per recipe");
+  if (uses_rptq && scheme->activations.format != quant::NumberFormat::kInt) {
+    return Invalid("scheme", absl::StrCat("rptq needs integer activations (e.g. W4A8), got '",
+                                          scheme->ToString(), "'"));
   }
   *spec->mutable_scheme() = SchemeToProto(*scheme);
   return absl::OkStatus();
@@ -133,7 +152,7 @@ const std::vector<std::string>& KnownMethods() {
 }
 
 bool MethodImplemented(const std::string& method) {
-  return method == "rtn" || method == "gptq" || method == "adadim";
+  return method == "rtn" || method == "gptq" || method == "adadim" || method == "smoothquant" || method == "rptq";
 }
 
 absl::Status ValidateUri(const std::string& field, const std::string& uri,
@@ -178,16 +197,34 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
     if (auto st = ValidateUri("calibration.dataset", calib->dataset(), options.file_roots); !st.ok()) return st;
   }
   for (const auto& step : spec->recipe()) {
-    if ((step.method() == "gptq" || step.method() == "adadim") && calib->dataset().empty()) {
+    if ((step.method() == "gptq" || step.method() == "adadim" || step.method() == "smoothquant" ||
+         step.method() == "rptq") &&
+        calib->dataset().empty()) {
       return Invalid("calibration.dataset", absl::StrCat("required: ", step.method(), " calibrates on it"));
     }
     if (step.has_adadim() && !step.adadim().base().empty() && step.adadim().base() != "rtn" &&
         step.adadim().base() != "gptq") {
       return Invalid("recipe.adadim.base", absl::StrCat("must be \"rtn\" or \"gptq\", got '", step.adadim().base(), "'"));
     }
+    if (step.has_smoothquant() && (step.smoothquant().alpha() < 0 || step.smoothquant().alpha() > 1)) {
+      return Invalid("recipe.smoothquant.alpha", absl::StrCat("must be in [0, 1], got ", step.smoothquant().alpha()));
+    }
+    if (step.has_rptq() && step.rptq().clusters_size() != 0) {
+      if (step.rptq().clusters_size() != 5) {
+        return Invalid("recipe.rptq.clusters", absl::StrCat("give 5 counts (R1..R5) or none, got ",
+                                                            step.rptq().clusters_size()));
+      }
+      for (int c : step.rptq().clusters()) {
+        if (c < 1 || c > 65536) return Invalid("recipe.rptq.clusters", absl::StrCat("must be 1..65536, got ", c));
+      }
+    }
     if (step.has_gptq() && (step.gptq().damp() < 0 || step.gptq().damp() > 1 || step.gptq().block_size() < 0)) {
       return Invalid("recipe.gptq", "damp must be in [0, 1] and block_size non-negative");
     }
+  }
+  if (spec->scheme().activations().format() == v1::NUMBER_FORMAT_INT &&
+      spec->scheme().activations().granularity() == v1::GRANULARITY_PER_TENSOR && calib->dataset().empty()) {
+    return Invalid("calibration.dataset", "required: static activation scales (\"_static\") are calibrated on it");
   }
   if (calib->num_samples() == 0) calib->set_num_samples(128);
   if (calib->num_samples() < 0 || calib->num_samples() > kMaxSamples) {

@@ -176,6 +176,10 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
         r.gptq.static_groups = step.gptq().static_groups();
       }
       if (step.has_adadim() && !step.adadim().base().empty()) r.adadim_base = step.adadim().base();
+      if (step.has_smoothquant() && step.smoothquant().alpha() > 0) r.smoothquant.alpha = step.smoothquant().alpha();
+      if (step.has_rptq() && step.rptq().clusters_size() > 0) {
+        r.rptq.clusters.assign(step.rptq().clusters().begin(), step.rptq().clusters().end());
+      }
       o.recipe.push_back(r);
     }
     if (!spec.calibration().dataset().empty()) {

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "quant/formats/number_format.h"
 
 namespace qaas::quant {
 
@@ -49,7 +50,21 @@ absl::StatusOr<QuantizedLinear> QuantizeGptq(const at::Tensor& W_in, const at::T
   GptqStats& st = stats ? *stats : local;
   const int bits = spec.bits;
   const double maxq = static_cast<double>((1 << bits) - 1);
-  const int64_t groupsize = spec.granularity == Granularity::kPerGroup ? spec.group_size : -1;
+  // MX weights: each block of 32 input columns shares one power-of-two scale
+  // per row, found (like GPTQ's groups) from the block's columns as updated
+  // when the block's first column comes up.
+  const bool mx = spec.format == NumberFormat::kMxInt || spec.format == NumberFormat::kMxFp;
+  if (mx && (o.act_order || o.static_groups || o.per_input_channel)) {
+    return absl::InvalidArgumentError(
+        "GPTQ: MX weights take neither act_order, static_groups nor per-input-channel groups (their blocks are "
+        "fixed runs of 32 input columns)");
+  }
+  if (!mx && spec.format != NumberFormat::kInt) {
+    return absl::UnimplementedError(
+        absl::StrCat("GPTQ: weight format ", NumberFormatName(spec.format), " is not supported"));
+  }
+  const ElementFormat element = mx ? *ElementFormatOf(spec) : ElementFormat::kInt8;
+  const int64_t groupsize = mx ? kMxBlockSize : spec.granularity == Granularity::kPerGroup ? spec.group_size : -1;
 
   at::Tensor W = W_in.to(at::kFloat).clone();
   at::Tensor H = H_in.clone();
@@ -69,7 +84,7 @@ absl::StatusOr<QuantizedLinear> QuantizeGptq(const at::Tensor& W_in, const at::T
   if (per_ic) {
     ic_scales = at::zeros({ic_groups, columns}, W.options());
     ic_zeros = at::zeros({ic_groups, columns}, W.options());
-  } else if (groupsize == -1) {
+  } else if (groupsize == -1 && !mx) {
     IntQuantParams p = ComputeIntParams(W, spec);
     scale = p.scale.select(1, 0).contiguous();
     zero = p.zero.select(1, 0).contiguous();
@@ -155,6 +170,14 @@ absl::StatusOr<QuantizedLinear> QuantizeGptq(const at::Tensor& W_in, const at::T
         ic_zeros.select(1, col).copy_(z);
         scale = s.repeat_interleave(ic_group).narrow(0, 0, rows);
         zero = z.repeat_interleave(ic_group).narrow(0, 0, rows);
+      } else if (mx) {
+        if (col % groupsize == 0) {
+          const int64_t width = std::min(groupsize, columns - col);
+          at::Tensor group = width <= count - i
+                                 ? W1.narrow(1, i, width)
+                                 : at::cat({W1.narrow(1, i, count - i), W.narrow(1, i2, width - (count - i))}, 1);
+          scale = at::exp2(MxSharedExponents(group, element).to(at::kFloat)).select(1, 0);
+        }
       } else if (groupsize != -1) {
         if (o.static_groups) {
           const int64_t orig = o.act_order ? perm_cpu[col] : col;
@@ -170,10 +193,11 @@ absl::StatusOr<QuantizedLinear> QuantizeGptq(const at::Tensor& W_in, const at::T
         }
       }
       at::Tensor code;
-      at::Tensor q = Quant(w, scale, zero, maxq, &code);
+      at::Tensor q = mx ? RoundToElement(w / scale, element) * scale : Quant(w, scale, zero, maxq, &code);
+      if (mx) code = at::zeros_like(w);
       Q1.select(1, i).copy_(q);
       C1.select(1, i).copy_(code);
-      if (!per_ic && groupsize != -1 && !o.static_groups && col % groupsize == 0) {
+      if (!mx && !per_ic && groupsize != -1 && !o.static_groups && col % groupsize == 0) {
         scales.select(1, col / groupsize).copy_(scale);
         zeros.select(1, col / groupsize).copy_(zero);
       }
@@ -189,6 +213,12 @@ absl::StatusOr<QuantizedLinear> QuantizeGptq(const at::Tensor& W_in, const at::T
   }
 
   QuantizedLinear out;
+  if (mx) {
+    out.mx = true;
+    out.element = element;
+    out.dequantized = Q;
+    return out;
+  }
   if (per_ic) {
     // Describe W^T: rows of the transpose are input channels, groups run along the outputs.
     if (o.act_order) {

@@ -49,7 +49,8 @@ class HessianAccumulator {
 };
 
 // W: float [rows, columns] (out x in); H from HessianAccumulator. Integer
-// weights, per channel, per group or per tensor. Does not modify W or H.
+// weights, per channel, per group or per tensor, or MX weights (blocks of 32
+// input columns; no act_order). Does not modify W or H.
 // InvalidArgument on shape mismatch; Internal when H stays indefinite after
 // every damping retry.
 absl::StatusOr<QuantizedLinear> QuantizeGptq(const at::Tensor& W, const at::Tensor& H,

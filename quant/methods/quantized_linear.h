@@ -5,19 +5,24 @@
 #include <ATen/ATen.h>
 
 #include "quant/formats/int_quant.h"
+#include "quant/formats/number_format.h"
 
 namespace qaas::quant {
 
 // Per output channel (the usual layout) or, for AdaDim's per-IC groups, per
 // input channel: then codes/params/g_idx describe the transposed weight W^T
 // [in, out] (groups run along the output dimension), which is what lets the
-// per-IC case reuse the same packing.
+// per-IC case reuse the same packing. MX weights (mx = true) carry only
+// `dequantized`: their storage form comes from PackMx, which reproduces the
+// values exactly (formats/number_format.h).
 struct QuantizedLinear {
   at::Tensor codes;        // int32 [out, in] ([in, out] when per_input_channel)
   IntQuantParams params;   // scale/zero [out, groups] ([in, groups] when per_input_channel)
   at::Tensor g_idx;        // int32 [in] ([out] when per_input_channel): the group of each column
   at::Tensor dequantized;  // float32 [out, in] always: what inference computes with
   bool per_input_channel = false;
+  bool mx = false;
+  ElementFormat element = ElementFormat::kInt8;  // mx only
 };
 
 // ||W - W'||_F / ||W||_F

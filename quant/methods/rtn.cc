@@ -10,6 +10,14 @@ double RelativeError(const at::Tensor& reference, const at::Tensor& approx) {
 
 QuantizedLinear QuantizeRtn(const at::Tensor& w, const TensorQuant& spec) {
   QuantizedLinear q;
+  if (spec.format == NumberFormat::kMxInt || spec.format == NumberFormat::kMxFp) {
+    // Blocks of 32 along the input (reduction) dimension, each weight rounded
+    // to the nearest element under its block's shared scale.
+    q.mx = true;
+    q.element = *ElementFormatOf(spec);
+    q.dequantized = FakeQuantizeMx(w.to(at::kFloat), q.element);
+    return q;
+  }
   q.params = ComputeIntParams(w, spec);
   q.codes = QuantizeToCodes(w, q.params);
   q.dequantized = DequantizeCodes(q.codes, q.params);

@@ -10,7 +10,7 @@
 
 namespace qaas::quant {
 
-// w: float [out, in]; spec: integer weights. Does not modify w.
+// w: float [out, in]; spec: integer or MX weights. Does not modify w.
 QuantizedLinear QuantizeRtn(const at::Tensor& w, const TensorQuant& spec);
 
 }  // namespace qaas::quant

@@ -13,8 +13,19 @@ at::Tensor DecoderLayer::norm(const std::string& name) const {
   return at::Tensor();
 }
 
+void DecoderLayer::set_norm(const std::string& name, const at::Tensor& t) {
+  for (auto& [n, v] : norms) {
+    if (n == name) {
+      v = t;
+      return;
+    }
+  }
+  norms.emplace_back(name, t);
+}
+
 DecoderLayer DecoderLayer::To(const at::Device& device) const {
   DecoderLayer out;
+  if (act) out.act = std::make_shared<const LayerActQuant>(act->To(device));
   for (const auto& [name, t] : norms) out.norms.emplace_back(name, t.to(device));
   for (const auto& l : linears) {
     out.linears.push_back({l.weight.to(device), l.bias.defined() ? l.bias.to(device) : l.bias});
@@ -46,6 +57,19 @@ class LlamaModel : public DecoderModel {
     if (j == 4 || j == 5) return AdaDimBlock::kMlp;
     return AdaDimBlock::kOwnOutput;
   }
+  const std::vector<int>& ConsumersOf(ActPoint p) const override {
+    static const std::vector<std::vector<int>> kConsumers = {{0, 1, 2}, {3}, {4, 5}, {6}};
+    return kConsumers[static_cast<int>(p)];
+  }
+  const std::vector<int>& ProducersOf(ActPoint p) const override {
+    static const std::vector<std::vector<int>> kProducers = {{}, {2}, {}, {4, 5}};
+    return kProducers[static_cast<int>(p)];
+  }
+  BlockNorm NormOf(ActPoint p) const override {
+    if (p == ActPoint::kAttnIn) return {"input_layernorm.weight", "", "input_layernorm.reorder_index"};
+    return {"post_attention_layernorm.weight", "", "post_attention_layernorm.reorder_index"};
+  }
+  const ModelConfig& config() const override { return config_; }
   std::string LayerPrefix(int index) const override { return ::qaas::quant::LayerPrefix(index); }
   std::vector<std::string> HeadTensorNames() const override {
     std::vector<std::string> names;
@@ -89,7 +113,10 @@ class LlamaModel : public DecoderModel {
     LlamaLayer out;
     out.input_norm = l.norm("input_layernorm.weight");
     out.post_norm = l.norm("post_attention_layernorm.weight");
+    out.input_reorder = l.norm("input_layernorm.reorder_index");
+    out.post_reorder = l.norm("post_attention_layernorm.reorder_index");
     out.linears = l.linears;
+    out.act = l.act;
     return out;
   }
 
@@ -123,6 +150,20 @@ class OptModel : public DecoderModel {
     if (j == 4) return AdaDimBlock::kMlp;
     return AdaDimBlock::kOwnOutput;
   }
+  const std::vector<int>& ConsumersOf(ActPoint p) const override {
+    static const std::vector<std::vector<int>> kConsumers = {{0, 1, 2}, {3}, {4}, {5}};
+    return kConsumers[static_cast<int>(p)];
+  }
+  const std::vector<int>& ProducersOf(ActPoint p) const override {
+    static const std::vector<std::vector<int>> kProducers = {{}, {2}, {}, {4}};
+    return kProducers[static_cast<int>(p)];
+  }
+  BlockNorm NormOf(ActPoint p) const override {
+    const std::string n = p == ActPoint::kAttnIn ? "self_attn_layer_norm" : "final_layer_norm";
+    if (!config_.layer_norm_elementwise_affine) return {"", "", n + ".reorder_index"};
+    return {n + ".weight", n + ".bias", n + ".reorder_index"};
+  }
+  const ModelConfig& config() const override { return config_; }
   std::string LayerPrefix(int index) const override { return OptLayerPrefix(ck_, index); }
   std::vector<std::string> HeadTensorNames() const override {
     const std::string d = OptDecoderPrefix(ck_);
@@ -174,7 +215,10 @@ class OptModel : public DecoderModel {
     out.self_attn_layer_norm = {l.norm("self_attn_layer_norm.weight"),
                                 l.norm("self_attn_layer_norm.bias")};
     out.final_layer_norm = {l.norm("final_layer_norm.weight"), l.norm("final_layer_norm.bias")};
+    out.self_attn_reorder = l.norm("self_attn_layer_norm.reorder_index");
+    out.final_reorder = l.norm("final_layer_norm.reorder_index");
     out.linears = l.linears;
+    out.act = l.act;
     return out;
   }
 

@@ -25,10 +25,16 @@ struct DecoderLayer {
   // The layer's norm parameters by their names relative to the layer prefix
   // (e.g. "input_layernorm.weight", "self_attn_layer_norm.bias"), in
   // checkpoint order; absent when the architecture has none (no affine).
+  // RPTQ adds "<norm>.reorder_index" (int64): the order the norm reads its
+  // input channels in (LlamaLayer::input_reorder).
   std::vector<std::pair<std::string, at::Tensor>> norms;
   std::vector<Linear> linears;  // in the model's LinearNames() order
+  // Activation / KV-cache quantization; null: the float layer.
+  std::shared_ptr<const LayerActQuant> act;
   // The norm called `name`, or an undefined tensor.
   at::Tensor norm(const std::string& name) const;
+  // Sets (adding when absent) the norm tensor `name`.
+  void set_norm(const std::string& name, const at::Tensor& t);
   DecoderLayer To(const at::Device& device) const;
 };
 
@@ -37,6 +43,14 @@ enum class AdaDimBlock {
   kAttention,  // q/k/v: the attention block
   kMlp,        // the MLP's input projections (LLaMA gate/up, OPT fc1)
   kOwnOutput,  // the attention output and MLP output projections
+};
+
+// The norm in front of a block (ActPoint kAttnIn or kMlpIn), by tensor names
+// relative to the layer prefix.
+struct BlockNorm {
+  std::string weight;   // empty when the norm has no affine weight
+  std::string bias;     // empty when it has none (RMSNorm)
+  std::string reorder;  // where RPTQ's reorder index goes
 };
 
 // A decoder-only model read from a checkpoint. Holds the head (embeddings,
@@ -60,6 +74,15 @@ class DecoderModel {
   // a layer's forward consumes them; linears of a group share one input.
   virtual const std::vector<std::vector<int>>& SequentialGroups() const = 0;
   virtual AdaDimBlock DecidingBlock(int linear) const = 0;
+  // The linears whose input is activation point p (indices into LinearNames()).
+  virtual const std::vector<int>& ConsumersOf(ActPoint p) const = 0;
+  // The linears whose output rows become p's channels, one to one: v_proj for
+  // kAttnOut (per head), the MLP's input projections for kMlpHidden; empty for
+  // the norm-fed points.
+  virtual const std::vector<int>& ProducersOf(ActPoint p) const = 0;
+  // The norm feeding kAttnIn or kMlpIn.
+  virtual BlockNorm NormOf(ActPoint p) const = 0;
+  virtual const ModelConfig& config() const = 0;
   // "model.layers.<i>." (LLaMA), "model.decoder.layers.<i>." (OPT).
   virtual std::string LayerPrefix(int index) const = 0;
   // The checkpoint's tensors that stay unquantized outside the layers

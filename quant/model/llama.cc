@@ -45,6 +45,9 @@ LlamaLayer LlamaLayer::To(const at::Device& device) const {
   LlamaLayer out;
   out.input_norm = input_norm.to(device);
   out.post_norm = post_norm.to(device);
+  if (input_reorder.defined()) out.input_reorder = input_reorder.to(device);
+  if (post_reorder.defined()) out.post_reorder = post_reorder.to(device);
+  if (act) out.act = std::make_shared<const LayerActQuant>(act->To(device));
   for (const auto& l : linears) {
     out.linears.push_back({l.weight.to(device), l.bias.defined() ? l.bias.to(device) : l.bias});
   }
@@ -123,6 +126,18 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return weight * (x * at::rsqrt(var + eps));
 }
 
+at::Tensor QuantizeActivation(const std::shared_ptr<const LayerActQuant>& act, ActPoint p, const at::Tensor& x) {
+  return act ? act->at(p)(x) : x;
+}
+
+at::Tensor QuantizeKv(const std::shared_ptr<const LayerActQuant>& act, const at::Tensor& x) {
+  return act ? act->kv(x) : x;
+}
+
+at::Tensor Reorder(const at::Tensor& x, const at::Tensor& reorder) {
+  return reorder.defined() ? x.index_select(-1, reorder) : x;
+}
+
 namespace {
 
 at::Tensor RotateHalf(const at::Tensor& x) {
@@ -143,7 +158,8 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
   auto observe = [&](const char* name, const at::Tensor& x) {
     if (hook) hook(name, x.reshape({-1, x.size(-1)}));
   };
-  at::Tensor x = RmsNorm(hidden, layer.input_norm, c.rms_norm_eps);
+  at::Tensor x = QuantizeActivation(
+      layer.act, ActPoint::kAttnIn, RmsNorm(Reorder(hidden, layer.input_reorder), layer.input_norm, c.rms_norm_eps));
   observe("self_attn.q_proj", x);
   observe("self_attn.k_proj", x);
   observe("self_attn.v_proj", x);
@@ -153,6 +169,9 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
   at::Tensor cos = rope.cos.narrow(0, 0, T), sin = rope.sin.narrow(0, 0, T);
   q = q * cos + RotateHalf(q) * sin;
   k = k * cos + RotateHalf(k) * sin;
+  // The cache holds K after RoPE and V: both quantized per token and head.
+  k = QuantizeKv(layer.act, k);
+  v = QuantizeKv(layer.act, v);
   if (nkv != nh) {
     k = k.repeat_interleave(nh / nkv, 1);
     v = v.repeat_interleave(nh / nkv, 1);
@@ -164,7 +183,7 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
                                   /*alpha=*/1.0 / std::sqrt(static_cast<double>(hd)));
   at::_softmax_out(scores, scores, -1, false);  // in place
   at::Tensor attn = at::bmm(scores, v.reshape({B * nh, T, hd})).view({B, nh, T, hd});
-  attn = attn.transpose(1, 2).reshape({B, T, nh * hd});
+  attn = QuantizeActivation(layer.act, ActPoint::kAttnOut, attn.transpose(1, 2).reshape({B, T, nh * hd}));
   observe("self_attn.o_proj", attn);
   return ApplyLinear(layer.linears[3], attn);
 }
@@ -174,10 +193,12 @@ at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& c, const 
   auto observe = [&](const char* name, const at::Tensor& x) {
     if (hook) hook(name, x.reshape({-1, x.size(-1)}));
   };
-  at::Tensor x = RmsNorm(hidden, layer.post_norm, c.rms_norm_eps);
+  at::Tensor x = QuantizeActivation(
+      layer.act, ActPoint::kMlpIn, RmsNorm(Reorder(hidden, layer.post_reorder), layer.post_norm, c.rms_norm_eps));
   observe("mlp.gate_proj", x);
   observe("mlp.up_proj", x);
-  at::Tensor mlp = at::silu(ApplyLinear(layer.linears[4], x)) * ApplyLinear(layer.linears[5], x);
+  at::Tensor mlp = QuantizeActivation(
+      layer.act, ActPoint::kMlpHidden, at::silu(ApplyLinear(layer.linears[4], x)) * ApplyLinear(layer.linears[5], x));
   observe("mlp.down_proj", mlp);
   return ApplyLinear(layer.linears[6], mlp);
 }

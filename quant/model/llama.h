@@ -8,10 +8,12 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "quant/formats/act_quant.h"
 #include "quant/model/checkpoint.h"
 #include "quant/model/config.h"
 
@@ -27,6 +29,13 @@ struct LlamaLayer {
   at::Tensor input_norm;  // input_layernorm.weight
   at::Tensor post_norm;   // post_attention_layernorm.weight
   std::vector<Linear> linears;
+  // RPTQ's reordered norms: the norm reads its input channels in this order
+  // (int64 [hidden]; its weight is stored permuted), so its output comes out
+  // reordered at no cost. Undefined: no reorder.
+  at::Tensor input_reorder;
+  at::Tensor post_reorder;
+  // Activation / KV-cache quantization; null: the float layer.
+  std::shared_ptr<const LayerActQuant> act;
   Linear& linear(const std::string& name);
   const Linear& linear(const std::string& name) const;
   LlamaLayer To(const at::Device& device) const;
@@ -57,10 +66,18 @@ struct Rope {
 };
 
 // Sees the input of each linear layer as a 2-D [tokens, in] tensor, e.g. to
-// accumulate GPTQ Hessians. Called once per linear, q/k/v with the same input.
+// accumulate GPTQ Hessians. Called once per linear, q/k/v with the same input,
+// after activation quantization (what the linear computes with).
 using LinearInputHook = std::function<void(const std::string& name, const at::Tensor& x)>;
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// x through `act`'s quantizer for point p; x itself when act is null.
+at::Tensor QuantizeActivation(const std::shared_ptr<const LayerActQuant>& act, ActPoint p, const at::Tensor& x);
+// K or V ([..., head_dim]) through the KV-cache quantizer.
+at::Tensor QuantizeKv(const std::shared_ptr<const LayerActQuant>& act, const at::Tensor& x);
+// x's last dimension gathered in `reorder`'s order; x when undefined.
+at::Tensor Reorder(const at::Tensor& x, const at::Tensor& reorder);
 
 // The two halves of a decoder layer, without their residual connections:
 // the attention block's output (o_proj's output) for the layer input, and the

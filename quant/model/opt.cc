@@ -80,6 +80,9 @@ OptLayer OptLayer::To(const at::Device& device) const {
   OptLayer out;
   out.self_attn_layer_norm = NormTo(self_attn_layer_norm, device);
   out.final_layer_norm = NormTo(final_layer_norm, device);
+  if (self_attn_reorder.defined()) out.self_attn_reorder = self_attn_reorder.to(device);
+  if (final_reorder.defined()) out.final_reorder = final_reorder.to(device);
+  if (act) out.act = std::make_shared<const LayerActQuant>(act->To(device));
   for (const auto& l : linears) {
     out.linears.push_back({l.weight.to(device), l.bias.defined() ? l.bias.to(device) : l.bias});
   }
@@ -168,7 +171,8 @@ at::Tensor OptAttentionForward(const OptLayer& layer, const ModelConfig& c,
   auto observe = [&](const char* name, const at::Tensor& x) {
     if (hook) hook(name, x.reshape({-1, x.size(-1)}));
   };
-  at::Tensor x = OptLayerNorm(hidden, layer.self_attn_layer_norm);
+  at::Tensor x = QuantizeActivation(layer.act, ActPoint::kAttnIn,
+                                    OptLayerNorm(Reorder(hidden, layer.self_attn_reorder), layer.self_attn_layer_norm));
   observe("self_attn.q_proj", x);
   observe("self_attn.k_proj", x);
   observe("self_attn.v_proj", x);
@@ -178,14 +182,16 @@ at::Tensor OptAttentionForward(const OptLayer& layer, const ModelConfig& c,
   at::Tensor k = ApplyLinear(layer.linears[1], x);
   at::Tensor v = ApplyLinear(layer.linears[2], x);
   q = q.view({B, T, nh, hd}).transpose(1, 2).reshape({B * nh, T, hd});
-  k = k.view({B, T, nh, hd}).transpose(1, 2).reshape({B * nh, T, hd});
-  v = v.view({B, T, nh, hd}).transpose(1, 2).reshape({B * nh, T, hd});
+  // The cache holds K and V: both quantized per token and head.
+  k = QuantizeKv(layer.act, k.view({B, T, nh, hd}).transpose(1, 2).reshape({B * nh, T, hd}));
+  v = QuantizeKv(layer.act, v.view({B, T, nh, hd}).transpose(1, 2).reshape({B * nh, T, hd}));
   at::Tensor mask =
       at::full({T, T}, -std::numeric_limits<float>::infinity(), hidden.options()).triu(1);
   at::Tensor scores = at::baddbmm(mask.expand({B * nh, T, T}), q, k.transpose(1, 2));
   at::_softmax_out(scores, scores, -1, false);  // in place
   at::Tensor attn =
       at::bmm(scores, v).view({B, nh, T, hd}).transpose(1, 2).reshape({B, T, nh * hd});
+  attn = QuantizeActivation(layer.act, ActPoint::kAttnOut, attn);
   observe("self_attn.out_proj", attn);
   return ApplyLinear(layer.linears[3], attn);
 }
@@ -195,9 +201,10 @@ at::Tensor OptMlpForward(const OptLayer& layer, const ModelConfig& /*config*/,
   auto observe = [&](const char* name, const at::Tensor& x) {
     if (hook) hook(name, x.reshape({-1, x.size(-1)}));
   };
-  at::Tensor x = OptLayerNorm(hidden, layer.final_layer_norm);
+  at::Tensor x = QuantizeActivation(layer.act, ActPoint::kMlpIn,
+                                    OptLayerNorm(Reorder(hidden, layer.final_reorder), layer.final_layer_norm));
   observe("fc1", x);
-  at::Tensor a = at::relu(ApplyLinear(layer.linears[4], x));
+  at::Tensor a = QuantizeActivation(layer.act, ActPoint::kMlpHidden, at::relu(ApplyLinear(layer.linears[4], x)));
   observe("fc2", a);
   return ApplyLinear(layer.linears[5], a);
 }

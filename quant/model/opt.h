@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,10 @@ struct OptLayer {
   LayerNormWeights self_attn_layer_norm;  // before attention
   LayerNormWeights final_layer_norm;      // before the MLP (Hugging Face's name)
   std::vector<Linear> linears;
+  // RPTQ's reordered norms and the activation quantizers, as LlamaLayer's.
+  at::Tensor self_attn_reorder;
+  at::Tensor final_reorder;
+  std::shared_ptr<const LayerActQuant> act;
   Linear& linear(const std::string& name);  // throws std::out_of_range for other names
   const Linear& linear(const std::string& name) const;
   OptLayer To(const at::Device& device) const;

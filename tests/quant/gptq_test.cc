@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include "quant/export.h"
+#include "quant/formats/number_format.h"
 #include "quant/methods/rtn.h"
+#include "tests/quant/quant_test_util.h"
 #include "tests/test_util.h"
 
 namespace qaas::quant {
@@ -80,6 +82,31 @@ TEST_P(GptqBeatsRtn, OnLayerOutputError) {
 INSTANTIATE_TEST_SUITE_P(Settings, GptqBeatsRtn,
                          ::testing::Combine(::testing::Values(2, 3, 4, 8), ::testing::Values(0, 32, 128),
                                             ::testing::Bool()));
+
+// MX weights: GPTQ's error feedback works under shared block exponents too,
+// and every weight it returns is an MX value of its block (re-quantizing
+// changes nothing).
+class GptqMx : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GptqMx, BeatsRtnAndStaysOnTheMxGrid) {
+  const Scheme scheme = MustParse(GetParam());
+  Problem p = MakeProblem(64, 256, 2048, 11);
+  GptqOptions o;
+  o.blocksize = 64;
+  auto q = QuantizeGptq(p.W, p.H, scheme.weights, o);
+  QAAS_ASSERT_OK(q);
+  EXPECT_TRUE(q->mx);
+  QuantizedLinear rtn = QuantizeRtn(p.W, scheme.weights);
+  ASSERT_TRUE(rtn.mx);
+  EXPECT_LT(OutputError(p, q->dequantized), OutputError(p, rtn.dequantized)) << GetParam();
+  EXPECT_TRUE(at::equal(FakeQuantizeMx(q->dequantized, q->element), q->dequantized));
+  EXPECT_TRUE(at::equal(UnpackMx(PackMx(q->dequantized, q->element)), q->dequantized));
+
+  o.act_order = true;
+  QAAS_EXPECT_CODE(QuantizeGptq(p.W, p.H, scheme.weights, o), kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, GptqMx, ::testing::Values("Wmxint4A16", "Wmxfp4A16", "Wmxfp6A16", "Wmxint8A16"));
 
 TEST(Gptq, ExportRoundTripsWithActOrderAndStaticGroups) {
   Problem p = MakeProblem(64, 256, 1024, 3);

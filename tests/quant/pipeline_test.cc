@@ -361,16 +361,23 @@ TEST_F(RandomModelPipelineTest, UnimplementedMethodsAndSchemesAreUnimplemented) 
   EXPECT_TRUE(MessageHas(report, "calibration"));
 
   o = Options();
-  o.scheme = MustParse("W4A8");
+  o.scheme = MustParse("Wfp8A16");
   report = RunPipeline(o);
   QAAS_EXPECT_CODE(report, kUnimplemented);
-  EXPECT_TRUE(MessageHas(report, "W4A8"));
+  EXPECT_TRUE(MessageHas(report, "fp8"));
 
   o = Options();
-  o.scheme = MustParse("Wmxfp4A16");
+  o.scheme = MustParse("Wmxfp4Amxfp4");
+  o.recipe = {RecipeStep{"rptq"}};
   report = RunPipeline(o);
-  QAAS_EXPECT_CODE(report, kUnimplemented);
-  EXPECT_TRUE(MessageHas(report, "mxfp"));
+  QAAS_EXPECT_CODE(report, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(report, "integer activations"));
+
+  o = Options();
+  o.recipe = {RecipeStep{"rtn"}, RecipeStep{"smoothquant"}};
+  report = RunPipeline(o);
+  QAAS_EXPECT_CODE(report, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(report, "before the weight quantizer"));
   EXPECT_FALSE(LocalPathExists(o.output_dir + "/report.json"));
 }
 

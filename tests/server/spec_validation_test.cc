@@ -25,6 +25,11 @@ class SpecValidationTest : public ::testing::Test {
     spec_.mutable_scheme()->set_shorthand("W4A16g128");
   }
   absl::Status Validate() { return ValidateJobSpec(options_, &spec_); }
+  // Validation writes the normalized structured fields back; a new shorthand replaces them.
+  void SetScheme(const std::string& shorthand) {
+    spec_.clear_scheme();
+    spec_.mutable_scheme()->set_shorthand(shorthand);
+  }
 
   ScopedTempDir dir_;
   std::string root_;
@@ -70,10 +75,76 @@ TEST_F(SpecValidationTest, UnimplementedMethodsAndFormatsAreNamed) {
   QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
 
   spec_.mutable_recipe(0)->set_method("rtn");
-  spec_.mutable_scheme()->set_shorthand("W4A8");
-  QAAS_EXPECT_CODE(Validate(), kUnimplemented);
-  spec_.mutable_scheme()->set_shorthand("Wmxfp4A16");
-  QAAS_EXPECT_CODE(Validate(), kUnimplemented);
+  SetScheme("Wfp8A16");
+  st = Validate();
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(st.message().find("FP8"), absl::string_view::npos) << st;
+  for (const char* ok : {"W4A8", "W4A4KV4", "Wmxfp4Amxfp4", "Wmxint4Amxint8", "W8A8KVfp8"}) {
+    SetScheme(ok);
+    QAAS_EXPECT_OK(Validate());
+  }
+}
+
+TEST_F(SpecValidationTest, MxElementVariantsSurviveTheProto) {
+  SetScheme("Wmxfp6e2m3Amxfp8e5m2");
+  QAAS_ASSERT_OK(Validate());
+  EXPECT_EQ(spec_.scheme().weights().format(), v1::NUMBER_FORMAT_MXFP);
+  EXPECT_EQ(spec_.scheme().weights().exponent_bits(), 2);
+  EXPECT_EQ(spec_.scheme().activations().exponent_bits(), 5);
+  // The structured form alone means the same; a disagreeing shorthand is refused.
+  spec_.mutable_scheme()->clear_shorthand();
+  QAAS_EXPECT_OK(Validate());
+  spec_.mutable_scheme()->set_shorthand("Wmxfp6Amxfp8e5m2");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+}
+
+TEST_F(SpecValidationTest, TransformRecipesAreChecked) {
+  spec_.clear_preset();
+  spec_.mutable_calibration()->set_dataset("file://" + root_ + "/calib.txt");
+  SetScheme("W4A8");
+  spec_.add_recipe()->set_method("smoothquant");
+  spec_.add_recipe()->set_method("gptq");
+  QAAS_EXPECT_OK(Validate());
+
+  // Transforms calibrate: no calibration data, no job.
+  const std::string dataset = spec_.calibration().dataset();
+  spec_.mutable_calibration()->clear_dataset();
+  absl::Status st = Validate();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("calibration.dataset"), absl::string_view::npos) << st;
+  spec_.mutable_calibration()->set_dataset(dataset);
+
+  spec_.mutable_recipe(0)->mutable_smoothquant()->set_alpha(1.5);
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+  spec_.mutable_recipe(0)->mutable_smoothquant()->set_alpha(0.8);
+  QAAS_EXPECT_OK(Validate());
+
+  // A transform after the weight quantizer, two weight quantizers.
+  spec_.mutable_recipe()->SwapElements(0, 1);
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+  spec_.mutable_recipe(1)->set_method("rtn");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+
+  // RPTQ: integer activations, five cluster counts.
+  spec_.clear_recipe();
+  spec_.add_recipe()->set_method("rptq");
+  SetScheme("W4A4KV4");
+  QAAS_EXPECT_OK(Validate());
+  SetScheme("Wmxfp4Amxfp4");
+  st = Validate();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("integer activations"), absl::string_view::npos) << st;
+  SetScheme("W4A4");
+  spec_.mutable_recipe(0)->mutable_rptq()->add_clusters(8);
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+
+  // Static activation scales are calibrated.
+  spec_.clear_recipe();
+  spec_.add_recipe()->set_method("rtn");
+  SetScheme("W8A8_static");
+  QAAS_EXPECT_OK(Validate());
+  spec_.mutable_calibration()->clear_dataset();
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
 }
 
 TEST_F(SpecValidationTest, OptionsMustMatchTheMethod) {
