@@ -20,6 +20,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "qaas/v1/job_service.grpc.pb.h"
 
@@ -27,12 +28,16 @@ ABSL_FLAG(std::string, server, "127.0.0.1:50051", "qaas-server address");
 ABSL_FLAG(std::string, model, "", "submit: model directory uri (or local path)");
 ABSL_FLAG(std::string, scheme, "W4A16g128", "submit: scheme shorthand");
 ABSL_FLAG(std::string, preset, "", "submit: recipe preset (default rtn when --recipe is empty)");
-ABSL_FLAG(std::string, recipe, "", "submit: comma-separated methods (rtn, gptq, adadim) instead of a preset");
+ABSL_FLAG(std::string, recipe, "",
+          "submit: comma-separated methods instead of a preset: transforms (smoothquant, rptq), then one of "
+          "rtn, gptq, adadim");
 ABSL_FLAG(bool, act_order, false, "submit: gptq desc_act (columns by decreasing Hessian diagonal)");
 ABSL_FLAG(bool, static_groups, false, "submit: gptq group parameters from the unmodified weights");
 ABSL_FLAG(double, damp, 0, "submit: gptq damping fraction (0 = 0.01)");
 ABSL_FLAG(int32_t, blocksize, 0, "submit: gptq lazy-batch block (0 = 128)");
 ABSL_FLAG(std::string, adadim_base, "rtn", "submit: what adadim augments (rtn or gptq)");
+ABSL_FLAG(double, alpha, 0, "submit: smoothquant migration strength (0 = 0.5)");
+ABSL_FLAG(std::string, rptq_clusters, "", "submit: rptq clusters at R1..R5, e.g. 32,4,4,32,32 (empty = these)");
 ABSL_FLAG(std::string, calib, "", "submit: calibration text uri");
 ABSL_FLAG(int32_t, num_samples, 0, "submit: calibration windows (0 = 128)");
 ABSL_FLAG(int32_t, calib_seq_len, 0, "submit: calibration window length (0 = min(2048, context))");
@@ -132,6 +137,18 @@ int Submit(v1::JobService::Stub& stub) {
       step->mutable_gptq()->set_block_size(absl::GetFlag(FLAGS_blocksize));
     } else if (m == "adadim") {
       step->mutable_adadim()->set_base(absl::GetFlag(FLAGS_adadim_base));
+    } else if (m == "smoothquant") {
+      step->mutable_smoothquant()->set_alpha(absl::GetFlag(FLAGS_alpha));
+    } else if (m == "rptq") {
+      auto* rptq = step->mutable_rptq();
+      for (auto c : absl::StrSplit(absl::GetFlag(FLAGS_rptq_clusters), ',', absl::SkipEmpty())) {
+        int n = 0;
+        if (!absl::SimpleAtoi(c, &n)) {
+          std::cerr << "qaasctl: --rptq_clusters: '" << c << "' is not an integer\n";
+          return 2;
+        }
+        rptq->add_clusters(n);
+      }
     }
   }
   if (spec->recipe_size() == 0) {

@@ -248,6 +248,35 @@ TEST_F(EndToEndTest, JobRunsThroughTheServiceAndWatchSeesEveryState) {
   EXPECT_NE(metrics.find("qaas_jobs_running 0"), std::string::npos);
 }
 
+// A transform recipe with options and an activation/KV scheme reaches the
+// pipeline through the API: the report shows the options were applied.
+TEST_F(EndToEndTest, RptqRecipeWithOptionsRunsOverTheApi) {
+  v1::JobSpec spec = Spec(MakeModel("model", 2, 64, 256), "W4A4KV4");
+  spec.clear_preset();
+  auto* rptq = spec.add_recipe();
+  rptq->set_method("rptq");
+  for (int c : {8, 4, 2, 8, 6}) rptq->mutable_rptq()->add_clusters(c);
+  auto* gptq = spec.add_recipe();
+  gptq->set_method("gptq");
+  gptq->mutable_gptq()->set_damp(0.05);
+  spec.mutable_calibration()->set_dataset("file://" + root_ + "/text.txt");
+  spec.mutable_calibration()->set_num_samples(4);
+  spec.mutable_calibration()->set_seq_len(64);
+  v1::Job job;
+  ASSERT_TRUE(Submit(spec, &job).ok());
+  StartWorker();
+  v1::Job done = WaitFor(job.id(), Final);
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
+  auto report = nlohmann::json::parse(ReadLocalFile(root_ + "/store/jobs/" + job.id() + "/report.json"));
+  EXPECT_EQ(report["scheme"], "W4A4KV4");
+  EXPECT_EQ(report["recipe"], nlohmann::json({"rptq", "gptq"}));
+  const auto& clusters = report["blocks"][0]["transforms"]["rptq"]["clusters"];
+  EXPECT_EQ(clusters["attn_in"], 8);
+  EXPECT_EQ(clusters["attn_out"], 2);  // R3, the third count
+  EXPECT_EQ(clusters["mlp_hidden"], 6);
+  EXPECT_EQ(report["layers"][0]["details"]["damp"].get<double>() > 0, true);
+}
+
 TEST_F(EndToEndTest, BadRequestsAreRejectedAtSubmitNamingTheProblem) {
   const std::string model = MakeModel("model", 1, 32, 128);
   struct Case {
