@@ -45,7 +45,7 @@ struct DatasetRef {
 struct PipelineProgress {
   int layer = 0;  // layers finished
   int num_layers = 0;
-  std::string step;  // "loading", "calibrating", "quantizing", "evaluating", "exporting"
+  std::string step;  // "loading", "transforming", "calibrating", "quantizing", "evaluating", "exporting"
 };
 
 // One step of a recipe: a method and its options (the paper's defaults).
