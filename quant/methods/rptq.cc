@@ -164,6 +164,18 @@ void ReorderNormPoint(const DecoderModel& model, ActPoint p, const std::vector<i
   for (int j : model.ConsumersOf(p)) layer->linears[j].weight = layer->linears[j].weight.index_select(1, index);
 }
 
+// Reorders a linear-fed point: the producers' output rows (and biases) in
+// `rows` order, the consumers' input columns in `columns` order.
+void ReorderLinearPoint(const DecoderModel& model, ActPoint p, const at::Tensor& rows, const at::Tensor& columns,
+                        DecoderLayer* layer) {
+  for (int j : model.ProducersOf(p)) {
+    Linear& l = layer->linears[j];
+    l.weight = l.weight.index_select(0, rows);
+    if (l.bias.defined()) l.bias = l.bias.index_select(0, rows);
+  }
+  for (int j : model.ConsumersOf(p)) layer->linears[j].weight = layer->linears[j].weight.index_select(1, columns);
+}
+
 }  // namespace
 
 absl::Status ApplyRptq(const DecoderModel& model, const RptqStats& stats, const RptqOptions& o,
@@ -220,15 +232,7 @@ absl::Status ApplyRptq(const DecoderModel& model, const RptqStats& stats, const 
         o_labels[h * hd + i] = labels[v_channel];
       }
     }
-    const at::Tensor vi = Index(v_perm, device), oi = Index(o_perm, device);
-    for (int j : model.ProducersOf(ActPoint::kAttnOut)) {
-      Linear& l = layer->linears[j];
-      l.weight = l.weight.index_select(0, vi);
-      if (l.bias.defined()) l.bias = l.bias.index_select(0, vi);
-    }
-    for (int j : model.ConsumersOf(ActPoint::kAttnOut)) {
-      layer->linears[j].weight = layer->linears[j].weight.index_select(1, oi);
-    }
+    ReorderLinearPoint(model, ActPoint::kAttnOut, Index(v_perm, device), Index(o_perm, device), layer);
     const at::Tensor oi_stats = Index(o_perm, stats.attn_out.min.device());
     act->at(ActPoint::kAttnOut) = ClusterQuantizer(act_spec, o_labels, stats.attn_out.min.index_select(0, oi_stats),
                                                    stats.attn_out.max.index_select(0, oi_stats));
@@ -240,14 +244,7 @@ absl::Status ApplyRptq(const DecoderModel& model, const RptqStats& stats, const 
     std::vector<int> labels = Cluster(stats.mlp_hidden, o.clusters[4], o.seed, o.max_iterations);
     std::vector<int64_t> perm = ClusterOrder(labels);
     const at::Tensor index = Index(perm, device);
-    for (int j : model.ProducersOf(ActPoint::kMlpHidden)) {
-      Linear& l = layer->linears[j];
-      l.weight = l.weight.index_select(0, index);
-      if (l.bias.defined()) l.bias = l.bias.index_select(0, index);
-    }
-    for (int j : model.ConsumersOf(ActPoint::kMlpHidden)) {
-      layer->linears[j].weight = layer->linears[j].weight.index_select(1, index);
-    }
+    ReorderLinearPoint(model, ActPoint::kMlpHidden, index, index, layer);
     const at::Tensor si = Index(perm, stats.mlp_hidden.min.device());
     act->at(ActPoint::kMlpHidden) = ClusterQuantizer(act_spec, Permuted(labels, perm),
                                                      stats.mlp_hidden.min.index_select(0, si),
