@@ -240,7 +240,7 @@ absl::StatusOr<Scheme> NormalizeScheme(Scheme s) {
       }
       return absl::OkStatus();
     }
-    if (q.format == NumberFormat::kMxInt || q.format == NumberFormat::kMxFp) {
+    if (q.is_mx()) {
       if (q.format == NumberFormat::kMxInt && q.bits != 4 && q.bits != 8) {
         return absl::InvalidArgumentError(absl::StrCat(kind, ".bits: MXINT needs 4 or 8 bits, got ", q.bits));
       }
@@ -299,7 +299,7 @@ std::string Scheme::ToString() const {
   if (weights.granularity == Granularity::kPerGroup) absl::StrAppend(&out, "g", weights.group_size);
   if (kv_cache.enabled()) absl::StrAppend(&out, "KV", FormatToString(kv_cache));
   if (weights.format == NumberFormat::kInt && weights.symmetric) absl::StrAppend(&out, "_sym");
-  if (activations.format == NumberFormat::kInt && activations.granularity == Granularity::kPerTensor) {
+  if (activations.is_static_int()) {
     absl::StrAppend(&out, "_static");
   }
   return out;

@@ -50,6 +50,9 @@ struct TensorQuant {
   int exponent_bits = 0;
 
   bool enabled() const { return format != NumberFormat::kNone; }
+  bool is_mx() const { return format == NumberFormat::kMxInt || format == NumberFormat::kMxFp; }
+  // Integer with one calibrated scale per tensor (activations' "_static").
+  bool is_static_int() const { return format == NumberFormat::kInt && granularity == Granularity::kPerTensor; }
   friend bool operator==(const TensorQuant& a, const TensorQuant& b) {
     return a.format == b.format && a.bits == b.bits && a.granularity == b.granularity &&
            a.group_size == b.group_size && a.symmetric == b.symmetric &&

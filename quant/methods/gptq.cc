@@ -53,7 +53,7 @@ absl::StatusOr<QuantizedLinear> QuantizeGptq(const at::Tensor& W_in, const at::T
   // MX weights: each block of 32 input columns shares one power-of-two scale
   // per row, found (like GPTQ's groups) from the block's columns as updated
   // when the block's first column comes up.
-  const bool mx = spec.format == NumberFormat::kMxInt || spec.format == NumberFormat::kMxFp;
+  const bool mx = spec.is_mx();
   if (mx && (o.act_order || o.static_groups || o.per_input_channel)) {
     return absl::InvalidArgumentError(
         "GPTQ: MX weights take neither act_order, static_groups nor per-input-channel groups (their blocks are "

@@ -10,7 +10,7 @@ double RelativeError(const at::Tensor& reference, const at::Tensor& approx) {
 
 QuantizedLinear QuantizeRtn(const at::Tensor& w, const TensorQuant& spec) {
   QuantizedLinear q;
-  if (spec.format == NumberFormat::kMxInt || spec.format == NumberFormat::kMxFp) {
+  if (spec.is_mx()) {
     // Blocks of 32 along the input (reduction) dimension, each weight rounded
     // to the nearest element under its block's shared scale.
     q.mx = true;
