@@ -23,6 +23,7 @@
 #include "quant/model/checkpoint.h"
 #include "quant/model/decoder.h"
 #include "quant/model/tokenizer.h"
+#include "quant/recipe_rules.h"
 #include "quant/report.h"
 #include "quant/util/files.h"
 #include "quant/util/status_macros.h"
@@ -35,21 +36,15 @@ const std::vector<std::string>& ImplementedMethods() {
 }
 
 namespace {
-bool IsTransform(const std::string& method) { return method == "smoothquant" || method == "rptq"; }
-bool IsMx(const TensorQuant& q) { return q.format == NumberFormat::kMxInt || q.format == NumberFormat::kMxFp; }
 
+// A tensor kind's quantization as config.json records it.
 nlohmann::json SpecJson(const TensorQuant& q) {
   nlohmann::json j = {{"format", NumberFormatName(q.format)}, {"bits", q.bits},
                       {"granularity", GranularityName(q.granularity)}, {"symmetric", q.symmetric}};
-  if (IsMx(q) || q.format == NumberFormat::kFp8E4M3 || q.format == NumberFormat::kFp8E5M2) {
-    j["element"] = Traits(*ElementFormatOf(q)).name;
-  }
-  if (IsMx(q)) j["block_size"] = kMxBlockSize;
+  if (auto element = ElementFormatOf(q); element.ok()) j["element"] = Traits(*element).name;
+  if (q.is_mx()) j["block_size"] = kMxBlockSize;
   return j;
 }
-}  // namespace
-
-namespace {
 
 using Clock = std::chrono::steady_clock;
 double SecondsSince(Clock::time_point t) {
@@ -133,38 +128,27 @@ class Pipeline {
 
 absl::Status Pipeline::CheckRecipeAndScheme() {
   if (o_.recipe.empty()) return absl::InvalidArgumentError("recipe is empty");
-  bool have_weight_step = false;
-  weight_step_ = RecipeStep{"rtn"};
+  std::vector<std::string> methods;
   for (const auto& step : o_.recipe) {
     const auto& impl = ImplementedMethods();
     if (std::find(impl.begin(), impl.end(), step.method) == impl.end()) {
       return absl::UnimplementedError(absl::StrCat("method '", step.method, "' is not implemented"));
     }
-    if (IsTransform(step.method)) {
-      if (have_weight_step) {
-        return absl::InvalidArgumentError(absl::StrCat("recipe: ", step.method, " transforms the float model and "
-                                                       "must come before the weight quantizer ", weight_step_.method));
-      }
+    methods.push_back(step.method);
+  }
+  QAAS_RETURN_IF_ERROR(CheckRecipeOrder(methods));
+  const Scheme& sc = o_.scheme;
+  QAAS_RETURN_IF_ERROR(CheckRecipeFitsScheme(methods, sc));
+  weight_step_ = RecipeStep{"rtn"};
+  for (const auto& step : o_.recipe) {
+    if (IsTransformMethod(step.method)) {
       transforms_.push_back(step);
     } else {
-      if (have_weight_step) {
-        return absl::InvalidArgumentError(absl::StrCat("recipe: one weight quantizer per recipe, got ",
-                                                       weight_step_.method, " and ", step.method));
-      }
       weight_step_ = step;
-      have_weight_step = true;
     }
   }
-  const Scheme& sc = o_.scheme;
-  const bool static_acts = sc.activations.format == NumberFormat::kInt &&
-                           sc.activations.granularity == Granularity::kPerTensor;
-  const bool needs_calibration = weight_step_.method == "gptq" || weight_step_.method == "adadim" ||
-                                 !transforms_.empty() || static_acts;
-  if (needs_calibration && !o_.calibration) {
-    const std::string why = !transforms_.empty() ? transforms_[0].method
-                            : static_acts        ? std::string("static activation scales")
-                                                 : weight_step_.method;
-    return absl::InvalidArgumentError(absl::StrCat(why, " needs calibration data (calibration.dataset)"));
+  if (const std::string need = CalibrationNeed(methods, sc); !need.empty() && !o_.calibration) {
+    return absl::InvalidArgumentError(absl::StrCat(need, " needs calibration data (calibration.dataset)"));
   }
   if (weight_step_.method == "adadim" && weight_step_.adadim_base != "rtn" && weight_step_.adadim_base != "gptq") {
     return absl::InvalidArgumentError(
@@ -172,23 +156,14 @@ absl::Status Pipeline::CheckRecipeAndScheme() {
   }
   QAAS_RETURN_IF_ERROR(CheckActivationSpec(sc.activations, "activations"));
   QAAS_RETURN_IF_ERROR(CheckActivationSpec(sc.kv_cache, "kv_cache"));
-  if (sc.weights.enabled() && sc.weights.format != NumberFormat::kInt && !IsMx(sc.weights)) {
+  if (sc.weights.enabled() && sc.weights.format != NumberFormat::kInt && !sc.weights.is_mx()) {
     return absl::UnimplementedError(absl::StrCat("scheme ", sc.ToString(), ": weight format ",
                                                  NumberFormatName(sc.weights.format),
                                                  " is not implemented (integer or MX weights)"));
   }
-  if (IsMx(sc.weights) && weight_step_.method == "adadim") {
-    return absl::InvalidArgumentError(absl::StrCat("scheme ", sc.ToString(),
-                                                   ": AdaDim chooses integer group axes; MX blocks are fixed"));
-  }
-  if (IsMx(sc.weights) && UsesGptq() && (weight_step_.gptq.act_order || weight_step_.gptq.static_groups)) {
+  if (sc.weights.is_mx() && UsesGptq() && (weight_step_.gptq.act_order || weight_step_.gptq.static_groups)) {
     return absl::InvalidArgumentError(absl::StrCat("scheme ", sc.ToString(),
                                                    ": GPTQ act_order and static_groups do not apply to MX blocks"));
-  }
-  if (UsesRptq() && sc.activations.format != NumberFormat::kInt) {
-    return absl::InvalidArgumentError(absl::StrCat("scheme ", sc.ToString(),
-                                                   ": rptq needs integer activations (e.g. W4A8), got ",
-                                                   NumberFormatName(sc.activations.format)));
   }
   for (const auto& step : transforms_) {
     if (step.method == "smoothquant" && !(step.smoothquant.alpha >= 0 && step.smoothquant.alpha <= 1)) {
@@ -328,7 +303,7 @@ absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* detai
   }
   const TensorQuant& a = o_.scheme.activations;
   if (a.enabled()) {
-    if (a.format == NumberFormat::kInt && a.granularity == Granularity::kPerTensor) {
+    if (a.is_static_int()) {
       auto ranges = collect(nullptr);
       nlohmann::json j = nlohmann::json::object();
       for (int p = 0; p < kNumActPoints; ++p) {
@@ -584,7 +559,7 @@ absl::Status Pipeline::Assemble() {
   const nlohmann::json original_config = nlohmann::json::parse(config_.raw_json);
   nlohmann::json config = original_config;
   std::string format = "gptq";
-  if (IsMx(o_.scheme.weights)) {
+  if (o_.scheme.weights.is_mx()) {
     format = "mx";
     config["quantization_config"] = {{"quant_method", "qaas"}, {"format", "mx"},
                                      {"weights", SpecJson(o_.scheme.weights)}};

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "proto/scheme_convert.h"
+#include "quant/recipe_rules.h"
 #include "storage/uri.h"
 
 namespace qaas::server {
@@ -67,6 +68,12 @@ bool OptionsMatch(const v1::RecipeStep& step) {
   return false;
 }
 
+std::vector<std::string> RecipeMethods(const v1::JobSpec& spec) {
+  std::vector<std::string> methods;
+  for (const auto& step : spec.recipe()) methods.push_back(step.method());
+  return methods;
+}
+
 absl::Status ValidateRecipe(v1::JobSpec* spec) {
   if (!spec->preset().empty()) {
     auto it = Presets().find(spec->preset());
@@ -102,6 +109,7 @@ absl::Status ValidateRecipe(v1::JobSpec* spec) {
           absl::StrCat(field, ": method '", step.method(), "' is not implemented in this build yet"));
     }
   }
+  if (auto st = quant::CheckRecipeOrder(RecipeMethods(*spec)); !st.ok()) return st;  // "recipe: ..."
   return absl::OkStatus();
 }
 
@@ -111,34 +119,13 @@ absl::Status ValidateScheme(v1::JobSpec* spec) {
   if (!scheme->activations.enabled() && !scheme->kv_cache.enabled() && !scheme->weights.enabled()) {
     return Invalid("scheme", absl::StrCat("'", scheme->ToString(), "' quantizes nothing"));
   }
-  const auto wf = scheme->weights.format;
-  if (wf == quant::NumberFormat::kFp8E4M3 || wf == quant::NumberFormat::kFp8E5M2) {
+  if (scheme->weights.format == quant::NumberFormat::kFp8E4M3 ||
+      scheme->weights.format == quant::NumberFormat::kFp8E5M2) {
     return absl::UnimplementedError(absl::StrCat("scheme ", scheme->ToString(),
                                                  ": per-tensor FP8 weights are not implemented (use MXFP8: "
                                                  "Wmxfp8); FP8 activations and KV cache are"));
   }
-  bool uses_rptq = false, transforms_after_weights = false, weight_method_seen = false;
-  int weight_methods = 0;
-  for (const auto& step : spec->recipe()) {
-    const bool transform = step.method() == "smoothquant" || step.method() == "rptq";
-    uses_rptq |= step.method() == "rptq";
-    if (transform && weight_method_seen) transforms_after_weights = true;
-    if (!transform) {
-      weight_method_seen = true;
-      ++weight_methods;
-    }
-    if (step.method() == "adadim" && (wf == quant::NumberFormat::kMxInt || wf == quant::NumberFormat::kMxFp)) {
-      return Invalid("recipe", "adadim chooses integer group axes; MX weight blocks are fixed");
-    }
-  }
-  if (transforms_after_weights) {
-    return Invalid("recipe", "transforms (smoothquant, rptq) come before the weight quantizer");
-  }
-  if (weight_methods > 1) return Invalid("recipe", "one weight quantizer (rtn, gptq or adadim) per recipe");
-  if (uses_rptq && scheme->activations.format != quant::NumberFormat::kInt) {
-    return Invalid("scheme", absl::StrCat("rptq needs integer activations (e.g. W4A8), got '",
-                                          scheme->ToString(), "'"));
-  }
+  if (auto st = quant::CheckRecipeFitsScheme(RecipeMethods(*spec), *scheme); !st.ok()) return st;  // "scheme ...: ..."
   *spec->mutable_scheme() = SchemeToProto(*scheme);
   return absl::OkStatus();
 }
@@ -196,12 +183,14 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
   if (!calib->dataset().empty()) {
     if (auto st = ValidateUri("calibration.dataset", calib->dataset(), options.file_roots); !st.ok()) return st;
   }
-  for (const auto& step : spec->recipe()) {
-    if ((step.method() == "gptq" || step.method() == "adadim" || step.method() == "smoothquant" ||
-         step.method() == "rptq") &&
-        calib->dataset().empty()) {
-      return Invalid("calibration.dataset", absl::StrCat("required: ", step.method(), " calibrates on it"));
+  if (calib->dataset().empty()) {
+    auto scheme = SchemeFromProto(spec->scheme());  // normalized by ValidateScheme
+    if (!scheme.ok()) return scheme.status();
+    if (const std::string need = quant::CalibrationNeed(RecipeMethods(*spec), *scheme); !need.empty()) {
+      return Invalid("calibration.dataset", absl::StrCat("required: ", need, " calibrates on it"));
     }
+  }
+  for (const auto& step : spec->recipe()) {
     if (step.has_adadim() && !step.adadim().base().empty() && step.adadim().base() != "rtn" &&
         step.adadim().base() != "gptq") {
       return Invalid("recipe.adadim.base", absl::StrCat("must be \"rtn\" or \"gptq\", got '", step.adadim().base(), "'"));
@@ -221,10 +210,6 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
     if (step.has_gptq() && (step.gptq().damp() < 0 || step.gptq().damp() > 1 || step.gptq().block_size() < 0)) {
       return Invalid("recipe.gptq", "damp must be in [0, 1] and block_size non-negative");
     }
-  }
-  if (spec->scheme().activations().format() == v1::NUMBER_FORMAT_INT &&
-      spec->scheme().activations().granularity() == v1::GRANULARITY_PER_TENSOR && calib->dataset().empty()) {
-    return Invalid("calibration.dataset", "required: static activation scales (\"_static\") are calibrated on it");
   }
   if (calib->num_samples() == 0) calib->set_num_samples(128);
   if (calib->num_samples() < 0 || calib->num_samples() > kMaxSamples) {
