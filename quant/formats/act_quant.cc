@@ -51,6 +51,11 @@ at::Tensor FakeQuantizeStatic(const at::Tensor& x, const at::Tensor& scale, cons
 }
 
 at::Tensor ActQuantizer::operator()(const at::Tensor& x) const {
+  if (enabled() && x.requires_grad()) {
+    // Learning through the quantizer (OmniQuant): the quantized values
+    // forward, the identity backward (straight-through estimator).
+    return (*this)(x.detach()) + (x - x.detach());
+  }
   switch (spec.format) {
     case NumberFormat::kNone: return x;
     case NumberFormat::kInt:

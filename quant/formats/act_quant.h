@@ -47,7 +47,8 @@ struct ActQuantizer {
 
   bool enabled() const { return spec.enabled(); }
   bool is_static() const { return scale.defined(); }
-  // x: [..., channels] float -> same shape, quantized and dequantized.
+  // x: [..., channels] float -> same shape, quantized and dequantized. When
+  // x requires grad, the gradient passes straight through (identity).
   at::Tensor operator()(const at::Tensor& x) const;
   ActQuantizer To(const at::Device& device) const;
 };

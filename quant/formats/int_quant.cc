@@ -9,6 +9,12 @@ int64_t GroupSize(const TensorQuant& spec, int64_t in) {
   return in;
 }
 
+at::Tensor RoundSte(const at::Tensor& x) {
+  if (!x.requires_grad()) return at::round(x);
+  // round(x) + (x - x): exactly round(x) forward, d/dx = 1 backward.
+  return at::round(x.detach()) + (x - x.detach());
+}
+
 void RangeToScaleZero(const at::Tensor& xmin_in, const at::Tensor& xmax_in, int bits,
                       bool symmetric, at::Tensor* scale, at::Tensor* zero) {
   const double maxq = static_cast<double>((1 << bits) - 1);
@@ -33,12 +39,15 @@ void RangeToScaleZero(const at::Tensor& xmin_in, const at::Tensor& xmax_in, int 
     s = at::where(low, at::maximum(xmax / (maxq - 1), -xmin), s);
   }
   // float16-representable and never zero (6e-8 is float16's smallest subnormal).
-  s = at::clamp_min(s, 6e-8).to(at::kHalf).to(at::kFloat);
+  s = at::clamp_min(s, 6e-8);
+  at::Tensor s16 = s.detach().to(at::kHalf).to(at::kFloat);
+  // Straight through the float16 rounding when learning (no float16 gradients).
+  s = s.requires_grad() ? s16 + (s - s.detach()) : s16;
   *scale = s;
   if (symmetric) {
     *zero = at::full_like(s, static_cast<double>(1 << (bits - 1)));
   } else {
-    *zero = at::clamp(at::round(-xmin / s), 1.0, maxq);
+    *zero = at::clamp(RoundSte(-xmin / s), 1.0, maxq);
   }
 }
 
@@ -80,6 +89,11 @@ at::Tensor PerColumn(const at::Tensor& t, const IntQuantParams& p, int64_t in) {
 
 }  // namespace
 
+at::Tensor GroupIndex(const IntQuantParams& p, int64_t in) {
+  const int64_t g = p.group_size == 0 ? in : p.group_size;
+  return at::div(at::arange(in, at::TensorOptions().dtype(at::kLong)), g, "floor").to(at::kInt);
+}
+
 at::Tensor QuantizeToCodes(const at::Tensor& w, const IntQuantParams& p) {
   const int64_t in = w.size(1);
   const double maxq = static_cast<double>((1 << p.bits) - 1);
@@ -96,7 +110,7 @@ at::Tensor DequantizeCodes(const at::Tensor& codes, const IntQuantParams& p) {
 at::Tensor FakeQuantizeColumns(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& zero,
                                int bits) {
   const double maxq = static_cast<double>((1 << bits) - 1);
-  at::Tensor q = at::clamp(at::round(w / scale) + zero, 0.0, maxq);
+  at::Tensor q = at::clamp(RoundSte(w / scale) + zero, 0.0, maxq);
   return (q - zero) * scale;
 }
 

@@ -38,14 +38,23 @@ int64_t GroupSize(const TensorQuant& spec, int64_t in);
 IntQuantParams ComputeIntParams(const at::Tensor& w, const TensorQuant& spec);
 
 // Parameters from given per-row ranges (the building block GPTQ reuses on one
-// group of columns): xmin/xmax are [rows].
+// group of columns): xmin/xmax are [rows] (or [rows, groups]). Differentiable
+// in xmin/xmax: roundings pass gradients straight through (RoundSte).
 void RangeToScaleZero(const at::Tensor& xmin, const at::Tensor& xmax, int bits, bool symmetric,
                       at::Tensor* scale, at::Tensor* zero);
+
+// The group of each of `in` columns under `p` (int32 [in]), as GPTQ's g_idx.
+at::Tensor GroupIndex(const IntQuantParams& p, int64_t in);
 
 // Integer codes [out, in] (int32) of `w` under `p`.
 at::Tensor QuantizeToCodes(const at::Tensor& w, const IntQuantParams& p);
 // Float weights [out, in] from codes.
 at::Tensor DequantizeCodes(const at::Tensor& codes, const IntQuantParams& p);
+// round(x) forward; when x requires grad, the identity backward (the
+// straight-through estimator), so learned clipping (OmniQuant's LWC) can
+// train through the rounding. The forward value is exactly at::round(x).
+at::Tensor RoundSte(const at::Tensor& x);
+
 // Quantize then dequantize one column block with matching [rows, 1] scale/zero.
 at::Tensor FakeQuantizeColumns(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& zero,
                                int bits);

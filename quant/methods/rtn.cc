@@ -21,9 +21,7 @@ QuantizedLinear QuantizeRtn(const at::Tensor& w, const TensorQuant& spec) {
   q.params = ComputeIntParams(w, spec);
   q.codes = QuantizeToCodes(w, q.params);
   q.dequantized = DequantizeCodes(q.codes, q.params);
-  const int64_t in = w.size(1);
-  const int64_t g = q.params.group_size == 0 ? in : q.params.group_size;
-  q.g_idx = at::div(at::arange(in, at::TensorOptions().dtype(at::kLong)), g, "floor").to(at::kInt);
+  q.g_idx = GroupIndex(q.params, w.size(1));
   return q;
 }
 

@@ -181,7 +181,11 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
   at::Tensor scores = at::baddbmm(mask.expand({B * nh, T, T}), q.reshape({B * nh, T, hd}),
                                   k.reshape({B * nh, T, hd}).transpose(1, 2), /*beta=*/1.0,
                                   /*alpha=*/1.0 / std::sqrt(static_cast<double>(hd)));
-  at::_softmax_out(scores, scores, -1, false);  // in place
+  if (scores.requires_grad()) {
+    scores = at::softmax(scores, -1);  // learning (OmniQuant): autograd cannot see in-place outputs
+  } else {
+    at::_softmax_out(scores, scores, -1, false);  // in place
+  }
   at::Tensor attn = at::bmm(scores, v.reshape({B * nh, T, hd})).view({B, nh, T, hd});
   attn = QuantizeActivation(layer.act, ActPoint::kAttnOut, attn.transpose(1, 2).reshape({B, T, nh * hd}));
   observe("self_attn.o_proj", attn);

@@ -188,7 +188,11 @@ at::Tensor OptAttentionForward(const OptLayer& layer, const ModelConfig& c,
   at::Tensor mask =
       at::full({T, T}, -std::numeric_limits<float>::infinity(), hidden.options()).triu(1);
   at::Tensor scores = at::baddbmm(mask.expand({B * nh, T, T}), q, k.transpose(1, 2));
-  at::_softmax_out(scores, scores, -1, false);  // in place
+  if (scores.requires_grad()) {
+    scores = at::softmax(scores, -1);  // learning (OmniQuant): autograd cannot see in-place outputs
+  } else {
+    at::_softmax_out(scores, scores, -1, false);  // in place
+  }
   at::Tensor attn =
       at::bmm(scores, v).view({B, nh, T, hd}).transpose(1, 2).reshape({B, T, nh * hd});
   attn = QuantizeActivation(layer.act, ActPoint::kAttnOut, attn);
