@@ -1,0 +1,368 @@
+#include "quant/methods/omniquant.h"
+
+#include <c10/core/GradMode.h>
+
+#include <chrono>
+#include <cmath>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "quant/formats/int_quant.h"
+#include "quant/methods/rptq.h"  // ChannelRange
+#include "quant/methods/smoothquant.h"
+
+namespace qaas::quant {
+
+int OmniQuantEpochs(const OmniQuantOptions& options, const TensorQuant& weights) {
+  if (options.epochs > 0) return options.epochs;
+  return weights.enabled() && weights.bits <= 2 ? 40 : 20;
+}
+
+namespace {
+
+// Columns per group, as ComputeIntParams groups them (per tensor: all columns).
+int64_t ColumnsPerGroup(const at::Tensor& w, const TensorQuant& spec) {
+  return spec.granularity == Granularity::kPerTensor ? w.size(1) : GroupSize(spec, w.size(1));
+}
+
+// The clipped ranges [out, groups] of w's groups.
+void ClippedRanges(const at::Tensor& w, const TensorQuant& spec, const at::Tensor& gamma, const at::Tensor& beta,
+                   at::Tensor* xmin, at::Tensor* xmax) {
+  const int64_t out = w.size(0), in = w.size(1);
+  if (spec.granularity == Granularity::kPerTensor) {
+    *xmin = (w.min().reshape({1, 1}) * beta).expand({out, 1});
+    *xmax = (w.max().reshape({1, 1}) * gamma).expand({out, 1});
+    return;
+  }
+  const int64_t g = ColumnsPerGroup(w, spec), groups = (in + g - 1) / g;
+  at::Tensor padded = w;
+  if (groups * g != in) {
+    // A ragged last group: padded with its own first column (ComputeIntParams).
+    at::Tensor last = w.narrow(1, (groups - 1) * g, 1);
+    padded = at::cat({w, last.expand({out, groups * g - in})}, 1);
+  }
+  at::Tensor grouped = padded.reshape({out, groups, g});
+  *xmin = std::get<0>(grouped.min(-1)) * beta;
+  *xmax = std::get<0>(grouped.max(-1)) * gamma;
+}
+
+// [out, groups] -> [out, in]
+at::Tensor PerColumn(const at::Tensor& t, int64_t g, int64_t in) { return t.repeat_interleave(g, 1).narrow(1, 0, in); }
+
+}  // namespace
+
+std::vector<int64_t> ClippingShape(const at::Tensor& w, const TensorQuant& spec) {
+  if (spec.granularity == Granularity::kPerTensor) return {1, 1};
+  const int64_t g = ColumnsPerGroup(w, spec);
+  return {w.size(0), (w.size(1) + g - 1) / g};
+}
+
+at::Tensor LwcFakeQuantize(const at::Tensor& w, const TensorQuant& spec, const at::Tensor& gamma,
+                           const at::Tensor& beta) {
+  at::Tensor xmin, xmax, scale, zero;
+  ClippedRanges(w, spec, gamma, beta, &xmin, &xmax);
+  RangeToScaleZero(xmin, xmax, spec.bits, spec.symmetric, &scale, &zero);
+  const int64_t in = w.size(1), g = ColumnsPerGroup(w, spec);
+  const double maxq = static_cast<double>((1 << spec.bits) - 1);
+  at::Tensor s = PerColumn(scale, g, in), z = PerColumn(zero, g, in);
+  // As QuantizeToCodes then DequantizeCodes, with straight-through rounding.
+  return (at::clamp(RoundSte(w / s) + z, 0.0, maxq) - z) * s;
+}
+
+QuantizedLinear LwcQuantize(const at::Tensor& w, const TensorQuant& spec, const at::Tensor& gamma,
+                            const at::Tensor& beta) {
+  c10::NoGradGuard no_grad;
+  QuantizedLinear q;
+  at::Tensor xmin, xmax;
+  ClippedRanges(w.detach(), spec, gamma.detach(), beta.detach(), &xmin, &xmax);
+  const int64_t in = w.size(1), g = ColumnsPerGroup(w, spec);
+  q.params.bits = spec.bits;
+  q.params.symmetric = spec.symmetric;
+  q.params.group_size = g == in ? 0 : static_cast<int>(g);
+  RangeToScaleZero(xmin.contiguous(), xmax.contiguous(), spec.bits, spec.symmetric, &q.params.scale, &q.params.zero);
+  q.codes = QuantizeToCodes(w.detach(), q.params);
+  q.dequantized = DequantizeCodes(q.codes, q.params);
+  q.g_idx = GroupIndex(q.params, in);
+  return q;
+}
+
+namespace {
+
+int LinearIndexOf(const DecoderModel& model, const std::string& name) {
+  const auto& names = model.LinearNames();
+  for (size_t j = 0; j < names.size(); ++j) {
+    if (names[j] == name) return static_cast<int>(j);
+  }
+  return -1;
+}
+
+bool Rotary(const DecoderModel& model) { return model.config().architecture == "llama"; }
+
+// Folds scale s and shift delta at the norm-fed point p.
+absl::Status FoldNormPoint(const DecoderModel& model, ActPoint p, const at::Tensor& s, const at::Tensor& delta,
+                           DecoderLayer* layer) {
+  if (!s.defined()) return absl::OkStatus();
+  const BlockNorm norm = model.NormOf(p);
+  at::Tensor weight = norm.weight.empty() ? at::Tensor() : layer->norm(norm.weight);
+  if (!weight.defined()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("OmniQuant LET: the norm before ", ActPointName(p), " has no affine weight"));
+  }
+  if (!norm.reorder.empty() && layer->norm(norm.reorder).defined()) {
+    return absl::FailedPreconditionError("OmniQuant LET: the layer is RPTQ-reordered");
+  }
+  layer->set_norm(norm.weight, weight / s);
+  if (delta.defined()) {
+    at::Tensor bias = norm.bias.empty() ? at::Tensor() : layer->norm(norm.bias);
+    if (!bias.defined()) {
+      return absl::InvalidArgumentError(absl::StrCat("OmniQuant LET: a shift at ", ActPointName(p),
+                                                     " needs the norm's bias to fold into"));
+    }
+    layer->set_norm(norm.bias, (bias - delta) / s);
+  }
+  for (int j : model.ConsumersOf(p)) {
+    Linear& l = layer->linears[j];
+    if (delta.defined()) {
+      if (!l.bias.defined()) {
+        return absl::InvalidArgumentError(absl::StrCat("OmniQuant LET: a shift at ", ActPointName(p),
+                                                       " needs ", model.LinearNames()[j], " to have a bias"));
+      }
+      l.bias = l.bias + at::mv(l.weight, delta);  // with the columns as they were
+    }
+    l.weight = l.weight * s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<DecoderLayer> ApplyLet(const DecoderModel& model, const DecoderLayer& layer, const LetParams& let) {
+  DecoderLayer out = layer;  // shares the tensors; every fold below makes new ones
+  if (auto st = FoldNormPoint(model, ActPoint::kAttnIn, let.attn_scale, let.attn_shift, &out); !st.ok()) return st;
+  if (auto st = FoldNormPoint(model, ActPoint::kMlpIn, let.mlp_scale, let.mlp_shift, &out); !st.ok()) return st;
+  if (let.qk_scale.defined()) {
+    const ModelConfig& c = model.config();
+    const int qi = LinearIndexOf(model, "self_attn.q_proj"), ki = LinearIndexOf(model, "self_attn.k_proj");
+    if (qi < 0 || ki < 0) return absl::FailedPreconditionError("OmniQuant LET: the model has no q_proj/k_proj");
+    const int64_t nkv = c.num_kv_heads, hd = c.head_dim, group = c.num_heads / c.num_kv_heads;
+    // Per K row; rotary models share one factor between channels i and i + d/2.
+    at::Tensor sk = Rotary(model) ? at::cat({let.qk_scale, let.qk_scale}, 1).reshape({nkv * hd})
+                                  : let.qk_scale.reshape({nkv * hd});
+    at::Tensor sq = sk.view({nkv, hd}).repeat_interleave(group, 0).reshape({-1});
+    Linear& q = out.linears[qi];
+    Linear& k = out.linears[ki];
+    q.weight = q.weight / sq.unsqueeze(1);
+    if (q.bias.defined()) q.bias = q.bias / sq;
+    k.weight = k.weight * sk.unsqueeze(1);
+    if (k.bias.defined()) k.bias = k.bias * sk;
+  }
+  return out;
+}
+
+namespace {
+
+// Adam (AdamW with weight decay 0, as the paper trains) over one parameter group.
+class Adam {
+ public:
+  Adam(std::vector<at::Tensor> params, double lr) : params_(std::move(params)), lr_(lr) {
+    for (const auto& p : params_) {
+      m_.push_back(at::zeros_like(p));
+      v_.push_back(at::zeros_like(p));
+    }
+  }
+  void Step() {
+    c10::NoGradGuard no_grad;
+    ++t_;
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    const double c1 = 1 - std::pow(b1, t_), c2 = 1 - std::pow(b2, t_);
+    for (size_t i = 0; i < params_.size(); ++i) {
+      at::Tensor& p = params_[i];
+      if (!p.grad().defined()) continue;
+      const at::Tensor g = p.grad();
+      m_[i].mul_(b1).add_(g, 1 - b1);
+      v_[i].mul_(b2).addcmul_(g, g, 1 - b2);
+      p.sub_((m_[i] / c1) / ((v_[i] / c2).sqrt() + eps) * lr_);
+      p.mutable_grad() = at::Tensor();
+    }
+  }
+
+ private:
+  std::vector<at::Tensor> params_;
+  double lr_;
+  std::vector<at::Tensor> m_, v_;
+  int t_ = 0;
+};
+
+at::Tensor Learnable(const at::Tensor& init) { return init.detach().clone().requires_grad_(true); }
+
+nlohmann::json Range(const at::Tensor& t) {
+  return {t.min().item<double>(), t.max().item<double>()};
+}
+
+}  // namespace
+
+absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const DecoderLayer& layer,
+                                               const at::Tensor& inputs, const at::Tensor& targets,
+                                               const TensorQuant& weights, bool let,
+                                               const OmniQuantOptions& options,
+                                               const std::function<void(int, double)>& on_epoch) {
+  const auto start = std::chrono::steady_clock::now();
+  if (weights.enabled() && weights.format != NumberFormat::kInt) {
+    return absl::InvalidArgumentError("OmniQuant's clipping (LWC) learns integer weight ranges, not MX blocks");
+  }
+  if (!inputs.defined() || inputs.size(0) == 0 || !inputs.sizes().equals(targets.sizes())) {
+    return absl::InvalidArgumentError("OmniQuant needs calibration inputs and targets of one shape");
+  }
+  if (options.batch_windows < 1 || !(options.lwc_lr > 0) || !(options.let_lr > 0)) {
+    return absl::InvalidArgumentError("OmniQuant: batch_windows must be >= 1 and learning rates > 0");
+  }
+  const bool lwc = weights.enabled();
+  const int epochs = OmniQuantEpochs(options, weights);
+  const std::vector<std::string>& names = model.LinearNames();
+  const ModelConfig& c = model.config();
+
+  // LET starts from SmoothQuant's scales (and, with biases, OS+'s shift to
+  // the middle of each channel's range) on the float layer's activations.
+  LetParams params;
+  if (let) {
+    ChannelRange attn_in, mlp_in;
+    const std::string& attn_name = names[model.ConsumersOf(ActPoint::kAttnIn)[0]];
+    const std::string& mlp_name = names[model.ConsumersOf(ActPoint::kMlpIn)[0]];
+    DecoderLayer plain = layer;
+    plain.act = nullptr;
+    for (int64_t i = 0; i < inputs.size(0); i += 8) {
+      model.LayerForward(plain, inputs.narrow(0, i, std::min<int64_t>(8, inputs.size(0) - i)),
+                         [&](const std::string& name, const at::Tensor& x) {
+                           if (name == attn_name) attn_in.Add(x);
+                           if (name == mlp_name) mlp_in.Add(x);
+                         });
+    }
+    auto init = [&](ActPoint p, const ChannelRange& r, at::Tensor* scale, at::Tensor* shift) {
+      const BlockNorm norm = model.NormOf(p);
+      bool biased = !norm.bias.empty() && layer.norm(norm.bias).defined();
+      at::Tensor wmax;
+      for (int j : model.ConsumersOf(p)) {
+        biased = biased && layer.linears[j].bias.defined();
+        at::Tensor m = std::get<0>(layer.linears[j].weight.abs().max(0));
+        wmax = wmax.defined() ? at::maximum(wmax, m) : m;
+      }
+      at::Tensor absmax = at::maximum(r.min.abs(), r.max.abs());
+      if (biased) {
+        *shift = Learnable((r.max + r.min) / 2);
+        absmax = (r.max - r.min) / 2;
+      }
+      *scale = Learnable(SmoothingScales(absmax, wmax, options.let_alpha));
+    };
+    init(ActPoint::kAttnIn, attn_in, &params.attn_scale, &params.attn_shift);
+    init(ActPoint::kMlpIn, mlp_in, &params.mlp_scale, &params.mlp_shift);
+    const int64_t nkv = c.num_kv_heads, hd = c.head_dim;
+    params.qk_scale = Learnable(Rotary(model) ? at::ones({nkv, hd / 2}, inputs.options())
+                                              : at::ones({nkv * hd}, inputs.options()));
+  }
+  // LWC: logits of gamma and beta per linear, sigmoid(4) ~ 0.982 to start.
+  std::vector<at::Tensor> upper(names.size()), lower(names.size());
+  if (lwc) {
+    for (size_t j = 0; j < names.size(); ++j) {
+      const auto shape = ClippingShape(layer.linears[j].weight, weights);
+      upper[j] = Learnable(at::full(shape, 4.0, inputs.options()));
+      lower[j] = Learnable(at::full(shape, 4.0, inputs.options()));
+    }
+  }
+  std::vector<at::Tensor> let_tensors, lwc_tensors;
+  for (const at::Tensor& t : {params.attn_scale, params.attn_shift, params.mlp_scale, params.mlp_shift, params.qk_scale}) {
+    if (t.defined()) let_tensors.push_back(t);
+  }
+  if (lwc) {
+    lwc_tensors = upper;
+    lwc_tensors.insert(lwc_tensors.end(), lower.begin(), lower.end());
+  }
+  Adam let_opt(let_tensors, options.let_lr), lwc_opt(lwc_tensors, options.lwc_lr);
+
+  // The layer the parameters describe: LET folded, weights fake-quantized.
+  auto build = [&]() -> absl::StatusOr<DecoderLayer> {
+    DecoderLayer l = layer;
+    if (let) {
+      auto folded = ApplyLet(model, layer, params);
+      if (!folded.ok()) return folded.status();
+      l = *std::move(folded);
+    }
+    if (lwc) {
+      for (size_t j = 0; j < names.size(); ++j) {
+        l.linears[j].weight = LwcFakeQuantize(l.linears[j].weight, weights, at::sigmoid(upper[j]), at::sigmoid(lower[j]));
+      }
+    }
+    return l;
+  };
+
+  nlohmann::json losses = nlohmann::json::array();
+  int64_t steps = 0;
+  if (!let_tensors.empty() || !lwc_tensors.empty()) {
+    c10::AutoGradMode grad(true);  // the pipeline runs without gradients
+    const int64_t n = inputs.size(0);
+    for (int epoch = 1; epoch <= epochs; ++epoch) {
+      double sum = 0;
+      int64_t count = 0;
+      for (int64_t i = 0; i < n; i += options.batch_windows) {
+        const int64_t b = std::min<int64_t>(options.batch_windows, n - i);
+        auto l = build();
+        if (!l.ok()) return l.status();
+        at::Tensor out = model.LayerForward(*l, inputs.narrow(0, i, b));
+        at::Tensor loss = (out - targets.narrow(0, i, b)).pow(2).mean();
+        const double value = loss.item<double>();
+        if (!std::isfinite(value)) {
+          return absl::InternalError(absl::StrCat("OmniQuant: the block loss became ", value, " in epoch ", epoch,
+                                                  " (try a lower lwc_lr/let_lr)"));
+        }
+        loss.backward();
+        let_opt.Step();
+        lwc_opt.Step();
+        sum += value;
+        ++count;
+        ++steps;
+      }
+      losses.push_back(sum / count);
+      if (on_epoch) on_epoch(epoch, sum / count);
+    }
+  }
+
+  c10::NoGradGuard no_grad;
+  OmniQuantResult result;
+  result.folded = layer;
+  if (let) {
+    auto folded = ApplyLet(model, layer, params);
+    if (!folded.ok()) return folded.status();
+    result.folded = *std::move(folded);
+  }
+  // Fresh tensors, outside any graph.
+  for (auto& [name, t] : result.folded.norms) t = t.detach();
+  for (auto& l : result.folded.linears) {
+    l.weight = l.weight.detach();
+    if (l.bias.defined()) l.bias = l.bias.detach();
+  }
+  nlohmann::json details = {{"epochs", epochs}, {"steps", steps}, {"loss", losses}};
+  if (lwc) {
+    double gamma = 0, beta = 0;
+    int64_t count = 0;
+    for (size_t j = 0; j < names.size(); ++j) {
+      at::Tensor g = at::sigmoid(upper[j]), b = at::sigmoid(lower[j]);
+      result.linears.push_back(LwcQuantize(result.folded.linears[j].weight, weights, g, b));
+      gamma += g.sum().item<double>();
+      beta += b.sum().item<double>();
+      count += g.numel();
+    }
+    details["lwc"] = {{"gamma_mean", gamma / count}, {"beta_mean", beta / count}};
+  }
+  if (let) {
+    nlohmann::json j = {{"attn_scale", Range(params.attn_scale)}, {"mlp_scale", Range(params.mlp_scale)},
+                        {"qk_scale", Range(params.qk_scale)}};
+    if (params.attn_shift.defined()) j["attn_shift"] = Range(params.attn_shift);
+    if (params.mlp_shift.defined()) j["mlp_shift"] = Range(params.mlp_shift);
+    details["let"] = j;
+  }
+  details["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.details = details;
+  return result;
+}
+
+}  // namespace qaas::quant

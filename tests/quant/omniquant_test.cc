@@ -1,0 +1,323 @@
+// OmniQuant: LWC is RTN at unit clipping and trains through the rounding;
+// LET keeps the float function, folds as the paper's equation says, and
+// every learned parameter gets a gradient; a block's training lowers its loss,
+// deterministically, and the stored weights are what training evaluated.
+#include "quant/methods/omniquant.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "quant/formats/act_quant.h"
+#include "quant/methods/rtn.h"
+#include "quant/model/checkpoint.h"
+#include "quant/model/decoder.h"
+#include "quant/model/random_model.h"
+#include "tests/quant/quant_test_util.h"
+#include "tests/test_util.h"
+
+namespace qaas::quant {
+namespace {
+
+using ::qaas::testing::ScopedTempDir;
+
+double RelErr(const at::Tensor& ref, const at::Tensor& x) {
+  return ((ref - x).norm() / ref.norm()).item<double>();
+}
+
+TensorQuant WeightSpec(const std::string& scheme) { return MustParse(scheme).weights; }
+
+TEST(LwcTest, UnitClippingIsRtnMinMax) {
+  at::manual_seed(1);
+  at::Tensor w = at::randn({24, 200}) * 0.05;  // 200 columns: a ragged last group of 72 at g128
+  TensorQuant per_tensor = WeightSpec("W8A16");
+  per_tensor.granularity = Granularity::kPerTensor;
+  for (const TensorQuant& spec : {WeightSpec("W4A16g128"), WeightSpec("W3A16"), WeightSpec("W4A16g64_sym"),
+                                  WeightSpec("W2A16g64"), per_tensor}) {
+    SCOPED_TRACE(spec.bits);
+    const auto shape = ClippingShape(w, spec);
+    at::Tensor one = at::ones(shape);
+    QuantizedLinear rtn = QuantizeRtn(w, spec);
+    QuantizedLinear lwc = LwcQuantize(w, spec, one, one);
+    EXPECT_TRUE(lwc.codes.equal(rtn.codes));
+    EXPECT_TRUE(lwc.params.scale.equal(rtn.params.scale));
+    EXPECT_TRUE(lwc.params.zero.equal(rtn.params.zero));
+    EXPECT_EQ(lwc.params.group_size, rtn.params.group_size);
+    EXPECT_TRUE(lwc.g_idx.equal(rtn.g_idx));
+    EXPECT_TRUE(lwc.dequantized.equal(rtn.dequantized));
+    EXPECT_TRUE(LwcFakeQuantize(w, spec, one, one).equal(rtn.dequantized));
+  }
+}
+
+TEST(LwcTest, ClippingShrinksTheRangeAndTheStoredCodesAreWhatTrainingSaw) {
+  at::manual_seed(2);
+  at::Tensor w = at::randn({16, 128}) * 0.05;
+  const TensorQuant spec = WeightSpec("W3A16g64");
+  ASSERT_EQ(ClippingShape(w, spec), (std::vector<int64_t>{16, 2}));
+  at::Tensor gamma = at::rand({16, 2}) * 0.4 + 0.5, beta = at::rand({16, 2}) * 0.4 + 0.5;
+  QuantizedLinear lwc = LwcQuantize(w, spec, gamma, beta);
+  QuantizedLinear rtn = QuantizeRtn(w, spec);
+  EXPECT_TRUE(lwc.dequantized.equal(LwcFakeQuantize(w, spec, gamma, beta)));
+  EXPECT_TRUE(lwc.dequantized.equal(DequantizeCodes(lwc.codes, lwc.params)));
+  EXPECT_TRUE((lwc.params.scale < rtn.params.scale).all().item<bool>());
+  // Clipped: the extremes are no longer representable.
+  EXPECT_LT(lwc.dequantized.abs().max().item<double>(), w.abs().max().item<double>() * 0.95);
+}
+
+TEST(LwcTest, GradientsReachGammaAndBetaThroughTheRounding) {
+  at::manual_seed(3);
+  at::Tensor w = at::randn({8, 64});
+  at::Tensor gamma = at::full({8, 1}, 0.9).requires_grad_(true);
+  at::Tensor beta = at::full({8, 1}, 0.9).requires_grad_(true);
+  at::Tensor x = at::randn({32, 64});
+  at::Tensor loss = (at::linear(x, LwcFakeQuantize(w, WeightSpec("W3A16"), gamma, beta)) - at::linear(x, w)).pow(2).mean();
+  loss.backward();
+  for (const at::Tensor& p : {gamma, beta}) {
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_TRUE(at::isfinite(p.grad()).all().item<bool>());
+    EXPECT_GT(p.grad().abs().sum().item<double>(), 0);
+  }
+}
+
+// A random LLaMA layer with GQA, and the tiny OPT model (biases, LayerNorm).
+class OmniQuantTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    std::string dir = TinyOptDir();
+    if (GetParam() == "llama") {
+      RandomModelOptions m;
+      m.hidden_size = 64;
+      m.intermediate_size = 96;
+      m.num_heads = 4;
+      m.num_kv_heads = 2;
+      m.tokenizer_text = kTinyText;
+      m.seed = 7;
+      dir = tmp_.path() + "/llama";
+      QAAS_ASSERT_OK(WriteRandomLlama(m, dir));
+    }
+    auto ck = Checkpoint::Open(dir);
+    QAAS_ASSERT_OK(ck);
+    ck_ = *std::move(ck);
+    auto model = DecoderModel::Create(*ck_, at::kCPU, 64);
+    QAAS_ASSERT_OK(model);
+    model_ = *std::move(model);
+    auto layer = model_->LoadLayer(0);
+    QAAS_ASSERT_OK(layer);
+    layer_ = *std::move(layer);
+    at::manual_seed(0);
+    x_ = at::randn({4, 16, config().hidden_size});
+  }
+  const ModelConfig& config() const { return ck_->config(); }
+  bool opt() const { return GetParam() == "opt"; }
+  // Random LET parameters (a shift only for OPT), requiring grad when asked.
+  LetParams RandomLet(bool grad) const {
+    const int64_t h = config().hidden_size, nkv = config().num_kv_heads, hd = config().head_dim;
+    auto make = [&](at::Tensor t) { return grad ? t.requires_grad_(true) : t; };
+    LetParams p;
+    p.attn_scale = make(at::rand({h}) * 2 + 0.3);
+    p.mlp_scale = make(at::rand({h}) * 2 + 0.3);
+    p.qk_scale = make(opt() ? at::rand({nkv * hd}) + 0.5 : at::rand({nkv, hd / 2}) + 0.5);
+    if (opt()) {
+      p.attn_shift = make(at::randn({h}) * 0.1);
+      p.mlp_shift = make(at::randn({h}) * 0.1);
+    }
+    return p;
+  }
+  // Every linear's input as the layer computes it, by linear name.
+  std::map<std::string, at::Tensor> Inputs(const DecoderLayer& layer) const {
+    std::map<std::string, at::Tensor> inputs;
+    model_->LayerForward(layer, x_, [&](const std::string& name, const at::Tensor& x) { inputs[name] = x; });
+    return inputs;
+  }
+  ScopedTempDir tmp_;
+  std::unique_ptr<Checkpoint> ck_;
+  std::unique_ptr<DecoderModel> model_;
+  DecoderLayer layer_;
+  at::Tensor x_;
+};
+
+TEST_P(OmniQuantTest, LetKeepsTheFloatFunction) {
+  const LetParams let = RandomLet(false);
+  auto folded = ApplyLet(*model_, layer_, let);
+  QAAS_ASSERT_OK(folded);
+  EXPECT_FALSE(folded->linears[0].weight.equal(layer_.linears[0].weight));
+  EXPECT_LT(RelErr(model_->LayerForward(layer_, x_), model_->LayerForward(*folded, x_)), 1e-5);
+}
+
+// The folded layer is the paper's equation: the norm now outputs
+// (X - delta) / s, and each consumer computes ((X - delta) / s)(s W)^T + (B + delta W^T)
+// = X W^T + B; queries come out divided by s_qk, keys multiplied.
+TEST_P(OmniQuantTest, FoldedLayerIsTheUnfoldedTransformation) {
+  const LetParams let = RandomLet(false);
+  auto folded = ApplyLet(*model_, layer_, let);
+  QAAS_ASSERT_OK(folded);
+  const auto& names = model_->LinearNames();
+  auto before = Inputs(layer_), after = Inputs(*folded);
+  struct Point {
+    ActPoint p;
+    at::Tensor s, delta;
+  };
+  for (const Point& pt : {Point{ActPoint::kAttnIn, let.attn_scale, let.attn_shift},
+                          Point{ActPoint::kMlpIn, let.mlp_scale, let.mlp_shift}}) {
+    for (int j : model_->ConsumersOf(pt.p)) {
+      SCOPED_TRACE(names[j]);
+      const at::Tensor& X = before[names[j]];
+      const at::Tensor unfolded_in = pt.delta.defined() ? (X - pt.delta) / pt.s : X / pt.s;
+      EXPECT_LT(RelErr(unfolded_in, after[names[j]]), 1e-5);
+      const Linear& l = layer_.linears[j];
+      at::Tensor b = l.bias.defined() ? l.bias : at::zeros({l.weight.size(0)});
+      if (pt.delta.defined()) b = b + at::mv(l.weight, pt.delta);
+      const at::Tensor unfolded = at::linear(unfolded_in, l.weight * pt.s, b);
+      const Linear& f = folded->linears[j];
+      at::Tensor out = f.bias.defined() ? at::linear(after[names[j]], f.weight, f.bias) : at::linear(after[names[j]], f.weight);
+      at::Tensor reference = l.bias.defined() ? at::linear(X, l.weight, l.bias) : at::linear(X, l.weight);
+      if (names[j] == "self_attn.q_proj" || names[j] == "self_attn.k_proj") {
+        // Rows scaled by s_qk (expanded per head and rotary pair).
+        const int64_t nkv = config().num_kv_heads, hd = config().head_dim, group = config().num_heads / nkv;
+        at::Tensor sk = opt() ? let.qk_scale : at::cat({let.qk_scale, let.qk_scale}, 1).reshape({-1});
+        at::Tensor rows = names[j] == "self_attn.k_proj" ? sk : sk.view({nkv, hd}).repeat_interleave(group, 0).reshape({-1});
+        out = names[j] == "self_attn.k_proj" ? out / rows : out * rows;
+      }
+      EXPECT_LT(RelErr(unfolded, out), 1e-5);
+      EXPECT_LT(RelErr(reference, out), 1e-5);
+    }
+  }
+}
+
+TEST_P(OmniQuantTest, GradientsReachEveryLearnedParameter) {
+  Scheme scheme = MustParse("W4A4KV4");
+  auto act = std::make_shared<LayerActQuant>();
+  for (auto& q : act->inputs) q = DynamicQuantizer(scheme.activations);
+  act->kv = DynamicQuantizer(scheme.kv_cache);
+  DecoderLayer layer = layer_;
+  layer.act = act;
+  const at::Tensor target = model_->LayerForward(layer_, x_);
+  c10::AutoGradMode grad(true);
+  const LetParams let = RandomLet(true);
+  auto folded = ApplyLet(*model_, layer, let);
+  QAAS_ASSERT_OK(folded);
+  std::vector<at::Tensor> gammas, betas;
+  for (auto& l : folded->linears) {
+    const auto shape = ClippingShape(l.weight, scheme.weights);
+    gammas.push_back(at::full(shape, 4.0).requires_grad_(true));
+    betas.push_back(at::full(shape, 4.0).requires_grad_(true));
+    l.weight = LwcFakeQuantize(l.weight, scheme.weights, at::sigmoid(gammas.back()), at::sigmoid(betas.back()));
+  }
+  (model_->LayerForward(*folded, x_) - target).pow(2).mean().backward();
+  std::vector<std::pair<std::string, at::Tensor>> learned = {
+      {"attn_scale", let.attn_scale}, {"mlp_scale", let.mlp_scale}, {"qk_scale", let.qk_scale}};
+  if (opt()) {
+    learned.push_back({"attn_shift", let.attn_shift});
+    learned.push_back({"mlp_shift", let.mlp_shift});
+  }
+  for (size_t j = 0; j < gammas.size(); ++j) {
+    learned.push_back({"gamma of " + model_->LinearNames()[j], gammas[j]});
+    learned.push_back({"beta of " + model_->LinearNames()[j], betas[j]});
+  }
+  for (const auto& [name, p] : learned) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_TRUE(at::isfinite(p.grad()).all().item<bool>());
+    EXPECT_GT(p.grad().abs().sum().item<double>(), 0);
+  }
+}
+
+TEST_P(OmniQuantTest, TrainingLowersTheBlockLossDeterministically) {
+  Scheme scheme = MustParse("W3A4KV4");
+  auto act = std::make_shared<LayerActQuant>();
+  for (auto& q : act->inputs) q = DynamicQuantizer(scheme.activations);
+  act->kv = DynamicQuantizer(scheme.kv_cache);
+  DecoderLayer layer = layer_;
+  layer.act = act;
+  const at::Tensor target = model_->LayerForward(layer_, x_);
+  OmniQuantOptions options;
+  options.epochs = 30;
+  std::vector<double> reported;
+  auto run = [&] {
+    reported.clear();
+    return OmniQuantLayer(*model_, layer, x_, target, scheme.weights, /*let=*/true, options,
+                          [&](int epoch, double loss) {
+                            EXPECT_EQ(epoch, static_cast<int>(reported.size()) + 1);
+                            reported.push_back(loss);
+                          });
+  };
+  auto result = run();
+  QAAS_ASSERT_OK(result);
+  ASSERT_EQ(reported.size(), 30u);
+  const auto& loss = result->details["loss"];
+  ASSERT_EQ(loss.size(), 30u);
+  EXPECT_EQ(loss[0].get<double>(), reported[0]);
+  EXPECT_LT(loss[29].get<double>(), 0.9 * loss[0].get<double>()) << loss;
+  EXPECT_EQ(result->details["steps"], 120);  // 30 epochs of 4 windows
+
+  // The stored layer (LET folded, clipped codes) beats RTN on the same
+  // activation quantizers, and is exactly what the last step evaluated.
+  DecoderLayer quantized = result->folded;
+  DecoderLayer rtn = layer;
+  for (size_t j = 0; j < quantized.linears.size(); ++j) {
+    const QuantizedLinear& q = result->linears[j];
+    EXPECT_TRUE(q.dequantized.equal(DequantizeCodes(q.codes, q.params)));
+    quantized.linears[j].weight = q.dequantized;
+    rtn.linears[j].weight = QuantizeRtn(layer.linears[j].weight, scheme.weights).dequantized;
+  }
+  const double omni_err = RelErr(target, model_->LayerForward(quantized, x_));
+  const double rtn_err = RelErr(target, model_->LayerForward(rtn, x_));
+  EXPECT_LT(omni_err, rtn_err);
+
+  // Same inputs, same result: bit for bit.
+  auto again = run();
+  QAAS_ASSERT_OK(again);
+  for (size_t j = 0; j < quantized.linears.size(); ++j) {
+    EXPECT_TRUE(again->linears[j].codes.equal(result->linears[j].codes));
+    EXPECT_TRUE(again->linears[j].params.scale.equal(result->linears[j].params.scale));
+  }
+  for (size_t k = 0; k < quantized.norms.size(); ++k) {
+    EXPECT_TRUE(again->folded.norms[k].second.equal(result->folded.norms[k].second));
+  }
+}
+
+TEST_P(OmniQuantTest, WeightOnlyLearnsClippingAlone) {
+  const TensorQuant weights = WeightSpec("W2A16g32");
+  const at::Tensor target = model_->LayerForward(layer_, x_);
+  OmniQuantOptions options;
+  options.epochs = 50;
+  auto result = OmniQuantLayer(*model_, layer_, x_, target, weights, /*let=*/false, options);
+  QAAS_ASSERT_OK(result);
+  EXPECT_FALSE(result->details.contains("let"));
+  // Norms and biases untouched: only the clipping was learned.
+  for (size_t k = 0; k < layer_.norms.size(); ++k) EXPECT_TRUE(result->folded.norms[k].second.equal(layer_.norms[k].second));
+  EXPECT_LT(result->details["lwc"]["gamma_mean"].get<double>(), 0.99);
+  DecoderLayer quantized = layer_, rtn = layer_;
+  for (size_t j = 0; j < layer_.linears.size(); ++j) {
+    quantized.linears[j].weight = result->linears[j].dequantized;
+    rtn.linears[j].weight = QuantizeRtn(layer_.linears[j].weight, weights).dequantized;
+  }
+  EXPECT_LT(RelErr(target, model_->LayerForward(quantized, x_)), RelErr(target, model_->LayerForward(rtn, x_)));
+}
+
+TEST_P(OmniQuantTest, BadInputsAreNamed) {
+  const at::Tensor target = model_->LayerForward(layer_, x_);
+  EXPECT_TRUE(MessageHas(OmniQuantLayer(*model_, layer_, x_, target, MustParse("Wmxint4A16").weights, false, {}), "MX"));
+  EXPECT_TRUE(MessageHas(OmniQuantLayer(*model_, layer_, x_, target.narrow(0, 0, 2), WeightSpec("W4A16"), false, {}),
+                         "one shape"));
+  OmniQuantOptions bad;
+  bad.lwc_lr = 0;
+  EXPECT_TRUE(MessageHas(OmniQuantLayer(*model_, layer_, x_, target, WeightSpec("W4A16"), false, bad), "learning rates"));
+  if (!opt()) {
+    // LLaMA's RMSNorm has no bias: a shift has nowhere to go.
+    LetParams let;
+    let.attn_scale = at::ones({config().hidden_size});
+    let.attn_shift = at::zeros({config().hidden_size});
+    EXPECT_TRUE(MessageHas(ApplyLet(*model_, layer_, let), "bias"));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, OmniQuantTest, ::testing::Values("llama", "opt"));
+
+}  // namespace
+}  // namespace qaas::quant
