@@ -4,6 +4,7 @@
 //   qaas-quantize --model DIR --output DIR --scheme W4A16g128 [--recipe rtn]
 //                 [--act_order --static_groups --damp 0.01 --blocksize 128]
 //                 [--alpha 0.5] [--rptq_clusters 32,4,4,32,32]
+//                 [--epochs 0 --lwc_lr 0.01 --let_lr 0.005]
 //                 [--calib FILE --num-samples 128 --calib-seq-len 2048 --seed 0]
 //                 [--eval FILE[,FILE...] --eval-seq-len 2048 --max-windows 0] [--device cpu]
 #include <cstdio>
@@ -20,7 +21,7 @@ ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
 ABSL_FLAG(std::string, output, "", "output directory (artifact/, report.json, checkpoints/)");
 ABSL_FLAG(std::string, scheme, "W4A16g128", "scheme shorthand, e.g. W4A16g128, W8A16, W3A16g128_sym");
 ABSL_FLAG(std::string, recipe, "rtn",
-          "comma-separated methods: transforms (smoothquant, rptq) then one of rtn, gptq, adadim");
+          "comma-separated methods: transforms (smoothquant, rptq) then one of rtn, gptq, adadim, omniquant");
 ABSL_FLAG(bool, act_order, false, "gptq: quantize columns by decreasing Hessian diagonal (desc_act)");
 ABSL_FLAG(bool, static_groups, false, "gptq: group parameters from the unmodified weights");
 ABSL_FLAG(double, damp, 0.01, "gptq: damping as a fraction of mean(diag(H))");
@@ -28,6 +29,9 @@ ABSL_FLAG(int, blocksize, 128, "gptq: lazy-batch block size");
 ABSL_FLAG(std::string, adadim_base, "rtn", "adadim: the quantizer it augments (rtn or gptq)");
 ABSL_FLAG(double, alpha, 0.5, "smoothquant: migration strength in [0, 1]");
 ABSL_FLAG(std::string, rptq_clusters, "32,4,4,32,32", "rptq: clusters at reorder points R1..R5");
+ABSL_FLAG(int, epochs, 0, "omniquant: epochs per layer (0 = the paper's 20, or 40 at 2 bits)");
+ABSL_FLAG(double, lwc_lr, 1e-2, "omniquant: learning rate of the clipping (LWC)");
+ABSL_FLAG(double, let_lr, 5e-3, "omniquant: learning rate of the equivalent transforms (LET)");
 ABSL_FLAG(std::string, calib, "", "calibration text file (.txt or .jsonl)");
 ABSL_FLAG(int, num_samples, 128, "calibration windows");
 ABSL_FLAG(int, calib_seq_len, 0, "calibration window length (0 = min(2048, context))");
@@ -74,6 +78,9 @@ int main(int argc, char** argv) {
       }
       step.rptq.clusters.push_back(n);
     }
+    step.omniquant.epochs = absl::GetFlag(FLAGS_epochs);
+    step.omniquant.lwc_lr = absl::GetFlag(FLAGS_lwc_lr);
+    step.omniquant.let_lr = absl::GetFlag(FLAGS_let_lr);
     o.recipe.push_back(step);
   }
   if (!absl::GetFlag(FLAGS_calib).empty()) {
@@ -89,6 +96,11 @@ int main(int argc, char** argv) {
   o.device = absl::GetFlag(FLAGS_device);
   if (!absl::GetFlag(FLAGS_quiet)) {
     o.on_progress = [](const q::PipelineProgress& p) {
+      if (p.epochs > 0) {
+        std::fprintf(stderr, "\r[%d/%d] %s epoch %d/%d loss %.4g   ", p.layer, p.num_layers, p.step.c_str(), p.epoch,
+                     p.epochs, p.loss);
+        return;
+      }
       std::fprintf(stderr, "\r[%d/%d] %-12s", p.layer, p.num_layers, p.step.c_str());
       if (p.step == "exporting") std::fprintf(stderr, "\n");
     };

@@ -30,13 +30,16 @@ ABSL_FLAG(std::string, scheme, "W4A16g128", "submit: scheme shorthand");
 ABSL_FLAG(std::string, preset, "", "submit: recipe preset (default rtn when --recipe is empty)");
 ABSL_FLAG(std::string, recipe, "",
           "submit: comma-separated methods instead of a preset: transforms (smoothquant, rptq), then one of "
-          "rtn, gptq, adadim");
+          "rtn, gptq, adadim, omniquant");
 ABSL_FLAG(bool, act_order, false, "submit: gptq desc_act (columns by decreasing Hessian diagonal)");
 ABSL_FLAG(bool, static_groups, false, "submit: gptq group parameters from the unmodified weights");
 ABSL_FLAG(double, damp, 0, "submit: gptq damping fraction (0 = 0.01)");
 ABSL_FLAG(int32_t, blocksize, 0, "submit: gptq lazy-batch block (0 = 128)");
 ABSL_FLAG(std::string, adadim_base, "rtn", "submit: what adadim augments (rtn or gptq)");
 ABSL_FLAG(double, alpha, 0, "submit: smoothquant migration strength (0 = 0.5)");
+ABSL_FLAG(int, epochs, 0, "submit: omniquant epochs per layer (0 = 20, or 40 at 2 bits)");
+ABSL_FLAG(double, lwc_lr, 0, "submit: omniquant clipping learning rate (0 = 1e-2)");
+ABSL_FLAG(double, let_lr, 0, "submit: omniquant equivalent-transform learning rate (0 = 5e-3)");
 ABSL_FLAG(std::string, rptq_clusters, "", "submit: rptq clusters at R1..R5, e.g. 32,4,4,32,32 (empty = these)");
 ABSL_FLAG(std::string, calib, "", "submit: calibration text uri");
 ABSL_FLAG(int32_t, num_samples, 0, "submit: calibration windows (0 = 128)");
@@ -139,6 +142,10 @@ int Submit(v1::JobService::Stub& stub) {
       step->mutable_adadim()->set_base(absl::GetFlag(FLAGS_adadim_base));
     } else if (m == "smoothquant") {
       step->mutable_smoothquant()->set_alpha(absl::GetFlag(FLAGS_alpha));
+    } else if (m == "omniquant") {
+      step->mutable_omniquant()->set_epochs(absl::GetFlag(FLAGS_epochs));
+      step->mutable_omniquant()->set_lwc_lr(absl::GetFlag(FLAGS_lwc_lr));
+      step->mutable_omniquant()->set_let_lr(absl::GetFlag(FLAGS_let_lr));
     } else if (m == "rptq") {
       auto* rptq = step->mutable_rptq();
       for (auto c : absl::StrSplit(absl::GetFlag(FLAGS_rptq_clusters), ',', absl::SkipEmpty())) {

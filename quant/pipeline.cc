@@ -1,6 +1,6 @@
 #include "quant/pipeline.h"
 
-#include <c10/core/InferenceMode.h>
+#include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -31,7 +31,7 @@
 namespace qaas::quant {
 
 const std::vector<std::string>& ImplementedMethods() {
-  static const std::vector<std::string> kMethods = {"rtn", "gptq", "adadim", "smoothquant", "rptq"};
+  static const std::vector<std::string> kMethods = {"rtn", "gptq", "adadim", "omniquant", "smoothquant", "rptq"};
   return kMethods;
 }
 
@@ -110,6 +110,7 @@ class Pipeline {
   void Progress(int layer, const char* step) {
     if (o_.on_progress) o_.on_progress({layer, config_.num_layers, step});
   }
+  bool UsesOmniQuant() const { return weight_step_.method == "omniquant"; }
 
   const PipelineOptions& o_;
   std::vector<RecipeStep> transforms_;  // the recipe's transforms, in order
@@ -121,6 +122,7 @@ class Pipeline {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<DecoderModel> model_;  // the architecture, with its head on device_
   at::Tensor calib_;  // hidden states of the calibration stream (quantized model)
+  at::Tensor calib_fp_;  // OmniQuant: the calibration stream through the float model
   std::vector<EvalStream> evals_;
   Report report_;
   Clock::time_point start_ = Clock::now();
@@ -164,6 +166,14 @@ absl::Status Pipeline::CheckRecipeAndScheme() {
   if (sc.weights.is_mx() && UsesGptq() && (weight_step_.gptq.act_order || weight_step_.gptq.static_groups)) {
     return absl::InvalidArgumentError(absl::StrCat("scheme ", sc.ToString(),
                                                    ": GPTQ act_order and static_groups do not apply to MX blocks"));
+  }
+  if (UsesOmniQuant()) {
+    const OmniQuantOptions& oq = weight_step_.omniquant;
+    if (oq.epochs < 0 || !(oq.lwc_lr > 0) || !(oq.let_lr > 0) || oq.batch_windows < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("omniquant: epochs must be >= 0 (0: the paper's), lwc_lr and "
+                                                     "let_lr > 0, got epochs ", oq.epochs, ", lwc_lr ", oq.lwc_lr,
+                                                     ", let_lr ", oq.let_lr));
+    }
   }
   for (const auto& step : transforms_) {
     if (step.method == "smoothquant" && !(step.smoothquant.alpha >= 0 && step.smoothquant.alpha <= 1)) {
@@ -241,6 +251,7 @@ absl::Status Pipeline::Prepare() {
   if (!model.ok()) return model.status();
   model_ = *std::move(model);
   if (calib_windows.defined()) calib_ = model_->Embed(calib_windows);
+  if (UsesOmniQuant()) calib_fp_ = calib_;
   for (auto& s : evals_) {
     s.original = model_->Embed(s.windows);
     s.quantized = s.original;
@@ -348,6 +359,31 @@ absl::Status Pipeline::QuantizeLayer(int i) {
     report_.seconds_calibration += SecondsSince(tc);
   }
 
+  // OmniQuant learns the block's clipping (and, with quantized activations,
+  // its equivalent transforms, folded into `transformed`) against the float
+  // block's output on the float model's stream.
+  std::vector<QuantizedLinear> omni_linears;
+  if (UsesOmniQuant()) {
+    Progress(i, "training");
+    auto tc = Clock::now();
+    at::Tensor targets = ForwardBatched(model, original, calib_fp_, o_.batch_size);
+    const int epochs = OmniQuantEpochs(weight_step_.omniquant, o_.scheme.weights);
+    auto omni = OmniQuantLayer(model, transformed, calib_, targets, o_.scheme.weights, !o_.scheme.weight_only(),
+                               weight_step_.omniquant, [&](int epoch, double loss) {
+                                 if (o_.on_progress) {
+                                   o_.on_progress({i, config_.num_layers, "training", epoch, epochs, loss});
+                                 }
+                               });
+    if (!omni.ok()) {
+      return absl::Status(omni.status().code(), absl::StrCat(layer_prefix, ": ", omni.status().message()));
+    }
+    transformed = omni->folded;
+    omni_linears = std::move(omni->linears);
+    transforms["omniquant"] = omni->details;
+    calib_fp_ = targets;
+    report_.seconds_quantization += SecondsSince(tc);
+  }
+
   // Quantize the linears: RTN from the (transformed) float weights; GPTQ
   // "true sequential", group by group, each group's Hessians gathered with
   // the groups before it already quantized (as the GPTQ paper's LLaMA runs
@@ -406,6 +442,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
         lr.method = adadim ? "adadim-" + weight_step_.adadim_base : method;
         auto tq = Clock::now();
         auto quantize = [&](bool per_ic) -> absl::StatusOr<QuantizedLinear> {
+          if (method == "omniquant") return omni_linears[j];
           if (!gptq) return per_ic ? QuantizeRtnPerInputChannel(w, o_.scheme.weights) : QuantizeRtn(w, o_.scheme.weights);
           GptqOptions g = weight_step_.gptq;
           g.per_input_channel = per_ic;
@@ -621,7 +658,8 @@ absl::Status Pipeline::Assemble() {
 }
 
 absl::StatusOr<nlohmann::json> Pipeline::Run() {
-  c10::InferenceMode inference;
+  // No autograd graphs, except where OmniQuant trains (it turns them on).
+  c10::NoGradGuard no_grad;
   QAAS_RETURN_IF_ERROR(Prepare());
   report_.scheme = o_.scheme.ToString();
   report_.recipe = RecipeNames();

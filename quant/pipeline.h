@@ -7,6 +7,8 @@
 //       the calibration stream; set up activation / KV-cache quantizers
 //     run it on the calibration stream, observing each linear's inputs
 //       (activation-quantized, as the quantized model computes)
+//     OmniQuant: learn clipping and equivalent transforms of the block
+//       against the float block's output (needs the float model's stream)
 //     quantize each linear with the recipe's weight quantizer
 //     run the quantized layer on the calibration stream (next layer's inputs)
 //       and on the evaluation streams (quantized model)
@@ -29,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
 #include "quant/methods/gptq.h"
+#include "quant/methods/omniquant.h"
 #include "quant/methods/rptq.h"
 #include "quant/methods/smoothquant.h"
 #include "quant/scheme.h"
@@ -45,19 +48,26 @@ struct DatasetRef {
 struct PipelineProgress {
   int layer = 0;  // layers finished
   int num_layers = 0;
-  std::string step;  // "loading", "transforming", "calibrating", "quantizing", "evaluating", "exporting"
+  // "loading", "transforming", "training", "quantizing", "calibrating", "evaluating", "exporting"
+  std::string step;
+  // "training" (OmniQuant) reports after each epoch of the layer: epoch of
+  // epochs, and the epoch's mean block loss. epochs 0: not training.
+  int epoch = 0;
+  int epochs = 0;
+  double loss = 0;
 };
 
 // One step of a recipe: a method and its options (the paper's defaults).
 // A recipe is zero or more function-preserving transforms ("smoothquant",
 // "rptq", applied in order to each float layer), then at most one weight
-// quantizer ("rtn", "gptq", "adadim"; RTN when none is given).
+// quantizer ("rtn", "gptq", "adadim", "omniquant"; RTN when none is given).
 struct RecipeStep {
-  std::string method;  // "rtn", "gptq", "adadim", "smoothquant", "rptq"
+  std::string method;  // "rtn", "gptq", "adadim", "omniquant", "smoothquant", "rptq"
   GptqOptions gptq;    // gptq, and adadim over gptq
   std::string adadim_base = "rtn";  // adadim: "rtn" or "gptq"
   SmoothQuantOptions smoothquant;
   RptqOptions rptq;
+  OmniQuantOptions omniquant;
 };
 
 struct PipelineOptions {

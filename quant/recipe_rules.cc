@@ -22,6 +22,15 @@ absl::Status CheckRecipeOrder(const std::vector<std::string>& methods) {
       weight_method = &m;
     }
   }
+  if (weight_method && *weight_method == "omniquant") {
+    for (const std::string& m : methods) {
+      if (m == "rptq") {
+        return absl::InvalidArgumentError(
+            "recipe: omniquant learns its own channel scales on the norms' outputs; it does not combine with rptq's "
+            "reordered per-cluster activation ranges");
+      }
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -31,6 +40,17 @@ absl::Status CheckRecipeFitsScheme(const std::vector<std::string>& methods, cons
       return absl::InvalidArgumentError(absl::StrCat("scheme ", scheme.ToString(),
                                                      ": rptq needs integer activations (e.g. W4A8), got ",
                                                      NumberFormatName(scheme.activations.format)));
+    }
+    if (m == "omniquant" && scheme.weights.enabled() && scheme.weights.format != NumberFormat::kInt) {
+      return absl::InvalidArgumentError(absl::StrCat("scheme ", scheme.ToString(),
+                                                     ": omniquant learns clipping of integer weight ranges (e.g. "
+                                                     "W4A16g128), not ", NumberFormatName(scheme.weights.format),
+                                                     " weights"));
+    }
+    if (m == "omniquant" && scheme.activations.is_static_int()) {
+      return absl::InvalidArgumentError(absl::StrCat("scheme ", scheme.ToString(),
+                                                     ": omniquant trains with dynamic activation quantizers; drop "
+                                                     "_static"));
     }
     if (m == "adadim" && scheme.weights.is_mx()) {
       return absl::InvalidArgumentError(absl::StrCat("scheme ", scheme.ToString(),
@@ -42,7 +62,7 @@ absl::Status CheckRecipeFitsScheme(const std::vector<std::string>& methods, cons
 
 std::string CalibrationNeed(const std::vector<std::string>& methods, const Scheme& scheme) {
   for (const std::string& m : methods) {
-    if (m == "gptq" || m == "adadim" || IsTransformMethod(m)) return m;
+    if (m == "gptq" || m == "adadim" || m == "omniquant" || IsTransformMethod(m)) return m;
   }
   return scheme.activations.is_static_int() ? "static activation scales" : "";
 }

@@ -3,7 +3,8 @@
 // libtorch), like scheme.h.
 //
 // A recipe is zero or more function-preserving transforms ("smoothquant",
-// "rptq"), then at most one weight quantizer ("rtn", "gptq", "adadim").
+// "rptq"), then at most one weight quantizer ("rtn", "gptq", "adadim",
+// "omniquant").
 #ifndef QAAS_QUANT_RECIPE_RULES_H_
 #define QAAS_QUANT_RECIPE_RULES_H_
 
@@ -18,16 +19,17 @@ namespace qaas::quant {
 
 bool IsTransformMethod(absl::string_view method);
 
-// Transforms before the weight quantizer, and at most one weight quantizer.
-// InvalidArgument starting "recipe: " otherwise.
+// Transforms before the weight quantizer, and at most one weight quantizer;
+// omniquant not after rptq. InvalidArgument starting "recipe: " otherwise.
 absl::Status CheckRecipeOrder(const std::vector<std::string>& methods);
 
 // The combinations a scheme rules out: RPTQ needs integer activations,
-// AdaDim needs integer weights. InvalidArgument naming both otherwise.
+// AdaDim and OmniQuant need integer weights, OmniQuant dynamic activations.
+// InvalidArgument naming both otherwise.
 absl::Status CheckRecipeFitsScheme(const std::vector<std::string>& methods, const Scheme& scheme);
 
 // What needs calibration data: the first method that calibrates (gptq,
-// adadim, smoothquant, rptq), else "static activation scales" for a
+// adadim, omniquant, smoothquant, rptq), else "static activation scales" for a
 // "_static" scheme; empty when nothing does.
 std::string CalibrationNeed(const std::vector<std::string>& methods, const Scheme& scheme);
 

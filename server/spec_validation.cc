@@ -139,7 +139,8 @@ const std::vector<std::string>& KnownMethods() {
 }
 
 bool MethodImplemented(const std::string& method) {
-  return method == "rtn" || method == "gptq" || method == "adadim" || method == "smoothquant" || method == "rptq";
+  return method == "rtn" || method == "gptq" || method == "adadim" || method == "smoothquant" || method == "rptq" ||
+         method == "omniquant";
 }
 
 absl::Status ValidateUri(const std::string& field, const std::string& uri,
@@ -205,6 +206,17 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
       }
       for (int c : step.rptq().clusters()) {
         if (c < 1 || c > 65536) return Invalid("recipe.rptq.clusters", absl::StrCat("must be 1..65536, got ", c));
+      }
+    }
+    if (step.has_omniquant()) {
+      const auto& oq = step.omniquant();
+      if (oq.epochs() < 0 || oq.epochs() > 1000) {
+        return Invalid("recipe.omniquant.epochs", absl::StrCat("must be 0 (default: 20, 40 at 2 bits) to 1000, got ",
+                                                                oq.epochs()));
+      }
+      if (!(oq.lwc_lr() >= 0 && oq.lwc_lr() <= 1) || !(oq.let_lr() >= 0 && oq.let_lr() <= 1)) {
+        return Invalid("recipe.omniquant", absl::StrCat("lwc_lr and let_lr must be in (0, 1] or 0 (default), got ",
+                                                         oq.lwc_lr(), " and ", oq.let_lr()));
       }
     }
     if (step.has_gptq() && (step.gptq().damp() < 0 || step.gptq().damp() > 1 || step.gptq().block_size() < 0)) {

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
 #include "proto/scheme_convert.h"
 #include "quant/pipeline.h"
@@ -180,6 +181,11 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
       if (step.has_rptq() && step.rptq().clusters_size() > 0) {
         r.rptq.clusters.assign(step.rptq().clusters().begin(), step.rptq().clusters().end());
       }
+      if (step.has_omniquant()) {
+        if (step.omniquant().epochs() > 0) r.omniquant.epochs = step.omniquant().epochs();
+        if (step.omniquant().lwc_lr() > 0) r.omniquant.lwc_lr = step.omniquant().lwc_lr();
+        if (step.omniquant().let_lr() > 0) r.omniquant.let_lr = step.omniquant().let_lr();
+      }
       o.recipe.push_back(r);
     }
     if (!spec.calibration().dataset().empty()) {
@@ -197,8 +203,12 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     o.device = options_.device;
     o.manifest_extra = {{"job_id", job.id()}, {"model", spec.model()}};
     o.on_progress = [&](const quant::PipelineProgress& pp) {
-      const double f = pp.num_layers > 0 ? 0.05 + 0.85 * pp.layer / pp.num_layers : 0.05;
-      set_progress(f, pp.step, pp.layer, pp.num_layers);
+      // OmniQuant's epochs advance the fraction within the layer.
+      const double layer = pp.layer + (pp.epochs > 0 ? static_cast<double>(pp.epoch) / pp.epochs : 0.0);
+      const double f = pp.num_layers > 0 ? 0.05 + 0.85 * layer / pp.num_layers : 0.05;
+      set_progress(f, pp.epochs > 0 ? absl::StrFormat("%s (epoch %d/%d, loss %.3g)", pp.step, pp.epoch, pp.epochs, pp.loss)
+                                    : pp.step,
+                   pp.layer, pp.num_layers);
     };
     o.should_stop = [&] { return p.cancel.load() || p.lost.load() || stop_.load(); };
     auto report = quant::RunPipeline(o);

@@ -348,10 +348,10 @@ TEST_F(RandomModelPipelineTest, MissingModelDirectoryIsNotFound) {
 
 TEST_F(RandomModelPipelineTest, UnimplementedMethodsAndSchemesAreUnimplemented) {
   PipelineOptions o = Options();
-  o.recipe = {RecipeStep{"omniquant"}};
+  o.recipe = {RecipeStep{"magic"}};
   auto report = RunPipeline(o);
   QAAS_EXPECT_CODE(report, kUnimplemented);
-  EXPECT_TRUE(MessageHas(report, "omniquant"));
+  EXPECT_TRUE(MessageHas(report, "magic"));
 
   o = Options();
   o.recipe = {RecipeStep{"gptq"}};

@@ -64,19 +64,58 @@ TEST_F(SpecValidationTest, StructuredSchemeWorksAndMustAgreeWithShorthand) {
   QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
 }
 
+TEST_F(SpecValidationTest, OmniQuantOptionsAndSchemesAreChecked) {
+  spec_.clear_preset();
+  spec_.mutable_calibration()->set_dataset("file://" + root_ + "/calib.txt");
+  auto* step = spec_.add_recipe();
+  step->set_method("omniquant");
+  step->mutable_omniquant()->set_epochs(5);
+  step->mutable_omniquant()->set_lwc_lr(0.02);
+  QAAS_ASSERT_OK(Validate());
+  SetScheme("W4A4KV4");
+  QAAS_ASSERT_OK(Validate());
+
+  step->mutable_omniquant()->set_epochs(-1);
+  absl::Status st = Validate();
+  QAAS_EXPECT_CODE(st, kInvalidArgument);
+  EXPECT_NE(st.message().find("omniquant.epochs"), absl::string_view::npos) << st;
+  step->mutable_omniquant()->set_epochs(0);
+  step->mutable_omniquant()->set_let_lr(5);
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+  step->mutable_omniquant()->set_let_lr(0);
+
+  // LWC learns integer ranges; training needs dynamic activations; RPTQ's
+  // reorder and LET's scales do not mix.
+  for (const char* scheme : {"Wmxint4A16", "W8A8_static"}) {
+    SetScheme(scheme);
+    st = Validate();
+    QAAS_EXPECT_CODE(st, kInvalidArgument);
+    EXPECT_NE(st.message().find("omniquant"), absl::string_view::npos) << st;
+  }
+  SetScheme("W4A8");
+  spec_.clear_recipe();
+  spec_.add_recipe()->set_method("rptq");
+  spec_.add_recipe()->set_method("omniquant");
+  st = Validate();
+  QAAS_EXPECT_CODE(st, kInvalidArgument);
+  EXPECT_NE(st.message().find("rptq"), absl::string_view::npos) << st;
+  // Without calibration data it cannot learn.
+  spec_.clear_recipe();
+  spec_.add_recipe()->set_method("omniquant");
+  spec_.mutable_calibration()->clear_dataset();
+  st = Validate();
+  QAAS_EXPECT_CODE(st, kInvalidArgument);
+  EXPECT_NE(st.message().find("calibration.dataset"), absl::string_view::npos) << st;
+}
+
 TEST_F(SpecValidationTest, UnimplementedMethodsAndFormatsAreNamed) {
   spec_.clear_preset();
-  spec_.add_recipe()->set_method("omniquant");
-  absl::Status st = Validate();
-  EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(st.message().find("omniquant"), absl::string_view::npos) << st;
-
-  spec_.mutable_recipe(0)->set_method("magic");
+  spec_.add_recipe()->set_method("magic");
   QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
 
   spec_.mutable_recipe(0)->set_method("rtn");
   SetScheme("Wfp8A16");
-  st = Validate();
+  absl::Status st = Validate();
   EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(st.message().find("FP8"), absl::string_view::npos) << st;
   for (const char* ok : {"W4A8", "W4A4KV4", "Wmxfp4Amxfp4", "Wmxint4Amxint8", "W8A8KVfp8"}) {

@@ -277,6 +277,34 @@ TEST_F(EndToEndTest, RptqRecipeWithOptionsRunsOverTheApi) {
   EXPECT_EQ(report["layers"][0]["details"]["damp"].get<double>() > 0, true);
 }
 
+// OmniQuant's options reach the pipeline, and its epochs show in the
+// job's progress while it trains.
+TEST_F(EndToEndTest, OmniQuantWithOptionsRunsOverTheApi) {
+  v1::JobSpec spec = Spec(MakeModel("model", 2, 64, 256), "W4A8KV4");
+  spec.clear_preset();
+  auto* step = spec.add_recipe();
+  step->set_method("omniquant");
+  step->mutable_omniquant()->set_epochs(3);
+  step->mutable_omniquant()->set_lwc_lr(0.02);
+  spec.mutable_calibration()->set_dataset("file://" + root_ + "/text.txt");
+  spec.mutable_calibration()->set_num_samples(4);
+  spec.mutable_calibration()->set_seq_len(64);
+  v1::Job job;
+  ASSERT_TRUE(Submit(spec, &job).ok());
+  StartWorker();
+  v1::Job done = WaitFor(job.id(), Final);
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
+  auto report = nlohmann::json::parse(ReadLocalFile(root_ + "/store/jobs/" + job.id() + "/report.json"));
+  EXPECT_EQ(report["recipe"], nlohmann::json({"omniquant"}));
+  for (const auto& block : report["blocks"]) {
+    const auto& omni = block["transforms"]["omniquant"];
+    EXPECT_EQ(omni["epochs"], 3);
+    EXPECT_EQ(omni["loss"].size(), 3u);
+    EXPECT_TRUE(omni.contains("let")) << omni;  // activations are quantized: LET ran
+  }
+  EXPECT_EQ(report["layers"][0]["method"], "omniquant");
+}
+
 TEST_F(EndToEndTest, BadRequestsAreRejectedAtSubmitNamingTheProblem) {
   const std::string model = MakeModel("model", 1, 32, 128);
   struct Case {
@@ -292,7 +320,7 @@ TEST_F(EndToEndTest, BadRequestsAreRejectedAtSubmitNamingTheProblem) {
          s.clear_preset();
          s.add_recipe()->set_method("omniquant");
        },
-       grpc::UNIMPLEMENTED, "omniquant"},
+       grpc::INVALID_ARGUMENT, "omniquant calibrates"},
       {[](v1::JobSpec& s) { s.set_preset("gptq"); }, grpc::INVALID_ARGUMENT, "calibration.dataset"},
       {[](v1::JobSpec& s) { s.set_model(""); }, grpc::INVALID_ARGUMENT, "model"},
   };
