@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "quant/pipeline.h"
+#include "quant/util/allocator.h"
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
 ABSL_FLAG(std::string, output, "", "output directory (artifact/, report.json, checkpoints/)");
@@ -45,6 +46,7 @@ ABSL_FLAG(bool, quiet, false, "no per-layer progress on stderr");
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Quantizes a local Hugging Face model without a server.");
   absl::ParseCommandLine(argc, argv);
+  qaas::quant::KeepTensorBuffersInTheHeap();
   namespace q = qaas::quant;
   if (absl::GetFlag(FLAGS_model).empty() || absl::GetFlag(FLAGS_output).empty()) {
     std::cerr << "qaas-quantize: --model and --output are required (see --help)\n";

@@ -14,6 +14,7 @@
 #include "server/server.h"
 #include "storage/uri.h"
 #include "worker/worker.h"
+#include "quant/util/allocator.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address (port 0 = any free port)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "Prometheus /metrics address (\"\" = off)");
@@ -33,6 +34,7 @@ void OnSignal(int) { g_stop = true; }
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("qaas scheduler (qaas.v1.JobService / WorkerService).");
   absl::ParseCommandLine(argc, argv);
+  qaas::quant::KeepTensorBuffersInTheHeap();
   namespace fs = std::filesystem;
   std::error_code ec;
   const std::string data_dir = fs::absolute(absl::GetFlag(FLAGS_data_dir)).lexically_normal().string();

@@ -7,6 +7,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "worker/worker.h"
+#include "quant/util/allocator.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "scheduler address");
 ABSL_FLAG(std::string, name, "", "worker name (default: host name)");
@@ -24,6 +25,7 @@ void OnSignal(int) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Runs qaas quantization jobs leased from a qaas-server.");
   absl::ParseCommandLine(argc, argv);
+  qaas::quant::KeepTensorBuffersInTheHeap();
   qaas::worker::WorkerOptions o;
   o.name = absl::GetFlag(FLAGS_name);
   if (o.name.empty()) {

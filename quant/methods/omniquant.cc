@@ -224,6 +224,11 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
 
   // LET starts from SmoothQuant's scales (and, with biases, OS+'s shift to
   // the middle of each channel's range) on the float layer's activations.
+  // Scales are learned as their logarithms: Adam's steps are then relative
+  // (let_lr 5e-3 is 0.5% per step whatever the scale's magnitude) and a scale
+  // can neither reach zero nor change sign. (The paper learns s directly;
+  // on models whose SmoothQuant scales are far below 1, such as stories260k,
+  // that drives some through zero.) `params` holds log-scales and shifts.
   LetParams params;
   if (let) {
     ChannelRange attn_in, mlp_in;
@@ -252,13 +257,13 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
         *shift = Learnable((r.max + r.min) / 2);
         absmax = (r.max - r.min) / 2;
       }
-      *scale = Learnable(SmoothingScales(absmax, wmax, options.let_alpha));
+      *scale = Learnable(at::log(SmoothingScales(absmax, wmax, options.let_alpha)));
     };
     init(ActPoint::kAttnIn, attn_in, &params.attn_scale, &params.attn_shift);
     init(ActPoint::kMlpIn, mlp_in, &params.mlp_scale, &params.mlp_shift);
     const int64_t nkv = c.num_kv_heads, hd = c.head_dim;
-    params.qk_scale = Learnable(Rotary(model) ? at::ones({nkv, hd / 2}, inputs.options())
-                                              : at::ones({nkv * hd}, inputs.options()));
+    params.qk_scale = Learnable(Rotary(model) ? at::zeros({nkv, hd / 2}, inputs.options())
+                                              : at::zeros({nkv * hd}, inputs.options()));
   }
   // LWC: logits of gamma and beta per linear, sigmoid(4) ~ 0.982 to start.
   std::vector<at::Tensor> upper(names.size()), lower(names.size());
@@ -279,11 +284,19 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
   }
   Adam let_opt(let_tensors, options.let_lr), lwc_opt(lwc_tensors, options.lwc_lr);
 
+  // LET's parameters from the learned log-scales and shifts.
+  auto let_params = [&] {
+    LetParams p = params;
+    for (at::Tensor* t : {&p.attn_scale, &p.mlp_scale, &p.qk_scale}) {
+      if (t->defined()) *t = at::exp(*t);
+    }
+    return p;
+  };
   // The layer the parameters describe: LET folded, weights fake-quantized.
   auto build = [&]() -> absl::StatusOr<DecoderLayer> {
     DecoderLayer l = layer;
     if (let) {
-      auto folded = ApplyLet(model, layer, params);
+      auto folded = ApplyLet(model, layer, let_params());
       if (!folded.ok()) return folded.status();
       l = *std::move(folded);
     }
@@ -330,6 +343,7 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
   OmniQuantResult result;
   result.folded = layer;
   if (let) {
+    params = let_params();
     auto folded = ApplyLet(model, layer, params);
     if (!folded.ok()) return folded.status();
     result.folded = *std::move(folded);
@@ -341,19 +355,34 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
     if (l.bias.defined()) l.bias = l.bias.detach();
   }
   nlohmann::json details = {{"epochs", epochs}, {"steps", steps}, {"loss", losses}};
+  DecoderLayer stored = result.folded;
   if (lwc) {
     double gamma = 0, beta = 0;
     int64_t count = 0;
     for (size_t j = 0; j < names.size(); ++j) {
-      at::Tensor g = at::sigmoid(upper[j]), b = at::sigmoid(lower[j]);
+      at::Tensor g = at::sigmoid(upper[j]).detach(), b = at::sigmoid(lower[j]).detach();
       result.linears.push_back(LwcQuantize(result.folded.linears[j].weight, weights, g, b));
+      stored.linears[j].weight = result.linears.back().dequantized;
+      result.gamma.push_back(g);
+      result.beta.push_back(b);
       gamma += g.sum().item<double>();
       beta += b.sum().item<double>();
       count += g.numel();
     }
     details["lwc"] = {{"gamma_mean", gamma / count}, {"beta_mean", beta / count}};
   }
+  // The stored block's loss over every window, as training measured it.
+  double final_loss = 0;
+  for (int64_t i = 0; i < inputs.size(0); i += options.batch_windows) {
+    const int64_t b = std::min<int64_t>(options.batch_windows, inputs.size(0) - i);
+    final_loss += (model.LayerForward(stored, inputs.narrow(0, i, b)) - targets.narrow(0, i, b)).pow(2).mean().item<double>();
+  }
+  details["final_loss"] = final_loss / ((inputs.size(0) + options.batch_windows - 1) / options.batch_windows);
   if (let) {
+    for (at::Tensor* t : {&params.attn_scale, &params.attn_shift, &params.mlp_scale, &params.mlp_shift, &params.qk_scale}) {
+      if (t->defined()) *t = t->detach();
+    }
+    result.let = params;
     nlohmann::json j = {{"attn_scale", Range(params.attn_scale)}, {"mlp_scale", Range(params.mlp_scale)},
                         {"qk_scale", Range(params.qk_scale)}};
     if (params.attn_shift.defined()) j["attn_shift"] = Range(params.attn_shift);

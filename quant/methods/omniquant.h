@@ -44,7 +44,7 @@ namespace qaas::quant {
 struct OmniQuantOptions {
   int epochs = 0;        // 0: the paper's 20, or 40 for weights of 2 bits or fewer
   double lwc_lr = 1e-2;  // learning rate of the clipping logits
-  double let_lr = 5e-3;  // learning rate of s, delta, s_qk
+  double let_lr = 5e-3;  // learning rate of log s, delta, log s_qk
   int batch_windows = 1;  // calibration windows per step (the paper: 1)
   double let_alpha = 0.5;  // SmoothQuant migration strength LET starts from
 };
@@ -81,7 +81,13 @@ absl::StatusOr<DecoderLayer> ApplyLet(const DecoderModel& model, const DecoderLa
 struct OmniQuantResult {
   DecoderLayer folded;  // float, LET folded in; carries the activation quantizers
   std::vector<QuantizedLinear> linears;  // LinearNames() order; empty when weights stay float
-  nlohmann::json details;  // epochs, loss per epoch, seconds, learned ranges
+  // What was learned (detached): LET's parameters (undefined without LET)
+  // and each linear's clipping factors (empty without LWC).
+  LetParams let;
+  std::vector<at::Tensor> gamma, beta;
+  // epochs, steps, loss (mean per epoch), final_loss (the stored block on
+  // every window), seconds, lwc {gamma_mean, beta_mean}, let {ranges}
+  nlohmann::json details;
 };
 
 // Learns LWC (when `weights` is enabled) and LET (when `let` is true) for
