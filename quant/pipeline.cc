@@ -373,6 +373,8 @@ absl::Status Pipeline::QuantizeLayer(int i) {
                                  if (o_.on_progress) {
                                    o_.on_progress({i, config_.num_layers, "training", epoch, epochs, loss});
                                  }
+                                 // Training a layer can take long: honour a stop between epochs.
+                                 return !(o_.should_stop && o_.should_stop());
                                });
     if (!omni.ok()) {
       return absl::Status(omni.status().code(), absl::StrCat(layer_prefix, ": ", omni.status().message()));

@@ -84,7 +84,8 @@ struct PipelineOptions {
   nlohmann::json manifest_extra;  // recorded in qaas_manifest.json (e.g. the job spec)
   // Called from the pipeline's thread; must not block for long.
   std::function<void(const PipelineProgress&)> on_progress;
-  // Polled at layer boundaries; true stops the run with CANCELLED.
+  // Polled at layer boundaries (and between OmniQuant's epochs); true stops
+  // the run with CANCELLED.
   std::function<bool()> should_stop;
 };
 

@@ -206,7 +206,7 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
                                                const at::Tensor& inputs, const at::Tensor& targets,
                                                const TensorQuant& weights, bool let,
                                                const OmniQuantOptions& options,
-                                               const std::function<void(int, double)>& on_epoch) {
+                                               const std::function<bool(int, double)>& on_epoch) {
   const auto start = std::chrono::steady_clock::now();
   if (weights.enabled() && weights.format != NumberFormat::kInt) {
     return absl::InvalidArgumentError("OmniQuant's clipping (LWC) learns integer weight ranges, not MX blocks");
@@ -335,7 +335,9 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
         ++steps;
       }
       losses.push_back(sum / count);
-      if (on_epoch) on_epoch(epoch, sum / count);
+      if (on_epoch && !on_epoch(epoch, sum / count)) {
+        return absl::CancelledError(absl::StrCat("OmniQuant stopped after epoch ", epoch, " of ", epochs));
+      }
     }
   }
 

@@ -93,13 +93,14 @@ struct OmniQuantResult {
 // Learns LWC (when `weights` is enabled) and LET (when `let` is true) for
 // `layer` (float, with its activation quantizers set) so that its quantized
 // output on `inputs` [n, T, hidden] approaches `targets` (the float block on
-// the float model's inputs). `on_epoch(epoch, mean_loss)` after each epoch.
-// InvalidArgument for MX weights; Internal when the loss stops being finite.
+// the float model's inputs). `on_epoch(epoch, mean_loss)` after each epoch;
+// returning false stops training with Cancelled. InvalidArgument for MX
+// weights; Internal when the loss stops being finite.
 absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const DecoderLayer& layer,
                                                const at::Tensor& inputs, const at::Tensor& targets,
                                                const TensorQuant& weights, bool let,
                                                const OmniQuantOptions& options,
-                                               const std::function<void(int, double)>& on_epoch = nullptr);
+                                               const std::function<bool(int, double)>& on_epoch = nullptr);
 
 }  // namespace qaas::quant
 

@@ -248,6 +248,7 @@ TEST_P(OmniQuantTest, TrainingLowersTheBlockLossDeterministically) {
                           [&](int epoch, double loss) {
                             EXPECT_EQ(epoch, static_cast<int>(reported.size()) + 1);
                             reported.push_back(loss);
+                            return true;
                           });
   };
   auto result = run();
@@ -329,6 +330,18 @@ TEST_P(OmniQuantTest, WeightOnlyLearnsClippingAlone) {
     rtn.linears[j].weight = QuantizeRtn(layer_.linears[j].weight, weights).dequantized;
   }
   EXPECT_LT(RelErr(target, model_->LayerForward(quantized, x_)), RelErr(target, model_->LayerForward(rtn, x_)));
+}
+
+TEST_P(OmniQuantTest, StopsBetweenEpochsWhenAsked) {
+  const at::Tensor target = model_->LayerForward(layer_, x_);
+  OmniQuantOptions options;
+  options.epochs = 10;
+  int seen = 0;
+  auto result = OmniQuantLayer(*model_, layer_, x_, target, WeightSpec("W4A16"), false, options,
+                               [&](int epoch, double) { return ++seen < 3; });
+  QAAS_EXPECT_CODE(result, kCancelled);
+  EXPECT_EQ(seen, 3);
+  EXPECT_TRUE(MessageHas(result, "epoch 3 of 10"));
 }
 
 TEST_P(OmniQuantTest, BadInputsAreNamed) {

@@ -396,6 +396,37 @@ TEST_F(RandomModelPipelineTest, StopAfterTheFirstLayerIsCancelled) {
   for (const auto& p : progress) EXPECT_LE(p.layer, 1) << p.step;
 }
 
+// OmniQuant reports each epoch as progress and stops between epochs, not
+// only at layer boundaries.
+TEST_F(RandomModelPipelineTest, OmniQuantReportsEpochsAndStopsBetweenThem) {
+  PipelineOptions o = Options();
+  RecipeStep step{"omniquant"};
+  step.omniquant.epochs = 5;
+  o.recipe = {step};
+  std::vector<PipelineProgress> progress;
+  bool stop = false;
+  o.on_progress = [&](const PipelineProgress& p) {
+    progress.push_back(p);
+    if (p.step == "training" && p.epoch == 2) stop = true;
+  };
+  o.should_stop = [&] { return stop; };
+  auto report = RunPipeline(o);
+  QAAS_EXPECT_CODE(report, kCancelled);
+  EXPECT_TRUE(MessageHas(report, "epoch 2 of 5"));
+  std::vector<int> epochs;
+  for (const auto& p : progress) {
+    if (p.epochs > 0) {
+      EXPECT_EQ(p.step, "training");
+      EXPECT_EQ(p.epochs, 5);
+      EXPECT_EQ(p.layer, 0);
+      EXPECT_GT(p.loss, 0);
+      epochs.push_back(p.epoch);
+    }
+  }
+  EXPECT_EQ(epochs, (std::vector<int>{1, 2}));
+  EXPECT_FALSE(LocalPathExists(o.output_dir + "/checkpoints/layer-0.safetensors"));
+}
+
 TEST(ImplementedMethodsTest, ListsRtn) {
   const auto& m = ImplementedMethods();
   EXPECT_NE(std::find(m.begin(), m.end(), "rtn"), m.end());
