@@ -22,6 +22,7 @@
 #include "quant/model/safetensors.h"
 #include "quant/pipeline.h"
 #include "quant/util/allocator.h"
+#include "tests/quant/layer_fixture.h"
 #include "tests/quant/quant_test_util.h"
 #include "tests/test_util.h"
 
@@ -89,34 +90,8 @@ TEST(LwcTest, GradientsReachGammaAndBetaThroughTheRounding) {
 }
 
 // A random LLaMA layer with GQA, and the tiny OPT model (biases, LayerNorm).
-class OmniQuantTest : public ::testing::TestWithParam<std::string> {
+class OmniQuantTest : public ArchitectureLayerTest {
  protected:
-  void SetUp() override {
-    std::string dir = TinyOptDir();
-    if (GetParam() == "llama") {
-      RandomModelOptions m;
-      m.hidden_size = 64;
-      m.intermediate_size = 96;
-      m.num_heads = 4;
-      m.num_kv_heads = 2;
-      m.tokenizer_text = kTinyText;
-      m.seed = 7;
-      dir = tmp_.path() + "/llama";
-      QAAS_ASSERT_OK(WriteRandomLlama(m, dir));
-    }
-    auto ck = Checkpoint::Open(dir);
-    QAAS_ASSERT_OK(ck);
-    ck_ = *std::move(ck);
-    auto model = DecoderModel::Create(*ck_, at::kCPU, 64);
-    QAAS_ASSERT_OK(model);
-    model_ = *std::move(model);
-    auto layer = model_->LoadLayer(0);
-    QAAS_ASSERT_OK(layer);
-    layer_ = *std::move(layer);
-    at::manual_seed(0);
-    x_ = at::randn({4, 16, config().hidden_size});
-  }
-  const ModelConfig& config() const { return ck_->config(); }
   bool opt() const { return GetParam() == "opt"; }
   // Random LET parameters (a shift only for OPT), requiring grad when asked.
   LetParams RandomLet(bool grad) const {
@@ -138,11 +113,15 @@ class OmniQuantTest : public ::testing::TestWithParam<std::string> {
     model_->LayerForward(layer, x_, [&](const std::string& name, const at::Tensor& x) { inputs[name] = x; });
     return inputs;
   }
-  ScopedTempDir tmp_;
-  std::unique_ptr<Checkpoint> ck_;
-  std::unique_ptr<DecoderModel> model_;
-  DecoderLayer layer_;
-  at::Tensor x_;
+  // layer_ with the scheme's dynamic activation and KV-cache quantizers.
+  DecoderLayer WithActQuant(const Scheme& scheme) const {
+    auto act = std::make_shared<LayerActQuant>();
+    for (auto& q : act->inputs) q = DynamicQuantizer(scheme.activations);
+    act->kv = DynamicQuantizer(scheme.kv_cache);
+    DecoderLayer layer = layer_;
+    layer.act = act;
+    return layer;
+  }
 };
 
 TEST_P(OmniQuantTest, LetKeepsTheFloatFunction) {
@@ -194,12 +173,8 @@ TEST_P(OmniQuantTest, FoldedLayerIsTheUnfoldedTransformation) {
 }
 
 TEST_P(OmniQuantTest, GradientsReachEveryLearnedParameter) {
-  Scheme scheme = MustParse("W4A4KV4");
-  auto act = std::make_shared<LayerActQuant>();
-  for (auto& q : act->inputs) q = DynamicQuantizer(scheme.activations);
-  act->kv = DynamicQuantizer(scheme.kv_cache);
-  DecoderLayer layer = layer_;
-  layer.act = act;
+  const Scheme scheme = MustParse("W4A4KV4");
+  const DecoderLayer layer = WithActQuant(scheme);
   const at::Tensor target = model_->LayerForward(layer_, x_);
   c10::AutoGradMode grad(true);
   const LetParams let = RandomLet(true);
@@ -232,12 +207,8 @@ TEST_P(OmniQuantTest, GradientsReachEveryLearnedParameter) {
 }
 
 TEST_P(OmniQuantTest, TrainingLowersTheBlockLossDeterministically) {
-  Scheme scheme = MustParse("W3A4KV4");
-  auto act = std::make_shared<LayerActQuant>();
-  for (auto& q : act->inputs) q = DynamicQuantizer(scheme.activations);
-  act->kv = DynamicQuantizer(scheme.kv_cache);
-  DecoderLayer layer = layer_;
-  layer.act = act;
+  const Scheme scheme = MustParse("W3A4KV4");
+  const DecoderLayer layer = WithActQuant(scheme);
   const at::Tensor target = model_->LayerForward(layer_, x_);
   OmniQuantOptions options;
   options.epochs = 30;

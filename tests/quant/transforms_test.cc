@@ -16,6 +16,7 @@
 #include "quant/model/decoder.h"
 #include "quant/model/outliers.h"
 #include "quant/model/random_model.h"
+#include "tests/quant/layer_fixture.h"
 #include "tests/quant/quant_test_util.h"
 #include "tests/test_util.h"
 
@@ -94,39 +95,7 @@ TEST(KMeansTest, SeparatesObviousClustersDeterministically) {
 }
 
 // A random LLaMA layer with GQA, and the tiny OPT model.
-class TransformTest : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    std::string dir = TinyOptDir();
-    if (GetParam() == "llama") {
-      RandomModelOptions m;
-      m.hidden_size = 64;
-      m.intermediate_size = 96;
-      m.num_heads = 4;
-      m.num_kv_heads = 2;
-      m.tokenizer_text = kTinyText;
-      m.seed = 5;
-      dir = tmp_.path() + "/llama";
-      QAAS_ASSERT_OK(WriteRandomLlama(m, dir));
-    }
-    auto ck = Checkpoint::Open(dir);
-    QAAS_ASSERT_OK(ck);
-    ck_ = *std::move(ck);
-    auto model = DecoderModel::Create(*ck_, at::kCPU, 64);
-    QAAS_ASSERT_OK(model);
-    model_ = *std::move(model);
-    auto layer = model_->LoadLayer(0);
-    QAAS_ASSERT_OK(layer);
-    layer_ = *std::move(layer);
-    at::manual_seed(0);
-    x_ = at::randn({2, 16, ck_->config().hidden_size});
-  }
-  ScopedTempDir tmp_;
-  std::unique_ptr<Checkpoint> ck_;
-  std::unique_ptr<DecoderModel> model_;
-  DecoderLayer layer_;
-  at::Tensor x_;
-};
+using TransformTest = ArchitectureLayerTest;
 
 TEST_P(TransformTest, SmoothQuantKeepsTheLayersFunction) {
   const at::Tensor ref = model_->LayerForward(layer_, x_);
