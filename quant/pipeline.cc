@@ -495,6 +495,11 @@ absl::Status Pipeline::QuantizeLayer(int i) {
         lr.seconds = SecondsSince(tq);
         lr.relative_weight_error = RelativeError(w, results[j]->dequantized);
         quantized.linears[j].weight = results[j]->dequantized;
+        if (!results[j]->mx && quantized.linears[j].bias.defined()) {
+          // The GPTQ layout stores biases in float16: evaluate what is stored
+          // (it matters where a method changed them, e.g. OmniQuant's shifts).
+          quantized.linears[j].bias = quantized.linears[j].bias.to(at::kHalf).to(at::kFloat);
+        }
         report_.seconds_quantization += lr.seconds;
       }
     }

@@ -13,6 +13,7 @@
 #include "quant/data/text_dataset.h"
 #include "quant/eval/perplexity.h"
 #include "quant/export.h"
+#include "quant/formats/act_quant.h"
 #include "quant/methods/rtn.h"
 #include "quant/model/checkpoint.h"
 #include "quant/model/decoder.h"
@@ -43,7 +44,8 @@ PipelineOptions Options(const std::string& out, const std::string& scheme) {
 // Reads every linear of the artifact back (per-IC ones from their ".ic"
 // transpose) and checks the exported biases; returns the weights by name.
 std::map<std::string, at::Tensor> UnpackArtifact(const Checkpoint& ck, const DecoderModel& model,
-                                                 const std::map<std::string, RawTensor>& tensors, int bits) {
+                                                 const std::map<std::string, RawTensor>& tensors, int bits,
+                                                 bool checkpoint_biases = true) {
   std::map<std::string, at::Tensor> out;
   for (int i = 0; i < ck.config().num_layers; ++i) {
     auto layer = model.LoadLayer(i);
@@ -68,15 +70,19 @@ std::map<std::string, at::Tensor> UnpackArtifact(const Checkpoint& ck, const Dec
       EXPECT_NE(bias, tensors.end());
       if (bias == tensors.end()) continue;
       EXPECT_EQ(bias->second.dtype, DType::kF16);
-      EXPECT_TRUE(RawToTensor(bias->second).equal(lin.bias.to(at::kHalf)));
+      if (checkpoint_biases) EXPECT_TRUE(RawToTensor(bias->second).equal(lin.bias.to(at::kHalf)));
     }
   }
   return out;
 }
 
 // The perplexity of tiny-opt with its linear weights replaced by `weights`
-// (biases and norms as stored), on the evaluation of Options().
-double PerplexityWith(const std::map<std::string, at::Tensor>& weights) {
+// (biases in float16 as the artifact stores them, norms as in the checkpoint),
+// on the evaluation of Options(). With `artifact`, norms and biases come from
+// it instead; with `act`, every layer quantizes its activations so.
+double PerplexityWith(const std::map<std::string, at::Tensor>& weights,
+                      const std::map<std::string, RawTensor>* artifact = nullptr,
+                      std::shared_ptr<const LayerActQuant> act = nullptr) {
   auto ck = Checkpoint::Open(TinyOptDir());
   EXPECT_TRUE(ck.ok()) << ck.status();
   auto model = DecoderModel::Create(**ck, at::kCPU, 128);
@@ -96,7 +102,17 @@ double PerplexityWith(const std::map<std::string, at::Tensor>& weights) {
     if (!layer.ok()) return 0;
     for (size_t j = 0; j < layer->linears.size(); ++j) {
       layer->linears[j].weight = weights.at((*model)->LayerPrefix(i) + (*model)->LinearNames()[j]);
+      // As the artifact stores them (GPTQ layout: float16).
+      layer->linears[j].bias = layer->linears[j].bias.to(at::kHalf).to(at::kFloat);
+      if (artifact) {
+        layer->linears[j].bias = RawToTensor(artifact->at((*model)->LayerPrefix(i) + (*model)->LinearNames()[j] + ".bias"))
+                                     .to(at::kFloat);
+      }
     }
+    if (artifact) {
+      for (auto& [name, t] : layer->norms) t = RawToTensor(artifact->at((*model)->LayerPrefix(i) + name)).to(at::kFloat);
+    }
+    layer->act = act;
     h = (*model)->LayerForward(*layer, h);  // 8 windows: the pipeline's one batch
   }
   return WindowsNll(h, *windows, [&](const at::Tensor& x) { return (*model)->Logits(x); }).perplexity();
@@ -223,6 +239,42 @@ TEST(OptPipelineTest, GptqAndAdaDimExportWhatTheyEvaluated) {
       RecordProperty("adadim_per_ic_layers", per_ic);
     }
   }
+}
+
+// OmniQuant with quantized activations changes OPT's norms and biases (LET's
+// scales and shifts): the artifact's norms, float16 biases and unpacked codes,
+// with the same activation quantizers, give exactly the reported perplexity.
+TEST(OptPipelineTest, OmniQuantExportsWhatItEvaluated) {
+  QAAS_REQUIRE_SHARED();
+  ScopedTempDir dir;
+  PipelineOptions o = Options(dir.path() + "/out", "W4A8");
+  o.calibration = DatasetRef{TinyStoriesPath(), "tinystories-calib", 64, 0};
+  o.num_samples = 8;
+  RecipeStep step{"omniquant"};
+  step.omniquant.epochs = 3;
+  o.recipe = {step};
+  auto report = RunPipeline(o);
+  QAAS_ASSERT_OK(report);
+  const double quantized = (*report)["evaluations"][0]["perplexity_quantized"].get<double>();
+  EXPECT_TRUE((*report)["blocks"][0]["transforms"]["omniquant"].contains("let"));
+
+  const auto tensors = ReadAll(o.output_dir + "/artifact/model.safetensors");
+  auto ck = Checkpoint::Open(TinyOptDir());
+  QAAS_ASSERT_OK(ck);
+  auto model = DecoderModel::Create(**ck, at::kCPU, 128);
+  QAAS_ASSERT_OK(model);
+  const auto weights = UnpackArtifact(**ck, **model, tensors, 4, /*checkpoint_biases=*/false);
+  ASSERT_EQ(weights.size(), 12u);
+  // LET moved the norms and the norm-fed linears' biases.
+  auto layer = (*model)->LoadLayer(0);
+  QAAS_ASSERT_OK(layer);
+  const std::string prefix = (*model)->LayerPrefix(0);
+  EXPECT_FALSE(RawToTensor(tensors.at(prefix + "self_attn_layer_norm.weight")).equal(layer->norm("self_attn_layer_norm.weight")));
+  EXPECT_FALSE(RawToTensor(tensors.at(prefix + "fc1.bias")).equal(layer->linears[4].bias.to(at::kHalf)));
+
+  auto act = std::make_shared<LayerActQuant>();
+  for (auto& q : act->inputs) q = DynamicQuantizer(o.scheme.activations);
+  EXPECT_NEAR(PerplexityWith(weights, &tensors, act), quantized, 1e-9 * quantized);
 }
 
 TEST(OptPipelineTest, TokenizerWithoutBosIsInvalidArgument) {
