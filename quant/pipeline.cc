@@ -58,17 +58,6 @@ struct EvalStream {
   at::Tensor quantized; // through the quantized model
 };
 
-// Runs `layer` over `hidden` in batches of `batch` windows.
-at::Tensor ForwardBatched(const DecoderModel& model, const DecoderLayer& layer, const at::Tensor& hidden,
-                          int batch, const LinearInputHook& hook = nullptr) {
-  std::vector<at::Tensor> outs;
-  for (int64_t i = 0; i < hidden.size(0); i += batch) {
-    const int64_t n = std::min<int64_t>(batch, hidden.size(0) - i);
-    outs.push_back(model.LayerForward(layer, hidden.narrow(0, i, n), hook));
-  }
-  return at::cat(outs, 0);
-}
-
 int ResolveSeqLen(int requested, int context, const std::string& what, absl::Status* error) {
   if (requested == 0) return std::min(2048, context);
   if (requested < 0) {
@@ -167,14 +156,7 @@ absl::Status Pipeline::CheckRecipeAndScheme() {
     return absl::InvalidArgumentError(absl::StrCat("scheme ", sc.ToString(),
                                                    ": GPTQ act_order and static_groups do not apply to MX blocks"));
   }
-  if (UsesOmniQuant()) {
-    const OmniQuantOptions& oq = weight_step_.omniquant;
-    if (oq.epochs < 0 || !(oq.lwc_lr > 0) || !(oq.let_lr > 0) || oq.batch_windows < 1) {
-      return absl::InvalidArgumentError(absl::StrCat("omniquant: epochs must be >= 0 (0: the paper's), lwc_lr and "
-                                                     "let_lr > 0, got epochs ", oq.epochs, ", lwc_lr ", oq.lwc_lr,
-                                                     ", let_lr ", oq.let_lr));
-    }
-  }
+  if (UsesOmniQuant()) QAAS_RETURN_IF_ERROR(CheckOmniQuantOptions(weight_step_.omniquant));
   for (const auto& step : transforms_) {
     if (step.method == "smoothquant" && !(step.smoothquant.alpha >= 0 && step.smoothquant.alpha <= 1)) {
       return absl::InvalidArgumentError(

@@ -51,43 +51,45 @@ void RangeToScaleZero(const at::Tensor& xmin_in, const at::Tensor& xmax_in, int 
   }
 }
 
+int StoredGroupSize(const TensorQuant& spec, int64_t in) {
+  const int64_t g = GroupSize(spec, in);
+  return g == in ? 0 : static_cast<int>(g);
+}
+
+void GroupRanges(const at::Tensor& w, const TensorQuant& spec, at::Tensor* xmin, at::Tensor* xmax) {
+  const int64_t out = w.size(0), in = w.size(1);
+  if (spec.granularity == Granularity::kPerTensor) {
+    *xmin = w.min().reshape({1, 1}).expand({out, 1});
+    *xmax = w.max().reshape({1, 1}).expand({out, 1});
+    return;
+  }
+  const int64_t g = GroupSize(spec, in);
+  const int64_t groups = (in + g - 1) / g;
+  at::Tensor padded = w;
+  if (groups * g != in) {
+    // A ragged last group: pad with its own first column so the range is unchanged.
+    at::Tensor last = w.narrow(1, (groups - 1) * g, 1);
+    padded = at::cat({w, last.expand({out, groups * g - in})}, 1);
+  }
+  at::Tensor grouped = padded.reshape({out, groups, g});
+  *xmin = std::get<0>(grouped.min(-1));
+  *xmax = std::get<0>(grouped.max(-1));
+}
+
 IntQuantParams ComputeIntParams(const at::Tensor& w, const TensorQuant& spec) {
   IntQuantParams p;
   p.bits = spec.bits;
   p.symmetric = spec.symmetric;
-  const int64_t out = w.size(0), in = w.size(1);
+  p.group_size = StoredGroupSize(spec, w.size(1));
   at::Tensor xmin, xmax;
-  if (spec.granularity == Granularity::kPerTensor) {
-    p.group_size = 0;
-    xmin = w.min().reshape({1, 1}).expand({out, 1});
-    xmax = w.max().reshape({1, 1}).expand({out, 1});
-  } else {
-    const int64_t g = GroupSize(spec, in);
-    p.group_size = g == in ? 0 : static_cast<int>(g);
-    const int64_t groups = (in + g - 1) / g;
-    at::Tensor padded = w;
-    if (groups * g != in) {
-      // A ragged last group: pad with its own first column so the range is unchanged.
-      at::Tensor last = w.narrow(1, (groups - 1) * g, 1);
-      padded = at::cat({w, last.expand({out, groups * g - in})}, 1);
-    }
-    at::Tensor grouped = padded.reshape({out, groups, g});
-    xmin = std::get<0>(grouped.min(-1));
-    xmax = std::get<0>(grouped.max(-1));
-  }
+  GroupRanges(w, spec, &xmin, &xmax);
   RangeToScaleZero(xmin.contiguous(), xmax.contiguous(), p.bits, p.symmetric, &p.scale, &p.zero);
   return p;
 }
 
-namespace {
-
-// Expands [out, groups] parameters to [out, in].
-at::Tensor PerColumn(const at::Tensor& t, const IntQuantParams& p, int64_t in) {
-  const int64_t g = p.group_size == 0 ? in : p.group_size;
-  return t.repeat_interleave(g, 1).narrow(1, 0, in);
+at::Tensor ExpandGroups(const at::Tensor& t, int group_size, int64_t in) {
+  return t.repeat_interleave(group_size == 0 ? in : group_size, 1).narrow(1, 0, in);
 }
-
-}  // namespace
 
 at::Tensor GroupIndex(const IntQuantParams& p, int64_t in) {
   const int64_t g = p.group_size == 0 ? in : p.group_size;
@@ -97,13 +99,13 @@ at::Tensor GroupIndex(const IntQuantParams& p, int64_t in) {
 at::Tensor QuantizeToCodes(const at::Tensor& w, const IntQuantParams& p) {
   const int64_t in = w.size(1);
   const double maxq = static_cast<double>((1 << p.bits) - 1);
-  at::Tensor scale = PerColumn(p.scale, p, in), zero = PerColumn(p.zero, p, in);
+  at::Tensor scale = ExpandGroups(p.scale, p.group_size, in), zero = ExpandGroups(p.zero, p.group_size, in);
   return at::clamp(at::round(w / scale) + zero, 0.0, maxq).to(at::kInt);
 }
 
 at::Tensor DequantizeCodes(const at::Tensor& codes, const IntQuantParams& p) {
   const int64_t in = codes.size(1);
-  at::Tensor scale = PerColumn(p.scale, p, in), zero = PerColumn(p.zero, p, in);
+  at::Tensor scale = ExpandGroups(p.scale, p.group_size, in), zero = ExpandGroups(p.zero, p.group_size, in);
   return (codes.to(at::kFloat) - zero) * scale;
 }
 

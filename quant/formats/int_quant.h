@@ -33,6 +33,18 @@ struct IntQuantParams {
 // Number of input columns in a group for `spec` and a matrix with `in` columns.
 int64_t GroupSize(const TensorQuant& spec, int64_t in);
 
+// What IntQuantParams::group_size records for `spec` on `in` columns: the
+// group size, or 0 when one group spans them all (per channel, per tensor).
+int StoredGroupSize(const TensorQuant& spec, int64_t in);
+
+// Each group's min and max of `w` ([out, in]) under `spec`: [out, groups]
+// (per tensor: the tensor's, broadcast to [out, 1]). A ragged last group is
+// padded with its own first column, which leaves its range unchanged.
+void GroupRanges(const at::Tensor& w, const TensorQuant& spec, at::Tensor* xmin, at::Tensor* xmax);
+
+// [out, groups] parameters expanded to the [out, in] columns they cover.
+at::Tensor ExpandGroups(const at::Tensor& t, int group_size, int64_t in);
+
 // Min-max parameters of `w` ([out, in]) for `spec` (format kInt). For
 // per-tensor the single (scale, zero) is broadcast to every row.
 IntQuantParams ComputeIntParams(const at::Tensor& w, const TensorQuant& spec);

@@ -10,9 +10,20 @@
 #include "absl/strings/str_cat.h"
 #include "quant/formats/int_quant.h"
 #include "quant/methods/rptq.h"  // ChannelRange
+#include "quant/methods/rtn.h"
 #include "quant/methods/smoothquant.h"
 
 namespace qaas::quant {
+
+absl::Status CheckOmniQuantOptions(const OmniQuantOptions& o) {
+  if (o.epochs < 0 || o.batch_windows < 1 || !(o.lwc_lr > 0) || !(o.let_lr > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("omniquant: epochs must be >= 0 (0: the paper's), batch_windows "
+                                                   ">= 1 and the learning rates lwc_lr, let_lr > 0, got epochs ", o.epochs,
+                                                   ", batch_windows ", o.batch_windows, ", lwc_lr ", o.lwc_lr,
+                                                   ", let_lr ", o.let_lr));
+  }
+  return absl::OkStatus();
+}
 
 int OmniQuantEpochs(const OmniQuantOptions& options, const TensorQuant& weights) {
   if (options.epochs > 0) return options.epochs;
@@ -21,40 +32,19 @@ int OmniQuantEpochs(const OmniQuantOptions& options, const TensorQuant& weights)
 
 namespace {
 
-// Columns per group, as ComputeIntParams groups them (per tensor: all columns).
-int64_t ColumnsPerGroup(const at::Tensor& w, const TensorQuant& spec) {
-  return spec.granularity == Granularity::kPerTensor ? w.size(1) : GroupSize(spec, w.size(1));
-}
-
 // The clipped ranges [out, groups] of w's groups.
 void ClippedRanges(const at::Tensor& w, const TensorQuant& spec, const at::Tensor& gamma, const at::Tensor& beta,
                    at::Tensor* xmin, at::Tensor* xmax) {
-  const int64_t out = w.size(0), in = w.size(1);
-  if (spec.granularity == Granularity::kPerTensor) {
-    *xmin = (w.min().reshape({1, 1}) * beta).expand({out, 1});
-    *xmax = (w.max().reshape({1, 1}) * gamma).expand({out, 1});
-    return;
-  }
-  const int64_t g = ColumnsPerGroup(w, spec), groups = (in + g - 1) / g;
-  at::Tensor padded = w;
-  if (groups * g != in) {
-    // A ragged last group: padded with its own first column (ComputeIntParams).
-    at::Tensor last = w.narrow(1, (groups - 1) * g, 1);
-    padded = at::cat({w, last.expand({out, groups * g - in})}, 1);
-  }
-  at::Tensor grouped = padded.reshape({out, groups, g});
-  *xmin = std::get<0>(grouped.min(-1)) * beta;
-  *xmax = std::get<0>(grouped.max(-1)) * gamma;
+  GroupRanges(w, spec, xmin, xmax);
+  *xmin = *xmin * beta;
+  *xmax = *xmax * gamma;
 }
-
-// [out, groups] -> [out, in]
-at::Tensor PerColumn(const at::Tensor& t, int64_t g, int64_t in) { return t.repeat_interleave(g, 1).narrow(1, 0, in); }
 
 }  // namespace
 
 std::vector<int64_t> ClippingShape(const at::Tensor& w, const TensorQuant& spec) {
   if (spec.granularity == Granularity::kPerTensor) return {1, 1};
-  const int64_t g = ColumnsPerGroup(w, spec);
+  const int64_t g = GroupSize(spec, w.size(1));
   return {w.size(0), (w.size(1) + g - 1) / g};
 }
 
@@ -63,28 +53,23 @@ at::Tensor LwcFakeQuantize(const at::Tensor& w, const TensorQuant& spec, const a
   at::Tensor xmin, xmax, scale, zero;
   ClippedRanges(w, spec, gamma, beta, &xmin, &xmax);
   RangeToScaleZero(xmin, xmax, spec.bits, spec.symmetric, &scale, &zero);
-  const int64_t in = w.size(1), g = ColumnsPerGroup(w, spec);
-  const double maxq = static_cast<double>((1 << spec.bits) - 1);
-  at::Tensor s = PerColumn(scale, g, in), z = PerColumn(zero, g, in);
+  const int64_t in = w.size(1);
+  const int group_size = StoredGroupSize(spec, in);
   // As QuantizeToCodes then DequantizeCodes, with straight-through rounding.
-  return (at::clamp(RoundSte(w / s) + z, 0.0, maxq) - z) * s;
+  return FakeQuantizeColumns(w, ExpandGroups(scale, group_size, in), ExpandGroups(zero, group_size, in), spec.bits);
 }
 
 QuantizedLinear LwcQuantize(const at::Tensor& w, const TensorQuant& spec, const at::Tensor& gamma,
                             const at::Tensor& beta) {
   c10::NoGradGuard no_grad;
-  QuantizedLinear q;
   at::Tensor xmin, xmax;
   ClippedRanges(w.detach(), spec, gamma.detach(), beta.detach(), &xmin, &xmax);
-  const int64_t in = w.size(1), g = ColumnsPerGroup(w, spec);
-  q.params.bits = spec.bits;
-  q.params.symmetric = spec.symmetric;
-  q.params.group_size = g == in ? 0 : static_cast<int>(g);
-  RangeToScaleZero(xmin.contiguous(), xmax.contiguous(), spec.bits, spec.symmetric, &q.params.scale, &q.params.zero);
-  q.codes = QuantizeToCodes(w.detach(), q.params);
-  q.dequantized = DequantizeCodes(q.codes, q.params);
-  q.g_idx = GroupIndex(q.params, in);
-  return q;
+  IntQuantParams p;
+  p.bits = spec.bits;
+  p.symmetric = spec.symmetric;
+  p.group_size = StoredGroupSize(spec, w.size(1));
+  RangeToScaleZero(xmin.contiguous(), xmax.contiguous(), spec.bits, spec.symmetric, &p.scale, &p.zero);
+  return QuantizeWithParams(w.detach(), std::move(p));
 }
 
 namespace {
@@ -214,9 +199,7 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
   if (!inputs.defined() || inputs.size(0) == 0 || !inputs.sizes().equals(targets.sizes())) {
     return absl::InvalidArgumentError("OmniQuant needs calibration inputs and targets of one shape");
   }
-  if (options.batch_windows < 1 || !(options.lwc_lr > 0) || !(options.let_lr > 0)) {
-    return absl::InvalidArgumentError("OmniQuant: batch_windows must be >= 1 and learning rates > 0");
-  }
+  if (auto st = CheckOmniQuantOptions(options); !st.ok()) return st;
   const bool lwc = weights.enabled();
   const int epochs = OmniQuantEpochs(options, weights);
   const std::vector<std::string>& names = model.LinearNames();
@@ -236,13 +219,10 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
     const std::string& mlp_name = names[model.ConsumersOf(ActPoint::kMlpIn)[0]];
     DecoderLayer plain = layer;
     plain.act = nullptr;
-    for (int64_t i = 0; i < inputs.size(0); i += 8) {
-      model.LayerForward(plain, inputs.narrow(0, i, std::min<int64_t>(8, inputs.size(0) - i)),
-                         [&](const std::string& name, const at::Tensor& x) {
-                           if (name == attn_name) attn_in.Add(x);
-                           if (name == mlp_name) mlp_in.Add(x);
-                         });
-    }
+    ForwardBatched(model, plain, inputs, 8, [&](const std::string& name, const at::Tensor& x) {
+      if (name == attn_name) attn_in.Add(x);
+      if (name == mlp_name) mlp_in.Add(x);
+    });
     auto init = [&](ActPoint p, const ChannelRange& r, at::Tensor* scale, at::Tensor* shift) {
       const BlockNorm norm = model.NormOf(p);
       bool biased = !norm.bias.empty() && layer.norm(norm.bias).defined();
@@ -308,20 +288,23 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
     return l;
   };
 
+  // The mean squared error of `l` on windows [i, i + b).
+  auto block_loss = [&](const DecoderLayer& l, int64_t i, int64_t b) {
+    return (model.LayerForward(l, inputs.narrow(0, i, b)) - targets.narrow(0, i, b)).pow(2).mean();
+  };
+  const int64_t n = inputs.size(0), bw = options.batch_windows;
+
   nlohmann::json losses = nlohmann::json::array();
   int64_t steps = 0;
   if (!let_tensors.empty() || !lwc_tensors.empty()) {
     c10::AutoGradMode grad(true);  // the pipeline runs without gradients
-    const int64_t n = inputs.size(0);
     for (int epoch = 1; epoch <= epochs; ++epoch) {
       double sum = 0;
       int64_t count = 0;
-      for (int64_t i = 0; i < n; i += options.batch_windows) {
-        const int64_t b = std::min<int64_t>(options.batch_windows, n - i);
+      for (int64_t i = 0; i < n; i += bw) {
         auto l = build();
         if (!l.ok()) return l.status();
-        at::Tensor out = model.LayerForward(*l, inputs.narrow(0, i, b));
-        at::Tensor loss = (out - targets.narrow(0, i, b)).pow(2).mean();
+        at::Tensor loss = block_loss(*l, i, std::min(bw, n - i));
         const double value = loss.item<double>();
         if (!std::isfinite(value)) {
           return absl::InternalError(absl::StrCat("OmniQuant: the block loss became ", value, " in epoch ", epoch,
@@ -375,11 +358,8 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
   }
   // The stored block's loss over every window, as training measured it.
   double final_loss = 0;
-  for (int64_t i = 0; i < inputs.size(0); i += options.batch_windows) {
-    const int64_t b = std::min<int64_t>(options.batch_windows, inputs.size(0) - i);
-    final_loss += (model.LayerForward(stored, inputs.narrow(0, i, b)) - targets.narrow(0, i, b)).pow(2).mean().item<double>();
-  }
-  details["final_loss"] = final_loss / ((inputs.size(0) + options.batch_windows - 1) / options.batch_windows);
+  for (int64_t i = 0; i < n; i += bw) final_loss += block_loss(stored, i, std::min(bw, n - i)).item<double>();
+  details["final_loss"] = final_loss / ((n + bw - 1) / bw);
   if (let) {
     for (at::Tensor* t : {&params.attn_scale, &params.attn_shift, &params.mlp_scale, &params.mlp_shift, &params.qk_scale}) {
       if (t->defined()) *t = t->detach();

@@ -49,6 +49,10 @@ struct OmniQuantOptions {
   double let_alpha = 0.5;  // SmoothQuant migration strength LET starts from
 };
 
+// InvalidArgument naming the option unless epochs >= 0, batch_windows >= 1
+// and both learning rates > 0.
+absl::Status CheckOmniQuantOptions(const OmniQuantOptions& options);
+
 // The epochs a run uses for `weights` (resolving epochs = 0).
 int OmniQuantEpochs(const OmniQuantOptions& options, const TensorQuant& weights);
 

@@ -18,7 +18,12 @@ QuantizedLinear QuantizeRtn(const at::Tensor& w, const TensorQuant& spec) {
     q.dequantized = FakeQuantizeMx(w.to(at::kFloat), q.element);
     return q;
   }
-  q.params = ComputeIntParams(w, spec);
+  return QuantizeWithParams(w, ComputeIntParams(w, spec));
+}
+
+QuantizedLinear QuantizeWithParams(const at::Tensor& w, IntQuantParams params) {
+  QuantizedLinear q;
+  q.params = std::move(params);
   q.codes = QuantizeToCodes(w, q.params);
   q.dequantized = DequantizeCodes(q.codes, q.params);
   q.g_idx = GroupIndex(q.params, w.size(1));

@@ -13,6 +13,10 @@ namespace qaas::quant {
 // w: float [out, in]; spec: integer or MX weights. Does not modify w.
 QuantizedLinear QuantizeRtn(const at::Tensor& w, const TensorQuant& spec);
 
+// w rounded to its nearest codes under given integer parameters (RTN's
+// rounding with another method's ranges, e.g. OmniQuant's clipped ones).
+QuantizedLinear QuantizeWithParams(const at::Tensor& w, IntQuantParams params);
+
 }  // namespace qaas::quant
 
 #endif  // QAAS_QUANT_METHODS_RTN_H_

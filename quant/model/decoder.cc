@@ -1,5 +1,7 @@
 #include "quant/model/decoder.h"
 
+#include <algorithm>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "quant/model/opt.h"
@@ -31,6 +33,16 @@ DecoderLayer DecoderLayer::To(const at::Device& device) const {
     out.linears.push_back({l.weight.to(device), l.bias.defined() ? l.bias.to(device) : l.bias});
   }
   return out;
+}
+
+at::Tensor ForwardBatched(const DecoderModel& model, const DecoderLayer& layer, const at::Tensor& hidden, int batch,
+                          const LinearInputHook& hook) {
+  std::vector<at::Tensor> outs;
+  for (int64_t i = 0; i < hidden.size(0); i += batch) {
+    const int64_t n = std::min<int64_t>(batch, hidden.size(0) - i);
+    outs.push_back(model.LayerForward(layer, hidden.narrow(0, i, n), hook));
+  }
+  return at::cat(outs, 0);
 }
 
 namespace {

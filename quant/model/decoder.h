@@ -110,6 +110,11 @@ class DecoderModel {
   virtual at::Tensor Logits(const at::Tensor& hidden) const = 0;
 };
 
+// Runs `layer` over `hidden` [n, T, hidden] in batches of `batch` windows
+// (bounding the activations' memory); the outputs concatenated.
+at::Tensor ForwardBatched(const DecoderModel& model, const DecoderLayer& layer, const at::Tensor& hidden, int batch,
+                          const LinearInputHook& hook = nullptr);
+
 }  // namespace qaas::quant
 
 #endif  // QAAS_QUANT_MODEL_DECODER_H_
