@@ -75,6 +75,7 @@ int main(int argc, char** argv) {
     wo.work_dir = data_dir + "/worker";
     wo.device = absl::GetFlag(FLAGS_device);
     wo.poll_wait_ms = 1000;
+    wo.registry = &(*server)->registry();
     worker = std::make_unique<qaas::worker::Worker>((*server)->InProcessChannel(), wo);
     worker_thread = std::thread([&] { worker->Run(); });
   }

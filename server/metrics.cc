@@ -1,11 +1,20 @@
 #include "server/metrics.h"
 
+#include <cmath>
+
 namespace qaas::server {
 namespace {
 
 const prometheus::Histogram::BucketBoundaries& DurationBuckets() {
   static const auto* kBuckets = new prometheus::Histogram::BucketBoundaries{
       1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400};
+  return *kBuckets;
+}
+
+// Relative perplexity increase: 0.1% (lossless in practice) to 100x (broken).
+const prometheus::Histogram::BucketBoundaries& IncreaseBuckets() {
+  static const auto* kBuckets = new prometheus::Histogram::BucketBoundaries{
+      0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 100};
   return *kBuckets;
 }
 
@@ -20,20 +29,34 @@ std::string StatusLabel(v1::JobState s) {
 
 }  // namespace
 
+std::string MethodLabel(const v1::JobSpec& spec) {
+  std::string label;
+  for (const auto& step : spec.recipe()) {
+    if (!label.empty()) label += '+';
+    label += step.method();
+  }
+  if (label.empty()) label = spec.preset().empty() ? "none" : spec.preset();
+  return label;
+}
+
 Metrics::Metrics(prometheus::Registry& r)
     : submitted_(prometheus::BuildCounter()
                      .Name("qaas_jobs_submitted_total")
-                     .Help("Jobs accepted by SubmitJob (idempotent repeats not counted).")
-                     .Register(r)
-                     .Add({})),
+                     .Help("Jobs accepted by SubmitJob (idempotent repeats not counted), by method.")
+                     .Register(r)),
       finished_(prometheus::BuildCounter()
                     .Name("qaas_jobs_finished_total")
-                    .Help("Jobs that reached a final state, by status.")
+                    .Help("Jobs that reached a final state, by status and method.")
                     .Register(r)),
       duration_(prometheus::BuildHistogram()
                     .Name("qaas_job_duration_seconds")
-                    .Help("Time from submit to a final state, by status.")
+                    .Help("Run time of finished jobs, from the first lease to the final state, by status and method.")
                     .Register(r)),
+      perplexity_increase_(prometheus::BuildHistogram()
+                               .Name("qaas_job_perplexity_increase_ratio")
+                               .Help("Succeeded jobs' perplexity_quantized / perplexity_original - 1 (first "
+                                     "evaluation), by method.")
+                               .Register(r)),
       queue_wait_(prometheus::BuildHistogram()
                       .Name("qaas_job_queue_wait_seconds")
                       .Help("Time a job waited in QUEUED before a worker leased it.")
@@ -44,6 +67,11 @@ Metrics::Metrics(prometheus::Registry& r)
                              .Help("Leases that expired without a heartbeat (worker lost).")
                              .Register(r)
                              .Add({})),
+      lease_releases_(prometheus::BuildCounter()
+                          .Name("qaas_lease_releases_total")
+                          .Help("Leases a stopping worker handed back (job requeued at once).")
+                          .Register(r)
+                          .Add({})),
       workers_registered_(prometheus::BuildCounter()
                               .Name("qaas_workers_registered_total")
                               .Help("RegisterWorker calls.")
@@ -58,16 +86,24 @@ Metrics::Metrics(prometheus::Registry& r)
                    .Name("qaas_jobs_running")
                    .Help("Jobs RUNNING on a worker.")
                    .Register(r)
-                   .Add({})) {
-  for (auto s : {v1::JOB_STATE_SUCCEEDED, v1::JOB_STATE_FAILED, v1::JOB_STATE_CANCELLED}) {
-    finished_.Add({{"status", StatusLabel(s)}});  // so every series exists from the start
-    duration_.Add({{"status", StatusLabel(s)}}, DurationBuckets());
+                   .Add({})),
+      workers_active_(prometheus::BuildGauge()
+                          .Name("qaas_workers_active")
+                          .Help("Registered workers heard from (poll or heartbeat) within one lease duration.")
+                          .Register(r)
+                          .Add({})) {}
+
+void Metrics::JobFinished(v1::JobState state, const std::string& method, double run_seconds) {
+  const std::string status = StatusLabel(state);
+  finished_.Add({{"status", status}, {"method", method}}).Increment();
+  if (run_seconds >= 0) {
+    duration_.Add({{"status", status}, {"method", method}}, DurationBuckets()).Observe(run_seconds);
   }
 }
 
-void Metrics::JobFinished(v1::JobState state, double seconds) {
-  finished_.Add({{"status", StatusLabel(state)}}).Increment();
-  duration_.Add({{"status", StatusLabel(state)}}, DurationBuckets()).Observe(seconds);
+void Metrics::QualityMeasured(const std::string& method, double original, double quantized) {
+  if (!(original > 0) || !(quantized > 0) || !std::isfinite(original) || !std::isfinite(quantized)) return;
+  perplexity_increase_.Add({{"method", method}}, IncreaseBuckets()).Observe(quantized / original - 1.0);
 }
 
 }  // namespace qaas::server

@@ -58,7 +58,36 @@ void Scheduler::RefreshGauges() {
 }
 
 void Scheduler::RecordFinish(const v1::Job& job) {
-  metrics_->JobFinished(job.state(), (job.finish_time_ms() - job.create_time_ms()) / 1000.0);
+  const std::string method = MethodLabel(job.spec());
+  const double run_seconds =
+      job.start_time_ms() > 0 ? (job.finish_time_ms() - job.start_time_ms()) / 1000.0 : -1.0;
+  metrics_->JobFinished(job.state(), method, run_seconds);
+  if (job.state() == v1::JOB_STATE_SUCCEEDED) {
+    metrics_->QualityMeasured(method, job.result().perplexity_original(), job.result().perplexity_quantized());
+  }
+}
+
+void Scheduler::SawWorker(const std::string& worker_id, int polling_delta) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = workers_.find(worker_id);
+    if (it == workers_.end()) return;
+    it->second.last_seen_ms = Now();
+    it->second.polling += polling_delta;
+  }
+  RefreshWorkerGauge();
+}
+
+void Scheduler::RefreshWorkerGauge() {
+  int active = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int64_t now = Now();
+    for (const auto& [id, w] : workers_) {
+      active += w.polling > 0 || now - w.last_seen_ms <= options_.lease_duration_ms;
+    }
+  }
+  metrics_->SetActiveWorkers(active);
 }
 
 absl::StatusOr<v1::Job> Scheduler::Submit(const std::string& tenant, v1::JobSpec spec) {
@@ -78,7 +107,7 @@ absl::StatusOr<v1::Job> Scheduler::Submit(const std::string& tenant, v1::JobSpec
   auto stored = store_->Insert(job, &created);
   if (!stored.ok()) return stored.status();
   if (created) {
-    metrics_->JobSubmitted();
+    metrics_->JobSubmitted(MethodLabel(stored->spec()));
     RefreshGauges();
     Notify();
   }
@@ -149,9 +178,10 @@ absl::StatusOr<v1::RegisterWorkerResponse> Scheduler::RegisterWorker(const v1::R
   resp.set_heartbeat_interval_ms(options_.heartbeat_interval_ms);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    workers_[resp.worker_id()] = {req.capabilities(), req.name()};
+    workers_[resp.worker_id()] = {req.capabilities(), req.name(), Now(), 0};
   }
   metrics_->WorkerRegistered();
+  RefreshWorkerGauge();
   return resp;
 }
 
@@ -166,6 +196,12 @@ absl::StatusOr<v1::LeaseJobResponse> Scheduler::LeaseJob(const v1::LeaseJobReque
     }
     worker = it->second;
   }
+  SawWorker(req.worker_id(), +1);
+  struct LeavePoll {
+    Scheduler* s;
+    const std::string& id;
+    ~LeavePoll() { s->SawWorker(id, -1); }
+  } leave_poll{this, req.worker_id()};
   auto eligible = [&](const v1::Job& job) {
     const auto& res = job.spec().resources();
     if (!res.device().empty()) {
@@ -228,6 +264,7 @@ absl::StatusOr<v1::HeartbeatResponse> Scheduler::Heartbeat(const v1::HeartbeatRe
     r.lease_expire_ms = Now() + options_.lease_duration_ms;
   });
   if (!row.ok()) return row.status();
+  SawWorker(req.worker_id(), 0);
   Notify();
   v1::HeartbeatResponse resp;
   resp.set_cancel_requested(row->job.cancel_requested());
@@ -247,6 +284,7 @@ absl::Status Scheduler::CompleteJob(const v1::CompleteJobRequest& req) {
 
 absl::Status Scheduler::FailJob(const v1::FailJobRequest& req) {
   if (req.reason().empty()) return absl::InvalidArgumentError("reason: required");
+  if (req.release()) return Release(req);
   return FinishLeased(req.job_id(), req.lease_id(), [&](JobRow& r) {
     const bool cancelled = req.cancelled() && r.job.cancel_requested();
     r.job.set_state(cancelled ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_FAILED);
@@ -268,7 +306,34 @@ absl::Status Scheduler::FinishLeased(const std::string& job_id, const std::strin
   return absl::OkStatus();
 }
 
+absl::Status Scheduler::Release(const v1::FailJobRequest& req) {
+  bool finished = false;
+  auto row = UpdateLeased(req.job_id(), req.lease_id(), [&](JobRow& r) {
+    v1::Job& j = r.job;
+    r.lease_id.clear();
+    r.lease_expire_ms = 0;
+    if (j.cancel_requested()) {  // nobody wants the rest of it
+      j.set_state(v1::JOB_STATE_CANCELLED);
+      j.set_finish_time_ms(Now());
+      finished = true;
+      return;
+    }
+    j.set_state(v1::JOB_STATE_QUEUED);
+    j.set_attempt(std::max(0, j.attempt() - 1));
+    j.mutable_progress()->set_step(
+        absl::StrCat("requeued: worker '", j.worker_id(), "' released it (", req.reason(), ")"));
+    j.set_worker_id("");
+  });
+  if (!row.ok()) return row.status();
+  metrics_->LeaseReleased();
+  if (finished) RecordFinish(row->job);
+  RefreshGauges();
+  Notify();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int> Scheduler::ExpireLeases() {
+  RefreshWorkerGauge();
   auto ids = store_->ExpiredLeases(Now());
   if (!ids.ok()) return ids.status();
   int n = 0;

@@ -56,10 +56,12 @@ class Scheduler {
   absl::StatusOr<v1::LeaseJobResponse> LeaseJob(const v1::LeaseJobRequest& request);
   absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
   absl::Status CompleteJob(const v1::CompleteJobRequest& request);
+  // Fails the job, or with request.release requeues it (see the proto).
   absl::Status FailJob(const v1::FailJobRequest& request);
 
   // Requeues (or fails, when out of attempts) RUNNING jobs whose lease
-  // expired. Returns how many. Called periodically by the server.
+  // expired. Returns how many. Called periodically by the server, which also
+  // refreshes the active-workers gauge here.
   absl::StatusOr<int> ExpireLeases();
 
   // Change notification for WatchJob: Version() increases on every change;
@@ -75,11 +77,18 @@ class Scheduler {
   struct WorkerInfo {
     v1::WorkerCapabilities capabilities;
     std::string name;
+    int64_t last_seen_ms = 0;  // last RegisterWorker, LeaseJob or Heartbeat
+    int polling = 0;           // LeaseJob calls now waiting
   };
+  // Records that `worker_id` was heard from (polling: +1 entering a long
+  // poll, -1 leaving it) and refreshes the active-workers gauge.
+  void SawWorker(const std::string& worker_id, int polling_delta);
+  void RefreshWorkerGauge();  // takes mu_
   int64_t Now() const { return options_.now_ms(); }
   void Notify();
   void RefreshGauges();
   void RecordFinish(const v1::Job& job);
+  absl::Status Release(const v1::FailJobRequest& request);
   absl::StatusOr<JobRow> UpdateLeased(const std::string& job_id, const std::string& lease_id,
                                       const std::function<void(JobRow&)>& mutate);
   // Ends a leased job with the outcome `set_outcome` writes (state, result or error).

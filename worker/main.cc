@@ -1,4 +1,14 @@
 // qaas-worker: pulls jobs from a qaas-server and runs them.
+//
+// Shutdown (SIGTERM, SIGINT): the worker takes no new job and lets the
+// current one run for up to --drain_seconds; then it stops the job at its
+// next layer boundary and releases it to the queue. A second signal skips
+// the rest of the drain. Set the pod's terminationGracePeriodSeconds above
+// --drain_seconds plus one layer's time.
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <csignal>
 #include <iostream>
 #include <thread>
@@ -6,20 +16,22 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "worker/worker.h"
 #include "quant/util/allocator.h"
+#include "server/metrics_http.h"
+#include "worker/worker.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "scheduler address");
 ABSL_FLAG(std::string, name, "", "worker name (default: host name)");
 ABSL_FLAG(std::string, work_dir, "/tmp/qaas-worker", "scratch and cache directory");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(int64_t, poll_wait_ms, 10000, "long-poll wait for a job");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9465", "Prometheus /metrics and /healthz address (\"\" = off)");
+ABSL_FLAG(int64_t, drain_seconds, 0,
+          "on SIGTERM, let the current job run this long before stopping it at a layer boundary");
 
 namespace {
-qaas::worker::Worker* g_worker = nullptr;
-void OnSignal(int) {
-  if (g_worker) g_worker->Stop();
-}
+std::atomic<int> g_signals{0};
+void OnSignal(int) { g_signals.fetch_add(1); }
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -36,13 +48,43 @@ int main(int argc, char** argv) {
   o.work_dir = absl::GetFlag(FLAGS_work_dir);
   o.device = absl::GetFlag(FLAGS_device);
   o.poll_wait_ms = absl::GetFlag(FLAGS_poll_wait_ms);
+  prometheus::Registry registry;
+  std::unique_ptr<qaas::server::MetricsHttpServer> http;
+  if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
+    auto started = qaas::server::MetricsHttpServer::Start(absl::GetFlag(FLAGS_metrics_listen), &registry);
+    if (!started.ok()) {
+      std::cerr << "qaas-worker: metrics: " << started.status() << "\n";
+      return 1;
+    }
+    http = *std::move(started);
+    o.registry = &registry;
+  }
   auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
   qaas::worker::Worker worker(channel, o);
-  g_worker = &worker;
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
-  std::cerr << "qaas-worker " << o.name << ": serving jobs from " << absl::GetFlag(FLAGS_server) << "\n";
-  worker.Run();
+  std::cerr << "qaas-worker " << o.name << ": serving jobs from " << absl::GetFlag(FLAGS_server);
+  if (http) std::cerr << ", metrics on port " << http->port();
+  std::cerr << "\n";
+
+  std::atomic<bool> ran_out{false};
+  std::thread runner([&] {
+    worker.Run();
+    ran_out = true;
+  });
+  using Clock = std::chrono::steady_clock;
+  while (g_signals.load() == 0 && !ran_out) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const int64_t drain_s = absl::GetFlag(FLAGS_drain_seconds);
+  if (drain_s > 0) {
+    std::cerr << "qaas-worker: draining (up to " << drain_s << " s for the current job)\n";
+    worker.Drain();
+    const auto deadline = Clock::now() + std::chrono::seconds(drain_s);
+    while (!ran_out && g_signals.load() < 2 && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  worker.Stop();
+  runner.join();
   std::cerr << "qaas-worker: stopped\n";
   return 0;
 }

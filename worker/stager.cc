@@ -46,7 +46,7 @@ absl::Status Materialize(const std::string& final_dir, const std::function<absl:
 
 }  // namespace
 
-absl::StatusOr<std::string> StageDirectory(const std::string& uri, const std::string& cache_dir) {
+absl::StatusOr<std::string> StageDirectory(const std::string& uri, const std::string& cache_dir, uint64_t* bytes) {
   auto store = storage::OpenObjectStore(uri);
   if (!store.ok()) return store.status();
   auto objects = (*store)->List("");
@@ -61,6 +61,7 @@ absl::StatusOr<std::string> StageDirectory(const std::string& uri, const std::st
       std::error_code ec;
       fs::create_directories(fs::path(local).parent_path(), ec);
       if (auto st = (*store)->ReadToFile(o.key, local); !st.ok()) return st;
+      if (bytes) *bytes += o.size;
     }
     return absl::OkStatus();
   });
@@ -68,7 +69,7 @@ absl::StatusOr<std::string> StageDirectory(const std::string& uri, const std::st
   return dir;
 }
 
-absl::StatusOr<std::string> StageFile(const std::string& uri, const std::string& cache_dir) {
+absl::StatusOr<std::string> StageFile(const std::string& uri, const std::string& cache_dir, uint64_t* bytes) {
   auto [root, key] = SplitObjectUri(uri);
   auto store = storage::OpenObjectStore(root);
   if (!store.ok()) return store.status();
@@ -76,13 +77,17 @@ absl::StatusOr<std::string> StageFile(const std::string& uri, const std::string&
   if (!info.ok()) return info.status();
   const std::string dir = absl::StrCat(
       cache_dir, "/", storage::Sha256Hex(absl::StrCat(uri, " ", info->size, " ", info->mtime_unix_ms)).substr(0, 32));
-  auto st = Materialize(dir, [&, key = key](const std::string& tmp) { return (*store)->ReadToFile(key, tmp + "/" + key); });
+  auto st = Materialize(dir, [&, key = key](const std::string& tmp) -> absl::Status {
+    if (auto st = (*store)->ReadToFile(key, tmp + "/" + key); !st.ok()) return st;
+    if (bytes) *bytes += info->size;
+    return absl::OkStatus();
+  });
   if (!st.ok()) return st;
   return dir + "/" + key;
 }
 
 absl::Status UploadDirectory(const std::string& local_dir, const std::string& uri,
-                             const std::vector<std::string>& last) {
+                             const std::vector<std::string>& last, uint64_t* bytes) {
   auto store = storage::OpenObjectStore(uri);
   if (!store.ok()) return store.status();
   std::vector<std::string> files;
@@ -97,6 +102,10 @@ absl::Status UploadDirectory(const std::string& local_dir, const std::string& ur
   });
   for (const auto& f : files) {
     if (auto st = (*store)->WriteFromFile(f, local_dir + "/" + f); !st.ok()) return st;
+    if (bytes) {
+      const auto size = fs::file_size(local_dir + "/" + f, ec);
+      if (!ec) *bytes += size;
+    }
   }
   return absl::OkStatus();
 }

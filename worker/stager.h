@@ -5,6 +5,7 @@
 #ifndef QAAS_WORKER_STAGER_H_
 #define QAAS_WORKER_STAGER_H_
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,16 +14,21 @@
 
 namespace qaas::worker {
 
+// Each function adds the bytes it moved to `*bytes` when given (a cache hit
+// moves none).
+//
 // Copies every object under the directory `uri` into the cache; returns the
 // local directory. NotFound when the uri holds no objects.
-absl::StatusOr<std::string> StageDirectory(const std::string& uri, const std::string& cache_dir);
+absl::StatusOr<std::string> StageDirectory(const std::string& uri, const std::string& cache_dir,
+                                           uint64_t* bytes = nullptr);
 // Copies the single object `uri` into the cache; returns the local file path.
-absl::StatusOr<std::string> StageFile(const std::string& uri, const std::string& cache_dir);
+absl::StatusOr<std::string> StageFile(const std::string& uri, const std::string& cache_dir,
+                                      uint64_t* bytes = nullptr);
 // Uploads every file under `local_dir` to the directory `uri`, keeping
 // relative paths; files named in `last` go after all others (so their
 // presence means the rest is complete).
 absl::Status UploadDirectory(const std::string& local_dir, const std::string& uri,
-                             const std::vector<std::string>& last);
+                             const std::vector<std::string>& last, uint64_t* bytes = nullptr);
 // Splits "file:///a/b/c.txt" into ("file:///a/b", "c.txt").
 std::pair<std::string, std::string> SplitObjectUri(const std::string& uri);
 

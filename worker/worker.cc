@@ -43,11 +43,42 @@ struct JobProgress {
 
 }  // namespace
 
+Worker::Metrics::Metrics(prometheus::Registry& r)
+    : running(prometheus::BuildGauge()
+                  .Name("qaas_worker_jobs_running")
+                  .Help("Jobs this worker is running (0 or 1).")
+                  .Register(r)
+                  .Add({})),
+      jobs(prometheus::BuildCounter()
+               .Name("qaas_worker_jobs_total")
+               .Help("Jobs this worker ended, by outcome (succeeded, failed, cancelled, released, lost).")
+               .Register(r)),
+      bytes_read(prometheus::BuildCounter()
+                     .Name("qaas_worker_storage_bytes_total")
+                     .Help("Bytes moved between object storage and the worker (cache hits move none), by direction.")
+                     .Register(r)
+                     .Add({{"direction", "read"}})),
+      bytes_written(prometheus::BuildCounter()
+                        .Name("qaas_worker_storage_bytes_total")
+                        .Help("Bytes moved between object storage and the worker (cache hits move none), by direction.")
+                        .Register(r)
+                        .Add({{"direction", "write"}})) {}
+
 Worker::Worker(std::shared_ptr<grpc::Channel> channel, WorkerOptions options)
-    : stub_(v1::WorkerService::NewStub(channel)), options_(std::move(options)) {}
+    : stub_(v1::WorkerService::NewStub(channel)), options_(std::move(options)) {
+  if (options_.registry) metrics_ = std::make_unique<Metrics>(*options_.registry);
+}
+
+Worker::~Worker() = default;
+
+void Worker::Drain() {
+  draining_ = true;
+  stop_cv_.notify_all();
+}
 
 void Worker::Stop() {
   stop_ = true;
+  draining_ = true;
   stop_cv_.notify_all();
 }
 
@@ -72,7 +103,7 @@ absl::Status Worker::Register() {
 
 void Worker::Run() {
   int64_t backoff_ms = 200;
-  while (!stop_) {
+  while (!draining_) {
     auto ran = RunOnce();
     if (ran.ok()) {
       backoff_ms = 200;
@@ -80,7 +111,7 @@ void Worker::Run() {
     }
     std::cerr << "qaas-worker: " << ran.status() << " (retrying in " << backoff_ms << " ms)\n";
     std::unique_lock<std::mutex> lock(mu_);
-    stop_cv_.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return stop_.load(); });
+    stop_cv_.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return draining_.load(); });
     backoff_ms = std::min<int64_t>(backoff_ms * 2, 10000);
   }
 }
@@ -98,7 +129,13 @@ absl::StatusOr<bool> Worker::RunOnce() {
   if (absl::IsFailedPrecondition(st)) worker_id_.clear();  // server forgot us: register again
   if (!st.ok()) return st;
   if (!resp.has_job()) return false;
+  if (draining_) {  // leased while the poll was waiting: not ours to start
+    Release(resp.job(), resp.lease_id(), "worker is shutting down");
+    return true;
+  }
+  if (metrics_) metrics_->running.Set(1);
   RunJob(resp.job(), resp.lease_id());
+  if (metrics_) metrics_->running.Set(0);
   return true;
 }
 
@@ -158,8 +195,18 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     if (ec) return absl::InternalError(absl::StrCat("cannot create ", job_dir, ": ", ec.message()));
     const v1::JobSpec& spec = job.spec();
     set_progress(0.01, "staging", 0, 0);
+    uint64_t bytes_read = 0;  // counted when staging ends, whatever its outcome
+    struct CountRead {
+      Metrics* m;
+      uint64_t& n;
+      void Flush() {
+        if (m) m->bytes_read.Increment(static_cast<double>(n));
+        n = 0;
+      }
+      ~CountRead() { Flush(); }
+    } count_read{metrics_.get(), bytes_read};
     quant::PipelineOptions o;
-    auto model = StageDirectory(spec.model(), cache_dir);
+    auto model = StageDirectory(spec.model(), cache_dir, &bytes_read);
     if (!model.ok()) return absl::Status(model.status().code(), absl::StrCat("model: ", model.status().message()));
     o.model_dir = *model;
     o.output_dir = job_dir + "/out";
@@ -189,17 +236,18 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
       o.recipe.push_back(r);
     }
     if (!spec.calibration().dataset().empty()) {
-      auto path = StageFile(spec.calibration().dataset(), cache_dir);
+      auto path = StageFile(spec.calibration().dataset(), cache_dir, &bytes_read);
       if (!path.ok()) return absl::Status(path.status().code(), absl::StrCat("calibration.dataset: ", path.status().message()));
       o.calibration = quant::DatasetRef{*path, spec.calibration().dataset(), spec.calibration().seq_len(), 0};
       o.num_samples = spec.calibration().num_samples();
       o.seed = spec.calibration().seed();
     }
     for (const auto& e : spec.evaluation()) {
-      auto path = StageFile(e.dataset(), cache_dir);
+      auto path = StageFile(e.dataset(), cache_dir, &bytes_read);
       if (!path.ok()) return absl::Status(path.status().code(), absl::StrCat("evaluation dataset: ", path.status().message()));
       o.evaluations.push_back({*path, e.dataset(), e.seq_len(), e.max_windows()});
     }
+    count_read.Flush();
     o.device = options_.device;
     o.manifest_extra = {{"job_id", job.id()}, {"model", spec.model()}};
     o.on_progress = [&](const quant::PipelineProgress& pp) {
@@ -231,8 +279,11 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
       grpc::Status s = stub_->Heartbeat(ctx.get(), beat, &resp);
       if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
     }
-    if (auto st = UploadDirectory(o.output_dir, spec.output(), {"report.md", "report.json"}); !st.ok()) {
-      return absl::Status(st.code(), absl::StrCat("upload to ", spec.output(), ": ", st.message()));
+    uint64_t bytes_written = 0;
+    auto uploaded = UploadDirectory(o.output_dir, spec.output(), {"report.md", "report.json"}, &bytes_written);
+    if (metrics_) metrics_->bytes_written.Increment(static_cast<double>(bytes_written));
+    if (!uploaded.ok()) {
+      return absl::Status(uploaded.code(), absl::StrCat("upload to ", spec.output(), ": ", uploaded.message()));
     }
     v1::CompleteJobRequest done;
     done.set_job_id(job.id());
@@ -258,8 +309,19 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
   heartbeat.join();
   std::error_code ec;
   std::filesystem::remove_all(job_dir, ec);
-  if (status.ok() || p.lost) return;  // a lost lease is the scheduler's to requeue
-  if (stop_ && !p.cancel) return;     // shutting down: the lease expires and the job is requeued
+  if (status.ok()) return CountJob("succeeded");
+  if (p.lost) return CountJob("lost");  // a lost lease is the scheduler's to requeue
+  if (stop_ && !p.cancel) {            // shutting down: hand the job back now
+    int layer = 0, layers = 0;
+    {
+      std::lock_guard<std::mutex> lock(p.mu);
+      layer = p.progress.layer();
+      layers = p.progress.num_layers();
+    }
+    return Release(job, lease_id, absl::StrFormat("worker '%s' stopping after layer %d of %d", options_.name,
+                                                  layer, layers));
+  }
+  CountJob(absl::IsCancelled(status) && p.cancel ? "cancelled" : "failed");
   v1::FailJobRequest fail;
   fail.set_job_id(job.id());
   fail.set_lease_id(lease_id);
@@ -270,6 +332,24 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
   auto ctx = Context(options_.rpc_timeout_ms);
   grpc::Status s = stub_->FailJob(ctx.get(), fail, &resp);
   if (!s.ok()) std::cerr << "qaas-worker: FailJob(" << job.id() << "): " << s.error_message() << "\n";
+}
+
+void Worker::Release(const v1::Job& job, const std::string& lease_id, const std::string& why) {
+  CountJob("released");
+  v1::FailJobRequest release;
+  release.set_job_id(job.id());
+  release.set_lease_id(lease_id);
+  release.set_release(true);
+  release.set_reason(why);
+  v1::FailJobResponse resp;
+  auto ctx = Context(options_.rpc_timeout_ms);
+  grpc::Status s = stub_->FailJob(ctx.get(), release, &resp);
+  // Not fatal: the lease then expires and the job is requeued anyway.
+  if (!s.ok()) std::cerr << "qaas-worker: releasing " << job.id() << ": " << s.error_message() << "\n";
+}
+
+void Worker::CountJob(const std::string& outcome) {
+  if (metrics_) metrics_->jobs.Add({{"outcome", outcome}}).Increment();
 }
 
 }  // namespace qaas::worker

@@ -4,6 +4,8 @@
 #include <prometheus/registry.h>
 
 #include <filesystem>
+#include <map>
+#include <vector>
 
 #include "server/sqlite_job_store.h"
 #include "tests/test_util.h"
@@ -27,6 +29,20 @@ double Value(prometheus::Registry& r, const std::string& name, const std::string
     }
   }
   return -1;
+}
+
+// The one series of `name` whose labels include every pair of `labels`.
+const prometheus::ClientMetric* Series(const std::vector<prometheus::MetricFamily>& families, const std::string& name,
+                                       const std::map<std::string, std::string>& labels) {
+  for (const auto& family : families) {
+    if (family.name != name) continue;
+    for (const auto& m : family.metric) {
+      size_t matched = 0;
+      for (const auto& l : m.label) matched += labels.count(l.name) && labels.at(l.name) == l.value;
+      if (matched == labels.size()) return &m;
+    }
+  }
+  return nullptr;
 }
 
 class SchedulerTest : public ::testing::Test {
@@ -223,6 +239,109 @@ TEST_F(SchedulerTest, FailJobKeepsTheReason) {
   auto failed = scheduler_->Get("t", job->id());
   EXPECT_EQ(failed->state(), v1::JOB_STATE_FAILED);
   EXPECT_EQ(failed->error(), f.reason());
+}
+
+TEST_F(SchedulerTest, MetricsCarryTheMethodRunTimeAndQuality) {
+  v1::JobSpec s = Spec();
+  s.clear_preset();
+  s.add_recipe()->set_method("smoothquant");
+  s.add_recipe()->set_method("rtn");
+  s.mutable_scheme()->set_shorthand("W8A8");
+  WriteLocalFile(dir_.path() + "/calib.txt", "some text");
+  s.mutable_calibration()->set_dataset("file://" + dir_.path() + "/calib.txt");
+  auto job = scheduler_->Submit("t", s);
+  QAAS_ASSERT_OK(job);
+  now_ += 7000;  // queued 7 s: not part of the run time
+  auto lease = Lease(worker_);
+  ASSERT_TRUE(lease.has_job());
+  now_ += 5000;
+  v1::CompleteJobRequest done;
+  done.set_job_id(job->id());
+  done.set_lease_id(lease.lease_id());
+  done.mutable_result()->set_perplexity_original(10.0);
+  done.mutable_result()->set_perplexity_quantized(10.5);
+  QAAS_ASSERT_OK(scheduler_->CompleteJob(done));
+  // A cancelled queued job never ran: counted, but no run time.
+  auto never = scheduler_->Submit("t", Spec());
+  QAAS_ASSERT_OK(scheduler_->Cancel("t", never->id(), ""));
+
+  const auto families = registry_.Collect();
+  const auto* submitted = Series(families, "qaas_jobs_submitted_total", {{"method", "smoothquant+rtn"}});
+  ASSERT_NE(submitted, nullptr);
+  EXPECT_EQ(submitted->counter.value, 1);
+  const auto* finished =
+      Series(families, "qaas_jobs_finished_total", {{"method", "smoothquant+rtn"}, {"status", "succeeded"}});
+  ASSERT_NE(finished, nullptr);
+  EXPECT_EQ(finished->counter.value, 1);
+  const auto* run = Series(families, "qaas_job_duration_seconds", {{"method", "smoothquant+rtn"}});
+  ASSERT_NE(run, nullptr);
+  EXPECT_EQ(run->histogram.sample_count, 1u);
+  EXPECT_DOUBLE_EQ(run->histogram.sample_sum, 5.0);
+  const auto* wait = Series(families, "qaas_job_queue_wait_seconds", {});
+  ASSERT_NE(wait, nullptr);
+  EXPECT_DOUBLE_EQ(wait->histogram.sample_sum, 7.0);
+  const auto* quality = Series(families, "qaas_job_perplexity_increase_ratio", {{"method", "smoothquant+rtn"}});
+  ASSERT_NE(quality, nullptr);
+  EXPECT_EQ(quality->histogram.sample_count, 1u);
+  EXPECT_NEAR(quality->histogram.sample_sum, 0.05, 1e-12);
+  const auto* cancelled = Series(families, "qaas_jobs_finished_total", {{"method", "rtn"}, {"status", "cancelled"}});
+  ASSERT_NE(cancelled, nullptr);
+  EXPECT_EQ(cancelled->counter.value, 1);
+  EXPECT_EQ(Series(families, "qaas_job_duration_seconds", {{"method", "rtn"}}), nullptr);
+}
+
+TEST_F(SchedulerTest, ActiveWorkersFollowPollsAndHeartbeats) {
+  EXPECT_EQ(Value(registry_, "qaas_workers_active"), 1);  // just registered
+  now_ += 1001;                                           // silent for longer than a lease
+  QAAS_ASSERT_OK(scheduler_->ExpireLeases());
+  EXPECT_EQ(Value(registry_, "qaas_workers_active"), 0);
+  auto job = scheduler_->Submit("t", Spec());
+  auto lease = Lease(worker_);  // polling counts as alive
+  ASSERT_TRUE(lease.has_job());
+  EXPECT_EQ(Value(registry_, "qaas_workers_active"), 1);
+  now_ += 900;
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(worker_);
+  hb.set_job_id(job->id());
+  hb.set_lease_id(lease.lease_id());
+  QAAS_ASSERT_OK(scheduler_->Heartbeat(hb));
+  now_ += 900;  // 1.8 s after the poll but 0.9 s after the heartbeat
+  QAAS_ASSERT_OK(scheduler_->ExpireLeases());
+  EXPECT_EQ(Value(registry_, "qaas_workers_active"), 1);
+}
+
+TEST_F(SchedulerTest, ReleasedJobIsRequeuedAtOnceWithoutUsingAnAttempt) {
+  auto job = scheduler_->Submit("t", Spec());
+  auto lease = Lease(worker_);
+  ASSERT_TRUE(lease.has_job());
+  v1::FailJobRequest release;
+  release.set_job_id(job->id());
+  release.set_lease_id(lease.lease_id());
+  release.set_release(true);
+  release.set_reason("worker shutting down at layer 3 of 8");
+  QAAS_ASSERT_OK(scheduler_->FailJob(release));
+  auto queued = scheduler_->Get("t", job->id());
+  EXPECT_EQ(queued->state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(queued->attempt(), 0);
+  EXPECT_TRUE(queued->worker_id().empty());
+  EXPECT_NE(queued->progress().step().find("worker shutting down"), std::string::npos) << queued->progress().step();
+  EXPECT_EQ(Value(registry_, "qaas_lease_releases_total"), 1);
+  EXPECT_EQ(Value(registry_, "qaas_jobs_queued"), 1);
+  QAAS_EXPECT_CODE(scheduler_->FailJob(release), kFailedPrecondition);  // the lease is gone
+  // Releases never exhaust max_attempts (2 here): the job still runs.
+  for (int i = 0; i < 3; ++i) {
+    auto again = Lease(worker_);
+    ASSERT_TRUE(again.has_job());
+    EXPECT_EQ(again.job().attempt(), 1);
+    release.set_lease_id(again.lease_id());
+    QAAS_ASSERT_OK(scheduler_->FailJob(release));
+  }
+  // A job whose cancel was asked for ends CANCELLED instead of going back.
+  auto last = Lease(worker_);
+  QAAS_ASSERT_OK(scheduler_->Cancel("t", job->id(), ""));
+  release.set_lease_id(last.lease_id());
+  QAAS_ASSERT_OK(scheduler_->FailJob(release));
+  EXPECT_EQ(scheduler_->Get("t", job->id())->state(), v1::JOB_STATE_CANCELLED);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include <google/protobuf/descriptor.h>
@@ -23,6 +24,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/support/byte_buffer.h>
 #include "nlohmann/json.hpp"
+#include <prometheus/registry.h>
 #include "qaas/v1/job_service.grpc.pb.h"
 #include "quant/model/random_model.h"
 #include "server/server.h"
@@ -113,11 +115,12 @@ class EndToEndTest : public ::testing::Test {
     return dir;
   }
 
-  void StartWorker() {
+  void StartWorker(prometheus::Registry* registry = nullptr) {
     worker::WorkerOptions wo;
     wo.name = "test";
     wo.work_dir = root_ + "/worker";
     wo.poll_wait_ms = 200;
+    wo.registry = registry;
     worker_ = std::make_unique<worker::Worker>(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()), wo);
     worker_thread_ = std::thread([this] { worker_->Run(); });
   }
@@ -126,6 +129,33 @@ class EndToEndTest : public ::testing::Test {
     worker_->Stop();
     worker_thread_.join();
     worker_.reset();
+  }
+
+  // A qaas-worker process serving this server, scratch under root_/<name>.
+  pid_t SpawnWorker(const std::string& name, std::vector<std::string> flags = {}) {
+    flags.insert(flags.begin(), {QAAS_WORKER_BIN, "--server=" + address_, "--work_dir=" + root_ + "/" + name,
+                                 "--name=" + name, "--poll_wait_ms=200", "--metrics_listen="});
+    pid_t pid = fork();
+    if (pid == 0) {
+      std::vector<char*> argv;
+      for (auto& f : flags) argv.push_back(f.data());
+      argv.push_back(nullptr);
+      execv(QAAS_WORKER_BIN, argv.data());
+      _exit(127);
+    }
+    return pid;
+  }
+  // Waits up to `timeout_s` for `pid` to exit; its wait status, or -1.
+  static int Reap(pid_t pid, int timeout_s) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+    int status = 0;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (::waitpid(pid, &status, WNOHANG) == pid) return status;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    return -1;
   }
 
   grpc::Status Submit(const v1::JobSpec& spec, v1::Job* job) {
@@ -259,9 +289,12 @@ TEST_F(EndToEndTest, JobRunsThroughTheServiceAndWatchSeesEveryState) {
   EXPECT_EQ(nlohmann::json::parse(resp.report_json()), report);
 
   const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
-  EXPECT_NE(metrics.find("qaas_jobs_submitted_total 1"), std::string::npos) << metrics;
-  EXPECT_NE(metrics.find("qaas_jobs_finished_total{status=\"succeeded\"} 1"), std::string::npos);
-  EXPECT_NE(metrics.find("qaas_job_duration_seconds_count{status=\"succeeded\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.find("qaas_jobs_submitted_total{method=\"rtn\"} 1"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("qaas_jobs_finished_total{method=\"rtn\",status=\"succeeded\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.find("qaas_job_duration_seconds_count{method=\"rtn\",status=\"succeeded\"} 1"),
+            std::string::npos);
+  EXPECT_NE(metrics.find("qaas_job_perplexity_increase_ratio_count{method=\"rtn\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.find("qaas_workers_active 1"), std::string::npos);
   EXPECT_NE(metrics.find("qaas_jobs_running 0"), std::string::npos);
 }
 
@@ -423,16 +456,8 @@ TEST_F(EndToEndTest, KilledWorkerProcessJobIsRequeuedAndFinishedByAnother) {
   v1::Job job;
   ASSERT_TRUE(Submit(spec, &job).ok());
 
-  const std::string work = root_ + "/proc-worker";
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    const std::string server_flag = "--server=" + address_;
-    const std::string work_flag = "--work_dir=" + work;
-    execl(QAAS_WORKER_BIN, QAAS_WORKER_BIN, server_flag.c_str(), work_flag.c_str(), "--poll_wait_ms=200",
-          static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  pid_t pid = SpawnWorker("proc-worker");
+  ASSERT_GT(pid, 0);
   v1::Job mid = WaitFor(job.id(), [](const v1::Job& j) { return j.progress().layer() >= 1 || Final(j); });
   ASSERT_EQ(mid.state(), v1::JOB_STATE_RUNNING) << mid.error();
   ASSERT_EQ(::kill(pid, SIGKILL), 0);
@@ -450,6 +475,109 @@ TEST_F(EndToEndTest, KilledWorkerProcessJobIsRequeuedAndFinishedByAnother) {
   EXPECT_EQ(end.attempt(), 2);
   const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
   EXPECT_NE(metrics.find("qaas_lease_expirations_total 1"), std::string::npos) << metrics;
+}
+
+// SIGTERM without a drain (a pod deleted with a short grace period): the
+// worker stops at a layer boundary and hands the job back at once, not a lease
+// later, without using one of its attempts.
+TEST_F(EndToEndTest, StoppedWorkerProcessReleasesItsJobAtOnce) {
+  v1::Job job;
+  ASSERT_TRUE(Submit(SlowSpec(16), &job).ok());
+  pid_t pid = SpawnWorker("leaving");
+  ASSERT_GT(pid, 0);
+  v1::Job mid = WaitFor(job.id(), [](const v1::Job& j) { return j.progress().layer() >= 1 || Final(j); });
+  ASSERT_EQ(mid.state(), v1::JOB_STATE_RUNNING) << mid.error();
+  ASSERT_EQ(::kill(pid, SIGTERM), 0);
+  const int status = Reap(pid, 30);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  v1::Job back = Get(job.id());  // the worker released it before exiting
+  EXPECT_EQ(back.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(back.attempt(), 0);
+  EXPECT_NE(back.progress().step().find("released it (worker 'leaving' stopping after layer"), std::string::npos)
+      << back.progress().step();
+
+  StartWorker();
+  v1::Job end = WaitFor(job.id(), Final);
+  EXPECT_EQ(end.state(), v1::JOB_STATE_SUCCEEDED) << end.error();
+  EXPECT_EQ(end.attempt(), 1);
+  const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_NE(metrics.find("qaas_lease_releases_total 1"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("qaas_lease_expirations_total 0"), std::string::npos) << metrics;
+}
+
+// SIGTERM with a drain: the current job finishes, the next one stays queued.
+TEST_F(EndToEndTest, DrainingWorkerProcessFinishesItsJobAndTakesNoOther) {
+  v1::Job first, second;
+  ASSERT_TRUE(Submit(SlowSpec(12), &first).ok());
+  pid_t pid = SpawnWorker("draining", {"--drain_seconds=120"});
+  ASSERT_GT(pid, 0);
+  v1::Job mid = WaitFor(first.id(), [](const v1::Job& j) { return j.progress().layer() >= 1 || Final(j); });
+  ASSERT_EQ(mid.state(), v1::JOB_STATE_RUNNING) << mid.error();
+  ASSERT_TRUE(Submit(Spec(MakeModel("small", 1, 32, 128)), &second).ok());
+  ASSERT_EQ(::kill(pid, SIGTERM), 0);
+  const int status = Reap(pid, 120);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(Get(first.id()).state(), v1::JOB_STATE_SUCCEEDED) << Get(first.id()).error();
+  v1::Job waiting = Get(second.id());
+  EXPECT_EQ(waiting.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(waiting.attempt(), 0);
+}
+
+// The worker's own metrics: outcomes and the bytes it moved (a second job on
+// the same inputs reads nothing: the cache serves it).
+TEST_F(EndToEndTest, WorkerMetricsCountJobsAndStorageBytes) {
+  const std::string model = MakeModel("model", 2, 32, 128);
+  prometheus::Registry registry;
+  StartWorker(&registry);
+  auto value = [&](const std::string& name, const std::string& label, const std::string& value) {
+    for (const auto& f : registry.Collect()) {
+      if (f.name != name) continue;
+      for (const auto& m : f.metric) {
+        for (const auto& l : m.label) {
+          if (l.name == label && l.value == value) {
+            return f.type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value;
+          }
+        }
+      }
+    }
+    return -1.0;
+  };
+  auto dir_bytes = [](const std::string& dir) {
+    uint64_t n = 0;
+    for (const auto& e : fs::recursive_directory_iterator(dir)) n += e.is_regular_file() ? e.file_size() : 0;
+    return static_cast<double>(n);
+  };
+  v1::JobSpec spec = Spec(model);
+  spec.add_evaluation()->set_dataset("file://" + root_ + "/text.txt");
+  spec.mutable_evaluation(0)->set_max_windows(2);
+  v1::Job a, b;
+  ASSERT_TRUE(Submit(spec, &a).ok());
+  ASSERT_EQ(WaitFor(a.id(), Final).state(), v1::JOB_STATE_SUCCEEDED);
+  const double model_and_text = dir_bytes(model) + static_cast<double>(fs::file_size(root_ + "/text.txt"));
+  const double artifact = dir_bytes(root_ + "/store/jobs/" + a.id());
+  EXPECT_EQ(value("qaas_worker_storage_bytes_total", "direction", "read"), model_and_text);
+  EXPECT_EQ(value("qaas_worker_storage_bytes_total", "direction", "write"), artifact);
+  ASSERT_TRUE(Submit(spec, &b).ok());
+  ASSERT_EQ(WaitFor(b.id(), Final).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(value("qaas_worker_storage_bytes_total", "direction", "read"), model_and_text);
+  EXPECT_EQ(value("qaas_worker_storage_bytes_total", "direction", "write"),
+            artifact + dir_bytes(root_ + "/store/jobs/" + b.id()));
+  // Outcomes are counted once the server has the result: wait for it.
+  auto eventually = [&](const std::string& outcome, double want) {
+    for (int i = 0; i < 100 && value("qaas_worker_jobs_total", "outcome", outcome) != want; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return value("qaas_worker_jobs_total", "outcome", outcome);
+  };
+  EXPECT_EQ(eventually("succeeded", 2), 2);
+  v1::JobSpec broken = spec;
+  broken.mutable_evaluation(0)->set_seq_len(4096);  // beyond the model's context: fails on the worker
+  v1::Job c;
+  ASSERT_TRUE(Submit(broken, &c).ok());
+  ASSERT_EQ(WaitFor(c.id(), Final).state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(eventually("failed", 1), 1);
 }
 
 TEST_F(EndToEndTest, HealthAndReflectionAreServed) {
