@@ -1,0 +1,133 @@
+"""The Python client (python/qaas_client) against a running embedded qaas-server.
+
+Run by ctest with QAAS_SERVER_BIN set; needs python3-grpcio and python3-protobuf
+(scripts/setup installs them).
+"""
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "python"))
+
+try:
+    import grpc
+    import qaas_client
+    from qaas_client import job_pb2
+except ImportError as e:  # a missing package must fail loudly, not skip
+    raise SystemExit("test_client: cannot import the client (%s): run scripts/setup "
+                     "(python3-grpcio, python3-protobuf)" % e)
+
+
+def synthetic_text(words, seed):
+    vocab = "the cat sat on a mat and dog ran to park with big red ball she said hello sun was".split()
+    rng = random.Random(seed)
+    return " ".join(rng.choice(vocab) + (".\n" if i % 12 == 11 else "") for i in range(words))
+
+
+class ClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="qaas-pyclient-")
+        cls.model = os.path.join(cls.dir, "tiny-opt")
+        shutil.copytree(os.path.join(REPO, "tests", "data", "tiny-opt"), cls.model)
+        cls.text = os.path.join(cls.dir, "text.txt")
+        with open(cls.text, "w") as f:
+            f.write(synthetic_text(6000, 1))
+        port_file = os.path.join(cls.dir, "port")
+        cls.log = open(os.path.join(cls.dir, "server.log"), "w")
+        cls.server = subprocess.Popen(
+            [os.environ["QAAS_SERVER_BIN"], "--embedded", "--data_dir", os.path.join(cls.dir, "data"),
+             "--listen", "127.0.0.1:0", "--metrics_listen", "", "--port_file", port_file,
+             "--file_roots", cls.dir, "--lease_seconds", "5"],
+            stdout=cls.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        port = ""
+        while not port:
+            if cls.server.poll() is not None or time.monotonic() > deadline:
+                with open(cls.log.name) as log:
+                    raise RuntimeError("qaas-server did not start: " + log.read())
+            time.sleep(0.05)
+            if os.path.exists(port_file):
+                with open(port_file) as f:
+                    port = f.read().strip()
+        cls.client = qaas_client.Client("127.0.0.1:" + port)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.server.terminate()
+        cls.server.wait(timeout=30)
+        cls.log.close()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def test_submit_wait_report(self):
+        seen = []
+        job = self.client.submit(model=self.model, scheme="W4A16g32", preset="gptq", calibration=self.text,
+                                 num_samples=4, calib_seq_len=64, evaluation=[self.text], eval_seq_len=128,
+                                 labels={"pipeline": "nightly"})
+        self.assertTrue(job.id.startswith("j-"))
+        done = job.wait(timeout=120, on_progress=lambda j: seen.append((j.state, j.progress.step)))
+        self.assertEqual(done.state, job_pb2.JOB_STATE_SUCCEEDED, done.error)
+        self.assertEqual(done.spec.model, "file://" + self.model)
+        self.assertGreater(done.result.perplexity_original, 1.0)
+        self.assertGreater(done.result.perplexity_quantized, 1.0)
+        self.assertTrue(done.result.artifact_uri.endswith("/artifact"))
+        self.assertEqual(seen[-1][0], job_pb2.JOB_STATE_SUCCEEDED)
+        self.assertIn(job_pb2.JOB_STATE_RUNNING, [s for s, _ in seen])
+        report = job.report()
+        self.assertEqual(report["scheme"], "W4A16g32")
+        self.assertAlmostEqual(report["evaluations"][0]["perplexity_quantized"], done.result.perplexity_quantized)
+        listed = [j.id for j in self.client.list(labels={"pipeline": "nightly"})]
+        self.assertEqual(listed, [job.id])
+        # A second handle on the same job sees the same end.
+        self.assertEqual(self.client.job(job.id).wait(timeout=5).result.artifact_uri, done.result.artifact_uri)
+
+    def test_recipe_steps_with_options(self):
+        step = job_pb2.RecipeStep(method="gptq")
+        step.gptq.act_order = True
+        job = self.client.submit(model=self.model, scheme="W3A16g32", recipe=[step], calibration=self.text,
+                                 num_samples=4, calib_seq_len=64)
+        done = job.wait(timeout=120)
+        self.assertEqual([s.method for s in done.spec.recipe], ["gptq"])
+        self.assertTrue(done.spec.recipe[0].gptq.act_order)
+        self.assertEqual(job.report()["recipe"], ["gptq"])
+
+    def test_bad_request_names_the_field(self):
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.client.submit(model=self.model, scheme="W4A16g1000000000000", preset="rtn")
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("scheme", caught.exception.details())
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.client.get("j-nosuchjob")
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+    def test_failed_job_raises_with_the_reason(self):
+        job = self.client.submit(model=self.model, scheme="W4A16g32", preset="rtn", evaluation=self.text,
+                                 eval_seq_len=4096)  # beyond the model's 128-token context
+        with self.assertRaises(qaas_client.JobFailed) as caught:
+            job.wait(timeout=120)
+        self.assertEqual(caught.exception.job.state, job_pb2.JOB_STATE_FAILED)
+        self.assertIn("exceeds the model context 128", str(caught.exception))
+        self.assertEqual(job.wait(raise_on_failure=False).state, job_pb2.JOB_STATE_FAILED)
+
+    def test_timeout_and_cancel(self):
+        # Held in the queue behind nothing but a device no worker has.
+        job = self.client.submit(model=self.model, scheme="W4A16g32", preset="rtn", device="cuda")
+        start = time.monotonic()
+        with self.assertRaises(TimeoutError):
+            job.wait(timeout=0.5)
+        self.assertLess(time.monotonic() - start, 10)
+        self.assertEqual(job.cancel("not needed").state, job_pb2.JOB_STATE_CANCELLED)
+        with self.assertRaises(qaas_client.JobFailed):
+            job.wait(timeout=5)
+
+
+if __name__ == "__main__":
+    unittest.main()
