@@ -311,7 +311,7 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
   std::filesystem::remove_all(job_dir, ec);
   if (status.ok()) return CountJob("succeeded");
   if (p.lost) return CountJob("lost");  // a lost lease is the scheduler's to requeue
-  if (stop_ && !p.cancel) {            // shutting down: hand the job back now
+  if (stop_ && !p.cancel && absl::IsCancelled(status)) {  // stopped for shutdown: hand it back now
     int layer = 0, layers = 0;
     {
       std::lock_guard<std::mutex> lock(p.mu);
