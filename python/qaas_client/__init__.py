@@ -9,8 +9,10 @@
         done = job.wait(on_progress=lambda j: print(j.progress.step, j.progress.fraction))
         print(done.result.artifact_uri, done.result.perplexity_quantized)
 
-`wait()` follows the job over WatchJob (reconnecting when the stream drops)
-and raises JobFailed when the job ends FAILED or CANCELLED. Requests the
+`wait()` follows the job over WatchJob (watching again when the stream drops,
+e.g. across a server restart) and raises JobFailed when the job ends FAILED
+or CANCELLED. Every call waits for the connection up to its timeout rather
+than failing while the server is briefly unreachable. Requests the
 server refuses raise grpc.RpcError with the server's message, which names
 the offending field. The generated stubs are under `qaas.v1` for anything
 the wrapper does not cover.
@@ -69,7 +71,9 @@ class Client:
         self.close()
 
     def _call(self, method, request, timeout=None):
-        return method(request, timeout=timeout or self._timeout, metadata=self._metadata)
+        # wait_for_ready: while the server restarts, calls wait (up to the
+        # timeout) for the connection instead of failing at once.
+        return method(request, timeout=timeout or self._timeout, metadata=self._metadata, wait_for_ready=True)
 
     def submit(self, model, scheme, preset=None, recipe=None, calibration=None, num_samples=0,
                calib_seq_len=0, seed=0, evaluation=(), eval_seq_len=0, max_windows=0, output="",
@@ -170,7 +174,8 @@ class Job:
                     self.id, job_pb2.JobState.Name(self.job.state), timeout))
             try:
                 stream = self._client._stub.WatchJob(job_service_pb2.WatchJobRequest(id=self.id),
-                                                     timeout=remaining, metadata=self._client._metadata)
+                                                     timeout=remaining, metadata=self._client._metadata,
+                                                     wait_for_ready=True)
                 for event in stream:
                     self.job = event.job
                     retry_delay = 0.2

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -127,6 +128,68 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(job.cancel("not needed").state, job_pb2.JOB_STATE_CANCELLED)
         with self.assertRaises(qaas_client.JobFailed):
             job.wait(timeout=5)
+
+
+class ReconnectTest(unittest.TestCase):
+    """wait() outlives a server restart: it watches again and sees the end."""
+
+    def start_server(self, listen):
+        self.server = subprocess.Popen(
+            [os.environ["QAAS_SERVER_BIN"], "--data_dir", os.path.join(self.dir, "data"), "--listen", listen,
+             "--metrics_listen", "", "--port_file", self.port_file, "--file_roots", self.dir],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if os.path.exists(self.port_file):
+                with open(self.port_file) as f:
+                    port = f.read().strip()
+                if port:
+                    return port
+            self.assertIsNone(self.server.poll(), "qaas-server exited")
+            time.sleep(0.05)
+        self.fail("qaas-server did not start")
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="qaas-pyclient-restart-")
+        self.port_file = os.path.join(self.dir, "port")
+        self.log = open(os.path.join(self.dir, "server.log"), "w")
+        shutil.copytree(os.path.join(REPO, "tests", "data", "tiny-opt"), os.path.join(self.dir, "model"))
+
+    def tearDown(self):
+        if self.server.poll() is None:
+            self.server.terminate()
+            self.server.wait(timeout=30)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def test_wait_survives_a_server_restart(self):
+        port = self.start_server("127.0.0.1:0")
+        client = qaas_client.Client("127.0.0.1:" + port)
+        # No worker runs here: the job stays queued until cancelled.
+        job = client.submit(model=os.path.join(self.dir, "model"), scheme="W4A16g32", preset="rtn")
+        outcome = {}
+        def wait():
+            try:
+                job.wait(timeout=60)
+            except qaas_client.JobFailed as e:
+                outcome["job"] = e.job
+            except Exception as e:  # anything else is a failure of wait()
+                outcome["error"] = e
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.5)
+        self.server.terminate()  # graceful: ends the watch stream with UNAVAILABLE
+        self.assertEqual(self.server.wait(timeout=30), 0)
+        time.sleep(1.0)  # the waiter retries against nothing meanwhile
+        os.remove(self.port_file)
+        self.start_server("127.0.0.1:" + port)
+        self.assertEqual(client.job(job.id).cancel("restart test").state, job_pb2.JOB_STATE_CANCELLED)
+        waiter.join(timeout=30)
+        self.assertFalse(waiter.is_alive())
+        self.assertNotIn("error", outcome, outcome.get("error"))
+        self.assertEqual(outcome["job"].state, job_pb2.JOB_STATE_CANCELLED)
+        self.assertEqual(outcome["job"].error, "cancelled: restart test")
+        client.close()
 
 
 if __name__ == "__main__":
