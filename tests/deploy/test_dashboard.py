@@ -13,9 +13,7 @@ Env: QAAS_SERVER_BIN, QAAS_WORKER_BIN; needs `prometheus` and python3-grpcio
 import json
 import math
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,8 +22,9 @@ import unittest
 import urllib.parse
 import urllib.request
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(REPO, "python"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from qaas_processes import REPO, Process, free_port, start_qaas_server, synthetic_text  # noqa: E402
+
 DASHBOARD = os.path.join(REPO, "deploy", "k8s", "monitoring", "qaas-dashboard.json")
 EXTRACT_RULES = os.path.join(REPO, "deploy", "prometheus", "extract-rules")
 
@@ -43,12 +42,6 @@ if PROMETHEUS is None:
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "10m", "$__interval": "15s"}
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def panel_queries(dashboard):
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
@@ -59,28 +52,6 @@ def substitute(expr):
     for name, value in GRAFANA_VARIABLES.items():
         expr = expr.replace(name, value)
     return expr
-
-
-class Process:
-    def __init__(self, name, argv, directory):
-        self.name = name
-        self.log_path = os.path.join(directory, name + ".log")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def output(self):
-        with open(self.log_path) as f:
-            return f.read()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 class DashboardFileTest(unittest.TestCase):
@@ -131,17 +102,12 @@ class DashboardOnRealMetricsTest(unittest.TestCase):
         model = os.path.join(d, "tiny-opt")
         shutil.copytree(os.path.join(REPO, "tests", "data", "tiny-opt"), model)
         text = os.path.join(d, "text.txt")
-        rng = random.Random(3)
-        words = "the cat sat on a mat and dog ran to park with big red ball she said hello sun was".split()
         with open(text, "w") as f:
-            f.write(" ".join(rng.choice(words) for _ in range(6000)))
+            f.write(synthetic_text(6000, 3))
 
         server_metrics, worker_metrics, prom_port = free_port(), free_port(), free_port()
-        port_file = os.path.join(d, "port")
-        cls.procs.append(Process("qaas-server", [
-            os.environ["QAAS_SERVER_BIN"], "--data_dir", os.path.join(d, "data"), "--listen", "127.0.0.1:0",
-            "--metrics_listen", "127.0.0.1:%d" % server_metrics, "--port_file", port_file, "--file_roots", d], d))
-        port = cls._wait_for_file(port_file, cls.procs[-1])
+        server, port = start_qaas_server(d, ["--metrics_listen", "127.0.0.1:%d" % server_metrics, "--file_roots", d])
+        cls.procs.append(server)
         address = "127.0.0.1:" + port
         cls.procs.append(Process("qaas-worker", [
             os.environ["QAAS_WORKER_BIN"], "--server", address, "--work_dir", os.path.join(d, "worker"),
@@ -191,20 +157,6 @@ scrape_configs:
         for p in reversed(cls.procs):
             p.stop()
         shutil.rmtree(cls.dir, ignore_errors=True)
-
-    @staticmethod
-    def _wait_for_file(path, proc, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.proc.poll() is not None:
-                raise RuntimeError("%s exited: %s" % (proc.name, proc.output()))
-            if os.path.exists(path):
-                with open(path) as f:
-                    value = f.read().strip()
-                if value:
-                    return value
-            time.sleep(0.05)
-        raise RuntimeError("%s did not write %s: %s" % (proc.name, path, proc.output()))
 
     @classmethod
     def _api(cls, path, **params):

@@ -5,17 +5,13 @@ Run by ctest with QAAS_SERVER_BIN set; needs python3-grpcio and python3-protobuf
 """
 
 import os
-import random
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import unittest
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(REPO, "python"))
+from qaas_processes import REPO, start_qaas_server, synthetic_text
 
 try:
     import grpc
@@ -24,12 +20,6 @@ try:
 except ImportError as e:  # a missing package must fail loudly, not skip
     raise SystemExit("test_client: cannot import the client (%s): run scripts/setup "
                      "(python3-grpcio, python3-protobuf)" % e)
-
-
-def synthetic_text(words, seed):
-    vocab = "the cat sat on a mat and dog ran to park with big red ball she said hello sun was".split()
-    rng = random.Random(seed)
-    return " ".join(rng.choice(vocab) + (".\n" if i % 12 == 11 else "") for i in range(words))
 
 
 class ClientTest(unittest.TestCase):
@@ -41,31 +31,14 @@ class ClientTest(unittest.TestCase):
         cls.text = os.path.join(cls.dir, "text.txt")
         with open(cls.text, "w") as f:
             f.write(synthetic_text(6000, 1))
-        port_file = os.path.join(cls.dir, "port")
-        cls.log = open(os.path.join(cls.dir, "server.log"), "w")
-        cls.server = subprocess.Popen(
-            [os.environ["QAAS_SERVER_BIN"], "--embedded", "--data_dir", os.path.join(cls.dir, "data"),
-             "--listen", "127.0.0.1:0", "--metrics_listen", "", "--port_file", port_file,
-             "--file_roots", cls.dir, "--lease_seconds", "5"],
-            stdout=cls.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        port = ""
-        while not port:
-            if cls.server.poll() is not None or time.monotonic() > deadline:
-                with open(cls.log.name) as log:
-                    raise RuntimeError("qaas-server did not start: " + log.read())
-            time.sleep(0.05)
-            if os.path.exists(port_file):
-                with open(port_file) as f:
-                    port = f.read().strip()
+        cls.server, port = start_qaas_server(cls.dir, ["--embedded", "--metrics_listen", "",
+                                                        "--file_roots", cls.dir, "--lease_seconds", "5"])
         cls.client = qaas_client.Client("127.0.0.1:" + port)
 
     @classmethod
     def tearDownClass(cls):
         cls.client.close()
-        cls.server.terminate()
-        cls.server.wait(timeout=30)
-        cls.log.close()
+        cls.server.stop()
         shutil.rmtree(cls.dir, ignore_errors=True)
 
     def test_submit_wait_report(self):
@@ -134,32 +107,16 @@ class ReconnectTest(unittest.TestCase):
     """wait() outlives a server restart: it watches again and sees the end."""
 
     def start_server(self, listen):
-        self.server = subprocess.Popen(
-            [os.environ["QAAS_SERVER_BIN"], "--data_dir", os.path.join(self.dir, "data"), "--listen", listen,
-             "--metrics_listen", "", "--port_file", self.port_file, "--file_roots", self.dir],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if os.path.exists(self.port_file):
-                with open(self.port_file) as f:
-                    port = f.read().strip()
-                if port:
-                    return port
-            self.assertIsNone(self.server.poll(), "qaas-server exited")
-            time.sleep(0.05)
-        self.fail("qaas-server did not start")
+        self.server, port = start_qaas_server(self.dir, ["--metrics_listen", "", "--file_roots", self.dir],
+                                              listen=listen)
+        return port
 
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="qaas-pyclient-restart-")
-        self.port_file = os.path.join(self.dir, "port")
-        self.log = open(os.path.join(self.dir, "server.log"), "w")
         shutil.copytree(os.path.join(REPO, "tests", "data", "tiny-opt"), os.path.join(self.dir, "model"))
 
     def tearDown(self):
-        if self.server.poll() is None:
-            self.server.terminate()
-            self.server.wait(timeout=30)
-        self.log.close()
+        self.server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def test_wait_survives_a_server_restart(self):
@@ -178,10 +135,8 @@ class ReconnectTest(unittest.TestCase):
         waiter = threading.Thread(target=wait)
         waiter.start()
         time.sleep(0.5)
-        self.server.terminate()  # graceful: ends the watch stream with UNAVAILABLE
-        self.assertEqual(self.server.wait(timeout=30), 0)
+        self.assertEqual(self.server.stop(), 0)  # graceful: ends the watch stream with UNAVAILABLE
         time.sleep(1.0)  # the waiter retries against nothing meanwhile
-        os.remove(self.port_file)
         self.start_server("127.0.0.1:" + port)
         self.assertEqual(client.job(job.id).cancel("restart test").state, job_pb2.JOB_STATE_CANCELLED)
         waiter.join(timeout=30)
