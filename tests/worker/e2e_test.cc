@@ -219,6 +219,9 @@ class EndToEndTest : public ::testing::Test {
   }
 
   ScopedTempDir dir_;
+  // Outlives the worker (members are destroyed after TearDown stops it): the
+  // worker thread updates its metrics until it is joined.
+  prometheus::Registry worker_registry_;
   std::string root_;
   std::unique_ptr<server::Server> server_;
   std::string address_;
@@ -529,10 +532,9 @@ TEST_F(EndToEndTest, DrainingWorkerProcessFinishesItsJobAndTakesNoOther) {
 // the same inputs reads nothing: the cache serves it).
 TEST_F(EndToEndTest, WorkerMetricsCountJobsAndStorageBytes) {
   const std::string model = MakeModel("model", 2, 32, 128);
-  prometheus::Registry registry;
-  StartWorker(&registry);
+  StartWorker(&worker_registry_);
   auto value = [&](const std::string& name, const std::string& label, const std::string& value) {
-    for (const auto& f : registry.Collect()) {
+    for (const auto& f : worker_registry_.Collect()) {
       if (f.name != name) continue;
       for (const auto& m : f.metric) {
         for (const auto& l : m.label) {
