@@ -5,19 +5,12 @@
 #   scripts/eval/activation_table.sh [BUILD_DIR] [OUT_DIR]
 #
 # Needs ../shared (stories260k, TinyStories sample) and a build with
-# qaas-quantize and qaas-make-model. Calibration: 32 windows of 512 tokens of
-# the TinyStories sample (seed 0); evaluation: the whole sample, seq_len 512.
+# qaas-quantize and qaas-make-model. The protocol is scripts/eval/common.sh's.
 # The two models' runs of a row go in parallel (ATen runs one thread each).
 # Prints a markdown table; the reports stay under OUT_DIR.
 set -euo pipefail
-here="$(cd "$(dirname "$0")/../.." && pwd)"
-build="${1:-$here/build}"
-out="${2:-/tmp/qaas-activation-table}"
-shared="$here/../shared"
-model="$shared/models/stories260k"
-text="$shared/data/tinystories/valid-sample.txt"
-[[ -d "$model" ]] || { echo "needs $model (../shared)" >&2; exit 2; }
-mkdir -p "$out"
+source "$(dirname "$0")/common.sh"
+eval_setup /tmp/qaas-activation-table "$@"
 "$build/cli/qaas-make-model" --outliers_from "$model" --output "$out/stories260k-outliers" >/dev/null
 
 run() {  # model-name scheme recipe -> "original quantized"
@@ -25,9 +18,8 @@ run() {  # model-name scheme recipe -> "original quantized"
   dir="$out/$name-$scheme-${recipe//,/+}"
   local m="$model"
   [[ "$name" == outliers ]] && m="$out/stories260k-outliers"
-  "$build/cli/qaas-quantize" --quiet --model "$m" --output "$dir" --scheme "$scheme" --recipe "$recipe" \
-    --calib "$text" --calib_seq_len 512 --num_samples 32 --eval "$text" --eval_seq_len 512 >/dev/null
-  python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["evaluations"][0]; print("%.4f %.4f" % (e["perplexity_original"], e["perplexity_quantized"]))' "$dir/report.json"
+  quantize "$m" "$dir" "$scheme" "$recipe"
+  echo "$(perplexity "$dir/report.json" perplexity_original) $(perplexity "$dir/report.json" perplexity_quantized)"
 }
 
 rows=(
