@@ -41,6 +41,28 @@ struct JobProgress {
   std::atomic<bool> lost{false};    // the lease is gone: stop and report nothing
 };
 
+// Stages the model and datasets of `spec` into the cache and points `o` at
+// them; adds the bytes it moved to `*bytes`.
+absl::Status StageInputs(const v1::JobSpec& spec, const std::string& cache_dir, quant::PipelineOptions* o,
+                         uint64_t* bytes) {
+  auto model = StageDirectory(spec.model(), cache_dir, bytes);
+  if (!model.ok()) return absl::Status(model.status().code(), absl::StrCat("model: ", model.status().message()));
+  o->model_dir = *model;
+  if (!spec.calibration().dataset().empty()) {
+    auto path = StageFile(spec.calibration().dataset(), cache_dir, bytes);
+    if (!path.ok()) return absl::Status(path.status().code(), absl::StrCat("calibration.dataset: ", path.status().message()));
+    o->calibration = quant::DatasetRef{*path, spec.calibration().dataset(), spec.calibration().seq_len(), 0};
+    o->num_samples = spec.calibration().num_samples();
+    o->seed = spec.calibration().seed();
+  }
+  for (const auto& e : spec.evaluation()) {
+    auto path = StageFile(e.dataset(), cache_dir, bytes);
+    if (!path.ok()) return absl::Status(path.status().code(), absl::StrCat("evaluation dataset: ", path.status().message()));
+    o->evaluations.push_back({*path, e.dataset(), e.seq_len(), e.max_windows()});
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 Worker::Metrics::Metrics(prometheus::Registry& r)
@@ -53,23 +75,17 @@ Worker::Metrics::Metrics(prometheus::Registry& r)
                .Name("qaas_worker_jobs_total")
                .Help("Jobs this worker ended, by outcome (succeeded, failed, cancelled, released, lost).")
                .Register(r)),
-      bytes_read(prometheus::BuildCounter()
-                     .Name("qaas_worker_storage_bytes_total")
-                     .Help("Bytes moved between object storage and the worker (cache hits move none), by direction.")
-                     .Register(r)
-                     .Add({{"direction", "read"}})),
-      bytes_written(prometheus::BuildCounter()
+      storage_bytes(prometheus::BuildCounter()
                         .Name("qaas_worker_storage_bytes_total")
                         .Help("Bytes moved between object storage and the worker (cache hits move none), by direction.")
-                        .Register(r)
-                        .Add({{"direction", "write"}})) {}
+                        .Register(r)),
+      bytes_read(storage_bytes.Add({{"direction", "read"}})),
+      bytes_written(storage_bytes.Add({{"direction", "write"}})) {}
 
 Worker::Worker(std::shared_ptr<grpc::Channel> channel, WorkerOptions options)
     : stub_(v1::WorkerService::NewStub(channel)), options_(std::move(options)) {
   if (options_.registry) metrics_ = std::make_unique<Metrics>(*options_.registry);
 }
-
-Worker::~Worker() = default;
 
 void Worker::Drain() {
   draining_ = true;
@@ -195,20 +211,11 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     if (ec) return absl::InternalError(absl::StrCat("cannot create ", job_dir, ": ", ec.message()));
     const v1::JobSpec& spec = job.spec();
     set_progress(0.01, "staging", 0, 0);
-    uint64_t bytes_read = 0;  // counted when staging ends, whatever its outcome
-    struct CountRead {
-      Metrics* m;
-      uint64_t& n;
-      void Flush() {
-        if (m) m->bytes_read.Increment(static_cast<double>(n));
-        n = 0;
-      }
-      ~CountRead() { Flush(); }
-    } count_read{metrics_.get(), bytes_read};
     quant::PipelineOptions o;
-    auto model = StageDirectory(spec.model(), cache_dir, &bytes_read);
-    if (!model.ok()) return absl::Status(model.status().code(), absl::StrCat("model: ", model.status().message()));
-    o.model_dir = *model;
+    uint64_t bytes_read = 0;
+    absl::Status staged = StageInputs(spec, cache_dir, &o, &bytes_read);
+    if (metrics_) metrics_->bytes_read.Increment(static_cast<double>(bytes_read));  // whatever the outcome
+    if (!staged.ok()) return staged;
     o.output_dir = job_dir + "/out";
     auto scheme = SchemeFromProto(spec.scheme());
     if (!scheme.ok()) return scheme.status();
@@ -235,19 +242,6 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
       }
       o.recipe.push_back(r);
     }
-    if (!spec.calibration().dataset().empty()) {
-      auto path = StageFile(spec.calibration().dataset(), cache_dir, &bytes_read);
-      if (!path.ok()) return absl::Status(path.status().code(), absl::StrCat("calibration.dataset: ", path.status().message()));
-      o.calibration = quant::DatasetRef{*path, spec.calibration().dataset(), spec.calibration().seq_len(), 0};
-      o.num_samples = spec.calibration().num_samples();
-      o.seed = spec.calibration().seed();
-    }
-    for (const auto& e : spec.evaluation()) {
-      auto path = StageFile(e.dataset(), cache_dir, &bytes_read);
-      if (!path.ok()) return absl::Status(path.status().code(), absl::StrCat("evaluation dataset: ", path.status().message()));
-      o.evaluations.push_back({*path, e.dataset(), e.seq_len(), e.max_windows()});
-    }
-    count_read.Flush();
     o.device = options_.device;
     o.manifest_extra = {{"job_id", job.id()}, {"model", spec.model()}};
     o.on_progress = [&](const quant::PipelineProgress& pp) {
@@ -321,17 +315,15 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     return Release(job, lease_id, absl::StrFormat("worker '%s' stopping after layer %d of %d", options_.name,
                                                   layer, layers));
   }
-  CountJob(absl::IsCancelled(status) && p.cancel ? "cancelled" : "failed");
+  const bool cancelled = absl::IsCancelled(status) && p.cancel;
+  CountJob(cancelled ? "cancelled" : "failed");
   v1::FailJobRequest fail;
   fail.set_job_id(job.id());
   fail.set_lease_id(lease_id);
-  fail.set_cancelled(absl::IsCancelled(status) && p.cancel);
+  fail.set_cancelled(cancelled);
   fail.set_reason(std::string(status.message()).empty() ? status.ToString() : absl::StrCat(
       absl::StatusCodeToString(status.code()), ": ", status.message()));
-  v1::FailJobResponse resp;
-  auto ctx = Context(options_.rpc_timeout_ms);
-  grpc::Status s = stub_->FailJob(ctx.get(), fail, &resp);
-  if (!s.ok()) std::cerr << "qaas-worker: FailJob(" << job.id() << "): " << s.error_message() << "\n";
+  SendFailJob(fail);
 }
 
 void Worker::Release(const v1::Job& job, const std::string& lease_id, const std::string& why) {
@@ -341,11 +333,15 @@ void Worker::Release(const v1::Job& job, const std::string& lease_id, const std:
   release.set_lease_id(lease_id);
   release.set_release(true);
   release.set_reason(why);
+  SendFailJob(release);
+}
+
+void Worker::SendFailJob(const v1::FailJobRequest& request) {
   v1::FailJobResponse resp;
   auto ctx = Context(options_.rpc_timeout_ms);
-  grpc::Status s = stub_->FailJob(ctx.get(), release, &resp);
-  // Not fatal: the lease then expires and the job is requeued anyway.
-  if (!s.ok()) std::cerr << "qaas-worker: releasing " << job.id() << ": " << s.error_message() << "\n";
+  grpc::Status s = stub_->FailJob(ctx.get(), request, &resp);
+  // Not fatal: the lease then expires and the scheduler requeues or fails the job.
+  if (!s.ok()) std::cerr << "qaas-worker: FailJob(" << request.job_id() << "): " << s.error_message() << "\n";
 }
 
 void Worker::CountJob(const std::string& outcome) {

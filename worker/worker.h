@@ -40,9 +40,9 @@ struct WorkerOptions {
 class Worker {
  public:
   Worker(std::shared_ptr<grpc::Channel> channel, WorkerOptions options);
-  ~Worker();
 
-  // Leases and runs jobs until Stop(). Server errors are retried with backoff.
+  // Leases and runs jobs until Drain() or Stop(). Server errors are retried
+  // with backoff.
   void Run();
   // Makes Run() return once the current job (if any) has ended; no new job
   // is leased. Thread-safe.
@@ -62,12 +62,15 @@ class Worker {
   void RunJob(const v1::Job& job, const std::string& lease_id);
   // Hands a leased job back to the queue (FailJob with release).
   void Release(const v1::Job& job, const std::string& lease_id, const std::string& why);
+  // FailJob, logging (not returning) an error: the lease then runs out.
+  void SendFailJob(const v1::FailJobRequest& request);
   void CountJob(const std::string& outcome);
 
   struct Metrics {
     explicit Metrics(prometheus::Registry& r);
     prometheus::Gauge& running;
     prometheus::Family<prometheus::Counter>& jobs;
+    prometheus::Family<prometheus::Counter>& storage_bytes;
     prometheus::Counter& bytes_read;
     prometheus::Counter& bytes_written;
   };
