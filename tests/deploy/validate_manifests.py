@@ -151,6 +151,26 @@ def check_custom(doc, where):
     return errors
 
 
+def expand_flagfiles(container, pod_spec, configmaps, where):
+    """The container's args with each --flagfile=PATH replaced by the flags of
+    the ConfigMap file mounted at PATH; errors when nothing provides the file."""
+    args, errors = [], []
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    for arg in container.get("args", []):
+        if not arg.startswith("--flagfile="):
+            args.append(arg)
+            continue
+        directory, name = os.path.split(arg.split("=", 1)[1])
+        mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"] == directory), None)
+        cm_name = volumes.get(mount["name"], {}).get("configMap", {}).get("name") if mount else None
+        text = configmaps.get(cm_name, {}).get("data", {}).get(name)
+        if text is None:
+            errors.append("%s: %s: no ConfigMap file is mounted there" % (where, arg))
+            continue
+        args += [line for line in text.splitlines() if line.startswith("--")]
+    return args, errors
+
+
 def matches(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -218,14 +238,11 @@ def validate(docs, server_flags, worker_flags):
                 if port not in ports and port not in ports.values():
                     errors.append("%s: %s port %s is not a container port" % (where, probe_name, port))
             known = server_flags if "qaas-server" in c["image"] else worker_flags
-            args = list(c.get("args", []))
-            for cm in by_kind.get("ConfigMap", {}).values():
-                for text in cm.get("data", {}).values():
-                    if "--flagfile=/etc/qaas/" in " ".join(args) and text.lstrip().startswith("--"):
-                        args += [l for l in text.splitlines() if l.startswith("--")]
+            args, flagfile_errors = expand_flagfiles(c, spec, by_kind.get("ConfigMap", {}), where)
+            errors += flagfile_errors
             for arg in args:
                 flag = arg[2:].split("=")[0]
-                if flag not in known and flag != "flagfile":
+                if flag not in known:
                     errors.append("%s: %s does not know the flag --%s" % (where, c["image"], flag))
             if name == "qaas-worker":
                 drain = [int(a.split("=")[1]) for a in args if a.startswith("--drain_seconds=")]
@@ -310,6 +327,14 @@ class ManifestsTest(unittest.TestCase):
                          "livenessProbe port http", "must exceed --drain_seconds",
                          "Invalid value for `name`, must not be `None`"]:
             self.assertIn(expected, errors)
+        # The server's flags come from the mounted ConfigMap file.
+        docs = render("single-node")
+        flags = [d for d in docs if d["kind"] == "ConfigMap"][0]["data"]
+        flags["server.flags"] += "--bogus_flag=1\n"
+        self.assertIn("does not know the flag --bogus_flag", "\n".join(validate(docs, self.server_flags, self.worker_flags)))
+        server = [d for d in docs if d["kind"] == "Deployment"][0]["spec"]["template"]["spec"]["containers"][0]
+        server["args"] = ["--flagfile=/etc/elsewhere/server.flags"]
+        self.assertIn("no ConfigMap file is mounted there", "\n".join(validate(docs, self.server_flags, self.worker_flags)))
 
 
 if __name__ == "__main__":
