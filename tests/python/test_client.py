@@ -54,6 +54,7 @@ class ClientTest(unittest.TestCase):
         self.assertGreater(done.result.perplexity_quantized, 1.0)
         self.assertTrue(done.result.artifact_uri.endswith("/artifact"))
         self.assertEqual(seen[-1][0], job_pb2.JOB_STATE_SUCCEEDED)
+        self.assertEqual(job.refresh().result.artifact_uri, done.result.artifact_uri)
         self.assertIn(job_pb2.JOB_STATE_RUNNING, [s for s, _ in seen])
         report = job.report()
         self.assertEqual(report["scheme"], "W4A16g32")
