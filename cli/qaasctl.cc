@@ -3,13 +3,23 @@
 //   qaasctl [--server HOST:PORT] submit --model URI --scheme W4A16g128 [--preset rtn]
 //           [--calib URI] [--eval URI,...] [--eval_seq_len N] [--wait] ...
 //   qaasctl get ID | list [--state S] | watch ID | cancel ID | report ID
+//   qaasctl token tenant:NAME|worker[:NAME] --token_out FILE
+//
+// Credentials: --token_file (or $QAAS_TOKEN) sends a bearer token; --tls,
+// --tls_ca connect with TLS. `token` makes a new random token, writes it to
+// FILE (mode 0600) and prints the server's tokens-file line (its hash).
 //
 // Local paths are accepted wherever a uri is (they become file:// uris).
 // Jobs print as JSON. `submit --wait` and `watch` exit 0 only when the job
 // SUCCEEDED (1 when it FAILED or was CANCELLED, 2 for usage or RPC errors).
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 
 #include <cstdio>
 #include <filesystem>
@@ -23,8 +33,15 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "qaas/v1/job_service.grpc.pb.h"
+#include "server/auth.h"
+#include "server/grpc_security.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "qaas-server address");
+ABSL_FLAG(std::string, token_file, "", "file holding your bearer token (default: $QAAS_TOKEN, else none)");
+ABSL_FLAG(bool, tls, false, "connect with TLS (system roots unless --tls_ca)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA that signed the server's certificate (implies --tls)");
+ABSL_FLAG(std::string, tls_server_name, "", "name to verify in the server's certificate (default: its host)");
+ABSL_FLAG(std::string, token_out, "", "token: write the new token to this file (created with mode 0600)");
 ABSL_FLAG(std::string, model, "", "submit: model directory uri (or local path)");
 ABSL_FLAG(std::string, scheme, "W4A16g128", "submit: scheme shorthand");
 ABSL_FLAG(std::string, preset, "", "submit: recipe preset (default rtn when --recipe is empty)");
@@ -107,6 +124,7 @@ int Watch(v1::JobService::Stub& stub, const std::string& id) {
     std::string line = absl::StrCat(v1::JobState_Name(last.state()).substr(10), " ", p.step());
     if (p.num_layers() > 0) absl::StrAppend(&line, " layer ", p.layer(), "/", p.num_layers());
     absl::StrAppend(&line, " ", static_cast<int>(p.fraction() * 100), "%");
+    if (p.elapsed_ms() > 0) absl::StrAppend(&line, " elapsed ", p.elapsed_ms() / 1000, "s");
     if (p.eta_ms() > 0) absl::StrAppend(&line, " eta ", p.eta_ms() / 1000, "s");
     if (tty) {
       const int width = 30, filled = static_cast<int>(p.fraction() * width);
@@ -188,20 +206,71 @@ int Submit(v1::JobService::Stub& stub) {
   return Watch(stub, job.id());
 }
 
+// qaasctl token PRINCIPAL --token_out FILE
+int MakeToken(const std::string& principal_text) {
+  auto principal = qaas::server::ParsePrincipal(principal_text);
+  if (!principal.ok()) {
+    std::cerr << "qaasctl token: " << principal.status().message() << "\n";
+    return 2;
+  }
+  const std::string out = absl::GetFlag(FLAGS_token_out);
+  if (out.empty()) {
+    std::cerr << "qaasctl token: --token_out FILE is required (the token is written there, never printed)\n";
+    return 2;
+  }
+  auto token = qaas::server::NewToken();
+  if (!token.ok()) {
+    std::cerr << "qaasctl token: " << token.status() << "\n";
+    return 2;
+  }
+  const int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0) {
+    std::cerr << "qaasctl token: cannot create " << out << ": " << std::strerror(errno) << "\n";
+    return 2;
+  }
+  const std::string content = *token + "\n";
+  const bool written = write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
+  if (close(fd) != 0 || !written) {
+    std::cerr << "qaasctl token: cannot write " << out << "\n";
+    return 2;
+  }
+  std::cout << qaas::server::TokenLine(*token, *principal) << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "qaasctl [--server HOST:PORT] submit|get ID|list|watch ID|cancel ID|report ID [flags]");
+      "qaasctl [--server HOST:PORT] submit|get ID|list|watch ID|cancel ID|report ID|token PRINCIPAL [flags]");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
-    std::cerr << "usage: qaasctl submit|get ID|list|watch ID|cancel ID|report ID (see --help)\n";
+    std::cerr << "usage: qaasctl submit|get ID|list|watch ID|cancel ID|report ID|token PRINCIPAL (see --help)\n";
     return 2;
   }
   const std::string cmd = args[1];
   const std::string id = args.size() > 2 ? args[2] : "";
-  auto stub = v1::JobService::NewStub(
-      grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
+  if (cmd == "token") return MakeToken(id);
+  qaas::server::ClientSecurityOptions security;
+  if (!absl::GetFlag(FLAGS_token_file).empty()) {
+    auto token = qaas::server::ReadTokenFile(absl::GetFlag(FLAGS_token_file));
+    if (!token.ok()) {
+      std::cerr << "qaasctl: " << token.status().message() << "\n";
+      return 2;
+    }
+    security.token = *token;
+  } else if (const char* env = std::getenv("QAAS_TOKEN")) {
+    security.token = env;
+  }
+  security.tls = absl::GetFlag(FLAGS_tls);
+  security.ca_file = absl::GetFlag(FLAGS_tls_ca);
+  security.server_name = absl::GetFlag(FLAGS_tls_server_name);
+  auto channel = qaas::server::MakeChannel(absl::GetFlag(FLAGS_server), security);
+  if (!channel.ok()) {
+    std::cerr << "qaasctl: " << channel.status().message() << "\n";
+    return 2;
+  }
+  auto stub = v1::JobService::NewStub(*channel);
   if (cmd == "submit") return Submit(*stub);
   if (cmd == "list") {
     v1::ListJobsRequest req;

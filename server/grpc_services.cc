@@ -4,11 +4,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "storage/object_store.h"
+#include "storage/sha256.h"
 
 namespace qaas::server {
 namespace {
 
-// Until bearer-token auth lands every caller is this tenant.
+// Every caller's tenant when authentication is off.
 constexpr char kDefaultTenant[] = "default";
 
 grpc::Status Invalid(const std::string& msg) { return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg); }
@@ -20,37 +21,83 @@ int64_t NowMs() {
 
 }  // namespace
 
+absl::StatusOr<Principal> Authorize(const AuthConfig& auth, grpc::ServerContext* ctx, Principal::Kind need) {
+  const bool want_worker = need == Principal::Kind::kWorker;
+  if (want_worker && auth.worker_certificates) {
+    // The handshake verified any certificate the client presented against
+    // the worker CA; its identity (subject CN or SAN) names the worker.
+    auto auth_ctx = ctx->auth_context();
+    if (auth_ctx && auth_ctx->IsPeerAuthenticated()) {
+      Principal p{Principal::Kind::kWorker, "certificate"};
+      auto cn = auth_ctx->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
+      if (!cn.empty()) p.name = std::string(cn.front().data(), cn.front().size());
+      return p;
+    }
+  }
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  const absl::string_view header = it == md.end() ? absl::string_view()
+                                                  : absl::string_view(it->second.data(), it->second.size());
+  absl::StatusOr<Principal> p;
+  if (!auth.internal_worker_token.empty() && !header.empty() &&
+      storage::Sha256Hex(std::string(header)) == storage::Sha256Hex("Bearer " + auth.internal_worker_token)) {
+    p = Principal{Principal::Kind::kWorker, "embedded"};
+  } else if (auth.tokens == nullptr) {
+    if (want_worker && auth.worker_certificates) {
+      return absl::UnauthenticatedError("WorkerService needs a worker client certificate (mTLS)");
+    }
+    return Principal{need, want_worker ? "worker" : kDefaultTenant};
+  } else {
+    p = auth.tokens->Authenticate(header);
+  }
+  if (!p.ok()) return p.status();
+  if (p->kind != need) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "credential ", PrincipalString(*p), " may not call ", want_worker ? "WorkerService" : "JobService",
+        want_worker ? " (it needs a worker credential)" : " (it needs a tenant token)"));
+  }
+  return p;
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext*, const v1::SubmitJobRequest* req, v1::Job* resp) {
-  auto job = scheduler_->Submit(kDefaultTenant, req->spec());
+grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* ctx, const v1::SubmitJobRequest* req, v1::Job* resp) {
+  auto caller = Authorize(auth_, ctx, Principal::Kind::kTenant);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto job = scheduler_->Submit(caller->name, req->spec());
   if (!job.ok()) return ToGrpcStatus(job.status());
   *resp = *std::move(job);
   return grpc::Status::OK;
 }
 
-grpc::Status JobServiceImpl::GetJob(grpc::ServerContext*, const v1::GetJobRequest* req, v1::Job* resp) {
+grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::Job* resp) {
+  auto caller = Authorize(auth_, ctx, Principal::Kind::kTenant);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   if (req->id().empty()) return Invalid("id: required");
-  auto job = scheduler_->Get(kDefaultTenant, req->id());
+  auto job = scheduler_->Get(caller->name, req->id());
   if (!job.ok()) return ToGrpcStatus(job.status());
   *resp = *std::move(job);
   return grpc::Status::OK;
 }
 
-grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* req,
+grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req,
                                       v1::ListJobsResponse* resp) {
-  auto page = scheduler_->List(kDefaultTenant, *req);
+  auto caller = Authorize(auth_, ctx, Principal::Kind::kTenant);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  auto page = scheduler_->List(caller->name, *req);
   if (!page.ok()) return ToGrpcStatus(page.status());
   *resp = *std::move(page);
   return grpc::Status::OK;
 }
 
-grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext*, const v1::CancelJobRequest* req, v1::Job* resp) {
+grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req, v1::Job* resp) {
+  auto caller = Authorize(auth_, ctx, Principal::Kind::kTenant);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   if (req->id().empty()) return Invalid("id: required");
-  auto job = scheduler_->Cancel(kDefaultTenant, req->id(), req->reason());
+  auto job = scheduler_->Cancel(caller->name, req->id(), req->reason());
   if (!job.ok()) return ToGrpcStatus(job.status());
   *resp = *std::move(job);
   return grpc::Status::OK;
@@ -58,9 +105,11 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext*, const v1::CancelJob
 
 grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                                       grpc::ServerWriter<v1::JobEvent>* writer) {
+  auto caller = Authorize(auth_, ctx, Principal::Kind::kTenant);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   if (req->id().empty()) return Invalid("id: required");
   uint64_t version = scheduler_->Version();
-  auto job = scheduler_->Get(kDefaultTenant, req->id());
+  auto job = scheduler_->Get(caller->name, req->id());
   if (!job.ok()) return ToGrpcStatus(job.status());
   std::string last;
   while (true) {
@@ -76,15 +125,17 @@ grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1::WatchJ
     if (ctx->IsCancelled()) return grpc::Status::CANCELLED;
     if (scheduler_->shutting_down()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down");
     version = scheduler_->WaitForChange(version, 500);
-    job = scheduler_->Get(kDefaultTenant, req->id());
+    job = scheduler_->Get(caller->name, req->id());
     if (!job.ok()) return ToGrpcStatus(job.status());
   }
 }
 
-grpc::Status JobServiceImpl::GetReport(grpc::ServerContext*, const v1::GetReportRequest* req,
+grpc::Status JobServiceImpl::GetReport(grpc::ServerContext* ctx, const v1::GetReportRequest* req,
                                        v1::GetReportResponse* resp) {
+  auto caller = Authorize(auth_, ctx, Principal::Kind::kTenant);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   if (req->id().empty()) return Invalid("id: required");
-  auto job = scheduler_->Get(kDefaultTenant, req->id());
+  auto job = scheduler_->Get(caller->name, req->id());
   if (!job.ok()) return ToGrpcStatus(job.status());
   if (job->state() != v1::JOB_STATE_SUCCEEDED) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -101,8 +152,11 @@ grpc::Status JobServiceImpl::GetReport(grpc::ServerContext*, const v1::GetReport
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerServiceImpl::RegisterWorker(grpc::ServerContext*, const v1::RegisterWorkerRequest* req,
+grpc::Status WorkerServiceImpl::RegisterWorker(grpc::ServerContext* ctx, const v1::RegisterWorkerRequest* req,
                                                v1::RegisterWorkerResponse* resp) {
+  if (auto caller = Authorize(auth_, ctx, Principal::Kind::kWorker); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
+  }
   auto r = scheduler_->RegisterWorker(*req);
   if (!r.ok()) return ToGrpcStatus(r.status());
   *resp = *std::move(r);
@@ -111,6 +165,9 @@ grpc::Status WorkerServiceImpl::RegisterWorker(grpc::ServerContext*, const v1::R
 
 grpc::Status WorkerServiceImpl::LeaseJob(grpc::ServerContext* ctx, const v1::LeaseJobRequest* req,
                                          v1::LeaseJobResponse* resp) {
+  if (auto caller = Authorize(auth_, ctx, Principal::Kind::kWorker); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
+  }
   v1::LeaseJobRequest bounded = *req;
   // Never wait past the client's deadline (minus a margin to answer in time).
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -123,21 +180,30 @@ grpc::Status WorkerServiceImpl::LeaseJob(grpc::ServerContext* ctx, const v1::Lea
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
+grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
                                           v1::HeartbeatResponse* resp) {
+  if (auto caller = Authorize(auth_, ctx, Principal::Kind::kWorker); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
+  }
   auto r = scheduler_->Heartbeat(*req);
   if (!r.ok()) return ToGrpcStatus(r.status());
   *resp = *std::move(r);
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerServiceImpl::CompleteJob(grpc::ServerContext*, const v1::CompleteJobRequest* req,
+grpc::Status WorkerServiceImpl::CompleteJob(grpc::ServerContext* ctx, const v1::CompleteJobRequest* req,
                                             v1::CompleteJobResponse*) {
+  if (auto caller = Authorize(auth_, ctx, Principal::Kind::kWorker); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
+  }
   return ToGrpcStatus(scheduler_->CompleteJob(*req));
 }
 
-grpc::Status WorkerServiceImpl::FailJob(grpc::ServerContext*, const v1::FailJobRequest* req,
+grpc::Status WorkerServiceImpl::FailJob(grpc::ServerContext* ctx, const v1::FailJobRequest* req,
                                         v1::FailJobResponse*) {
+  if (auto caller = Authorize(auth_, ctx, Principal::Kind::kWorker); !caller.ok()) {
+    return ToGrpcStatus(caller.status());
+  }
   return ToGrpcStatus(scheduler_->FailJob(*req));
 }
 

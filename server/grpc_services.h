@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "qaas/v1/job_service.grpc.pb.h"
 #include "qaas/v1/worker_service.grpc.pb.h"
+#include "server/auth.h"
 #include "server/scheduler.h"
 
 namespace qaas::server {
@@ -15,9 +16,26 @@ namespace qaas::server {
 // absl and gRPC status codes share their numbering (both are google.rpc.Code).
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// Who may call (docs/api.md "Authentication").
+struct AuthConfig {
+  // Bearer tokens; null = authentication off: every JobService caller is the
+  // tenant "default" and WorkerService is open (loopback, embedded use).
+  TokenAuthenticator* tokens = nullptr;  // not owned
+  // A client certificate the worker CA verified identifies a worker (mTLS).
+  bool worker_certificates = false;
+  // A worker token known only to this process (the embedded worker's
+  // in-process channel); "" = none.
+  std::string internal_worker_token;
+};
+
+// The caller of `ctx` if it may call a service for principals of kind
+// `need`: Unauthenticated without valid credentials, PermissionDenied for a
+// credential of the other kind.
+absl::StatusOr<Principal> Authorize(const AuthConfig& auth, grpc::ServerContext* ctx, Principal::Kind need);
+
 class JobServiceImpl final : public v1::JobService::Service {
  public:
-  explicit JobServiceImpl(Scheduler* scheduler) : scheduler_(scheduler) {}
+  JobServiceImpl(Scheduler* scheduler, AuthConfig auth) : scheduler_(scheduler), auth_(auth) {}
 
   grpc::Status SubmitJob(grpc::ServerContext* ctx, const v1::SubmitJobRequest* req, v1::Job* resp) override;
   grpc::Status GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::Job* resp) override;
@@ -31,11 +49,12 @@ class JobServiceImpl final : public v1::JobService::Service {
 
  private:
   Scheduler* scheduler_;  // not owned
+  AuthConfig auth_;
 };
 
 class WorkerServiceImpl final : public v1::WorkerService::Service {
  public:
-  explicit WorkerServiceImpl(Scheduler* scheduler) : scheduler_(scheduler) {}
+  WorkerServiceImpl(Scheduler* scheduler, AuthConfig auth) : scheduler_(scheduler), auth_(auth) {}
 
   grpc::Status RegisterWorker(grpc::ServerContext* ctx, const v1::RegisterWorkerRequest* req,
                               v1::RegisterWorkerResponse* resp) override;
@@ -50,6 +69,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
 
  private:
   Scheduler* scheduler_;  // not owned
+  AuthConfig auth_;
 };
 
 }  // namespace qaas::server

@@ -24,6 +24,12 @@ ABSL_FLAG(std::string, file_roots, "", "comma-separated extra directories that f
 ABSL_FLAG(int64_t, lease_seconds, 30, "lease duration; a worker silent this long loses its job");
 ABSL_FLAG(int32_t, max_attempts, 3, "leases per job before it FAILS");
 ABSL_FLAG(std::string, device, "cpu", "the embedded worker's device (cpu or cuda)");
+ABSL_FLAG(std::string, auth_tokens, "",
+          "bearer tokens file or directory (a mounted Secret) of '<sha256> tenant:NAME|worker[:NAME]' lines; "
+          "\"\" = no authentication (every caller is tenant 'default')");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_worker_ca, "", "PEM CA of worker client certificates (mTLS for workers)");
 ABSL_FLAG(std::string, port_file, "", "write the bound gRPC port here (for scripts and tests)");
 
 namespace {
@@ -48,6 +54,10 @@ int main(int argc, char** argv) {
   o.listen_address = absl::GetFlag(FLAGS_listen);
   o.metrics_address = absl::GetFlag(FLAGS_metrics_listen);
   o.db_path = data_dir + "/jobs.db";
+  o.tokens_path = absl::GetFlag(FLAGS_auth_tokens);
+  o.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  o.tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  o.tls.worker_ca_file = absl::GetFlag(FLAGS_tls_worker_ca);
   o.scheduler.lease_duration_ms = absl::GetFlag(FLAGS_lease_seconds) * 1000;
   o.scheduler.heartbeat_interval_ms = std::max<int64_t>(1000, o.scheduler.lease_duration_ms / 6);
   o.scheduler.max_attempts = absl::GetFlag(FLAGS_max_attempts);

@@ -24,14 +24,28 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     s->metrics_http_ = *std::move(http);
     s->metrics_port_ = s->metrics_http_->port();
   }
+  if (!options.tokens_path.empty()) {
+    auto tokens = TokenAuthenticator::Load(options.tokens_path);
+    if (!tokens.ok()) return tokens.status();
+    s->tokens_ = *std::move(tokens);
+    s->auth_.tokens = s->tokens_.get();
+  }
+  s->auth_.worker_certificates = !options.tls.worker_ca_file.empty();
+  if (s->auth_.tokens || s->auth_.worker_certificates) {
+    auto internal = NewToken();
+    if (!internal.ok()) return internal.status();
+    s->auth_.internal_worker_token = *internal;
+  }
+  auto creds = MakeServerCredentials(options.tls);
+  if (!creds.ok()) return creds.status();
   s->scheduler_ = std::make_unique<Scheduler>(*std::move(store), options.scheduler, s->metrics_.get());
-  s->job_service_ = std::make_unique<JobServiceImpl>(s->scheduler_.get());
-  s->worker_service_ = std::make_unique<WorkerServiceImpl>(s->scheduler_.get());
+  s->job_service_ = std::make_unique<JobServiceImpl>(s->scheduler_.get(), s->auth_);
+  s->worker_service_ = std::make_unique<WorkerServiceImpl>(s->scheduler_.get(), s->auth_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(options.listen_address, *creds, &s->port_);
   builder.RegisterService(s->job_service_.get());
   builder.RegisterService(s->worker_service_.get());
   s->grpc_server_ = builder.BuildAndStart();
@@ -39,9 +53,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address));
   }
   s->reaper_ = std::thread([srv = s.get()] {
+    int64_t since_reload = 0;
+    std::string reload_error;
     while (!srv->stopped_) {
       auto expired = srv->scheduler_->ExpireLeases();
       if (!expired.ok()) std::cerr << "qaas-server: lease reaper: " << expired.status() << "\n";
+      if (srv->tokens_ && (since_reload += srv->options_.reaper_interval_ms) >= srv->options_.auth_reload_ms) {
+        since_reload = 0;
+        bool changed = false;
+        absl::Status st = srv->tokens_->Reload(&changed);
+        // Say it once per distinct problem; the previous tokens stay in force.
+        if (!st.ok() && st.ToString() != reload_error) {
+          std::cerr << "qaas-server: keeping the previous tokens: " << st << "\n";
+        }
+        if (changed) std::cerr << "qaas-server: tokens reloaded (" << srv->tokens_->size() << " tokens)\n";
+        reload_error = st.ok() ? "" : st.ToString();
+      }
       for (int64_t waited = 0; waited < srv->options_.reaper_interval_ms && !srv->stopped_; waited += 20) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
       }
@@ -53,7 +80,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
 Server::~Server() { Shutdown(); }
 
 std::shared_ptr<grpc::Channel> Server::InProcessChannel() {
-  return grpc_server_->InProcessChannel(grpc::ChannelArguments());
+  return grpc_server_->experimental().InProcessChannelWithInterceptors(
+      grpc::ChannelArguments(), BearerTokenInterceptors(auth_.internal_worker_token));
 }
 
 void Server::Shutdown(int64_t grace_ms) {

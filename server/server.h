@@ -13,6 +13,8 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "server/auth.h"
+#include "server/grpc_security.h"
 #include "server/grpc_services.h"
 #include "server/metrics_http.h"
 #include "server/scheduler.h"
@@ -23,6 +25,11 @@ struct ServerOptions {
   std::string listen_address = "127.0.0.1:50051";  // port 0 picks a free port
   std::string metrics_address = "127.0.0.1:9464";  // "" = no /metrics endpoint
   std::string db_path;                             // SQLite file
+  // Bearer tokens file or directory (server/auth.h); "" = authentication
+  // off. Re-read every auth_reload_ms.
+  std::string tokens_path;
+  int64_t auth_reload_ms = 10000;
+  ServerTlsOptions tls;
   SchedulerOptions scheduler;
   int64_t reaper_interval_ms = 1000;
 };
@@ -38,7 +45,8 @@ class Server {
   int metrics_port() const { return metrics_port_; }
   Scheduler& scheduler() { return *scheduler_; }
   prometheus::Registry& registry() { return *registry_; }
-  // A channel to this server that bypasses the network (the embedded worker's).
+  // A channel to this server that bypasses the network (the embedded
+  // worker's), carrying a worker credential known only to this process.
   std::shared_ptr<grpc::Channel> InProcessChannel();
 
   // Stops accepting calls, wakes long polls and watches, waits up to
@@ -54,6 +62,8 @@ class Server {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<TokenAuthenticator> tokens_;
+  AuthConfig auth_;
   std::unique_ptr<JobServiceImpl> job_service_;
   std::unique_ptr<WorkerServiceImpl> worker_service_;
   std::unique_ptr<grpc::Server> grpc_server_;

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <iostream>
 #include <thread>
 
@@ -17,6 +18,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "quant/util/allocator.h"
+#include "server/grpc_security.h"
 #include "server/metrics_http.h"
 #include "worker/worker.h"
 
@@ -26,6 +28,13 @@ ABSL_FLAG(std::string, work_dir, "/tmp/qaas-worker", "scratch and cache director
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(int64_t, poll_wait_ms, 10000, "long-poll wait for a job");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9465", "Prometheus /metrics and /healthz address (\"\" = off)");
+ABSL_FLAG(std::string, token_file, "",
+          "file holding this worker's bearer token (a mounted Secret); default: $QAAS_TOKEN, else none");
+ABSL_FLAG(bool, tls, false, "connect with TLS (system roots unless --tls_ca)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA that signed the server's certificate (implies --tls)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate for mTLS (implies --tls)");
+ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
+ABSL_FLAG(std::string, tls_server_name, "", "name to verify in the server's certificate (default: its host)");
 ABSL_FLAG(int64_t, drain_seconds, 0,
           "on SIGTERM, let the current job run this long before stopping it at a layer boundary");
 
@@ -59,8 +68,28 @@ int main(int argc, char** argv) {
     http = *std::move(started);
     o.registry = &registry;
   }
-  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
-  qaas::worker::Worker worker(channel, o);
+  qaas::server::ClientSecurityOptions security;
+  if (!absl::GetFlag(FLAGS_token_file).empty()) {
+    auto token = qaas::server::ReadTokenFile(absl::GetFlag(FLAGS_token_file));
+    if (!token.ok()) {
+      std::cerr << "qaas-worker: " << token.status() << "\n";
+      return 1;
+    }
+    security.token = *token;
+  } else if (const char* env = std::getenv("QAAS_TOKEN")) {
+    security.token = env;
+  }
+  security.tls = absl::GetFlag(FLAGS_tls);
+  security.ca_file = absl::GetFlag(FLAGS_tls_ca);
+  security.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  security.key_file = absl::GetFlag(FLAGS_tls_key);
+  security.server_name = absl::GetFlag(FLAGS_tls_server_name);
+  auto channel = qaas::server::MakeChannel(absl::GetFlag(FLAGS_server), security);
+  if (!channel.ok()) {
+    std::cerr << "qaas-worker: " << channel.status() << "\n";
+    return 1;
+  }
+  qaas::worker::Worker worker(*channel, o);
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   std::cerr << "qaas-worker " << o.name << ": serving jobs from " << absl::GetFlag(FLAGS_server);
