@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -58,12 +59,17 @@ class JobStore {
   // returns OK to commit or an error to abort (returned as is).
   virtual absl::StatusOr<JobRow> Update(const std::string& id,
                                         const std::function<absl::Status(JobRow&)>& mutate) = 0;
-  // Atomically picks the QUEUED job to run next (highest priority, then
-  // oldest) for which `eligible` is true, and lets `mutate` turn it into a
-  // leased RUNNING row. nullopt when none is eligible.
-  virtual absl::StatusOr<std::optional<JobRow>> ClaimNext(
-      const std::function<bool(const v1::Job&)>& eligible,
-      const std::function<void(JobRow&)>& mutate) = 0;
+  // What ClaimNext's chooser sees: the QUEUED jobs (highest priority, then
+  // oldest; at most kClaimWindow of them) and RUNNING jobs per tenant.
+  using Chooser = std::function<int(const std::vector<const v1::Job*>& queued,
+                                    const std::map<std::string, int>& running_by_tenant)>;
+  static constexpr int kClaimWindow = 1000;
+  // Atomically lets `choose` pick a QUEUED job (an index into `queued`, or -1
+  // for none) and `mutate` turn it into a leased RUNNING row. Concurrent
+  // claims (other threads, other scheduler replicas) never get the same job.
+  // nullopt when `choose` picked none.
+  virtual absl::StatusOr<std::optional<JobRow>> ClaimNext(const Chooser& choose,
+                                                          const std::function<void(JobRow&)>& mutate) = 0;
   // Ids of RUNNING jobs whose lease expired before `now_ms`.
   virtual absl::StatusOr<std::vector<std::string>> ExpiredLeases(int64_t now_ms) = 0;
   virtual absl::StatusOr<StateCounts> CountStates() = 0;

@@ -10,6 +10,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "server/server.h"
 #include "storage/uri.h"
@@ -30,6 +31,10 @@ ABSL_FLAG(std::string, auth_tokens, "",
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_worker_ca, "", "PEM CA of worker client certificates (mTLS for workers)");
+ABSL_FLAG(int32_t, max_running_per_tenant, 0, "running jobs per tenant at most (0 = no limit)");
+ABSL_FLAG(std::string, tenant_max_running, "", "per-tenant overrides of --max_running_per_tenant: acme=8,globex=2");
+ABSL_FLAG(int64_t, infeasible_after_seconds, 600,
+          "a job that no live worker can fit (device, memory) FAILS after waiting this long");
 ABSL_FLAG(std::string, port_file, "", "write the bound gRPC port here (for scripts and tests)");
 
 namespace {
@@ -61,6 +66,17 @@ int main(int argc, char** argv) {
   o.scheduler.lease_duration_ms = absl::GetFlag(FLAGS_lease_seconds) * 1000;
   o.scheduler.heartbeat_interval_ms = std::max<int64_t>(1000, o.scheduler.lease_duration_ms / 6);
   o.scheduler.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  o.scheduler.placement.max_running_per_tenant = absl::GetFlag(FLAGS_max_running_per_tenant);
+  o.scheduler.placement.infeasible_after_ms = absl::GetFlag(FLAGS_infeasible_after_seconds) * 1000;
+  for (auto kv : absl::StrSplit(absl::GetFlag(FLAGS_tenant_max_running), ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    int limit = 0;
+    if (p.first.empty() || !absl::SimpleAtoi(p.second, &limit) || limit < 0) {
+      std::cerr << "qaas-server: --tenant_max_running: expected tenant=N, got '" << kv << "'\n";
+      return 1;
+    }
+    o.scheduler.placement.tenant_max_running[p.first] = limit;
+  }
   o.scheduler.default_output_uri = "file://" + store_dir;
   o.scheduler.validation.file_roots.push_back(store_dir);
   for (auto root : absl::StrSplit(absl::GetFlag(FLAGS_file_roots), ',', absl::SkipEmpty())) {

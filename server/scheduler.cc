@@ -90,6 +90,32 @@ void Scheduler::RefreshWorkerGauge() {
   metrics_->SetActiveWorkers(active);
 }
 
+std::vector<v1::WorkerCapabilities> Scheduler::LiveWorkers() {
+  std::vector<v1::WorkerCapabilities> live;
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = Now();
+  for (const auto& [id, w] : workers_) {
+    if (w.polling > 0 || now - w.last_seen_ms <= options_.lease_duration_ms) live.push_back(w.capabilities);
+  }
+  return live;
+}
+
+void Scheduler::FailInfeasible(const std::string& job_id, const std::string& reason) {
+  auto row = store_->Update(job_id, [&](JobRow& r) -> absl::Status {
+    if (r.job.state() != v1::JOB_STATE_QUEUED) return absl::AbortedError("no longer queued");
+    r.job.set_state(v1::JOB_STATE_FAILED);
+    r.job.set_error(reason);
+    r.job.set_update_time_ms(Now());
+    r.job.set_finish_time_ms(Now());
+    r.job.mutable_progress()->set_step("infeasible");
+    return absl::OkStatus();
+  });
+  if (!row.ok()) return;  // taken or ended meanwhile
+  RecordFinish(row->job);
+  RefreshGauges();
+  Notify();
+}
+
 absl::StatusOr<v1::Job> Scheduler::Submit(const std::string& tenant, v1::JobSpec spec) {
   if (auto st = ValidateJobSpec(options_.validation, &spec); !st.ok()) return st;
   v1::Job job;
@@ -103,6 +129,7 @@ absl::StatusOr<v1::Job> Scheduler::Submit(const std::string& tenant, v1::JobSpec
   job.set_update_time_ms(job.create_time_ms());
   job.mutable_progress()->set_step("queued");
   job.mutable_progress()->set_eta_ms(-1);
+  job.set_memory_estimate_bytes(EstimateJobMemory(job.spec()));
   bool created = false;
   auto stored = store_->Insert(job, &created);
   if (!stored.ok()) return stored.status();
@@ -202,22 +229,28 @@ absl::StatusOr<v1::LeaseJobResponse> Scheduler::LeaseJob(const v1::LeaseJobReque
     const std::string& id;
     ~LeavePoll() { s->SawWorker(id, -1); }
   } leave_poll{this, req.worker_id()};
-  auto eligible = [&](const v1::Job& job) {
-    const auto& res = job.spec().resources();
-    if (!res.device().empty()) {
-      bool has = false;
-      for (const auto& d : worker.capabilities.devices()) has |= d == res.device();
-      if (!has) return false;
-    }
-    return res.min_gpu_memory_bytes() <= worker.capabilities.gpu_memory_bytes() ||
-           res.min_gpu_memory_bytes() == 0;
-  };
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<int64_t>(0, req.wait_ms()));
   v1::LeaseJobResponse resp;
   while (true) {
     const uint64_t seen = Version();
     const std::string lease_id = RandomId("l-");
-    auto claimed = store_->ClaimNext(eligible, [&](JobRow& r) {
+    PlacementInput in;
+    in.worker = worker.capabilities;
+    in.live_workers = LiveWorkers();
+    in.now_ms = Now();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      in.last_assigned_ms = last_assigned_ms_;
+    }
+    std::vector<std::pair<std::string, std::string>> infeasible;  // id, reason
+    auto choose = [&](const std::vector<const v1::Job*>& queued, const std::map<std::string, int>& running) {
+      in.queued = queued;
+      in.running_by_tenant = running;
+      PlacementResult placed = Place(options_.placement, in);
+      for (const auto& [i, why] : placed.infeasible) infeasible.emplace_back(queued[i]->id(), why);
+      return placed.assigned;
+    };
+    auto claimed = store_->ClaimNext(choose, [&](JobRow& r) {
       v1::Job& j = r.job;
       j.set_state(v1::JOB_STATE_RUNNING);
       j.set_attempt(j.attempt() + 1);
@@ -229,8 +262,14 @@ absl::StatusOr<v1::LeaseJobResponse> Scheduler::LeaseJob(const v1::LeaseJobReque
       r.lease_expire_ms = Now() + options_.lease_duration_ms;
     });
     if (!claimed.ok()) return claimed.status();
+    for (const auto& [id, why] : infeasible) FailInfeasible(id, why);
     if (claimed->has_value()) {
       const JobRow& row = **claimed;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        // A sequence, not the clock: two leases in one millisecond still order.
+        last_assigned_ms_[row.job.tenant()] = ++assignments_;
+      }
       metrics_->JobStarted((Now() - row.job.create_time_ms()) / 1000.0);
       RefreshGauges();
       Notify();

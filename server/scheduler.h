@@ -20,12 +20,14 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "qaas/v1/job_service.pb.h"
 #include "qaas/v1/worker_service.pb.h"
 #include "server/job_store.h"
 #include "server/metrics.h"
+#include "server/placement.h"
 #include "server/spec_validation.h"
 
 namespace qaas::server {
@@ -35,6 +37,7 @@ struct SchedulerOptions {
   int64_t heartbeat_interval_ms = 5000;
   int max_attempts = 3;
   ValidationOptions validation;
+  PlacementPolicy placement;
   std::string default_output_uri;  // jobs without spec.output go to <this>/jobs/<id>
   std::function<int64_t()> now_ms;  // unix ms; defaults to the system clock
 };
@@ -52,7 +55,9 @@ class Scheduler {
 
   // WorkerService.
   absl::StatusOr<v1::RegisterWorkerResponse> RegisterWorker(const v1::RegisterWorkerRequest& request);
-  // Blocks up to request.wait_ms (bounded by the scheduler's shutdown) for a job.
+  // Blocks up to request.wait_ms (bounded by the scheduler's shutdown) for a
+  // job that server/placement.h gives this worker. Jobs placement finds
+  // infeasible on every live worker FAIL with its reason.
   absl::StatusOr<v1::LeaseJobResponse> LeaseJob(const v1::LeaseJobRequest& request);
   absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
   absl::Status CompleteJob(const v1::CompleteJobRequest& request);
@@ -88,6 +93,10 @@ class Scheduler {
   void Notify();
   void RefreshGauges();
   void RecordFinish(const v1::Job& job);
+  // Capabilities of the workers heard from within a lease.
+  std::vector<v1::WorkerCapabilities> LiveWorkers();
+  // FAILS a still-QUEUED job that placement found infeasible.
+  void FailInfeasible(const std::string& job_id, const std::string& reason);
   absl::Status Release(const v1::FailJobRequest& request);
   absl::StatusOr<JobRow> UpdateLeased(const std::string& job_id, const std::string& lease_id,
                                       const std::function<void(JobRow&)>& mutate);
@@ -103,6 +112,10 @@ class Scheduler {
   std::mutex mu_;  // guards workers_ and the condition variable
   std::condition_variable changed_;
   std::map<std::string, WorkerInfo> workers_;
+  // When each tenant last got a job from this scheduler (fair share's round
+  // robin; per replica).
+  std::map<std::string, int64_t> last_assigned_ms_;  // an assignment sequence number, not a time
+  int64_t assignments_ = 0;
 };
 
 // "j-" + 16 random hex digits (also used for worker and lease ids).

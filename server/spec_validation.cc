@@ -5,12 +5,16 @@
 
 #include <algorithm>
 #include <climits>
+#include <fstream>
 #include <map>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "proto/scheme_convert.h"
+#include "quant/model/config.h"
 #include "quant/recipe_rules.h"
+#include "server/placement.h"
 #include "storage/uri.h"
 
 namespace qaas::server {
@@ -260,6 +264,40 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
     return Invalid("idempotency_key", absl::StrCat("at most ", kMaxLabelBytes, " bytes"));
   }
   return absl::OkStatus();
+}
+
+uint64_t EstimateJobMemory(const v1::JobSpec& spec) {
+  auto model = storage::ParseUri(spec.model());
+  if (!model.ok() || model->scheme != "file") return 0;
+  std::ifstream in(model->path + "/config.json");
+  if (!in) return 0;
+  std::stringstream text;
+  text << in.rdbuf();
+  auto config = quant::ParseModelConfig(text.str());
+  if (!config.ok()) return 0;
+  const int context = config->max_position_embeddings > 0 ? config->max_position_embeddings : 2048;
+  auto seq = [&](int requested) { return static_cast<int64_t>(requested > 0 ? requested : std::min(2048, context)); };
+  MemoryEstimateInput m;
+  m.hidden_size = config->hidden_size;
+  m.intermediate_size = config->intermediate_size;
+  m.vocab_size = config->vocab_size;
+  if (!spec.calibration().dataset().empty()) {
+    const int samples = spec.calibration().num_samples() > 0 ? spec.calibration().num_samples() : 128;
+    m.calibration_tokens = samples * seq(spec.calibration().seq_len());
+  }
+  for (const auto& e : spec.evaluation()) {
+    const int64_t len = seq(e.seq_len());
+    m.evaluation_seq_len = std::max(m.evaluation_seq_len, len);
+    int64_t tokens = 0;
+    if (auto uri = storage::ParseUri(e.dataset()); uri.ok() && uri->scheme == "file") {
+      struct stat st;
+      if (::stat(uri->path.c_str(), &st) == 0) tokens = st.st_size / 4;
+    }
+    if (e.max_windows() > 0) tokens = tokens > 0 ? std::min(tokens, e.max_windows() * len) : e.max_windows() * len;
+    m.evaluation_tokens += tokens;
+  }
+  for (const auto& step : spec.recipe()) m.omniquant |= step.method() == "omniquant";
+  return EstimatePipelineMemory(m);
 }
 
 }  // namespace qaas::server

@@ -3,6 +3,7 @@
 #ifndef QAAS_SERVER_SPEC_VALIDATION_H_
 #define QAAS_SERVER_SPEC_VALIDATION_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,13 @@ struct ValidationOptions {
 // outside the allowed roots, model directory without config.json, ...).
 // Unimplemented names a method or format this build does not run yet.
 absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec);
+
+// EstimatePipelineMemory (server/placement.h) for a validated spec: the
+// model's shape from its config.json and the evaluation sets' sizes (a file
+// of B bytes counted as B/4 tokens unless max_windows bounds it). 0 when the
+// config cannot be read here (an s3:// model, or one that does not parse:
+// the worker reports that).
+uint64_t EstimateJobMemory(const v1::JobSpec& spec);
 
 // Methods a recipe may name, and the ones this build runs.
 const std::vector<std::string>& KnownMethods();

@@ -196,23 +196,35 @@ absl::StatusOr<JobRow> SqliteJobStore::Update(const std::string& id,
   return row;
 }
 
-absl::StatusOr<std::optional<JobRow>> SqliteJobStore::ClaimNext(
-    const std::function<bool(const v1::Job&)>& eligible, const std::function<void(JobRow&)>& mutate) {
+absl::StatusOr<std::optional<JobRow>> SqliteJobStore::ClaimNext(const Chooser& choose,
+                                                                 const std::function<void(JobRow&)>& mutate) {
   std::lock_guard<std::mutex> lock(mu_);
-  Transaction tx(db_);
+  Transaction tx(db_);  // BEGIN IMMEDIATE: the only writer until it ends
   if (!tx.ok()) return SqlError(db_, "begin");
-  Stmt s(db_, "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE state = ? ORDER BY priority DESC, seq ASC");
-  s.Bind(1, static_cast<int64_t>(v1::JOB_STATE_QUEUED));
-  std::optional<JobRow> chosen;
-  for (int rc = s.Step(); rc == SQLITE_ROW; rc = s.Step()) {
-    auto row = RowFrom(s, 0);
-    if (!row.ok()) return row.status();
-    if (eligible(row->job)) {
-      chosen = *std::move(row);
-      break;
+  std::vector<JobRow> rows;
+  {
+    Stmt s(db_, "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE state = ? ORDER BY priority DESC, seq ASC "
+                "LIMIT ?");
+    s.Bind(1, static_cast<int64_t>(v1::JOB_STATE_QUEUED));
+    s.Bind(2, static_cast<int64_t>(kClaimWindow));
+    for (int rc = s.Step(); rc == SQLITE_ROW; rc = s.Step()) {
+      auto row = RowFrom(s, 0);
+      if (!row.ok()) return row.status();
+      rows.push_back(*std::move(row));
     }
   }
-  if (!chosen) return chosen;
+  std::map<std::string, int> running;
+  {
+    Stmt s(db_, "SELECT tenant, COUNT(*) FROM jobs WHERE state = ? GROUP BY tenant");
+    s.Bind(1, static_cast<int64_t>(v1::JOB_STATE_RUNNING));
+    for (int rc = s.Step(); rc == SQLITE_ROW; rc = s.Step()) running[s.Text(0)] = static_cast<int>(s.Int(1));
+  }
+  std::vector<const v1::Job*> queued;
+  for (const auto& r : rows) queued.push_back(&r.job);
+  const int pick = choose(queued, running);
+  std::optional<JobRow> chosen;
+  if (pick < 0 || pick >= static_cast<int>(rows.size())) return chosen;
+  chosen = std::move(rows[pick]);
   mutate(*chosen);
   if (auto st = WriteLocked(*chosen); !st.ok()) return st;
   if (auto st = tx.Commit(); !st.ok()) return st;

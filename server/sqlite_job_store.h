@@ -24,9 +24,8 @@ class SqliteJobStore : public JobStore {
   absl::StatusOr<ListPage> List(const ListQuery& query) override;
   absl::StatusOr<JobRow> Update(const std::string& id,
                                 const std::function<absl::Status(JobRow&)>& mutate) override;
-  absl::StatusOr<std::optional<JobRow>> ClaimNext(
-      const std::function<bool(const v1::Job&)>& eligible,
-      const std::function<void(JobRow&)>& mutate) override;
+  absl::StatusOr<std::optional<JobRow>> ClaimNext(const Chooser& choose,
+                                                  const std::function<void(JobRow&)>& mutate) override;
   absl::StatusOr<std::vector<std::string>> ExpiredLeases(int64_t now_ms) override;
   absl::StatusOr<StateCounts> CountStates() override;
 

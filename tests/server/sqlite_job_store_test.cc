@@ -66,7 +66,9 @@ TEST(SqliteJobStore, ClaimTakesHighestPriorityThenOldest) {
   }
   std::vector<std::string> order;
   for (int i = 0; i < 4; ++i) {
-    auto c = (*store)->ClaimNext([](const v1::Job&) { return true; },
+    auto c = (*store)->ClaimNext([](const std::vector<const v1::Job*>& q, const std::map<std::string, int>&) {
+                                   return q.empty() ? -1 : 0;
+                                 },
                                  [](JobRow& r) {
                                    r.job.set_state(v1::JOB_STATE_RUNNING);
                                    r.lease_id = "l";
@@ -91,7 +93,12 @@ TEST(SqliteJobStore, ClaimSkipsIneligibleJobs) {
   bool created;
   QAAS_ASSERT_OK((*store)->Insert(MakeJob("gpu", 9), &created));
   QAAS_ASSERT_OK((*store)->Insert(MakeJob("cpu", 0), &created));
-  auto c = (*store)->ClaimNext([](const v1::Job& j) { return j.id() == "cpu"; },
+  auto c = (*store)->ClaimNext([](const std::vector<const v1::Job*>& q, const std::map<std::string, int>&) {
+                                 for (size_t i = 0; i < q.size(); ++i) {
+                                   if (q[i]->id() == "cpu") return static_cast<int>(i);
+                                 }
+                                 return -1;
+                               },
                                [](JobRow& r) { r.job.set_state(v1::JOB_STATE_RUNNING); });
   QAAS_ASSERT_OK(c);
   ASSERT_TRUE(c->has_value());
