@@ -20,6 +20,9 @@
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address (port 0 = any free port)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "Prometheus /metrics address (\"\" = off)");
 ABSL_FLAG(std::string, data_dir, "./qaas-data", "database, object store and worker scratch");
+ABSL_FLAG(std::string, database, "",
+          "postgres://user@host/db: the PostgreSQL job store (several replicas may share it); "
+          "\"\" = SQLite in --data_dir (one replica). The password may come from $PGPASSWORD or ~/.pgpass");
 ABSL_FLAG(bool, embedded, false, "also run a worker in this process");
 ABSL_FLAG(std::string, file_roots, "", "comma-separated extra directories that file:// uris may name");
 ABSL_FLAG(int64_t, lease_seconds, 30, "lease duration; a worker silent this long loses its job");
@@ -59,6 +62,7 @@ int main(int argc, char** argv) {
   o.listen_address = absl::GetFlag(FLAGS_listen);
   o.metrics_address = absl::GetFlag(FLAGS_metrics_listen);
   o.db_path = data_dir + "/jobs.db";
+  o.database_uri = absl::GetFlag(FLAGS_database);
   o.tokens_path = absl::GetFlag(FLAGS_auth_tokens);
   o.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
   o.tls.key_file = absl::GetFlag(FLAGS_tls_key);

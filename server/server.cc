@@ -7,6 +7,8 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+#include "server/postgres_job_store.h"
 #include "server/sqlite_job_store.h"
 
 namespace qaas::server {
@@ -14,8 +16,19 @@ namespace qaas::server {
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
-  auto store = SqliteJobStore::Open(options.db_path);
-  if (!store.ok()) return store.status();
+  std::unique_ptr<JobStore> store;
+  if (absl::StartsWith(options.database_uri, "postgres://") || absl::StartsWith(options.database_uri, "postgresql://")) {
+    auto pg = PostgresJobStore::Open(options.database_uri, options.database_connections);
+    if (!pg.ok()) return pg.status();
+    store = *std::move(pg);
+  } else if (!options.database_uri.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("database '", options.database_uri,
+                                                   "': expected a postgres:// uri (or none, for SQLite)"));
+  } else {
+    auto sqlite = SqliteJobStore::Open(options.db_path);
+    if (!sqlite.ok()) return sqlite.status();
+    store = *std::move(sqlite);
+  }
   s->registry_ = std::make_shared<prometheus::Registry>();
   s->metrics_ = std::make_unique<Metrics>(*s->registry_);
   if (!options.metrics_address.empty()) {
@@ -38,7 +51,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   }
   auto creds = MakeServerCredentials(options.tls);
   if (!creds.ok()) return creds.status();
-  s->scheduler_ = std::make_unique<Scheduler>(*std::move(store), options.scheduler, s->metrics_.get());
+  s->scheduler_ = std::make_unique<Scheduler>(std::move(store), options.scheduler, s->metrics_.get());
   s->job_service_ = std::make_unique<JobServiceImpl>(s->scheduler_.get(), s->auth_);
   s->worker_service_ = std::make_unique<WorkerServiceImpl>(s->scheduler_.get(), s->auth_);
 

@@ -1,6 +1,6 @@
 // qaas-server as a library: the gRPC server (JobService, WorkerService,
 // grpc.health.v1, reflection), the Prometheus /metrics endpoint, the SQLite job
-// store and the lease reaper, started together and shut down gracefully.
+// store (SQLite or PostgreSQL) and the lease reaper, started together and shut down gracefully.
 #ifndef QAAS_SERVER_SERVER_H_
 #define QAAS_SERVER_SERVER_H_
 
@@ -25,6 +25,10 @@ struct ServerOptions {
   std::string listen_address = "127.0.0.1:50051";  // port 0 picks a free port
   std::string metrics_address = "127.0.0.1:9464";  // "" = no /metrics endpoint
   std::string db_path;                             // SQLite file
+  // A postgres:// or postgresql:// uri (libpq's syntax): the PostgreSQL job
+  // store, shared by every scheduler replica, instead of db_path.
+  std::string database_uri;
+  int database_connections = 8;
   // Bearer tokens file or directory (server/auth.h); "" = authentication
   // off. Re-read every auth_reload_ms.
   std::string tokens_path;

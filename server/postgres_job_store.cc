@@ -1,0 +1,367 @@
+#include "server/postgres_job_store.h"
+
+#include <libpq-fe.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace qaas::server {
+namespace {
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS jobs (
+  seq BIGSERIAL PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  tenant TEXT NOT NULL,
+  idempotency_key TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  priority INTEGER NOT NULL,
+  lease_id TEXT NOT NULL DEFAULT '',
+  lease_expire_ms BIGINT NOT NULL DEFAULT 0,
+  job BYTEA NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(tenant, idempotency_key) WHERE idempotency_key <> '';
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(tenant, seq);
+)sql";
+
+// Serializes schema creation across replicas starting together.
+constexpr const char* kSchemaLock = "SELECT pg_advisory_xact_lock(7461626173)";  // "qaas"
+
+struct Param {
+  std::string value;
+  bool binary = false;
+};
+Param Text(const std::string& v) { return {v, false}; }
+Param Int(int64_t v) { return {std::to_string(v), false}; }
+Param Bytes(const std::string& v) { return {v, true}; }
+
+class Result {
+ public:
+  explicit Result(PGresult* r) : r_(r) {}
+  Result(Result&& o) noexcept : r_(o.r_) { o.r_ = nullptr; }
+  Result(const Result&) = delete;
+  ~Result() { PQclear(r_); }
+  PGresult* get() const { return r_; }
+  int rows() const { return PQntuples(r_); }
+  std::string Str(int row, int col) const {
+    return std::string(PQgetvalue(r_, row, col), PQgetlength(r_, row, col));
+  }
+  int64_t Int(int row, int col) const {
+    int64_t v = 0;
+    (void)absl::SimpleAtoi(Str(row, col), &v);
+    return v;
+  }
+  // A BYTEA column in text format.
+  std::string Bytea(int row, int col) const {
+    size_t n = 0;
+    unsigned char* raw = PQunescapeBytea(reinterpret_cast<const unsigned char*>(PQgetvalue(r_, row, col)), &n);
+    std::string out(reinterpret_cast<char*>(raw), n);
+    PQfreemem(raw);
+    return out;
+  }
+
+ private:
+  PGresult* r_;
+};
+
+absl::Status PgError(PGconn* c, const PGresult* r, const std::string& what) {
+  const char* state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+  std::string msg = r ? PQresultErrorMessage(r) : PQerrorMessage(c);
+  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  msg = absl::StrCat("job store: ", what, ": ", msg);
+  if (PQstatus(c) != CONNECTION_OK) return absl::UnavailableError(absl::StrCat(msg, " (connection lost)"));
+  const std::string code = state ? state : "";
+  if (code == "53100") return absl::ResourceExhaustedError(msg);               // disk_full
+  if (code == "40001" || code == "40P01") return absl::AbortedError(msg);      // serialization, deadlock
+  if (code.rfind("08", 0) == 0 || code.rfind("57P", 0) == 0) return absl::UnavailableError(msg);
+  return absl::InternalError(msg);
+}
+
+absl::StatusOr<Result> Exec(PGconn* c, const std::string& what, const char* sql, const std::vector<Param>& params = {}) {
+  std::vector<const char*> values;
+  std::vector<int> lengths, formats;
+  for (const auto& p : params) {
+    values.push_back(p.value.data());
+    lengths.push_back(static_cast<int>(p.value.size()));
+    formats.push_back(p.binary ? 1 : 0);
+  }
+  Result r(PQexecParams(c, sql, static_cast<int>(params.size()), nullptr, values.data(), lengths.data(),
+                        formats.data(), 0));
+  const ExecStatusType st = PQresultStatus(r.get());
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return PgError(c, r.get(), what);
+  return r;
+}
+
+// BEGIN ... COMMIT; rolls back unless committed.
+class Tx {
+ public:
+  explicit Tx(PGconn* c) : c_(c) {}
+  ~Tx() {
+    if (open_) PQclear(PQexec(c_, "ROLLBACK"));
+  }
+  absl::Status Begin() {
+    auto r = Exec(c_, "begin", "BEGIN");
+    open_ = r.ok();
+    return r.status();
+  }
+  absl::Status Commit() {
+    auto r = Exec(c_, "commit", "COMMIT");
+    open_ = false;
+    return r.status();
+  }
+
+ private:
+  PGconn* c_;
+  bool open_ = false;
+};
+
+constexpr const char* kRowColumns = "job, lease_id, lease_expire_ms";
+
+absl::StatusOr<JobRow> RowFrom(const Result& r, int row, int first_col) {
+  JobRow out;
+  if (!out.job.ParseFromString(r.Bytea(row, first_col))) {
+    return absl::DataLossError("job store: a stored job does not parse");
+  }
+  out.lease_id = r.Str(row, first_col + 1);
+  out.lease_expire_ms = r.Int(row, first_col + 2);
+  return out;
+}
+
+absl::Status Write(PGconn* c, const JobRow& row) {
+  return Exec(c, "update",
+              "UPDATE jobs SET state = $1, priority = $2, lease_id = $3, lease_expire_ms = $4, job = $5 WHERE id = $6",
+              {Int(row.job.state()), Int(row.job.spec().priority()), Text(row.lease_id), Int(row.lease_expire_ms),
+               Bytes(row.job.SerializeAsString()), Text(row.job.id())})
+      .status();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PostgresJobStore>> PostgresJobStore::Open(const std::string& conninfo,
+                                                                         int connections) {
+  std::unique_ptr<PostgresJobStore> s(new PostgresJobStore());
+  s->conninfo_ = conninfo;
+  for (int i = 0; i < std::max(1, connections); ++i) {
+    PGconn* c = PQconnectdb(conninfo.c_str());
+    if (PQstatus(c) != CONNECTION_OK) {
+      std::string msg = PQerrorMessage(c);
+      while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+      PQfinish(c);
+      return absl::UnavailableError(absl::StrCat("job store: cannot connect to PostgreSQL: ", msg));
+    }
+    PQclear(PQexec(c, "SET client_min_messages = warning"));
+    s->all_.push_back(c);
+    s->free_.push_back(c);
+  }
+  PGconn* c = s->all_.front();
+  Tx tx(c);
+  if (auto st = tx.Begin(); !st.ok()) return st;
+  if (auto r = Exec(c, "schema lock", kSchemaLock); !r.ok()) return r.status();
+  Result schema(PQexec(c, kSchema));
+  if (PQresultStatus(schema.get()) != PGRES_COMMAND_OK) return PgError(c, schema.get(), "schema");
+  if (auto st = tx.Commit(); !st.ok()) return st;
+  return s;
+}
+
+PostgresJobStore::~PostgresJobStore() {
+  for (PGconn* c : all_) PQfinish(c);
+}
+
+PGconn* PostgresJobStore::Acquire() {
+  std::unique_lock<std::mutex> lock(mu_);
+  free_cv_.wait(lock, [&] { return !free_.empty(); });
+  PGconn* c = free_.back();
+  free_.pop_back();
+  return c;
+}
+
+void PostgresJobStore::Return(PGconn* c) {
+  // A connection that broke is reset now, so the next call finds it working
+  // (or fails fast with the reason).
+  if (PQstatus(c) != CONNECTION_OK) PQreset(c);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(c);
+  }
+  free_cv_.notify_one();
+}
+
+template <typename T, typename F>
+absl::StatusOr<T> PostgresJobStore::WithConnection(F fn) {
+  PGconn* c = Acquire();
+  absl::StatusOr<T> r = fn(c);
+  Return(c);
+  return r;
+}
+
+absl::StatusOr<v1::Job> PostgresJobStore::Insert(const v1::Job& job, bool* created) {
+  return WithConnection<v1::Job>([&](PGconn* c) -> absl::StatusOr<v1::Job> {
+    const std::string& key = job.spec().idempotency_key();
+    // ON CONFLICT on the idempotency index: a concurrent submit with the same
+    // key (another replica) waits for ours and then returns nothing.
+    auto ins = Exec(c, "insert",
+                    "INSERT INTO jobs (id, tenant, idempotency_key, state, priority, job) VALUES ($1, $2, $3, $4, $5, $6) "
+                    "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key <> '' DO NOTHING RETURNING seq",
+                    {Text(job.id()), Text(job.tenant()), Text(key), Int(job.state()), Int(job.spec().priority()),
+                     Bytes(job.SerializeAsString())});
+    if (!ins.ok()) return ins.status();
+    if (ins->rows() == 1) {
+      *created = true;
+      return job;
+    }
+    auto existing = Exec(c, "insert",
+                         "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE tenant = $1 AND idempotency_key = $2",
+                         {Text(job.tenant()), Text(key)});
+    if (!existing.ok()) return existing.status();
+    if (existing->rows() != 1) return absl::AbortedError("job store: insert: the conflicting job vanished; retry");
+    auto row = RowFrom(*existing, 0, 0);
+    if (!row.ok()) return row.status();
+    *created = false;
+    return row->job;
+  });
+}
+
+absl::StatusOr<JobRow> PostgresJobStore::Get(const std::string& id) {
+  return WithConnection<JobRow>([&](PGconn* c) -> absl::StatusOr<JobRow> {
+    auto r = Exec(c, "get", "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE id = $1", {Text(id)});
+    if (!r.ok()) return r.status();
+    if (r->rows() == 0) return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
+    return RowFrom(*r, 0, 0);
+  });
+}
+
+absl::StatusOr<ListPage> PostgresJobStore::List(const ListQuery& q) {
+  int64_t before = INT64_MAX;
+  if (!q.page_token.empty() && (!absl::SimpleAtoi(q.page_token, &before) || before <= 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("page_token '", q.page_token, "' is not valid"));
+  }
+  return WithConnection<ListPage>([&](PGconn* c) -> absl::StatusOr<ListPage> {
+    std::string sql = "SELECT seq, job, lease_id, lease_expire_ms FROM jobs WHERE seq < $1";
+    std::vector<Param> params = {Int(before)};
+    if (!q.tenant.empty()) {
+      params.push_back(Text(q.tenant));
+      absl::StrAppend(&sql, " AND tenant = $", params.size());
+    }
+    if (!q.states.empty()) {
+      sql += " AND state IN (";
+      for (size_t i = 0; i < q.states.size(); ++i) {
+        params.push_back(Int(q.states[i]));
+        absl::StrAppend(&sql, i ? ",$" : "$", params.size());
+      }
+      sql += ")";
+    }
+    const size_t limit = static_cast<size_t>(std::clamp(q.page_size, 1, 500));
+    ListPage page;
+    int64_t last_seq = 0;
+    // Label filters run here, so read in chunks until the page is full.
+    for (int64_t cursor = before;;) {
+      params[0] = Int(cursor);
+      auto r = Exec(c, "list", (sql + " ORDER BY seq DESC LIMIT 500").c_str(), params);
+      if (!r.ok()) return r.status();
+      for (int i = 0; i < r->rows(); ++i) {
+        const int64_t seq = r->Int(i, 0);
+        cursor = seq;
+        auto row = RowFrom(*r, i, 1);
+        if (!row.ok()) return row.status();
+        bool match = true;
+        for (const auto& [k, v] : q.labels) {
+          auto it = row->job.spec().labels().find(k);
+          if (it == row->job.spec().labels().end() || it->second != v) match = false;
+        }
+        if (!match) continue;
+        if (page.jobs.size() == limit) {
+          page.next_page_token = std::to_string(last_seq);
+          return page;
+        }
+        page.jobs.push_back(std::move(row->job));
+        last_seq = seq;
+      }
+      if (r->rows() < 500) return page;
+    }
+  });
+}
+
+absl::StatusOr<JobRow> PostgresJobStore::Update(const std::string& id,
+                                                const std::function<absl::Status(JobRow&)>& mutate) {
+  return WithConnection<JobRow>([&](PGconn* c) -> absl::StatusOr<JobRow> {
+    Tx tx(c);
+    if (auto st = tx.Begin(); !st.ok()) return st;
+    auto r = Exec(c, "update", "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE id = $1 FOR UPDATE", {Text(id)});
+    if (!r.ok()) return r.status();
+    if (r->rows() == 0) return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
+    auto row = RowFrom(*r, 0, 0);
+    if (!row.ok()) return row.status();
+    if (auto st = mutate(*row); !st.ok()) return st;
+    if (auto st = Write(c, *row); !st.ok()) return st;
+    if (auto st = tx.Commit(); !st.ok()) return st;
+    return row;
+  });
+}
+
+absl::StatusOr<std::optional<JobRow>> PostgresJobStore::ClaimNext(const Chooser& choose,
+                                                                  const std::function<void(JobRow&)>& mutate) {
+  return WithConnection<std::optional<JobRow>>([&](PGconn* c) -> absl::StatusOr<std::optional<JobRow>> {
+    Tx tx(c);
+    if (auto st = tx.Begin(); !st.ok()) return st;
+    // Rows another replica is claiming right now are skipped, not waited for.
+    auto r = Exec(c, "claim",
+                  "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE state = $1 "
+                  "ORDER BY priority DESC, seq ASC LIMIT $2 FOR UPDATE SKIP LOCKED",
+                  {Int(v1::JOB_STATE_QUEUED), Int(kClaimWindow)});
+    if (!r.ok()) return r.status();
+    std::vector<JobRow> rows;
+    for (int i = 0; i < r->rows(); ++i) {
+      auto row = RowFrom(*r, i, 0);
+      if (!row.ok()) return row.status();
+      rows.push_back(*std::move(row));
+    }
+    std::optional<JobRow> chosen;
+    if (rows.empty()) return chosen;
+    auto counts = Exec(c, "claim", "SELECT tenant, COUNT(*) FROM jobs WHERE state = $1 GROUP BY tenant",
+                       {Int(v1::JOB_STATE_RUNNING)});
+    if (!counts.ok()) return counts.status();
+    std::map<std::string, int> running;
+    for (int i = 0; i < counts->rows(); ++i) running[counts->Str(i, 0)] = static_cast<int>(counts->Int(i, 1));
+    std::vector<const v1::Job*> queued;
+    for (const auto& row : rows) queued.push_back(&row.job);
+    const int pick = choose(queued, running);
+    if (pick < 0 || pick >= static_cast<int>(rows.size())) return chosen;
+    chosen = std::move(rows[pick]);
+    mutate(*chosen);
+    if (auto st = Write(c, *chosen); !st.ok()) return st;
+    if (auto st = tx.Commit(); !st.ok()) return st;
+    return chosen;
+  });
+}
+
+absl::StatusOr<std::vector<std::string>> PostgresJobStore::ExpiredLeases(int64_t now_ms) {
+  return WithConnection<std::vector<std::string>>([&](PGconn* c) -> absl::StatusOr<std::vector<std::string>> {
+    auto r = Exec(c, "expired leases", "SELECT id FROM jobs WHERE state = $1 AND lease_expire_ms < $2",
+                  {Int(v1::JOB_STATE_RUNNING), Int(now_ms)});
+    if (!r.ok()) return r.status();
+    std::vector<std::string> ids;
+    for (int i = 0; i < r->rows(); ++i) ids.push_back(r->Str(i, 0));
+    return ids;
+  });
+}
+
+absl::StatusOr<StateCounts> PostgresJobStore::CountStates() {
+  return WithConnection<StateCounts>([&](PGconn* c) -> absl::StatusOr<StateCounts> {
+    auto r = Exec(c, "count", "SELECT state, COUNT(*) FROM jobs WHERE state IN ($1, $2) GROUP BY state",
+                  {Int(v1::JOB_STATE_QUEUED), Int(v1::JOB_STATE_RUNNING)});
+    if (!r.ok()) return r.status();
+    StateCounts counts;
+    for (int i = 0; i < r->rows(); ++i) {
+      if (r->Int(i, 0) == v1::JOB_STATE_QUEUED) counts.queued = r->Int(i, 1);
+      if (r->Int(i, 0) == v1::JOB_STATE_RUNNING) counts.running = r->Int(i, 1);
+    }
+    return counts;
+  });
+}
+
+}  // namespace qaas::server

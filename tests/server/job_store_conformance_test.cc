@@ -1,0 +1,321 @@
+// One conformance suite for every JobStore: SQLite (a file) and PostgreSQL
+// (a server the suite starts on 127.0.0.1). "Two replicas" are two stores
+// opened on the same database.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "server/postgres_job_store.h"
+#include "server/sqlite_job_store.h"
+#include "tests/pg_server.h"
+#include "tests/test_util.h"
+
+namespace qaas::server {
+namespace {
+
+using ::qaas::testing::PgServer;
+using ::qaas::testing::ScopedTempDir;
+
+v1::Job MakeJob(const std::string& id, int priority = 0, const std::string& key = "",
+                const std::string& tenant = "t") {
+  v1::Job j;
+  j.set_id(id);
+  j.set_tenant(tenant);
+  j.set_state(v1::JOB_STATE_QUEUED);
+  j.mutable_spec()->set_model("file:///m");
+  j.mutable_spec()->set_priority(priority);
+  j.mutable_spec()->set_idempotency_key(key);
+  return j;
+}
+
+// The suite's PostgreSQL server, started on first use and stopped at exit.
+PgServer* SharedPg(std::string* why) {
+  static absl::StatusOr<std::unique_ptr<PgServer>> pg = PgServer::Start();
+  if (!pg.ok()) {
+    *why = std::string(pg.status().message());
+    return nullptr;
+  }
+  return pg->get();
+}
+
+JobStore::Chooser First() {
+  return [](const std::vector<const v1::Job*>& q, const std::map<std::string, int>&) { return q.empty() ? -1 : 0; };
+}
+
+void Lease(JobRow& r) {
+  r.job.set_state(v1::JOB_STATE_RUNNING);
+  r.lease_id = "l";
+  r.lease_expire_ms = 100;
+}
+
+class JobStoreTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "postgres") {
+      std::string why;
+      PgServer* pg = SharedPg(&why);
+      if (pg == nullptr) GTEST_SKIP() << "PostgreSQL store not tested: " << why;
+      static int databases = 0;
+      auto conninfo = pg->NewDatabase("jobs" + std::to_string(++databases));
+      ASSERT_TRUE(conninfo.ok()) << conninfo.status();
+      conninfo_ = *conninfo;
+    }
+    auto s = Open();
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = *std::move(s);
+  }
+  // A store on this test's database: a reopen, or a second replica.
+  absl::StatusOr<std::unique_ptr<JobStore>> Open() {
+    if (GetParam() == "postgres") {
+      auto s = PostgresJobStore::Open(conninfo_);
+      if (!s.ok()) return s.status();
+      return std::unique_ptr<JobStore>(*std::move(s));
+    }
+    auto s = SqliteJobStore::Open(dir_.path() + "/jobs.db");
+    if (!s.ok()) return s.status();
+    return std::unique_ptr<JobStore>(*std::move(s));
+  }
+
+  ScopedTempDir dir_;
+  std::string conninfo_;
+  std::unique_ptr<JobStore> store_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Backends, JobStoreTest, ::testing::Values("sqlite", "postgres"),
+                         [](const auto& info) { return info.param; });
+
+TEST_P(JobStoreTest, InsertIsDurableAcrossReopen) {
+  bool created = false;
+  QAAS_ASSERT_OK(store_->Insert(MakeJob("a"), &created));
+  EXPECT_TRUE(created);
+  store_.reset();
+  auto store = Open();
+  QAAS_ASSERT_OK(store);
+  auto row = (*store)->Get("a");
+  QAAS_ASSERT_OK(row);
+  EXPECT_EQ(row->job.spec().model(), "file:///m");
+  QAAS_EXPECT_CODE((*store)->Get("missing"), kNotFound);
+}
+
+TEST_P(JobStoreTest, IdempotencyKeyReturnsTheFirstJobPerTenant) {
+  bool created = false;
+  QAAS_ASSERT_OK(store_->Insert(MakeJob("a", 0, "k"), &created));
+  auto again = store_->Insert(MakeJob("b", 0, "k"), &created);
+  QAAS_ASSERT_OK(again);
+  EXPECT_FALSE(created);
+  EXPECT_EQ(again->id(), "a");
+  // Another tenant with the same key gets its own job.
+  auto other = store_->Insert(MakeJob("c", 0, "k", "u"), &created);
+  QAAS_ASSERT_OK(other);
+  EXPECT_TRUE(created);
+  EXPECT_EQ(other->id(), "c");
+}
+
+TEST_P(JobStoreTest, ClaimTakesHighestPriorityThenOldest) {
+  bool created;
+  for (auto [id, prio] : std::vector<std::pair<std::string, int>>{{"low", 0}, {"high1", 5}, {"high2", 5}}) {
+    QAAS_ASSERT_OK(store_->Insert(MakeJob(id, prio), &created));
+  }
+  std::vector<std::string> order;
+  for (int i = 0; i < 4; ++i) {
+    auto c = store_->ClaimNext(First(), Lease);
+    QAAS_ASSERT_OK(c);
+    if (c->has_value()) order.push_back((*c)->job.id());
+  }
+  EXPECT_EQ(order, (std::vector<std::string>{"high1", "high2", "low"}));
+  auto expired = store_->ExpiredLeases(101);
+  QAAS_ASSERT_OK(expired);
+  EXPECT_EQ(expired->size(), 3u);
+  auto none = store_->ExpiredLeases(100);
+  QAAS_ASSERT_OK(none);
+  EXPECT_TRUE(none->empty());
+}
+
+TEST_P(JobStoreTest, ClaimSkipsIneligibleJobs) {
+  bool created;
+  QAAS_ASSERT_OK(store_->Insert(MakeJob("gpu", 9), &created));
+  QAAS_ASSERT_OK(store_->Insert(MakeJob("cpu", 0), &created));
+  auto c = store_->ClaimNext([](const std::vector<const v1::Job*>& q, const std::map<std::string, int>&) {
+                                 for (size_t i = 0; i < q.size(); ++i) {
+                                   if (q[i]->id() == "cpu") return static_cast<int>(i);
+                                 }
+                                 return -1;
+                               },
+                               [](JobRow& r) { r.job.set_state(v1::JOB_STATE_RUNNING); });
+  QAAS_ASSERT_OK(c);
+  ASSERT_TRUE(c->has_value());
+  EXPECT_EQ((*c)->job.id(), "cpu");
+  auto counts = store_->CountStates();
+  QAAS_ASSERT_OK(counts);
+  EXPECT_EQ(counts->queued, 1);
+  EXPECT_EQ(counts->running, 1);
+}
+
+TEST_P(JobStoreTest, UpdateAbortsWithoutWriting) {
+  bool created;
+  QAAS_ASSERT_OK(store_->Insert(MakeJob("a"), &created));
+  auto r = store_->Update("a", [](JobRow& row) {
+    row.job.set_state(v1::JOB_STATE_FAILED);
+    return absl::FailedPreconditionError("no");
+  });
+  QAAS_EXPECT_CODE(r, kFailedPrecondition);
+  EXPECT_EQ(store_->Get("a")->job.state(), v1::JOB_STATE_QUEUED);
+  QAAS_EXPECT_CODE(store_->Update("zz", [](JobRow&) { return absl::OkStatus(); }), kNotFound);
+}
+
+TEST_P(JobStoreTest, ListPaginatesNewestFirstWithFilters) {
+  bool created;
+  for (int i = 0; i < 7; ++i) {
+    v1::Job j = MakeJob("j" + std::to_string(i));
+    (*j.mutable_spec()->mutable_labels())["team"] = i % 2 ? "odd" : "even";
+    QAAS_ASSERT_OK(store_->Insert(j, &created));
+  }
+  QAAS_ASSERT_OK(store_->Insert(MakeJob("other-tenant", 0, "", "u"), &created));
+  ListQuery q;
+  q.tenant = "t";
+  q.page_size = 3;
+  std::vector<std::string> seen;
+  for (int page = 0; page < 5; ++page) {
+    auto p = store_->List(q);
+    QAAS_ASSERT_OK(p);
+    for (const auto& j : p->jobs) seen.push_back(j.id());
+    if (p->next_page_token.empty()) break;
+    q.page_token = p->next_page_token;
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{"j6", "j5", "j4", "j3", "j2", "j1", "j0"}));
+  ListQuery odd;
+  odd.tenant = "t";
+  odd.labels = {{"team", "odd"}};
+  auto p = store_->List(odd);
+  QAAS_ASSERT_OK(p);
+  ASSERT_EQ(p->jobs.size(), 3u);
+  EXPECT_EQ(p->jobs[0].id(), "j5");
+  ListQuery bad;
+  bad.page_token = "garbage";
+  QAAS_EXPECT_CODE(store_->List(bad), kInvalidArgument);
+}
+
+TEST_P(JobStoreTest, TheChooserSeesTheQueueAndRunningJobsPerTenant) {
+  bool created;
+  int n = 0;
+  for (const char* t : {"a", "a", "b"}) QAAS_ASSERT_OK(store_->Insert(MakeJob("j" + std::to_string(n++), 0, "", t), &created));
+  QAAS_ASSERT_OK(store_->ClaimNext(First(), Lease));  // j0 of a runs
+  std::vector<std::string> seen;
+  std::map<std::string, int> running;
+  auto c = store_->ClaimNext(
+      [&](const std::vector<const v1::Job*>& q, const std::map<std::string, int>& r) {
+        for (const auto* j : q) seen.push_back(j->id());
+        running = r;
+        return -1;  // nothing suits
+      },
+      Lease);
+  QAAS_ASSERT_OK(c);
+  EXPECT_FALSE(c->has_value());
+  EXPECT_EQ(seen, (std::vector<std::string>{"j1", "j2"}));
+  EXPECT_EQ(running, (std::map<std::string, int>{{"a", 1}}));
+  auto counts = store_->CountStates();
+  QAAS_ASSERT_OK(counts);
+  EXPECT_EQ(counts->queued, 2);  // a declined claim changes nothing
+  EXPECT_EQ(counts->running, 1);
+}
+
+// Two replicas (two stores on one database), four threads each, claiming
+// from 200 queued jobs at once: every job is claimed exactly once.
+TEST_P(JobStoreTest, ConcurrentClaimsFromTwoReplicasNeverShareAJob) {
+  auto replica = Open();
+  QAAS_ASSERT_OK(replica);
+  bool created;
+  constexpr int kJobs = 200;
+  for (int i = 0; i < kJobs; ++i) QAAS_ASSERT_OK(store_->Insert(MakeJob("j" + std::to_string(i)), &created));
+  std::mutex mu;
+  std::vector<std::string> claimed;
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    JobStore* store = t % 2 ? replica->get() : store_.get();
+    threads.emplace_back([&, store, t] {
+      while (true) {
+        auto c = store->ClaimNext(First(), [&](JobRow& r) {
+          r.job.set_state(v1::JOB_STATE_RUNNING);
+          r.lease_id = "replica-" + std::to_string(t);
+        });
+        if (!c.ok()) {
+          ++errors;
+          continue;  // busy: try again
+        }
+        if (!c->has_value()) return;
+        std::lock_guard<std::mutex> lock(mu);
+        claimed.push_back((*c)->job.id());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::set<std::string> unique(claimed.begin(), claimed.end());
+  EXPECT_EQ(claimed.size(), static_cast<size_t>(kJobs));
+  EXPECT_EQ(unique.size(), static_cast<size_t>(kJobs));
+  auto counts = store_->CountStates();
+  QAAS_ASSERT_OK(counts);
+  EXPECT_EQ(counts->queued, 0);
+  EXPECT_EQ(counts->running, kJobs);
+  // Each job's stored lease is the one its claimer wrote.
+  for (const auto& id : claimed) EXPECT_EQ(store_->Get(id)->job.state(), v1::JOB_STATE_RUNNING);
+}
+
+// The same idempotency key submitted through both replicas at once: one job.
+TEST_P(JobStoreTest, ConcurrentIdempotentSubmitsCreateOneJob) {
+  auto replica = Open();
+  QAAS_ASSERT_OK(replica);
+  std::atomic<int> made{0};
+  std::mutex mu;
+  std::set<std::string> returned;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    JobStore* store = t % 2 ? replica->get() : store_.get();
+    threads.emplace_back([&, store, t] {
+      bool created = false;
+      auto job = store->Insert(MakeJob("try-" + std::to_string(t), 0, "same-key"), &created);
+      ASSERT_TRUE(job.ok()) << job.status();
+      made += created;
+      std::lock_guard<std::mutex> lock(mu);
+      returned.insert(job->id());
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(made.load(), 1);
+  EXPECT_EQ(returned.size(), 1u);
+  ListQuery all;
+  auto page = store_->List(all);
+  QAAS_ASSERT_OK(page);
+  EXPECT_EQ(page->jobs.size(), 1u);
+}
+
+TEST_P(JobStoreTest, UpdatesFromTwoReplicasSerialize) {
+  auto replica = Open();
+  QAAS_ASSERT_OK(replica);
+  bool created;
+  QAAS_ASSERT_OK(store_->Insert(MakeJob("counter"), &created));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    JobStore* store = t % 2 ? replica->get() : store_.get();
+    threads.emplace_back([store] {
+      for (int i = 0; i < 25; ++i) {
+        absl::Status st;
+        do {
+          st = store->Update("counter", [](JobRow& r) {
+                      r.job.set_attempt(r.job.attempt() + 1);
+                      return absl::OkStatus();
+                    }).status();
+        } while (absl::IsUnavailable(st) || absl::IsAborted(st));
+        ASSERT_TRUE(st.ok()) << st;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(store_->Get("counter")->job.attempt(), 100);  // no lost update
+}
+
+}  // namespace
+}  // namespace qaas::server
