@@ -59,11 +59,13 @@ class JobStore {
   // returns OK to commit or an error to abort (returned as is).
   virtual absl::StatusOr<JobRow> Update(const std::string& id,
                                         const std::function<absl::Status(JobRow&)>& mutate) = 0;
-  // What ClaimNext's chooser sees: the QUEUED jobs (highest priority, then
-  // oldest; at most kClaimWindow of them) and RUNNING jobs per tenant.
+  // What ClaimNext's chooser sees: each tenant's first kClaimWindow QUEUED
+  // jobs (highest priority, then oldest; so a tenant's long backlog never
+  // hides another tenant's jobs), in that order overall, and RUNNING jobs
+  // per tenant.
   using Chooser = std::function<int(const std::vector<const v1::Job*>& queued,
                                     const std::map<std::string, int>& running_by_tenant)>;
-  static constexpr int kClaimWindow = 1000;
+  static constexpr int kClaimWindow = 64;
   // Atomically lets `choose` pick a QUEUED job (an index into `queued`, or -1
   // for none) and `mutate` turn it into a leased RUNNING row. Concurrent
   // claims (other threads, other scheduler replicas) never get the same job.

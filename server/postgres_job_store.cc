@@ -310,8 +310,10 @@ absl::StatusOr<std::optional<JobRow>> PostgresJobStore::ClaimNext(const Chooser&
     if (auto st = tx.Begin(); !st.ok()) return st;
     // Rows another replica is claiming right now are skipped, not waited for.
     auto r = Exec(c, "claim",
-                  "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE state = $1 "
-                  "ORDER BY priority DESC, seq ASC LIMIT $2 FOR UPDATE SKIP LOCKED",
+                  "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE state = $1 AND seq IN ("
+                  "SELECT seq FROM (SELECT seq, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY priority DESC, seq) "
+                  "AS rank FROM jobs WHERE state = $1) AS w WHERE rank <= $2) "
+                  "ORDER BY priority DESC, seq ASC FOR UPDATE SKIP LOCKED",
                   {Int(v1::JOB_STATE_QUEUED), Int(kClaimWindow)});
     if (!r.ok()) return r.status();
     std::vector<JobRow> rows;

@@ -203,8 +203,10 @@ absl::StatusOr<std::optional<JobRow>> SqliteJobStore::ClaimNext(const Chooser& c
   if (!tx.ok()) return SqlError(db_, "begin");
   std::vector<JobRow> rows;
   {
-    Stmt s(db_, "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE state = ? ORDER BY priority DESC, seq ASC "
-                "LIMIT ?");
+    Stmt s(db_,
+           "SELECT job, lease_id, lease_expire_ms FROM (SELECT job, lease_id, lease_expire_ms, priority, seq, "
+           "ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY priority DESC, seq ASC) AS rank FROM jobs WHERE state = ?) "
+           "WHERE rank <= ? ORDER BY priority DESC, seq ASC");
     s.Bind(1, static_cast<int64_t>(v1::JOB_STATE_QUEUED));
     s.Bind(2, static_cast<int64_t>(kClaimWindow));
     for (int rc = s.Step(); rc == SQLITE_ROW; rc = s.Step()) {

@@ -317,5 +317,29 @@ TEST_P(JobStoreTest, UpdatesFromTwoReplicasSerialize) {
   EXPECT_EQ(store_->Get("counter")->job.attempt(), 100);  // no lost update
 }
 
+// Tenant a's backlog is longer than the claim window; b's one job, newer and
+// of lower priority than all of them, is still among what the chooser sees.
+TEST_P(JobStoreTest, ALongBacklogDoesNotHideAnotherTenantsJobs) {
+  bool created;
+  for (int i = 0; i < JobStore::kClaimWindow + 20; ++i) {
+    QAAS_ASSERT_OK(store_->Insert(MakeJob("a" + std::to_string(i), 5, "", "a"), &created));
+  }
+  QAAS_ASSERT_OK(store_->Insert(MakeJob("b0", 0, "", "b"), &created));
+  size_t seen = 0;
+  auto c = store_->ClaimNext(
+      [&](const std::vector<const v1::Job*>& q, const std::map<std::string, int>&) {
+        seen = q.size();
+        for (size_t i = 0; i < q.size(); ++i) {
+          if (q[i]->tenant() == "b") return static_cast<int>(i);
+        }
+        return -1;
+      },
+      Lease);
+  QAAS_ASSERT_OK(c);
+  ASSERT_TRUE(c->has_value());
+  EXPECT_EQ((*c)->job.id(), "b0");
+  EXPECT_EQ(seen, static_cast<size_t>(JobStore::kClaimWindow + 1));
+}
+
 }  // namespace
 }  // namespace qaas::server
