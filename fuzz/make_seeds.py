@@ -46,8 +46,9 @@ write("model_config", "llama", json.dumps({
     "vocab_size": 512, "max_position_embeddings": 512, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
     "hidden_act": "silu", "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2}))
 
-for i, s in enumerate(["W4A16g128", "W4A4", "W4A8KV4", "W3A16", "W8A8", "MXINT8", "MXINT4", "MXFP8",
-                       "MXFP6", "MXFP4", "W4A16g128asym", "W2A16g64", "W4A8KV8g128"]):
+for i, s in enumerate(["W4A16g128", "W4A4", "W4A8KV4", "W3A16", "W8A8_static", "W4A16g128_sym", "W2A16g64",
+                       "Wmxint4Amxint8", "Wmxfp4Amxfp4", "Wmxfp6e2m3Amxfp8e5m2", "W16A8", "W8A8KVfp8e5m2",
+                       "W4g128A16"]):
     write("scheme", "s%02d" % i, s)
 
 specs = [
@@ -64,7 +65,7 @@ specs = [
         scheme=job_pb2.QuantScheme(shorthand="W8A8"),
         calibration=job_pb2.CalibrationSpec(dataset="s3://bucket/c.jsonl")),
     job_pb2.JobSpec(model="s3://bucket/m", recipe=[job_pb2.RecipeStep(method="rtn")],
-                    scheme=job_pb2.QuantScheme(shorthand="MXFP4"),
+                    scheme=job_pb2.QuantScheme(shorthand="Wmxfp4Amxfp4"),
                     resources=job_pb2.Resources(device="cuda", min_gpu_memory_bytes=1 << 34)),
 ]
 for i, spec in enumerate(specs):

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <optional>
 
@@ -17,6 +18,7 @@
 #include "quant/export.h"
 #include "quant/formats/act_quant.h"
 #include "quant/formats/number_format.h"
+#include "quant/layer_state.h"
 #include "quant/methods/adadim.h"
 #include "quant/methods/gptq.h"
 #include "quant/methods/rtn.h"
@@ -44,6 +46,26 @@ nlohmann::json SpecJson(const TensorQuant& q) {
   if (auto element = ElementFormatOf(q); element.ok()) j["element"] = Traits(*element).name;
   if (q.is_mx()) j["block_size"] = kMxBlockSize;
   return j;
+}
+
+// FNV-1a, 64 bits, as hex: identifies an input's content in a resume
+// fingerprint (not a security hash: it only tells runs apart).
+std::string Fnv1a(absl::string_view data) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : data) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return absl::StrFormat("%016x", h);
+}
+
+nlohmann::json RecipeStepJson(const RecipeStep& r) {
+  return {{"method", r.method},
+          {"gptq", {r.gptq.percdamp, r.gptq.blocksize, r.gptq.act_order, r.gptq.static_groups}},
+          {"adadim_base", r.adadim_base},
+          {"smoothquant", r.smoothquant.alpha},
+          {"rptq", r.rptq.clusters},
+          {"omniquant", {r.omniquant.epochs, r.omniquant.lwc_lr, r.omniquant.let_lr}}};
 }
 
 using Clock = std::chrono::steady_clock;
@@ -82,6 +104,15 @@ class Pipeline {
   // activation quantizers; `details` receives what they did.
   absl::Status TransformLayer(DecoderLayer* layer, nlohmann::json* details);
   absl::Status QuantizeLayer(int i);
+  // Resume: how many leading layers have checkpoints made from these inputs
+  // (later ones are removed), and the replay of one of them.
+  int ResumableLayers();
+  absl::Status ReplayLayer(int i);
+  // Writes checkpoints/state-<i> and hands the layer's files to on_layer_saved.
+  absl::Status SaveLayer(int i, const DecoderLayer& quantized, nlohmann::json info);
+  std::string CheckpointPath(const char* stem, int i) const {
+    return absl::StrFormat("%s/checkpoints/%s-%d.safetensors", o_.output_dir, stem, i);
+  }
   absl::Status Assemble();
   // Whether the weight quantizer is GPTQ, alone or under AdaDim.
   bool UsesGptq() const {
@@ -115,6 +146,8 @@ class Pipeline {
   std::vector<EvalStream> evals_;
   Report report_;
   Clock::time_point start_ = Clock::now();
+  // What a checkpoint must have been made from to be resumed from.
+  nlohmann::json fingerprint_;
 };
 
 absl::Status Pipeline::CheckRecipeAndScheme() {
@@ -189,6 +222,16 @@ absl::Status Pipeline::Prepare() {
                                                    " pieces but config.json vocab_size is ", config_.vocab_size));
   }
 
+  fingerprint_ = {{"config", Fnv1a(config_.raw_json)}, {"scheme", o_.scheme.ToString()},
+                  {"seed", o_.seed}, {"num_samples", o_.num_samples}, {"device", o_.device},
+                  {"batch_size", o_.batch_size}, {"model_bytes", ck_->total_bytes()},
+                  {"inputs", o_.inputs_fingerprint}};
+  for (const auto& step : o_.recipe) fingerprint_["recipe"].push_back(RecipeStepJson(step));
+  for (const auto& name : ck_->TensorNames()) {
+    auto e = ck_->Entry(name);
+    if (e.ok()) fingerprint_["tensors"].push_back({name, DTypeName(e->dtype), e->shape, e->begin});
+  }
+
   const int context = config_.max_position_embeddings;
   absl::Status seq_error;
   int max_len = 1;
@@ -200,6 +243,7 @@ absl::Status Pipeline::Prepare() {
     QAAS_RETURN_IF_ERROR(seq_error);
     auto text = LoadDatasetText(ref.path);
     if (!text.ok()) return text.status();
+    fingerprint_["evaluations"].push_back({Fnv1a(*text), s.ref.seq_len, ref.max_windows});
     if (tokenizer_->bos_id() < 0) {
       return absl::InvalidArgumentError(absl::StrCat("the tokenizer of ", o_.model_dir,
                                                      " has no BOS token, which evaluation windows start with"));
@@ -222,6 +266,7 @@ absl::Status Pipeline::Prepare() {
     if (!text.ok()) {
       return absl::Status(text.status().code(), absl::StrCat("calibration: ", text.status().message()));
     }
+    fingerprint_["calibration"] = {Fnv1a(*text), seq_len};
     auto windows = SampleCalibrationWindows(tokenizer_->Encode(*text), o_.num_samples, seq_len, o_.seed);
     if (!windows.ok()) return windows.status();
     calib_windows = *windows;
@@ -318,6 +363,9 @@ absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* detai
 }
 
 absl::Status Pipeline::QuantizeLayer(int i) {
+  const size_t layers_before = report_.layers.size(), blocks_before = report_.blocks.size();
+  const double calibration_before = report_.seconds_calibration, quantization_before = report_.seconds_quantization,
+               evaluation_before = report_.seconds_evaluation;
   Progress(i, "loading");
   const DecoderModel& model = *model_;
   const std::vector<std::string>& linear_names = model.LinearNames();
@@ -476,7 +524,9 @@ absl::Status Pipeline::QuantizeLayer(int i) {
         results[j] = *std::move(q);
         lr.seconds = SecondsSince(tq);
         lr.relative_weight_error = RelativeError(w, results[j]->dequantized);
-        quantized.linears[j].weight = results[j]->dequantized;
+        // Contiguous: a resumed run replays this layer from a stored copy, and
+        // the same memory layout gives the same matmul, bit for bit.
+        quantized.linears[j].weight = results[j]->dequantized.contiguous();
         if (!results[j]->mx && quantized.linears[j].bias.defined()) {
           // The GPTQ layout stores biases in float16: evaluate what is stored
           // (it matters where a method changed them, e.g. OmniQuant's shifts).
@@ -551,7 +601,83 @@ absl::Status Pipeline::QuantizeLayer(int i) {
   t0 = Clock::now();
   for (auto& s : evals_) s.quantized = ForwardBatched(model, quantized, s.quantized, o_.batch_size);
   report_.seconds_evaluation += SecondsSince(t0);
-  return WriteSafetensors(absl::StrFormat("%s/checkpoints/layer-%d.safetensors", o_.output_dir, i), packed);
+  QAAS_RETURN_IF_ERROR(WriteSafetensors(CheckpointPath("layer", i), packed));
+
+  // What a resumed run restores instead of redoing this layer.
+  nlohmann::json info = {{"fingerprint", fingerprint_},
+                         {"layer", i},
+                         {"any_per_ic", any_per_ic_},
+                         {"layers", nlohmann::json::array()},
+                         {"blocks", nlohmann::json::array()},
+                         {"seconds",
+                          {report_.seconds_calibration - calibration_before,
+                           report_.seconds_quantization - quantization_before,
+                           report_.seconds_evaluation - evaluation_before}}};
+  for (size_t k = layers_before; k < report_.layers.size(); ++k) {
+    const LayerReport& l = report_.layers[k];
+    info["layers"].push_back({l.name, l.method, l.seconds, l.relative_weight_error, l.details});
+  }
+  for (size_t k = blocks_before; k < report_.blocks.size(); ++k) {
+    const BlockReport& b = report_.blocks[k];
+    info["blocks"].push_back({b.index, b.output_relative_error, b.transforms});
+  }
+  return SaveLayer(i, quantized, std::move(info));
+}
+
+absl::Status Pipeline::SaveLayer(int i, const DecoderLayer& quantized, nlohmann::json info) {
+  QAAS_RETURN_IF_ERROR(WriteLayerState(CheckpointPath("state", i), quantized, info));
+  if (!o_.on_layer_saved) return absl::OkStatus();
+  std::vector<std::string> files = {absl::StrFormat("checkpoints/layer-%d.safetensors", i)};
+  if (weight_step_.method == "adadim") files.push_back(absl::StrFormat("checkpoints/dequantized-layer-%d.safetensors", i));
+  files.push_back(absl::StrFormat("checkpoints/state-%d.safetensors", i));  // last: marks the layer complete
+  return o_.on_layer_saved(i, files);
+}
+
+int Pipeline::ResumableLayers() {
+  int n = 0;
+  for (; n < config_.num_layers; ++n) {
+    if (!FileExists(CheckpointPath("layer", n)) ||
+        (weight_step_.method == "adadim" && !FileExists(CheckpointPath("dequantized-layer", n)))) {
+      break;
+    }
+    auto state = ReadLayerState(CheckpointPath("state", n));
+    if (!state.ok() || !state->info.is_object() || state->info.value("fingerprint", nlohmann::json()) != fingerprint_ ||
+        state->info.value("layer", -1) != n) {
+      break;
+    }
+  }
+  // Checkpoints after the first gap are of no use (and must not be mixed in).
+  for (int k = n; k < config_.num_layers; ++k) {
+    for (const char* stem : {"state", "layer", "dequantized-layer"}) std::remove(CheckpointPath(stem, k).c_str());
+  }
+  return n;
+}
+
+absl::Status Pipeline::ReplayLayer(int i) {
+  Progress(i, "restoring");
+  const DecoderModel& model = *model_;
+  auto state = ReadLayerState(CheckpointPath("state", i));
+  if (!state.ok()) return state.status();
+  auto loaded = model.LoadLayer(i);
+  if (!loaded.ok()) return loaded.status();
+  const DecoderLayer original = loaded->To(device_);
+  DecoderLayer quantized = state->layer.To(device_);
+  // The streams the layer's quantization advanced, through the same forwards.
+  for (auto& s : evals_) s.original = ForwardBatched(model, original, s.original, o_.batch_size);
+  if (UsesOmniQuant()) calib_fp_ = ForwardBatched(model, original, calib_fp_, o_.batch_size);
+  if (calib_.defined()) calib_ = ForwardBatched(model, quantized, calib_, o_.batch_size);
+  for (auto& s : evals_) s.quantized = ForwardBatched(model, quantized, s.quantized, o_.batch_size);
+  const nlohmann::json& info = state->info;
+  any_per_ic_ |= info.at("any_per_ic").get<bool>();
+  for (const auto& l : info.at("layers")) {
+    report_.layers.push_back({l[0].get<std::string>(), l[1].get<std::string>(), l[2].get<double>(),
+                              l[3].get<double>(), l[4]});
+  }
+  for (const auto& b : info.at("blocks")) report_.blocks.push_back({b[0].get<int>(), b[1].get<double>(), b[2]});
+  report_.seconds_calibration += info.at("seconds")[0].get<double>();
+  report_.seconds_quantization += info.at("seconds")[1].get<double>();
+  report_.seconds_evaluation += info.at("seconds")[2].get<double>();
+  return absl::OkStatus();
 }
 
 absl::Status Pipeline::Assemble() {
@@ -656,12 +782,17 @@ absl::StatusOr<nlohmann::json> Pipeline::Run() {
   report_.num_layers = config_.num_layers;
   report_.original_bytes = ck_->total_bytes();
   report_.device = o_.device;
+  report_.resumed_layers = o_.resume ? ResumableLayers() : 0;
   for (int i = 0; i < config_.num_layers; ++i) {
     if (o_.should_stop && o_.should_stop()) {
       return absl::CancelledError(absl::StrCat("cancelled at layer ", i, " of ", config_.num_layers));
     }
-    QAAS_RETURN_IF_ERROR(QuantizeLayer(i));
-    Progress(i + 1, "layer done");
+    try {
+      QAAS_RETURN_IF_ERROR(i < report_.resumed_layers ? ReplayLayer(i) : QuantizeLayer(i));
+    } catch (const nlohmann::json::exception& e) {
+      return absl::DataLossError(absl::StrCat(CheckpointPath("state", i), ": ", e.what()));
+    }
+    Progress(i + 1, i < report_.resumed_layers ? "layer restored" : "layer done");
   }
   auto t0 = Clock::now();
   for (auto& s : evals_) {

@@ -48,7 +48,8 @@ struct DatasetRef {
 struct PipelineProgress {
   int layer = 0;  // layers finished
   int num_layers = 0;
-  // "loading", "transforming", "training", "quantizing", "calibrating", "evaluating", "exporting"
+  // "loading", "transforming", "training", "quantizing", "calibrating", "evaluating", "exporting";
+  // "restoring" for a layer a resumed run replays from its checkpoint
   std::string step;
   // "training" (OmniQuant) reports after each epoch of the layer: epoch of
   // epochs, and the epoch's mean block loss. epochs 0: not training.
@@ -87,6 +88,21 @@ struct PipelineOptions {
   // Polled at layer boundaries (and between OmniQuant's epochs); true stops
   // the run with CANCELLED.
   std::function<bool()> should_stop;
+  // Resume: layers whose checkpoints an earlier run of the same inputs left
+  // in output_dir/checkpoints (layer-<i>, state-<i>, AdaDim's
+  // dequantized-layer-<i>) are not quantized again: their inputs are replayed
+  // through the stored layers, and the run continues from the first layer
+  // without a checkpoint made from these inputs (same model, scheme, recipe,
+  // data, seed and device). The artifact is then byte-identical to an
+  // uninterrupted run's on the same kind of machine.
+  bool resume = false;
+  // Identifies the staged inputs' content beyond what the pipeline checks
+  // itself (config, tensor layout, data texts); part of the fingerprint.
+  std::string inputs_fingerprint;
+  // Called after layer i's checkpoint files are written (paths relative to
+  // output_dir, state-<i> last: it marks the layer complete); an error stops
+  // the run with it. The worker uploads them here.
+  std::function<absl::Status(int layer, const std::vector<std::string>& files)> on_layer_saved;
 };
 
 // The methods this build runs, and whether a name is one of them.

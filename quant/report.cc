@@ -42,6 +42,7 @@ nlohmann::json ToJson(const Report& r) {
                   {"quantization", r.seconds_quantization},
                   {"evaluation", r.seconds_evaluation},
                   {"total", r.seconds_total}};
+  if (r.resumed_layers > 0) j["resumed_layers"] = r.resumed_layers;
   j["environment"] = {{"qaas_version", QAAS_VERSION},
                       {"device", r.device},
                       {"hardware_threads", std::thread::hardware_concurrency()}};

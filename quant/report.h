@@ -52,6 +52,9 @@ struct Report {
   double seconds_quantization = 0;
   double seconds_evaluation = 0;
   double seconds_total = 0;
+  // Layers restored from an interrupted run's checkpoints instead of being
+  // quantized again (their per-layer entries and seconds are the first run's).
+  int resumed_layers = 0;
 };
 
 nlohmann::json ToJson(const Report& r);

@@ -87,19 +87,29 @@ absl::StatusOr<std::string> StageFile(const std::string& uri, const std::string&
 }
 
 absl::Status UploadDirectory(const std::string& local_dir, const std::string& uri,
-                             const std::vector<std::string>& last, uint64_t* bytes) {
+                             const std::vector<std::string>& last, uint64_t* bytes, const std::string& skip_prefix) {
   auto store = storage::OpenObjectStore(uri);
   if (!store.ok()) return store.status();
   std::vector<std::string> files;
   std::error_code ec;
   for (auto it = fs::recursive_directory_iterator(local_dir, ec); !ec && it != fs::recursive_directory_iterator();
        it.increment(ec)) {
-    if (it->is_regular_file()) files.push_back(fs::relative(it->path(), local_dir).string());
+    if (!it->is_regular_file()) continue;
+    std::string rel = fs::relative(it->path(), local_dir).string();
+    if (skip_prefix.empty() || rel.rfind(skip_prefix, 0) != 0) files.push_back(std::move(rel));
   }
   if (ec) return absl::InternalError(absl::StrCat("upload: cannot list ", local_dir, ": ", ec.message()));
   std::stable_partition(files.begin(), files.end(), [&](const std::string& f) {
     return std::find(last.begin(), last.end(), f) == last.end();
   });
+  return UploadFiles(local_dir, uri, files, bytes);
+}
+
+absl::Status UploadFiles(const std::string& local_dir, const std::string& uri,
+                         const std::vector<std::string>& files, uint64_t* bytes) {
+  auto store = storage::OpenObjectStore(uri);
+  if (!store.ok()) return store.status();
+  std::error_code ec;
   for (const auto& f : files) {
     if (auto st = (*store)->WriteFromFile(f, local_dir + "/" + f); !st.ok()) return st;
     if (bytes) {
@@ -108,6 +118,25 @@ absl::Status UploadDirectory(const std::string& local_dir, const std::string& ur
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<int> DownloadPrefix(const std::string& uri, const std::string& prefix, const std::string& local_dir,
+                                   uint64_t* bytes) {
+  auto store = storage::OpenObjectStore(uri);
+  if (!store.ok()) return store.status();
+  auto objects = (*store)->List(prefix);
+  if (!objects.ok()) {
+    if (absl::IsNotFound(objects.status())) return 0;  // the output prefix does not exist yet
+    return objects.status();
+  }
+  std::error_code ec;
+  for (const auto& o : *objects) {
+    const std::string local = local_dir + "/" + o.key;
+    fs::create_directories(fs::path(local).parent_path(), ec);
+    if (auto st = (*store)->ReadToFile(o.key, local); !st.ok()) return st;
+    if (bytes) *bytes += o.size;
+  }
+  return static_cast<int>(objects->size());
 }
 
 }  // namespace qaas::worker

@@ -27,8 +27,19 @@ absl::StatusOr<std::string> StageFile(const std::string& uri, const std::string&
 // Uploads every file under `local_dir` to the directory `uri`, keeping
 // relative paths; files named in `last` go after all others (so their
 // presence means the rest is complete).
+// Files whose relative path starts with `skip_prefix` (when not empty) are
+// left out (the per-layer checkpoints, uploaded as they were made).
 absl::Status UploadDirectory(const std::string& local_dir, const std::string& uri,
-                             const std::vector<std::string>& last, uint64_t* bytes = nullptr);
+                             const std::vector<std::string>& last, uint64_t* bytes = nullptr,
+                             const std::string& skip_prefix = "");
+// Uploads the files `relative_paths` of `local_dir` to the directory `uri`, in order.
+absl::Status UploadFiles(const std::string& local_dir, const std::string& uri,
+                         const std::vector<std::string>& relative_paths, uint64_t* bytes = nullptr);
+// Copies every object under `uri`/`prefix` into `local_dir`/`prefix` (an
+// interrupted attempt's checkpoints); returns how many. Nothing there is not
+// an error.
+absl::StatusOr<int> DownloadPrefix(const std::string& uri, const std::string& prefix, const std::string& local_dir,
+                                   uint64_t* bytes = nullptr);
 // Splits "file:///a/b/c.txt" into ("file:///a/b", "c.txt").
 std::pair<std::string, std::string> SplitObjectUri(const std::string& uri);
 

@@ -244,6 +244,32 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     }
     o.device = options_.device;
     o.manifest_extra = {{"job_id", job.id()}, {"model", spec.model()}};
+    // Resume: an earlier attempt's per-layer checkpoints under the job's
+    // output prefix (the pipeline uses those made from these same inputs).
+    // The staged inputs' cache keys stand for their content.
+    o.inputs_fingerprint = std::filesystem::path(o.model_dir).filename().string() + " ";
+    if (o.calibration) {
+      absl::StrAppend(&o.inputs_fingerprint, std::filesystem::path(o.calibration->path).parent_path().filename().string(), " ");
+    }
+    for (const auto& e : o.evaluations) {
+      absl::StrAppend(&o.inputs_fingerprint, std::filesystem::path(e.path).parent_path().filename().string(), " ");
+    }
+    set_progress(0.02, "looking for checkpoints", 0, 0);
+    uint64_t checkpoint_bytes = 0;
+    auto found = DownloadPrefix(spec.output(), "checkpoints/", o.output_dir, &checkpoint_bytes);
+    if (metrics_) metrics_->bytes_read.Increment(static_cast<double>(checkpoint_bytes));
+    if (!found.ok()) {
+      return absl::Status(found.status().code(), absl::StrCat("checkpoints from ", spec.output(), ": ",
+                                                              found.status().message()));
+    }
+    o.resume = *found > 0;
+    o.on_layer_saved = [&](int, const std::vector<std::string>& files) -> absl::Status {
+      uint64_t written = 0;
+      absl::Status st = UploadFiles(o.output_dir, spec.output(), files, &written);
+      if (metrics_) metrics_->bytes_written.Increment(static_cast<double>(written));
+      if (!st.ok()) return absl::Status(st.code(), absl::StrCat("checkpoint upload to ", spec.output(), ": ", st.message()));
+      return absl::OkStatus();
+    };
     o.on_progress = [&](const quant::PipelineProgress& pp) {
       // OmniQuant's epochs advance the fraction within the layer.
       const double layer = pp.layer + (pp.epochs > 0 ? static_cast<double>(pp.epoch) / pp.epochs : 0.0);
@@ -274,7 +300,8 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
       if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
     }
     uint64_t bytes_written = 0;
-    auto uploaded = UploadDirectory(o.output_dir, spec.output(), {"report.md", "report.json"}, &bytes_written);
+    auto uploaded =
+        UploadDirectory(o.output_dir, spec.output(), {"report.md", "report.json"}, &bytes_written, "checkpoints/");
     if (metrics_) metrics_->bytes_written.Increment(static_cast<double>(bytes_written));
     if (!uploaded.ok()) {
       return absl::Status(uploaded.code(), absl::StrCat("upload to ", spec.output(), ": ", uploaded.message()));

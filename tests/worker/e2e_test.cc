@@ -28,6 +28,7 @@
 #include "qaas/v1/job_service.grpc.pb.h"
 #include "quant/model/random_model.h"
 #include "server/server.h"
+#include "storage/sha256.h"
 #include "tests/test_util.h"
 #include "worker/worker.h"
 
@@ -478,6 +479,69 @@ TEST_F(EndToEndTest, KilledWorkerProcessJobIsRequeuedAndFinishedByAnother) {
   EXPECT_EQ(end.attempt(), 2);
   const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
   EXPECT_NE(metrics.find("qaas_lease_expirations_total 1"), std::string::npos) << metrics;
+}
+
+// A qaas-worker process SIGKILLed at a random layer: the next worker resumes
+// from the per-layer checkpoints the first one uploaded, and the artifact is
+// byte-identical to an uninterrupted run of the same spec.
+TEST_F(EndToEndTest, KilledWorkerJobResumesFromItsCheckpointsByteIdentical) {
+  constexpr int kLayers = 16;
+  v1::JobSpec spec = SlowSpec(kLayers);
+  spec.set_preset("gptq");
+  spec.mutable_scheme()->set_shorthand("W4A16g32");
+  spec.mutable_calibration()->set_dataset("file://" + root_ + "/text.txt");
+  spec.mutable_calibration()->set_num_samples(8);
+  spec.mutable_calibration()->set_seq_len(128);
+  spec.mutable_calibration()->set_seed(11);
+
+  // The uninterrupted run, in its own output prefix.
+  v1::JobSpec whole_spec = spec;
+  whole_spec.set_output("file://" + root_ + "/uninterrupted");
+  v1::Job whole;
+  ASSERT_TRUE(Submit(whole_spec, &whole).ok());
+  StartWorker();
+  ASSERT_EQ(WaitFor(whole.id(), Final).state(), v1::JOB_STATE_SUCCEEDED);
+  StopWorker();
+
+  std::random_device rd;
+  const int kill_at = 2 + static_cast<int>(rd() % (kLayers - 6));  // layers finished when killed
+  SCOPED_TRACE("killed after layer " + std::to_string(kill_at));
+  v1::Job job;
+  ASSERT_TRUE(Submit(spec, &job).ok());
+  pid_t pid = SpawnWorker("doomed");
+  ASSERT_GT(pid, 0);
+  v1::Job mid = WaitFor(job.id(), [&](const v1::Job& j) { return j.progress().layer() >= kill_at || Final(j); });
+  ASSERT_EQ(mid.state(), v1::JOB_STATE_RUNNING) << mid.error();
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  ::waitpid(pid, nullptr, 0);
+  const int killed_at = Get(job.id()).progress().layer();
+  v1::Job requeued = WaitFor(job.id(), [](const v1::Job& j) { return j.state() != v1::JOB_STATE_RUNNING; }, 30);
+  ASSERT_EQ(requeued.state(), v1::JOB_STATE_QUEUED);
+
+  StartWorker();
+  v1::Job end = WaitFor(job.id(), Final);
+  ASSERT_EQ(end.state(), v1::JOB_STATE_SUCCEEDED) << end.error();
+  EXPECT_EQ(end.attempt(), 2);
+  const std::string out = root_ + "/store/jobs/" + job.id();
+  const auto report = nlohmann::json::parse(ReadLocalFile(out + "/report.json"));
+  // Every layer the killed worker reported finished was resumed, not redone.
+  EXPECT_GE(report.value("resumed_layers", 0), killed_at);
+  EXPECT_LT(report.value("resumed_layers", 0), kLayers);
+  std::printf("killed after layer %d (progress said %d); resumed %d of %d layers\n", kill_at, killed_at,
+              report.value("resumed_layers", 0), kLayers);
+  for (const char* f : {"model.safetensors", "config.json"}) {
+    auto a = storage::Sha256File(root_ + "/uninterrupted/artifact/" + f);
+    auto b = storage::Sha256File(out + "/artifact/" + f);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(*a, *b) << f;
+  }
+  // The manifest differs only in the job id it records.
+  auto manifest_a = nlohmann::json::parse(ReadLocalFile(root_ + "/uninterrupted/artifact/qaas_manifest.json"));
+  auto manifest_b = nlohmann::json::parse(ReadLocalFile(out + "/artifact/qaas_manifest.json"));
+  manifest_a.erase("job_id");
+  manifest_b.erase("job_id");
+  EXPECT_EQ(manifest_a, manifest_b);
+  EXPECT_EQ(report["evaluations"].dump(), nlohmann::json::parse(ReadLocalFile(root_ + "/uninterrupted/report.json"))["evaluations"].dump());
 }
 
 // SIGTERM without a drain (a pod deleted with a short grace period): the

@@ -1,0 +1,128 @@
+#include "quant/layer_state.h"
+
+#include "absl/strings/str_cat.h"
+#include "quant/model/checkpoint.h"
+#include "quant/model/safetensors.h"
+
+namespace qaas::quant {
+namespace {
+
+nlohmann::json SpecToJson(const TensorQuant& t) {
+  return {{"format", static_cast<int>(t.format)}, {"bits", t.bits}, {"granularity", static_cast<int>(t.granularity)},
+          {"group_size", t.group_size}, {"symmetric", t.symmetric}, {"exponent_bits", t.exponent_bits}};
+}
+
+TensorQuant SpecFromJson(const nlohmann::json& j) {
+  TensorQuant t;
+  t.format = static_cast<NumberFormat>(j.at("format").get<int>());
+  t.bits = j.at("bits").get<int>();
+  t.granularity = static_cast<Granularity>(j.at("granularity").get<int>());
+  t.group_size = j.at("group_size").get<int>();
+  t.symmetric = j.at("symmetric").get<bool>();
+  t.exponent_bits = j.at("exponent_bits").get<int>();
+  return t;
+}
+
+void AddQuantizer(const std::string& stem, const ActQuantizer& q, std::vector<RawTensor>* tensors,
+                  nlohmann::json* layout) {
+  nlohmann::json j = {{"spec", SpecToJson(q.spec)}, {"scale", q.scale.defined()}, {"zero", q.zero.defined()}};
+  if (q.scale.defined()) tensors->push_back(TensorToRaw(stem + ".scale", q.scale.cpu()));
+  if (q.zero.defined()) tensors->push_back(TensorToRaw(stem + ".zero", q.zero.cpu()));
+  layout->push_back(j);
+}
+
+}  // namespace
+
+absl::Status WriteLayerState(const std::string& path, const DecoderLayer& layer, const nlohmann::json& info) {
+  std::vector<RawTensor> tensors;
+  nlohmann::json layout = {{"norms", nlohmann::json::array()}, {"linears", nlohmann::json::array()}};
+  for (size_t k = 0; k < layer.norms.size(); ++k) {
+    layout["norms"].push_back(layer.norms[k].first);
+    tensors.push_back(TensorToRaw(absl::StrCat("norm.", k), layer.norms[k].second.cpu()));
+  }
+  for (size_t j = 0; j < layer.linears.size(); ++j) {
+    const Linear& l = layer.linears[j];
+    tensors.push_back(TensorToRaw(absl::StrCat("linear.", j, ".weight"), l.weight.cpu()));
+    if (l.bias.defined()) tensors.push_back(TensorToRaw(absl::StrCat("linear.", j, ".bias"), l.bias.cpu()));
+    layout["linears"].push_back({{"bias", l.bias.defined()}});
+  }
+  if (layer.act) {
+    nlohmann::json act = nlohmann::json::array();
+    for (int p = 0; p < kNumActPoints; ++p) AddQuantizer(absl::StrCat("act.", p), layer.act->inputs[p], &tensors, &act);
+    AddQuantizer("act.kv", layer.act->kv, &tensors, &act);
+    layout["act"] = act;
+  }
+  return WriteSafetensors(path, tensors, {{"qaas_layer", layout.dump()}, {"qaas_info", info.dump()}});
+}
+
+absl::StatusOr<LayerState> ReadLayerState(const std::string& path) {
+  auto f = SafetensorsFile::Open(path);
+  if (!f.ok()) return f.status();
+  const auto& meta = (*f)->header().metadata;
+  auto layout_it = meta.find("qaas_layer"), info_it = meta.find("qaas_info");
+  if (layout_it == meta.end() || info_it == meta.end()) {
+    return absl::DataLossError(absl::StrCat(path, ": not a layer state (no qaas_layer/qaas_info metadata)"));
+  }
+  auto tensor = [&](const std::string& name) -> absl::StatusOr<at::Tensor> {
+    auto entry = (*f)->Find(name);
+    if (!entry.ok()) return absl::DataLossError(absl::StrCat(path, ": missing tensor '", name, "'"));
+    auto raw = (*f)->ReadRaw(name);
+    if (!raw.ok()) return raw.status();
+    RawTensor r;
+    r.name = name;
+    r.dtype = (*entry)->dtype;
+    r.shape = (*entry)->shape;
+    r.data = *std::move(raw);
+    return RawToTensor(r);
+  };
+  LayerState state;
+  try {
+    const nlohmann::json layout = nlohmann::json::parse(layout_it->second);
+    state.info = nlohmann::json::parse(info_it->second);
+    const auto& norms = layout.at("norms");
+    for (size_t k = 0; k < norms.size(); ++k) {
+      auto t = tensor(absl::StrCat("norm.", k));
+      if (!t.ok()) return t.status();
+      state.layer.norms.emplace_back(norms[k].get<std::string>(), *t);
+    }
+    const auto& linears = layout.at("linears");
+    for (size_t j = 0; j < linears.size(); ++j) {
+      Linear l;
+      auto w = tensor(absl::StrCat("linear.", j, ".weight"));
+      if (!w.ok()) return w.status();
+      l.weight = *w;
+      if (linears[j].at("bias").get<bool>()) {
+        auto b = tensor(absl::StrCat("linear.", j, ".bias"));
+        if (!b.ok()) return b.status();
+        l.bias = *b;
+      }
+      state.layer.linears.push_back(std::move(l));
+    }
+    if (layout.contains("act")) {
+      const auto& act = layout.at("act");
+      if (act.size() != kNumActPoints + 1) return absl::DataLossError(absl::StrCat(path, ": bad quantizer count"));
+      LayerActQuant q;
+      for (int p = 0; p <= kNumActPoints; ++p) {
+        ActQuantizer& aq = p < kNumActPoints ? q.inputs[p] : q.kv;
+        const std::string stem = p < kNumActPoints ? absl::StrCat("act.", p) : "act.kv";
+        aq.spec = SpecFromJson(act[p].at("spec"));
+        if (act[p].at("scale").get<bool>()) {
+          auto t = tensor(stem + ".scale");
+          if (!t.ok()) return t.status();
+          aq.scale = *t;
+        }
+        if (act[p].at("zero").get<bool>()) {
+          auto t = tensor(stem + ".zero");
+          if (!t.ok()) return t.status();
+          aq.zero = *t;
+        }
+      }
+      state.layer.act = std::make_shared<const LayerActQuant>(std::move(q));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat(path, ": malformed layer state: ", e.what()));
+  }
+  return state;
+}
+
+}  // namespace qaas::quant
