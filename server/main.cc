@@ -10,6 +10,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "storage/s3_flags.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "server/server.h"
@@ -86,6 +87,10 @@ int main(int argc, char** argv) {
   for (auto root : absl::StrSplit(absl::GetFlag(FLAGS_file_roots), ',', absl::SkipEmpty())) {
     o.scheduler.validation.file_roots.push_back(
         fs::weakly_canonical(fs::absolute(std::string(root))).string());
+  }
+  if (auto st = qaas::storage::ConfigureS3FromFlags(); !st.ok()) {
+    std::cerr << "qaas-server: " << st << "\n";
+    return 1;
   }
   auto server = qaas::server::Server::Start(o);
   if (!server.ok()) {

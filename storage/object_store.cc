@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "storage/file_store.h"
+#include "storage/s3_store.h"
 #include "storage/uri.h"
 
 namespace qaas::storage {
@@ -22,8 +23,9 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(std::string_view ur
     return std::unique_ptr<ObjectStore>(*std::move(store));
   }
   if (parsed->scheme == "s3") {
-    return absl::UnimplementedError(absl::StrCat("storage scheme 's3' (uri ", QuoteForMessage(uri),
-                                                 ") is not implemented yet"));
+    auto store = S3Store::Create(parsed->authority, parsed->path, DefaultS3Config());
+    if (!store.ok()) return store.status();
+    return std::unique_ptr<ObjectStore>(*std::move(store));
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown storage scheme ",
                                                  QuoteForMessage(parsed->scheme), " in uri ",

@@ -83,7 +83,7 @@ class ObjectStore {
 
 // Opens the store rooted at `uri`:
 //   "file:///abs/dir"   a FileStore over that directory, created if missing;
-//   "s3://bucket/..."   Unimplemented for now (the message names the scheme);
+//   "s3://bucket/pre"   an S3Store (storage/s3_store.h) with DefaultS3Config();
 //   any other scheme    InvalidArgument naming it.
 // A malformed uri is InvalidArgument naming the uri. The caller owns the store.
 absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(std::string_view uri);

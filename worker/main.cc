@@ -17,6 +17,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "storage/s3_flags.h"
 #include "quant/util/allocator.h"
 #include "server/grpc_security.h"
 #include "server/metrics_http.h"
@@ -47,6 +48,10 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Runs qaas quantization jobs leased from a qaas-server.");
   absl::ParseCommandLine(argc, argv);
   qaas::quant::KeepTensorBuffersInTheHeap();
+  if (auto st = qaas::storage::ConfigureS3FromFlags(); !st.ok()) {
+    std::cerr << "qaas-worker: " << st << "\n";
+    return 1;
+  }
   qaas::worker::WorkerOptions o;
   o.name = absl::GetFlag(FLAGS_name);
   if (o.name.empty()) {
