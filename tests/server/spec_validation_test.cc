@@ -212,6 +212,15 @@ TEST_F(SpecValidationTest, UrisMustStayInsideTheRoots) {
   QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
 }
 
+TEST_F(SpecValidationTest, S3UrisNeedABucket) {
+  spec_.set_model("s3://models/llama-7b");
+  spec_.mutable_calibration()->set_dataset("s3://data/wikitext.txt");
+  spec_.set_output("s3://results/run-1");
+  QAAS_EXPECT_OK(Validate());
+  spec_.set_output("s3:///no-bucket");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+}
+
 TEST_F(SpecValidationTest, MissingModelDirectoryOrConfig) {
   spec_.set_model("file://" + root_ + "/nope");
   absl::Status st = Validate();
