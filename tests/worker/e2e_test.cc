@@ -436,6 +436,54 @@ TEST_F(EndToEndTest, BadModelsAndDataFailTheJobWithAReadableReason) {
   EXPECT_EQ(WaitFor(ok.id(), Final).state(), v1::JOB_STATE_SUCCEEDED);
 }
 
+// Live progress: WatchJob events carry layer i of N, the step, elapsed time
+// and an ETA while the job runs, and `qaasctl watch` shows them.
+TEST_F(EndToEndTest, WatchShowsLiveProgressWithAnEta) {
+  v1::Job job;
+  ASSERT_TRUE(Submit(SlowSpec(16), &job).ok());
+  const std::string cmd = std::string(QAASCTL_BIN) + " --server=" + address_ + " watch " + job.id() + " 2>&1";
+  std::string watch_output;
+  int watch_status = -1;
+  std::thread cli([&] {
+    FILE* p = popen(cmd.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    char buf[4096];
+    while (size_t n = fread(buf, 1, sizeof buf, p)) watch_output.append(buf, n);
+    watch_status = pclose(p);
+  });
+  std::vector<v1::Progress> running;
+  std::thread watcher([&] {
+    grpc::ClientContext ctx;
+    v1::WatchJobRequest req;
+    req.set_id(job.id());
+    auto reader = jobs_->WatchJob(&ctx, req);
+    v1::JobEvent ev;
+    while (reader->Read(&ev)) {
+      if (ev.job().state() == v1::JOB_STATE_RUNNING) running.push_back(ev.job().progress());
+    }
+  });
+  StartWorker();
+  watcher.join();
+  cli.join();
+  ASSERT_FALSE(running.empty());
+  bool mid_layer_with_eta = false;
+  for (size_t i = 0; i < running.size(); ++i) {
+    const v1::Progress& p = running[i];
+    if (p.num_layers() == 16 && p.layer() > 0 && p.layer() < 16 && p.eta_ms() > 0 && !p.step().empty()) {
+      mid_layer_with_eta = true;
+    }
+    if (i > 0) {
+      EXPECT_GE(p.fraction(), running[i - 1].fraction()) << "progress went backwards";
+      EXPECT_GE(p.elapsed_ms(), running[i - 1].elapsed_ms());
+    }
+  }
+  EXPECT_TRUE(mid_layer_with_eta) << running.size() << " RUNNING events, none mid-run with an ETA";
+  EXPECT_EQ(WEXITSTATUS(watch_status), 0) << watch_output;
+  EXPECT_NE(watch_output.find("/16"), std::string::npos) << watch_output;  // "layer 7/16"
+  EXPECT_NE(watch_output.find(" eta "), std::string::npos) << watch_output;
+  EXPECT_NE(watch_output.find("\"state\": \"JOB_STATE_SUCCEEDED\""), std::string::npos) << watch_output;
+}
+
 TEST_F(EndToEndTest, CancelStopsARunningJobAtALayerBoundary) {
   v1::JobSpec spec = SlowSpec(24);
   v1::Job job;
