@@ -252,16 +252,12 @@ int main(int argc, char** argv) {
   const std::string id = args.size() > 2 ? args[2] : "";
   if (cmd == "token") return MakeToken(id);
   qaas::server::ClientSecurityOptions security;
-  if (!absl::GetFlag(FLAGS_token_file).empty()) {
-    auto token = qaas::server::ReadTokenFile(absl::GetFlag(FLAGS_token_file));
-    if (!token.ok()) {
-      std::cerr << "qaasctl: " << token.status().message() << "\n";
-      return 2;
-    }
-    security.token = *token;
-  } else if (const char* env = std::getenv("QAAS_TOKEN")) {
-    security.token = env;
+  auto token = qaas::server::TokenFromFileOrEnvironment(absl::GetFlag(FLAGS_token_file));
+  if (!token.ok()) {
+    std::cerr << "qaasctl: " << token.status().message() << "\n";
+    return 2;
   }
+  security.token = *token;
   security.tls = absl::GetFlag(FLAGS_tls);
   security.ca_file = absl::GetFlag(FLAGS_tls_ca);
   security.server_name = absl::GetFlag(FLAGS_tls_server_name);

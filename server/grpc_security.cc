@@ -1,5 +1,6 @@
 #include "server/grpc_security.h"
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -116,6 +117,12 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
   std::string token(absl::StripAsciiWhitespace(ss.str()));
   if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("token file ", path, " is empty"));
   return token;
+}
+
+absl::StatusOr<std::string> TokenFromFileOrEnvironment(const std::string& token_file) {
+  if (!token_file.empty()) return ReadTokenFile(token_file);
+  const char* env = std::getenv("QAAS_TOKEN");
+  return std::string(env ? env : "");
 }
 
 }  // namespace qaas::server

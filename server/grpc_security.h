@@ -53,6 +53,9 @@ std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterfac
 // A token from a file (a mounted Secret): its content without surrounding
 // whitespace. InvalidArgument when the file is empty.
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
+// The clients' rule: the token in `token_file` when given, else $QAAS_TOKEN,
+// else none ("").
+absl::StatusOr<std::string> TokenFromFileOrEnvironment(const std::string& token_file);
 
 }  // namespace qaas::server
 

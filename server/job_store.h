@@ -44,6 +44,15 @@ struct StateCounts {
   int64_t running = 0;
 };
 
+// Whether `job` carries every label pair of `labels` (ListQuery's filter).
+inline bool HasLabels(const v1::Job& job, const std::vector<std::pair<std::string, std::string>>& labels) {
+  for (const auto& [k, v] : labels) {
+    auto it = job.spec().labels().find(k);
+    if (it == job.spec().labels().end() || it->second != v) return false;
+  }
+  return true;
+}
+
 class JobStore {
  public:
   virtual ~JobStore() = default;

@@ -99,9 +99,9 @@ PlacementResult Place(const PlacementPolicy& policy, const PlacementInput& in) {
   auto rank = [&](int index) {
     const v1::Job& job = *in.queued[index];
     auto r = in.running_by_tenant.find(job.tenant());
-    auto l = in.last_assigned_ms.find(job.tenant());
+    auto l = in.last_served.find(job.tenant());
     return std::make_pair(r == in.running_by_tenant.end() ? 0 : r->second,
-                          l == in.last_assigned_ms.end() ? INT64_MIN : l->second);
+                          l == in.last_served.end() ? INT64_MIN : l->second);
   };
   for (const auto& [tenant, index] : best) {
     if (result.assigned < 0 || rank(index) < rank(result.assigned) ||

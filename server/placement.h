@@ -53,7 +53,7 @@ struct PlacementInput {
   std::vector<const v1::Job*> queued;             // QUEUED jobs, any order
   std::map<std::string, int> running_by_tenant;   // RUNNING jobs per tenant
   // Orders tenants by when they last got a job (larger = later; absent: never).
-  std::map<std::string, int64_t> last_assigned_ms;
+  std::map<std::string, int64_t> last_served;
   v1::WorkerCapabilities worker;                  // the worker asking
   std::vector<v1::WorkerCapabilities> live_workers;  // every live worker, the asking one included
   int64_t now_ms = 0;

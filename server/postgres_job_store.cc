@@ -268,12 +268,7 @@ absl::StatusOr<ListPage> PostgresJobStore::List(const ListQuery& q) {
         cursor = seq;
         auto row = RowFrom(*r, i, 1);
         if (!row.ok()) return row.status();
-        bool match = true;
-        for (const auto& [k, v] : q.labels) {
-          auto it = row->job.spec().labels().find(k);
-          if (it == row->job.spec().labels().end() || it->second != v) match = false;
-        }
-        if (!match) continue;
+        if (!HasLabels(row->job, q.labels)) continue;
         if (page.jobs.size() == limit) {
           page.next_page_token = std::to_string(last_seq);
           return page;

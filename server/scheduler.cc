@@ -240,7 +240,7 @@ absl::StatusOr<v1::LeaseJobResponse> Scheduler::LeaseJob(const v1::LeaseJobReque
     in.now_ms = Now();
     {
       std::lock_guard<std::mutex> lock(mu_);
-      in.last_assigned_ms = last_assigned_ms_;
+      in.last_served = last_served_;
     }
     std::vector<std::pair<std::string, std::string>> infeasible;  // id, reason
     auto choose = [&](const std::vector<const v1::Job*>& queued, const std::map<std::string, int>& running) {
@@ -268,7 +268,7 @@ absl::StatusOr<v1::LeaseJobResponse> Scheduler::LeaseJob(const v1::LeaseJobReque
       {
         std::lock_guard<std::mutex> lock(mu_);
         // A sequence, not the clock: two leases in one millisecond still order.
-        last_assigned_ms_[row.job.tenant()] = ++assignments_;
+        last_served_[row.job.tenant()] = ++assignments_;
       }
       metrics_->JobStarted((Now() - row.job.create_time_ms()) / 1000.0);
       RefreshGauges();

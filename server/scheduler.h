@@ -114,7 +114,7 @@ class Scheduler {
   std::map<std::string, WorkerInfo> workers_;
   // When each tenant last got a job from this scheduler (fair share's round
   // robin; per replica).
-  std::map<std::string, int64_t> last_assigned_ms_;  // an assignment sequence number, not a time
+  std::map<std::string, int64_t> last_served_;  // an assignment sequence number, not a time
   int64_t assignments_ = 0;
 };
 

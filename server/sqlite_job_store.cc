@@ -259,12 +259,7 @@ absl::StatusOr<ListPage> SqliteJobStore::List(const ListQuery& q) {
     const int64_t seq = s.Int(0);
     auto row = RowFrom(s, 1);
     if (!row.ok()) return row.status();
-    bool match = true;
-    for (const auto& [k, v] : q.labels) {
-      auto it = row->job.spec().labels().find(k);
-      if (it == row->job.spec().labels().end() || it->second != v) match = false;
-    }
-    if (!match) continue;
+    if (!HasLabels(row->job, q.labels)) continue;
     if (page.jobs.size() == limit) {
       page.next_page_token = std::to_string(last_seq);
       break;

@@ -74,16 +74,12 @@ int main(int argc, char** argv) {
     o.registry = &registry;
   }
   qaas::server::ClientSecurityOptions security;
-  if (!absl::GetFlag(FLAGS_token_file).empty()) {
-    auto token = qaas::server::ReadTokenFile(absl::GetFlag(FLAGS_token_file));
-    if (!token.ok()) {
-      std::cerr << "qaas-worker: " << token.status() << "\n";
-      return 1;
-    }
-    security.token = *token;
-  } else if (const char* env = std::getenv("QAAS_TOKEN")) {
-    security.token = env;
+  auto token = qaas::server::TokenFromFileOrEnvironment(absl::GetFlag(FLAGS_token_file));
+  if (!token.ok()) {
+    std::cerr << "qaas-worker: " << token.status() << "\n";
+    return 1;
   }
+  security.token = *token;
   security.tls = absl::GetFlag(FLAGS_tls);
   security.ca_file = absl::GetFlag(FLAGS_tls_ca);
   security.cert_file = absl::GetFlag(FLAGS_tls_cert);

@@ -24,22 +24,6 @@ try:
 except ImportError as e:
     raise SystemExit("test_auth: cannot import the client (%s): run scripts/setup" % e)
 
-PKI = r"""
-set -e
-key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.key" 2>/dev/null; }
-ca() { key "$1"; openssl req -x509 -new -key "$1.key" -out "$1.pem" -days 2 -subj "/CN=$1" 2>/dev/null; }
-leaf() {
-  key "$1"
-  openssl req -new -key "$1.key" -out "$1.csr" -subj "/CN=$3" 2>/dev/null
-  printf '%s\n' "basicConstraints=CA:FALSE" "$4" > "$1.ext"
-  openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial -out "$1.pem" -days 2 \
-    -extfile "$1.ext" 2>/dev/null
-}
-ca server-ca
-ca worker-ca
-leaf server server-ca localhost "subjectAltName=IP:127.0.0.1,DNS:localhost"
-leaf worker worker-ca gpu-node-7 "extendedKeyUsage=clientAuth"
-"""
 
 
 def read(path, mode="r"):
@@ -62,8 +46,7 @@ class AuthTest(unittest.TestCase):
             raise SystemExit("test_auth: no openssl command: run scripts/setup")
         cls.dir = tempfile.mkdtemp(prefix="qaas-auth-")
         cls.pki = os.path.join(cls.dir, "pki")
-        os.makedirs(cls.pki)
-        subprocess.run(["bash", "-c", PKI], cwd=cls.pki, check=True)
+        subprocess.run([os.path.join(REPO, "tests", "make_test_pki"), cls.pki], check=True)
         cls.model = os.path.join(cls.dir, "tiny-opt")
         shutil.copytree(os.path.join(REPO, "tests", "data", "tiny-opt"), cls.model)
         cls.text = os.path.join(cls.dir, "text.txt")

@@ -271,28 +271,8 @@ class TlsTest : public AuthServiceTest {
     AuthServiceTest::SetUp();
     if (std::system("command -v openssl >/dev/null") != 0) GTEST_SKIP() << "no openssl command to make certificates";
     pki_ = dir_.path() + "/pki";
-    std::filesystem::create_directories(pki_);
-    const std::string script = R"(
-set -e
-cd ")" + pki_ + R"("
-key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.key" 2>/dev/null; }
-ca() { key "$1"; openssl req -x509 -new -key "$1.key" -out "$1.pem" -days 2 -subj "/CN=$1" 2>/dev/null; }
-leaf() {  # name ca cn extension
-  key "$1"
-  openssl req -new -key "$1.key" -out "$1.csr" -subj "/CN=$3" 2>/dev/null
-  printf '%s\n' "basicConstraints=CA:FALSE" "$4" > "$1.ext"
-  openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial -out "$1.pem" -days 2 \
-    -extfile "$1.ext" 2>/dev/null
-}
-ca server-ca
-ca worker-ca
-ca rogue-ca
-leaf server server-ca localhost "subjectAltName=IP:127.0.0.1,DNS:localhost"
-leaf worker worker-ca gpu-node-7 "extendedKeyUsage=clientAuth"
-leaf rogue rogue-ca gpu-node-7 "extendedKeyUsage=clientAuth"
-)";
-    WriteLocalFile(pki_ + "/make.sh", script);
-    ASSERT_EQ(std::system(("bash " + pki_ + "/make.sh").c_str()), 0) << "openssl failed";
+    ASSERT_EQ(std::system((std::string(QAAS_SOURCE_DIR) + "/tests/make_test_pki " + pki_).c_str()), 0)
+        << "openssl failed";
     Start({pki_ + "/server.pem", pki_ + "/server.key", pki_ + "/worker-ca.pem"});
   }
 

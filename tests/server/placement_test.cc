@@ -71,7 +71,7 @@ TEST(Placement, TheTenantRunningFewerJobsGoesFirstWhateverItsPriority) {
   EXPECT_EQ(Assigned(in), "b1");
   in.running_by_tenant = {{"a", 1}, {"b", 1}};
   EXPECT_EQ(Assigned(in), "a1");  // tie, neither served yet: queue order
-  in.last_assigned_ms = {{"a", 7}, {"b", 3}};
+  in.last_served = {{"a", 7}, {"b", 3}};
   EXPECT_EQ(Assigned(in), "b1");  // tie: b was served less recently
 }
 
@@ -85,7 +85,7 @@ TEST(Placement, NoTenantStarvesAnotherEvenOnOneWorker) {
   std::map<std::string, int64_t> last;
   for (int turn = 0; turn < 12; ++turn) {
     PlacementInput in = Input(jobs);
-    in.last_assigned_ms = last;
+    in.last_served = last;
     const int i = Place({}, in).assigned;
     ASSERT_GE(i, 0);
     order.push_back(jobs[i].id());

@@ -1,4 +1,5 @@
 #include "storage/file_store.h"
+#include "storage/s3_store.h"
 
 #include <sys/mount.h>
 #include <unistd.h>
@@ -342,11 +343,21 @@ TEST(OpenObjectStoreTest, OpensFileUris) {
   EXPECT_EQ(ReadLocalFile(dir.path() + "/store/k"), "v");
 }
 
-TEST(OpenObjectStoreTest, RejectsOtherSchemesNamingThem) {
-  absl::StatusOr<std::unique_ptr<ObjectStore>> s3 = OpenObjectStore("s3://bucket/prefix");
-  QAAS_EXPECT_CODE(s3, kUnimplemented);
-  EXPECT_TRUE(Contains(s3.status(), "s3")) << s3.status();
+TEST(OpenObjectStoreTest, OpensS3UrisWithTheDefaultConfiguration) {
+  S3Config config;
+  SetDefaultS3Config(config);  // no credentials
+  absl::StatusOr<std::unique_ptr<ObjectStore>> none = OpenObjectStore("s3://bucket/prefix");
+  QAAS_EXPECT_CODE(none, kInvalidArgument);
+  EXPECT_TRUE(Contains(none.status(), "no credentials")) << none.status();
+  config.access_key = "AK";
+  config.secret_key = "SK";
+  SetDefaultS3Config(config);
+  absl::StatusOr<std::unique_ptr<ObjectStore>> s3 = OpenObjectStore("s3://bucket/prefix/sub");
+  QAAS_ASSERT_OK(s3);  // nothing contacted yet
+  EXPECT_EQ((*s3)->uri(), "s3://bucket/prefix/sub");
+}
 
+TEST(OpenObjectStoreTest, RejectsOtherSchemesNamingThem) {
   absl::StatusOr<std::unique_ptr<ObjectStore>> gs = OpenObjectStore("gs://bucket/prefix");
   QAAS_EXPECT_CODE(gs, kInvalidArgument);
   EXPECT_TRUE(Contains(gs.status(), "'gs'")) << gs.status();
