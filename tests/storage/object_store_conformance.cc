@@ -274,7 +274,11 @@ TEST_P(ObjectStoreConformance, ConcurrentWritersLeaveOneCompleteValue) {
   std::thread reader([&] {
     while (!done.load()) {
       absl::StatusOr<std::string> got = store_->Read("shared/key");
-      if (!got.ok() || !is_complete(*got)) bad_reads.fetch_add(1);
+      if (!got.ok() || !is_complete(*got)) {
+        bad_reads.fetch_add(1);
+        ADD_FAILURE() << "a read saw " << (got.ok() ? "a torn value of " + std::to_string(got->size()) + " bytes"
+                                                    : got.status().ToString());
+      }
     }
   });
   std::vector<std::thread> writers;
