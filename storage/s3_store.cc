@@ -63,18 +63,44 @@ std::string Sha256Of(std::string_view data) {
   return h.Hex();
 }
 
-absl::StatusOr<std::string> Sha256OfFileRange(int fd, uint64_t offset, uint64_t length, const std::string& path) {
-  Sha256 h;
+// The SHA-256 of a local file and, when part_size > 0, of each part_size
+// slice of it, in one pass (the whole-file digest goes into the object's
+// metadata before the first part is sent, each part's into its request).
+}  // namespace
+
+struct S3Store::FileDigests {
+  std::string whole;
+  std::vector<std::string> parts;
+};
+
+namespace {
+
+using FileDigests = S3Store::FileDigests;
+
+absl::StatusOr<FileDigests> DigestFile(int fd, uint64_t size, uint64_t part_size, const std::string& path) {
+  FileDigests d;
+  Sha256 whole, part;
   std::string buf(1 << 20, '\0');
-  while (length > 0) {
-    const ssize_t n = ::pread(fd, buf.data(), std::min<uint64_t>(buf.size(), length), static_cast<off_t>(offset));
+  uint64_t offset = 0, part_left = part_size > 0 ? std::min(part_size, size) : size;
+  while (offset < size) {
+    const uint64_t want = std::min<uint64_t>(buf.size(), part_left);
+    const ssize_t n = ::pread(fd, buf.data(), want, static_cast<off_t>(offset));
     if (n < 0) return ErrnoStatus(errno, absl::StrCat("read local file '", path, "'"));
     if (n == 0) return absl::DataLossError(absl::StrCat("local file '", path, "' shrank while being uploaded"));
-    h.Update(buf.data(), static_cast<size_t>(n));
+    whole.Update(buf.data(), static_cast<size_t>(n));
+    if (part_size > 0) part.Update(buf.data(), static_cast<size_t>(n));
     offset += static_cast<uint64_t>(n);
-    length -= static_cast<uint64_t>(n);
+    part_left -= static_cast<uint64_t>(n);
+    if (part_left == 0) {
+      if (part_size > 0) {
+        d.parts.push_back(part.Hex());
+        part.Reset();
+      }
+      part_left = part_size > 0 ? std::min(part_size, size - offset) : size - offset;
+    }
   }
-  return h.Hex();
+  d.whole = whole.Hex();
+  return d;
 }
 
 // AWS's URI encoding: unreserved characters stay, the rest is %XX
@@ -326,7 +352,9 @@ absl::StatusOr<std::unique_ptr<S3Store>> S3Store::Create(const std::string& buck
   return s;
 }
 
-S3Store::~S3Store() = default;
+S3Store::~S3Store() {
+  for (void* h : idle_handles_) curl_easy_cleanup(static_cast<CURL*>(h));
+}
 
 std::string S3Store::uri() const { return prefix_.empty() ? "s3://" + bucket_ : "s3://" + bucket_ + "/" + prefix_; }
 
@@ -355,8 +383,19 @@ absl::Status S3Store::Perform(Request& r) {
     r.sent = 0;
     r.response.clear();
     r.response_headers.clear();
-    CURL* curl = curl_easy_init();
-    if (!curl) return absl::InternalError("s3: curl_easy_init failed");
+    CURL* curl = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(handles_mu_);
+      if (!idle_handles_.empty()) {
+        curl = static_cast<CURL*>(idle_handles_.back());
+        idle_handles_.pop_back();
+      }
+    }
+    if (curl) {
+      curl_easy_reset(curl);  // options cleared; connections and DNS cache kept
+    } else if (!(curl = curl_easy_init())) {
+      return absl::InternalError("s3: curl_easy_init failed");
+    }
     curl_slist* headers = nullptr;
     headers = curl_slist_append(headers, absl::StrCat("x-amz-content-sha256: ", r.payload_sha256).c_str());
     if (!config_.session_token.empty()) {
@@ -400,7 +439,10 @@ absl::Status S3Store::Perform(Request& r) {
     const CURLcode rc = curl_easy_perform(curl);
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &r.status);
     curl_slist_free_all(headers);
-    curl_easy_cleanup(curl);
+    {
+      std::lock_guard<std::mutex> lock(handles_mu_);
+      idle_handles_.push_back(curl);
+    }
 
     if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && r.status >= 200 && r.status < 300)) {
       last = absl::UnavailableError(absl::StrCat("s3 ", r.method, " ", r.what, ": ", curl_easy_strerror(rc)));
@@ -445,20 +487,38 @@ absl::StatusOr<std::string> S3Store::Read(std::string_view key) {
 absl::StatusOr<std::string> S3Store::ReadRange(std::string_view key, uint64_t offset, uint64_t length) {
   auto k = NormalizeObjectKey(key);
   if (!k.ok()) return k.status();
-  auto info = Stat(*k);  // for the clipping rules at and past the end
-  if (!info.ok()) return info.status();
-  if (offset > info->size) {
-    return absl::OutOfRangeError(absl::StrCat("s3: key ", QuoteForMessage(*k), ": offset ", offset,
-                                              " is past its end (", info->size, " bytes)"));
+  const std::string what = absl::StrCat("key ", QuoteForMessage(*k));
+  // The clipping rules at and past the end, from the object's size.
+  auto clip = [&](uint64_t size) -> absl::StatusOr<std::string> {
+    if (offset > size) {
+      return absl::OutOfRangeError(
+          absl::StrCat("s3: ", what, ": offset ", offset, " is past its end (", size, " bytes)"));
+    }
+    return std::string();
+  };
+  if (length == 0) {  // nothing to fetch; the key must exist all the same
+    auto info = Stat(*k);
+    if (!info.ok()) return info.status();
+    return clip(info->size);
   }
-  if (offset == info->size || length == 0) return std::string();
-  const uint64_t last = offset + std::min(length, info->size - offset) - 1;
   Request r;
   r.key = FullKey(*k);
-  r.what = absl::StrCat("key ", QuoteForMessage(*k));
-  r.headers.push_back(absl::StrCat("Range: bytes=", offset, "-", last));
-  if (auto st = Perform(r); !st.ok()) return st;
-  return std::move(r.response);
+  r.what = what;
+  // One request: the range is clipped by the server; an offset at or past
+  // the end is 416, and only then is the size asked for.
+  r.headers.push_back(length > UINT64_MAX - offset ? absl::StrCat("Range: bytes=", offset, "-")
+                                                   : absl::StrCat("Range: bytes=", offset, "-", offset + length - 1));
+  absl::Status st = Perform(r);
+  if (absl::IsOutOfRange(st)) {
+    auto info = Stat(*k);
+    if (!info.ok()) return info.status();
+    return clip(info->size);
+  }
+  if (!st.ok()) return st;
+  if (r.status == 206) return std::move(r.response);
+  // 200: the server ignored the range and sent the whole object.
+  if (offset > r.response.size()) return clip(r.response.size());
+  return r.response.substr(offset, std::min<uint64_t>(length, r.response.size() - offset));
 }
 
 absl::Status S3Store::Write(std::string_view key, std::string_view data) {
@@ -483,30 +543,32 @@ absl::Status S3Store::WriteFromFile(std::string_view key, const std::string& loc
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat local file '", local_path, "'"));
   const uint64_t size = static_cast<uint64_t>(st.st_size);
-  auto sha = Sha256OfFileRange(fd.get(), 0, size, local_path);
-  if (!sha.ok()) return sha.status();
-  if (size > config_.multipart_threshold) return MultipartUpload(*k, local_path, size, *sha);
+  const bool multipart = size > config_.multipart_threshold;
+  auto digests = DigestFile(fd.get(), size, multipart ? config_.part_size : 0, local_path);
+  if (!digests.ok()) return digests.status();
+  if (multipart) return MultipartUpload(*k, fd.get(), size, *digests);
+  const std::string& sha = digests->whole;
   Request r;
   r.method = "PUT";
   r.key = FullKey(*k);
   r.what = absl::StrCat("key ", QuoteForMessage(*k));
   r.file_fd = fd.get();
   r.file_length = size;
-  r.payload_sha256 = *sha;
-  r.headers.push_back(absl::StrCat(kShaHeader, ": ", *sha));
+  r.payload_sha256 = sha;
+  r.headers.push_back(absl::StrCat(kShaHeader, ": ", sha));
   r.headers.push_back("Content-Type: application/octet-stream");
   return Perform(r);
 }
 
-absl::Status S3Store::MultipartUpload(const std::string& key, const std::string& local_path, uint64_t size,
-                                      const std::string& sha256) {
+absl::Status S3Store::MultipartUpload(const std::string& key, int fd, uint64_t size,
+                                      const FileDigests& digests) {
   const std::string what = absl::StrCat("key ", QuoteForMessage(key));
   Request create;
   create.method = "POST";
   create.key = FullKey(key);
   create.query = Query({{"uploads", ""}});
   create.what = what;
-  create.headers.push_back(absl::StrCat(kShaHeader, ": ", sha256));
+  create.headers.push_back(absl::StrCat(kShaHeader, ": ", digests.whole));
   create.headers.push_back("Content-Type: application/octet-stream");
   if (auto st = Perform(create); !st.ok()) return st;
   const std::string upload_id = XmlFirst(create.response, "UploadId");
@@ -520,29 +582,25 @@ absl::Status S3Store::MultipartUpload(const std::string& key, const std::string&
     (void)Perform(a);  // best effort; an abandoned upload is never visible
     return why;
   };
-  ScopedFd fd(::open(local_path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) return abort(ErrnoStatus(errno, absl::StrCat("open local file '", local_path, "'")));
   std::string complete = "<CompleteMultipartUpload>";
   int part = 1;
   for (uint64_t offset = 0; offset < size; offset += config_.part_size, ++part) {
     const uint64_t length = std::min(config_.part_size, size - offset);
-    auto part_sha = Sha256OfFileRange(fd.get(), offset, length, local_path);
-    if (!part_sha.ok()) return abort(part_sha.status());
     Request up;
     up.method = "PUT";
     up.key = FullKey(key);
     up.query = Query({{"partNumber", std::to_string(part)}, {"uploadId", upload_id}});
     up.what = absl::StrCat(what, " part ", part);
-    up.file_fd = fd.get();
+    up.file_fd = fd;
     up.file_offset = offset;
     up.file_length = length;
-    up.payload_sha256 = *part_sha;
+    up.payload_sha256 = digests.parts[part - 1];
     if (auto st = Perform(up); !st.ok()) return abort(st);
     auto etag = up.response_headers.find("etag");
     if (etag == up.response_headers.end()) return abort(absl::InternalError(absl::StrCat("s3 ", up.what, ": no ETag")));
     absl::StrAppend(&complete, "<Part><PartNumber>", part, "</PartNumber><ETag>", etag->second, "</ETag></Part>");
     if (config_.on_part_uploaded) {
-      config_.on_part_uploaded(part, static_cast<int>((size + config_.part_size - 1) / config_.part_size));
+      config_.on_part_uploaded(part, static_cast<int>(digests.parts.size()));
     }
   }
   complete += "</CompleteMultipartUpload>";

@@ -24,7 +24,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "storage/object_store.h"
 
@@ -92,21 +94,26 @@ class S3Store : public ObjectStore {
   // Creates the bucket (tests and first-time setup); OK if it exists and is ours.
   absl::Status CreateBucket();
 
-  struct Request;  // one HTTP exchange (s3_store.cc)
+  struct Request;      // one HTTP exchange (s3_store.cc)
+  struct FileDigests;  // a local file's SHA-256, whole and per part (s3_store.cc)
 
  private:
   S3Store() = default;
   absl::Status Perform(Request& r);  // with retries
   std::string Url(const std::string& object_key, const std::string& query) const;
   std::string FullKey(const std::string& key) const { return prefix_.empty() ? key : prefix_ + "/" + key; }
-  absl::Status MultipartUpload(const std::string& key, const std::string& local_path, uint64_t size,
-                               const std::string& sha256);
+  // `fd` is the open local file; `digests` its DigestFile (s3_store.cc).
+  absl::Status MultipartUpload(const std::string& key, int fd, uint64_t size, const FileDigests& digests);
 
   std::string bucket_;
   std::string prefix_;
   S3Config config_;
   std::string scheme_host_;  // "http://127.0.0.1:9000"
   std::atomic<uint64_t> retries_{0};
+  // Idle libcurl easy handles (CURL*): a reused handle keeps its connection
+  // to the endpoint, so requests do not pay a new TCP/TLS handshake each.
+  std::mutex handles_mu_;
+  std::vector<void*> idle_handles_;
 };
 
 }  // namespace qaas::storage
