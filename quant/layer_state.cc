@@ -55,6 +55,19 @@ absl::Status WriteLayerState(const std::string& path, const DecoderLayer& layer,
   return WriteSafetensors(path, tensors, {{"qaas_layer", layout.dump()}, {"qaas_info", info.dump()}});
 }
 
+absl::StatusOr<nlohmann::json> ReadLayerStateInfo(const std::string& path) {
+  auto f = SafetensorsFile::Open(path);  // reads the header only
+  if (!f.ok()) return f.status();
+  const auto& meta = (*f)->header().metadata;
+  auto info = meta.find("qaas_info");
+  if (info == meta.end() || meta.count("qaas_layer") == 0) {
+    return absl::DataLossError(absl::StrCat(path, ": not a layer state (no qaas_layer/qaas_info metadata)"));
+  }
+  nlohmann::json j = nlohmann::json::parse(info->second, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::DataLossError(absl::StrCat(path, ": malformed layer state info"));
+  return j;
+}
+
 absl::StatusOr<LayerState> ReadLayerState(const std::string& path) {
   auto f = SafetensorsFile::Open(path);
   if (!f.ok()) return f.status();

@@ -24,6 +24,9 @@ absl::Status WriteLayerState(const std::string& path, const DecoderLayer& layer,
 // NotFound when the file is missing; DataLoss naming the file when it is not
 // a layer state.
 absl::StatusOr<LayerState> ReadLayerState(const std::string& path);
+// Only the `info` of a layer state, from the file's header (no tensor is
+// read). Same errors as ReadLayerState.
+absl::StatusOr<nlohmann::json> ReadLayerStateInfo(const std::string& path);
 
 }  // namespace qaas::quant
 

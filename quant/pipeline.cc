@@ -640,9 +640,10 @@ int Pipeline::ResumableLayers() {
         (weight_step_.method == "adadim" && !FileExists(CheckpointPath("dequantized-layer", n)))) {
       break;
     }
-    auto state = ReadLayerState(CheckpointPath("state", n));
-    if (!state.ok() || !state->info.is_object() || state->info.value("fingerprint", nlohmann::json()) != fingerprint_ ||
-        state->info.value("layer", -1) != n) {
+    // The header is enough to decide; ReplayLayer reads the tensors.
+    auto info = ReadLayerStateInfo(CheckpointPath("state", n));
+    if (!info.ok() || !info->is_object() || info->value("fingerprint", nlohmann::json()) != fingerprint_ ||
+        info->value("layer", -1) != n) {
       break;
     }
   }
