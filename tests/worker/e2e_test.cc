@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -201,6 +202,19 @@ class EndToEndTest : public ::testing::Test {
     return job;
   }
   static bool Final(const v1::Job& j) { return server::IsFinal(j.state()); }
+  // Streams WatchJob for `id` until the stream ends, handing each event's job
+  // to `on_event`; returns the stream's status.
+  grpc::Status Watch(const std::string& id, const std::function<void(const v1::Job&)>& on_event = nullptr) {
+    grpc::ClientContext ctx;
+    v1::WatchJobRequest req;
+    req.set_id(id);
+    auto reader = jobs_->WatchJob(&ctx, req);
+    v1::JobEvent ev;
+    while (reader->Read(&ev)) {
+      if (on_event) on_event(ev.job());
+    }
+    return reader->Finish();
+  }
 
   v1::JobSpec Spec(const std::string& model_dir, const std::string& scheme = "W4A16g128") {
     v1::JobSpec s;
@@ -250,16 +264,10 @@ TEST_F(EndToEndTest, JobRunsThroughTheServiceAndWatchSeesEveryState) {
   std::vector<v1::JobState> states;
   int max_layer_seen = 0;
   std::thread watcher([&] {
-    grpc::ClientContext ctx;
-    v1::WatchJobRequest req;
-    req.set_id(job.id());
-    auto reader = jobs_->WatchJob(&ctx, req);
-    v1::JobEvent ev;
-    while (reader->Read(&ev)) {
-      if (states.empty() || states.back() != ev.job().state()) states.push_back(ev.job().state());
-      max_layer_seen = std::max(max_layer_seen, ev.job().progress().layer());
-    }
-    EXPECT_TRUE(reader->Finish().ok());
+    EXPECT_TRUE(Watch(job.id(), [&](const v1::Job& j) {
+                  if (states.empty() || states.back() != j.state()) states.push_back(j.state());
+                  max_layer_seen = std::max(max_layer_seen, j.progress().layer());
+                }).ok());
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   StartWorker();
@@ -453,14 +461,9 @@ TEST_F(EndToEndTest, WatchShowsLiveProgressWithAnEta) {
   });
   std::vector<v1::Progress> running;
   std::thread watcher([&] {
-    grpc::ClientContext ctx;
-    v1::WatchJobRequest req;
-    req.set_id(job.id());
-    auto reader = jobs_->WatchJob(&ctx, req);
-    v1::JobEvent ev;
-    while (reader->Read(&ev)) {
-      if (ev.job().state() == v1::JOB_STATE_RUNNING) running.push_back(ev.job().progress());
-    }
+    Watch(job.id(), [&](const v1::Job& j) {
+      if (j.state() == v1::JOB_STATE_RUNNING) running.push_back(j.progress());
+    });
   });
   StartWorker();
   watcher.join();
@@ -761,14 +764,7 @@ TEST_F(EndToEndTest, GracefulShutdownEndsLongCallsAndKeepsJobs) {
   ASSERT_TRUE(Submit(Spec(model), &job).ok());
   std::atomic<bool> watch_ended{false};
   std::thread watcher([&] {
-    grpc::ClientContext ctx;
-    v1::WatchJobRequest req;
-    req.set_id(job.id());
-    auto reader = jobs_->WatchJob(&ctx, req);
-    v1::JobEvent ev;
-    while (reader->Read(&ev)) {
-    }
-    reader->Finish();
+    Watch(job.id());
     watch_ended = true;
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
