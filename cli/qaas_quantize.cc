@@ -6,7 +6,7 @@
 //                 [--alpha 0.5] [--rptq_clusters 32,4,4,32,32]
 //                 [--epochs 0 --lwc_lr 0.01 --let_lr 0.005]
 //                 [--calib FILE --num-samples 128 --calib-seq-len 2048 --seed 0]
-//                 [--eval FILE[,FILE...] --eval-seq-len 2048 --max-windows 0] [--device cpu]
+//                 [--eval FILE[,FILE...] --eval-seq-len 2048 --max-windows 0] [--device auto]
 #include <cstdio>
 #include <iostream>
 
@@ -40,7 +40,7 @@ ABSL_FLAG(uint64_t, seed, 0, "calibration sampling seed");
 ABSL_FLAG(std::string, eval, "", "comma-separated evaluation text files");
 ABSL_FLAG(int, eval_seq_len, 0, "evaluation window length (0 = min(2048, context))");
 ABSL_FLAG(int, max_windows, 0, "evaluation windows per dataset (0 = all)");
-ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N, or auto (cuda where visible)");
 ABSL_FLAG(bool, quiet, false, "no per-layer progress on stderr");
 
 int main(int argc, char** argv) {

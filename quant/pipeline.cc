@@ -27,6 +27,7 @@
 #include "quant/model/tokenizer.h"
 #include "quant/recipe_rules.h"
 #include "quant/report.h"
+#include "quant/util/device.h"
 #include "quant/util/files.h"
 #include "quant/util/status_macros.h"
 
@@ -93,7 +94,7 @@ int ResolveSeqLen(int requested, int context, const std::string& what, absl::Sta
 
 class Pipeline {
  public:
-  explicit Pipeline(const PipelineOptions& o) : o_(o), device_(o.device) {}
+  explicit Pipeline(const PipelineOptions& o) : o_(o) {}
 
   absl::StatusOr<nlohmann::json> Run();
 
@@ -136,7 +137,7 @@ class Pipeline {
   std::vector<RecipeStep> transforms_;  // the recipe's transforms, in order
   RecipeStep weight_step_;  // the recipe's weight quantizer (its last step; RTN when none)
   bool any_per_ic_ = false;  // some layer chose AdaDim's per-IC groups
-  at::Device device_;
+  at::Device device_ = at::kCPU;  // o_.device resolved, by Prepare
   std::unique_ptr<Checkpoint> ck_;
   ModelConfig config_;
   std::unique_ptr<Tokenizer> tokenizer_;
@@ -209,6 +210,10 @@ absl::Status Pipeline::CheckRecipeAndScheme() {
 }
 
 absl::Status Pipeline::Prepare() {
+  auto device = ResolveDevice(o_.device);
+  if (!device.ok()) return device.status();
+  device_ = *device;
+  ResetPeakMemory(device_);
   QAAS_RETURN_IF_ERROR(CheckRecipeAndScheme());
   auto ck = Checkpoint::Open(o_.model_dir);
   if (!ck.ok()) return ck.status();
@@ -223,7 +228,7 @@ absl::Status Pipeline::Prepare() {
   }
 
   fingerprint_ = {{"config", Fnv1a(config_.raw_json)}, {"scheme", o_.scheme.ToString()},
-                  {"seed", o_.seed}, {"num_samples", o_.num_samples}, {"device", o_.device},
+                  {"seed", o_.seed}, {"num_samples", o_.num_samples}, {"device", device_.str()},
                   {"batch_size", o_.batch_size}, {"model_bytes", ck_->total_bytes()},
                   {"inputs", o_.inputs_fingerprint}};
   for (const auto& step : o_.recipe) fingerprint_["recipe"].push_back(RecipeStepJson(step));
@@ -782,7 +787,7 @@ absl::StatusOr<nlohmann::json> Pipeline::Run() {
   report_.model = o_.model_dir;
   report_.num_layers = config_.num_layers;
   report_.original_bytes = ck_->total_bytes();
-  report_.device = o_.device;
+  report_.device = device_.str();
   report_.resumed_layers = o_.resume ? ResumableLayers() : 0;
   for (int i = 0; i < config_.num_layers; ++i) {
     if (o_.should_stop && o_.should_stop()) {
@@ -806,6 +811,10 @@ absl::StatusOr<nlohmann::json> Pipeline::Run() {
   report_.seconds_evaluation += SecondsSince(t0);
   QAAS_RETURN_IF_ERROR(Assemble());
   report_.seconds_total = SecondsSince(start_);
+  const PeakMemory peak = ReadPeakMemory(device_);
+  report_.peak_host_memory_bytes = peak.host_bytes;
+  report_.peak_device_allocated_bytes = peak.device_allocated_bytes;
+  report_.peak_device_reserved_bytes = peak.device_reserved_bytes;
   nlohmann::json j = ToJson(report_);
   QAAS_RETURN_IF_ERROR(WriteFileAtomic(o_.output_dir + "/report.json", j.dump(2) + "\n"));
   QAAS_RETURN_IF_ERROR(WriteFileAtomic(o_.output_dir + "/report.md", ToMarkdown(report_)));

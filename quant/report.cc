@@ -43,6 +43,11 @@ nlohmann::json ToJson(const Report& r) {
                   {"evaluation", r.seconds_evaluation},
                   {"total", r.seconds_total}};
   if (r.resumed_layers > 0) j["resumed_layers"] = r.resumed_layers;
+  nlohmann::json memory = nlohmann::json::object();
+  if (r.peak_host_memory_bytes) memory["peak_host_bytes"] = *r.peak_host_memory_bytes;
+  if (r.peak_device_allocated_bytes) memory["peak_device_allocated_bytes"] = *r.peak_device_allocated_bytes;
+  if (r.peak_device_reserved_bytes) memory["peak_device_reserved_bytes"] = *r.peak_device_reserved_bytes;
+  if (!memory.empty()) j["memory"] = std::move(memory);
   j["environment"] = {{"qaas_version", QAAS_VERSION},
                       {"device", r.device},
                       {"hardware_threads", std::thread::hardware_concurrency()}};
@@ -54,9 +59,16 @@ std::string ToMarkdown(const Report& r) {
                                    r.model, r.scheme);
   for (const auto& m : r.recipe) md += " " + m;
   md += absl::StrFormat("\n- size: %d -> %d bytes\n- time: %.1f s (calibration %.1f, quantization %.1f, "
-                        "evaluation %.1f)\n\n",
+                        "evaluation %.1f)\n",
                         r.original_bytes, r.quantized_bytes, r.seconds_total, r.seconds_calibration,
                         r.seconds_quantization, r.seconds_evaluation);
+  constexpr double kMiB = 1024.0 * 1024.0;
+  if (r.peak_host_memory_bytes) md += absl::StrFormat("- peak host memory: %.0f MiB\n", *r.peak_host_memory_bytes / kMiB);
+  if (r.peak_device_reserved_bytes) {
+    md += absl::StrFormat("- peak %s memory: %.0f MiB reserved, %.0f MiB in tensors\n", r.device,
+                          *r.peak_device_reserved_bytes / kMiB, r.peak_device_allocated_bytes.value_or(0) / kMiB);
+  }
+  md += "\n";
   if (!r.evaluations.empty()) {
     md += "| dataset | seq_len | windows | perplexity original | perplexity quantized |\n|---|---|---|---|---|\n";
     for (const auto& e : r.evaluations) {

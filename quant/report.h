@@ -3,6 +3,7 @@
 #define QAAS_QUANT_REPORT_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,12 @@ struct Report {
   // Layers restored from an interrupted run's checkpoints instead of being
   // quantized again (their per-layer entries and seconds are the first run's).
   int resumed_layers = 0;
+  // Peak memory of this run (quant/util/device.h): the process's resident
+  // set, and on CUDA the caching allocator's peak of live tensors and of
+  // memory reserved from the driver. Absent where not measured.
+  std::optional<uint64_t> peak_host_memory_bytes;
+  std::optional<uint64_t> peak_device_allocated_bytes;
+  std::optional<uint64_t> peak_device_reserved_bytes;
 };
 
 nlohmann::json ToJson(const Report& r);

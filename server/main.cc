@@ -17,6 +17,7 @@
 #include "storage/uri.h"
 #include "worker/worker.h"
 #include "quant/util/allocator.h"
+#include "quant/util/device.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address (port 0 = any free port)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "Prometheus /metrics address (\"\" = off)");
@@ -28,7 +29,7 @@ ABSL_FLAG(bool, embedded, false, "also run a worker in this process");
 ABSL_FLAG(std::string, file_roots, "", "comma-separated extra directories that file:// uris may name");
 ABSL_FLAG(int64_t, lease_seconds, 30, "lease duration; a worker silent this long loses its job");
 ABSL_FLAG(int32_t, max_attempts, 3, "leases per job before it FAILS");
-ABSL_FLAG(std::string, device, "cpu", "the embedded worker's device (cpu or cuda)");
+ABSL_FLAG(std::string, device, "auto", "the embedded worker's device: cpu, cuda, cuda:N, or auto (cuda where visible)");
 ABSL_FLAG(std::string, auth_tokens, "",
           "bearer tokens file or directory (a mounted Secret) of '<sha256> tenant:NAME|worker[:NAME]' lines; "
           "\"\" = no authentication (every caller is tenant 'default')");
@@ -50,6 +51,12 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("qaas scheduler (qaas.v1.JobService / WorkerService).");
   absl::ParseCommandLine(argc, argv);
   qaas::quant::KeepTensorBuffersInTheHeap();
+  if (absl::GetFlag(FLAGS_embedded)) {
+    if (auto device = qaas::quant::ResolveDevice(absl::GetFlag(FLAGS_device)); !device.ok()) {
+      std::cerr << "qaas-server: --device: " << device.status() << "\n";
+      return 1;
+    }
+  }
   namespace fs = std::filesystem;
   std::error_code ec;
   const std::string data_dir = fs::absolute(absl::GetFlag(FLAGS_data_dir)).lexically_normal().string();

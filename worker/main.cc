@@ -19,6 +19,7 @@
 #include "absl/flags/usage.h"
 #include "storage/s3_flags.h"
 #include "quant/util/allocator.h"
+#include "quant/util/device.h"
 #include "server/grpc_security.h"
 #include "server/metrics_http.h"
 #include "worker/worker.h"
@@ -26,7 +27,7 @@
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "scheduler address");
 ABSL_FLAG(std::string, name, "", "worker name (default: host name)");
 ABSL_FLAG(std::string, work_dir, "/tmp/qaas-worker", "scratch and cache directory");
-ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N, or auto (cuda where a CUDA device is visible, else cpu)");
 ABSL_FLAG(int64_t, poll_wait_ms, 10000, "long-poll wait for a job");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9465", "Prometheus /metrics and /healthz address (\"\" = off)");
 ABSL_FLAG(std::string, token_file, "",
@@ -48,6 +49,10 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Runs qaas quantization jobs leased from a qaas-server.");
   absl::ParseCommandLine(argc, argv);
   qaas::quant::KeepTensorBuffersInTheHeap();
+  if (auto device = qaas::quant::ResolveDevice(absl::GetFlag(FLAGS_device)); !device.ok()) {
+    std::cerr << "qaas-worker: --device: " << device.status() << "\n";
+    return 1;
+  }
   if (auto st = qaas::storage::ConfigureS3FromFlags(); !st.ok()) {
     std::cerr << "qaas-worker: " << st << "\n";
     return 1;

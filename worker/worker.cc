@@ -12,6 +12,7 @@
 #include "nlohmann/json.hpp"
 #include "proto/scheme_convert.h"
 #include "quant/pipeline.h"
+#include "quant/util/device.h"
 #include "worker/stager.h"
 
 namespace qaas::worker {
@@ -101,7 +102,12 @@ void Worker::Stop() {
 absl::Status Worker::Register() {
   v1::RegisterWorkerRequest req;
   req.set_name(options_.name);
-  req.mutable_capabilities()->add_devices(options_.device);
+  // The device as placement knows it ("cpu", "cuda"), checked here: a
+  // worker that cannot run on its device must not take jobs for it.
+  auto device = quant::ResolveDevice(options_.device);
+  if (!device.ok()) return device.status();
+  req.mutable_capabilities()->add_devices(device->is_cuda() ? "cuda" : "cpu");
+  req.mutable_capabilities()->set_gpu_memory_bytes(quant::DeviceTotalMemoryBytes(*device));
   req.mutable_capabilities()->set_host_memory_bytes(static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
                                                     static_cast<uint64_t>(sysconf(_SC_PAGESIZE)));
   v1::RegisterWorkerResponse resp;

@@ -1,0 +1,131 @@
+#include "quant/util/device.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+
+#ifdef QAAS_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <cuda_runtime_api.h>
+#endif
+
+namespace qaas::quant {
+namespace {
+
+int CudaDeviceCount() {
+#ifdef QAAS_WITH_CUDA
+  return at::hasCUDA() ? static_cast<int>(c10::cuda::device_count()) : 0;
+#else
+  return 0;
+#endif
+}
+
+// VmHWM from /proc/self/status, in bytes.
+std::optional<uint64_t> HostPeakBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    absl::string_view v(line);
+    if (!absl::ConsumePrefix(&v, "VmHWM:")) continue;
+    v = absl::StripAsciiWhitespace(v);
+    if (!absl::ConsumeSuffix(&v, "kB")) return std::nullopt;
+    uint64_t kib = 0;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(v), &kib)) return std::nullopt;
+    return kib * 1024;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+bool BuiltWithCuda() {
+#ifdef QAAS_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::string AutoDevice() { return CudaDeviceCount() > 0 ? "cuda" : "cpu"; }
+
+absl::StatusOr<at::Device> ResolveDevice(const std::string& name) {
+  if (name == "auto") return ResolveDevice(AutoDevice());
+  if (name == "cpu") return at::Device(at::kCPU);
+  absl::string_view rest(name);
+  if (!absl::ConsumePrefix(&rest, "cuda")) {
+    return absl::InvalidArgumentError(absl::StrCat("device '", name, "': expected cpu, cuda, cuda:N or auto"));
+  }
+  int index = 0;
+  if (!rest.empty()) {
+    if (!absl::ConsumePrefix(&rest, ":") || rest.empty() || rest.size() > 3 ||
+        !std::all_of(rest.begin(), rest.end(), absl::ascii_isdigit) || !absl::SimpleAtoi(rest, &index)) {
+      return absl::InvalidArgumentError(absl::StrCat("device '", name, "': expected cpu, cuda, cuda:N or auto"));
+    }
+  }
+  if (!BuiltWithCuda()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device '", name, "': this build uses a CPU-only libtorch; build against a CUDA libtorch (README, GPU)"));
+  }
+  const int count = CudaDeviceCount();
+  if (count == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("device '", name, "': no CUDA device is visible"));
+  }
+  if (index >= count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device '", name, "': only ", count, " CUDA device", count == 1 ? " is" : "s are", " visible"));
+  }
+  return at::Device(at::kCUDA, static_cast<at::DeviceIndex>(index));
+}
+
+uint64_t DeviceTotalMemoryBytes(const at::Device& device) {
+#ifdef QAAS_WITH_CUDA
+  if (device.is_cuda()) {
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, device.has_index() ? device.index() : 0) == cudaSuccess) {
+      return prop.totalGlobalMem;
+    }
+  }
+#endif
+  return 0;
+}
+
+void ResetPeakMemory(const at::Device& device) {
+  // "5" resets the peak resident set size (Linux 4.0+); where refused, the
+  // peak is the process's since it started.
+  std::ofstream("/proc/self/clear_refs") << "5";
+#ifdef QAAS_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);
+#endif
+}
+
+PeakMemory ReadPeakMemory(const at::Device& device) {
+  PeakMemory p;
+  p.host_bytes = HostPeakBytes();
+#ifdef QAAS_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
+    // StatType::AGGREGATE (all pools): index 0 in every libtorch; the enum
+    // moved between namespaces in 2.x, the index did not.
+    constexpr size_t kAll = 0;
+    p.device_allocated_bytes = static_cast<uint64_t>(stats.allocated_bytes[kAll].peak);
+    p.device_reserved_bytes = static_cast<uint64_t>(stats.reserved_bytes[kAll].peak);
+  }
+#endif
+  return p;
+}
+
+void Synchronize(const at::Device& device) {
+#ifdef QAAS_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::device_synchronize();
+#endif
+}
+
+}  // namespace qaas::quant

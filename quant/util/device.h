@@ -1,0 +1,56 @@
+// The devices a quantization job can run on, and what is measured of them.
+//
+// One code path serves both libtorch builds: Debian's CPU libtorch 1.13 and a
+// CUDA libtorch (PyTorch 2.x's). Whether this binary was built against a CUDA
+// libtorch is fixed at build time (QAAS_WITH_CUDA); whether a CUDA device is
+// visible is asked at run time. The caller names the device ("cpu", "cuda",
+// "cuda:N", or "auto" for cuda where one is visible, else cpu).
+#ifndef QAAS_QUANT_UTIL_DEVICE_H_
+#define QAAS_QUANT_UTIL_DEVICE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <ATen/ATen.h>
+
+#include "absl/status/statusor.h"
+
+namespace qaas::quant {
+
+// Whether this binary was built against a CUDA libtorch.
+bool BuiltWithCuda();
+
+// "auto" resolved: "cuda" when a CUDA device is visible, else "cpu".
+std::string AutoDevice();
+
+// Parses and checks a device name. InvalidArgument names a malformed one;
+// FailedPrecondition says why a well-formed one cannot run here (a CPU-only
+// build, no CUDA device visible, an index past the devices present).
+absl::StatusOr<at::Device> ResolveDevice(const std::string& name);
+
+// Total memory of a CUDA device; 0 for the CPU.
+uint64_t DeviceTotalMemoryBytes(const at::Device& device);
+
+// Peak memory over a run: call ResetPeakMemory(device) at its start and
+// read the peaks at its end.
+struct PeakMemory {
+  // The process's resident-set high-water mark (VmHWM) since the reset;
+  // nullopt where /proc cannot tell.
+  std::optional<uint64_t> host_bytes;
+  // CUDA: the caching allocator's peaks since the reset: bytes held by live
+  // tensors, and bytes reserved from the driver (what the job occupies,
+  // less the CUDA context). nullopt on the CPU.
+  std::optional<uint64_t> device_allocated_bytes;
+  std::optional<uint64_t> device_reserved_bytes;
+};
+
+void ResetPeakMemory(const at::Device& device);
+PeakMemory ReadPeakMemory(const at::Device& device);
+
+// Waits for the work queued on a CUDA device (for timings); no-op on the CPU.
+void Synchronize(const at::Device& device);
+
+}  // namespace qaas::quant
+
+#endif  // QAAS_QUANT_UTIL_DEVICE_H_
