@@ -132,6 +132,13 @@ class Pipeline {
     if (o_.on_progress) o_.on_progress({layer, config_.num_layers, step});
   }
   bool UsesOmniQuant() const { return weight_step_.method == "omniquant"; }
+  // Seconds since t, once the device has finished the work queued so far
+  // (CUDA runs asynchronously: without the wait a phase would be charged
+  // only for queueing its kernels).
+  double Elapsed(Clock::time_point t) const {
+    Synchronize(device_);
+    return SecondsSince(t);
+  }
 
   const PipelineOptions& o_;
   std::vector<RecipeStep> transforms_;  // the recipe's transforms, in order
@@ -381,7 +388,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
 
   auto t0 = Clock::now();
   for (auto& s : evals_) s.original = ForwardBatched(model, original, s.original, o_.batch_size);
-  report_.seconds_evaluation += SecondsSince(t0);
+  report_.seconds_evaluation += Elapsed(t0);
 
   // The recipe's transforms give a float layer computing the same function
   // (up to rounding), with the activation quantizers the scheme asks for.
@@ -391,7 +398,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
     Progress(i, "transforming");
     auto tc = Clock::now();
     QAAS_RETURN_IF_ERROR(TransformLayer(&transformed, &transforms));
-    report_.seconds_calibration += SecondsSince(tc);
+    report_.seconds_calibration += Elapsed(tc);
   }
 
   // OmniQuant learns the block's clipping (and, with quantized activations,
@@ -418,7 +425,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
     omni_linears = std::move(omni->linears);
     transforms["omniquant"] = omni->details;
     calib_fp_ = targets;
-    report_.seconds_quantization += SecondsSince(tc);
+    report_.seconds_quantization += Elapsed(tc);
   }
 
   // Quantize the linears: RTN from the (transformed) float weights; GPTQ
@@ -469,7 +476,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
             if (hessians.count(name)) sel_inputs[name] = sel_inputs.count(name) ? at::cat({sel_inputs[name], x}) : x;
           });
         }
-        report_.seconds_calibration += SecondsSince(tc);
+        report_.seconds_calibration += Elapsed(tc);
       }
       for (int j : group) {
         const std::string& name = linear_names[j];
@@ -527,7 +534,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
           lr.details["block_mse_per_ic"] = choice.error_per_ic;
         }
         results[j] = *std::move(q);
-        lr.seconds = SecondsSince(tq);
+        lr.seconds = Elapsed(tq);
         lr.relative_weight_error = RelativeError(w, results[j]->dequantized);
         // Contiguous: a resumed run replays this layer from a stored copy, and
         // the same memory layout gives the same matmul, bit for bit.
@@ -599,13 +606,13 @@ absl::Status Pipeline::QuantizeLayer(int i) {
     at::Tensor next = ForwardBatched(model, quantized, calib_, o_.batch_size);
     report_.blocks.push_back({i, RelativeError(ref, next), transforms.empty() ? nlohmann::json() : transforms});
     calib_ = next;
-    report_.seconds_calibration += SecondsSince(tc);
+    report_.seconds_calibration += Elapsed(tc);
   }
 
   Progress(i, "evaluating");
   t0 = Clock::now();
   for (auto& s : evals_) s.quantized = ForwardBatched(model, quantized, s.quantized, o_.batch_size);
-  report_.seconds_evaluation += SecondsSince(t0);
+  report_.seconds_evaluation += Elapsed(t0);
   QAAS_RETURN_IF_ERROR(WriteSafetensors(CheckpointPath("layer", i), packed));
 
   // What a resumed run restores instead of redoing this layer.
@@ -808,9 +815,9 @@ absl::StatusOr<nlohmann::json> Pipeline::Run() {
     report_.evaluations.push_back({s.ref.name, s.ref.seq_len, s.windows.size(0), orig.tokens,
                                    orig.perplexity(), quant.perplexity()});
   }
-  report_.seconds_evaluation += SecondsSince(t0);
+  report_.seconds_evaluation += Elapsed(t0);
   QAAS_RETURN_IF_ERROR(Assemble());
-  report_.seconds_total = SecondsSince(start_);
+  report_.seconds_total = Elapsed(start_);
   const PeakMemory peak = ReadPeakMemory(device_);
   report_.peak_host_memory_bytes = peak.host_bytes;
   report_.peak_device_allocated_bytes = peak.device_allocated_bytes;

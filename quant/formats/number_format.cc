@@ -52,16 +52,6 @@ at::Tensor FloorLog2(const at::Tensor& a) {
   return at::bitwise_right_shift(a.contiguous().view(at::kInt), 23) - 127;
 }
 
-// 2^k as float32, built from the bit pattern so it is exact on every device (exp2 and pow are
-// approximations on some backends). k: integer tensor with values in [-149, 127]; below -126 the
-// result is a float32 subnormal (the MX scale 2^-127 is one).
-at::Tensor Pow2(const at::Tensor& k_in) {
-  at::Tensor k = k_in.to(at::kInt);
-  at::Tensor normal = at::bitwise_left_shift(at::clamp_min(k + 127, 1), 23);
-  at::Tensor subnormal = at::bitwise_left_shift(at::ones_like(k), at::clamp(k + 149, 0, 22));
-  return at::where(k >= -126, normal, subnormal).view(at::kFloat);
-}
-
 // Sizes of x with the last dim n replaced by [ceil(n / 32), 32].
 std::vector<int64_t> BlockedSizes(const at::Tensor& x) {
   std::vector<int64_t> sizes = x.sizes().vec();
@@ -109,6 +99,13 @@ int GroupElements(int bits) { return bits == 6 ? 4 : 8 / bits; }
 int GroupBytes(int bits) { return GroupElements(bits) * bits / 8; }
 
 }  // namespace
+
+at::Tensor Pow2(const at::Tensor& k_in) {
+  at::Tensor k = k_in.to(at::kInt);
+  at::Tensor normal = at::bitwise_left_shift(at::clamp_min(k + 127, 1), 23);
+  at::Tensor subnormal = at::bitwise_left_shift(at::ones_like(k), at::clamp(k + 149, 0, 22));
+  return at::where(k >= -126, normal, subnormal).view(at::kFloat);
+}
 
 const ElementTraits& Traits(ElementFormat f) { return kTraits[static_cast<int>(f)]; }
 

@@ -103,6 +103,10 @@ constexpr int kMxBlockSize = 32;
 // device. The largest element of a block then lands in the element's top binade
 // [2^emax, 2^(emax+1)) and, if above max_value, saturates (as the spec prescribes).
 at::Tensor MxSharedExponents(const at::Tensor& x, ElementFormat f);
+// 2^k as float32, built from the bit pattern so it is exact on every device (exp2 and pow are
+// approximations on some backends, CUDA's exp2f within 2 ulp). k: integer tensor with values in
+// [-149, 127]; below -126 the result is a float32 subnormal (the MX scale 2^-127 is one).
+at::Tensor Pow2(const at::Tensor& k);
 // Quantize-dequantize x in MX blocks along its last dim:
 //   x' = RoundToElement(x / 2^e, f) * 2^e   with e the block's shared exponent.
 // Same shape as x, float32, on x's device. All the scaling is by exact powers of two, so the only

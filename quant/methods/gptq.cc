@@ -176,7 +176,7 @@ absl::StatusOr<QuantizedLinear> QuantizeGptq(const at::Tensor& W_in, const at::T
           at::Tensor group = width <= count - i
                                  ? W1.narrow(1, i, width)
                                  : at::cat({W1.narrow(1, i, count - i), W.narrow(1, i2, width - (count - i))}, 1);
-          scale = at::exp2(MxSharedExponents(group, element).to(at::kFloat)).select(1, 0);
+          scale = Pow2(MxSharedExponents(group, element)).select(1, 0);
         }
       } else if (groupsize != -1) {
         if (o.static_groups) {

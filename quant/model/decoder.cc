@@ -54,9 +54,11 @@ class LlamaModel : public DecoderModel {
  public:
   LlamaModel(const Checkpoint& ck, LlamaHead head, const at::Device& device, int64_t max_len)
       : ck_(ck), config_(ck.config()), head_(std::move(head)), rope_(config_, max_len, device) {
+    // A tied head is the embedding itself: one copy on the device.
+    const bool tied = head_.lm_head.is_same(head_.embed);
     head_.embed = head_.embed.to(device);
     head_.final_norm = head_.final_norm.to(device);
-    head_.lm_head = head_.lm_head.to(device);
+    head_.lm_head = tied ? head_.embed : head_.lm_head.to(device);
   }
 
   const std::vector<std::string>& LinearNames() const override { return LlamaLinearNames(); }
@@ -145,11 +147,16 @@ class OptModel : public DecoderModel {
     auto to = [&](at::Tensor& t) {
       if (t.defined()) t = t.to(device);
     };
+    const bool tied = head_.lm_head.is_same(head_.embed_tokens);  // one copy on the device
     to(head_.embed_tokens);
     to(head_.embed_positions);
     to(head_.final_norm.weight);
     to(head_.final_norm.bias);
-    to(head_.lm_head);
+    if (tied) {
+      head_.lm_head = head_.embed_tokens;
+    } else {
+      to(head_.lm_head);
+    }
   }
 
   const std::vector<std::string>& LinearNames() const override { return OptLinearNames(); }

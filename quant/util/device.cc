@@ -102,7 +102,12 @@ void ResetPeakMemory(const at::Device& device) {
   // peak is the process's since it started.
   std::ofstream("/proc/self/clear_refs") << "5";
 #ifdef QAAS_WITH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);
+  if (device.is_cuda()) {
+    // The caching allocator sets a device up at its first allocation; its
+    // statistics calls reject a device it has not seen.
+    at::empty({1}, at::TensorOptions().device(device));
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);
+  }
 #endif
 }
 
@@ -111,6 +116,7 @@ PeakMemory ReadPeakMemory(const at::Device& device) {
   p.host_bytes = HostPeakBytes();
 #ifdef QAAS_WITH_CUDA
   if (device.is_cuda()) {
+    at::empty({1}, at::TensorOptions().device(device));  // as in ResetPeakMemory
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
     // StatType::AGGREGATE (all pools): index 0 in every libtorch; the enum
     // moved between namespaces in 2.x, the index did not.

@@ -463,6 +463,24 @@ at::Tensor MxTestMatrix(int64_t rows, int64_t cols, uint64_t seed) {
   return x;
 }
 
+TEST(MxTest, Pow2IsExactDownToTheSmallestSubnormal) {
+  // GPTQ's MX scales and MX dequantization go through Pow2, never exp2 (an
+  // approximation on CUDA): every exponent a float32 can hold, bit for bit.
+  at::Tensor k = at::arange(-149, 128, at::TensorOptions().dtype(at::kInt));
+  at::Tensor p = Pow2(k);
+  ASSERT_EQ(p.scalar_type(), at::kFloat);
+  for (int64_t i = 0; i < k.numel(); ++i) {
+    const int e = k[i].item<int>();
+    const float want = std::ldexp(1.0f, e);
+    const float got = p[i].item<float>();
+    uint32_t want_bits, got_bits;
+    std::memcpy(&want_bits, &want, 4);
+    std::memcpy(&got_bits, &got, 4);
+    EXPECT_EQ(got_bits, want_bits) << "2^" << e;
+  }
+  EXPECT_EQ(Pow2(at::full({1}, -127, at::kInt)).item<float>(), std::ldexp(1.0f, -127));  // MX's E8M0 minimum
+}
+
 TEST(MxTest, SharedExponentsOfKnownBlocks) {
   auto exps = [](const std::vector<float>& v, ElementFormat f) {
     at::Tensor x = at::zeros({1, static_cast<int64_t>(v.size())});
