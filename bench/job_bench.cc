@@ -58,6 +58,8 @@ ABSL_FLAG(std::string, jobs, "gptq:W4A16g128,rtn:W4A16g128,smoothquant+rtn:W8A8"
           "comma-separated recipe:scheme pairs; a recipe joins its methods with '+'");
 ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N or auto");
 ABSL_FLAG(int, batch_size, 8, "windows per forward call");
+ABSL_FLAG(bool, keep_outputs, false,
+          "keep each job's artifact/ and checkpoints/ (at 7B: ~4 GB and ~27 GB per job); report.json is always kept");
 
 namespace {
 
@@ -223,6 +225,10 @@ int main(int argc, char** argv) {
     if (!report.ok()) {
       std::fprintf(stderr, "job_bench: %s: %s\n", std::string(job).c_str(), report.status().ToString().c_str());
       return 1;
+    }
+    if (!absl::GetFlag(FLAGS_keep_outputs)) {
+      std::filesystem::remove_all(o.output_dir + "/artifact");
+      std::filesystem::remove_all(o.output_dir + "/checkpoints");
     }
     std::sort(layer_s.begin(), layer_s.end());
     const double median = layer_s.empty() ? 0 : layer_s[layer_s.size() / 2];
