@@ -1,13 +1,11 @@
 #include "quant/util/device.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <fstream>
 #include <string>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 
