@@ -248,6 +248,14 @@ struct S3Store::Request {
   uint64_t sent = 0;
 };
 
+S3Store::Request S3Store::ObjectRequest(const std::string& key, const char* method) const {
+  Request r;
+  r.method = method;
+  r.key = FullKey(key);
+  r.what = absl::StrCat("key ", QuoteForMessage(key));
+  return r;
+}
+
 namespace {
 
 size_t OnHeader(char* data, size_t size, size_t n, void* user) {
@@ -472,9 +480,7 @@ absl::Status S3Store::Perform(Request& r) {
 absl::StatusOr<std::string> S3Store::Read(std::string_view key) {
   auto k = NormalizeObjectKey(key);
   if (!k.ok()) return k.status();
-  Request r;
-  r.key = FullKey(*k);
-  r.what = absl::StrCat("key ", QuoteForMessage(*k));
+  Request r = ObjectRequest(*k, "GET");
   if (auto st = Perform(r); !st.ok()) return st;
   auto sha = r.response_headers.find(kShaHeader);
   if (sha != r.response_headers.end() && sha->second != Sha256Of(r.response)) {
@@ -501,9 +507,7 @@ absl::StatusOr<std::string> S3Store::ReadRange(std::string_view key, uint64_t of
     if (!info.ok()) return info.status();
     return clip(info->size);
   }
-  Request r;
-  r.key = FullKey(*k);
-  r.what = what;
+  Request r = ObjectRequest(*k, "GET");
   // One request: the range is clipped by the server; an offset at or past
   // the end is 416, and only then is the size asked for.
   r.headers.push_back(length > UINT64_MAX - offset ? absl::StrCat("Range: bytes=", offset, "-")
@@ -524,10 +528,7 @@ absl::StatusOr<std::string> S3Store::ReadRange(std::string_view key, uint64_t of
 absl::Status S3Store::Write(std::string_view key, std::string_view data) {
   auto k = NormalizeObjectKey(key);
   if (!k.ok()) return k.status();
-  Request r;
-  r.method = "PUT";
-  r.key = FullKey(*k);
-  r.what = absl::StrCat("key ", QuoteForMessage(*k));
+  Request r = ObjectRequest(*k, "PUT");
   r.body = data;
   r.payload_sha256 = Sha256Of(data);
   r.headers.push_back(absl::StrCat(kShaHeader, ": ", r.payload_sha256));
@@ -548,10 +549,7 @@ absl::Status S3Store::WriteFromFile(std::string_view key, const std::string& loc
   if (!digests.ok()) return digests.status();
   if (multipart) return MultipartUpload(*k, fd.get(), size, *digests);
   const std::string& sha = digests->whole;
-  Request r;
-  r.method = "PUT";
-  r.key = FullKey(*k);
-  r.what = absl::StrCat("key ", QuoteForMessage(*k));
+  Request r = ObjectRequest(*k, "PUT");
   r.file_fd = fd.get();
   r.file_length = size;
   r.payload_sha256 = sha;
@@ -562,23 +560,17 @@ absl::Status S3Store::WriteFromFile(std::string_view key, const std::string& loc
 
 absl::Status S3Store::MultipartUpload(const std::string& key, int fd, uint64_t size,
                                       const FileDigests& digests) {
-  const std::string what = absl::StrCat("key ", QuoteForMessage(key));
-  Request create;
-  create.method = "POST";
-  create.key = FullKey(key);
+  Request create = ObjectRequest(key, "POST");
+  const std::string what = create.what;
   create.query = Query({{"uploads", ""}});
-  create.what = what;
   create.headers.push_back(absl::StrCat(kShaHeader, ": ", digests.whole));
   create.headers.push_back("Content-Type: application/octet-stream");
   if (auto st = Perform(create); !st.ok()) return st;
   const std::string upload_id = XmlFirst(create.response, "UploadId");
   if (upload_id.empty()) return absl::InternalError(absl::StrCat("s3 ", what, ": CreateMultipartUpload gave no UploadId"));
   auto abort = [&](absl::Status why) {
-    Request a;
-    a.method = "DELETE";
-    a.key = FullKey(key);
+    Request a = ObjectRequest(key, "DELETE");
     a.query = Query({{"uploadId", upload_id}});
-    a.what = what;
     (void)Perform(a);  // best effort; an abandoned upload is never visible
     return why;
   };
@@ -586,11 +578,9 @@ absl::Status S3Store::MultipartUpload(const std::string& key, int fd, uint64_t s
   int part = 1;
   for (uint64_t offset = 0; offset < size; offset += config_.part_size, ++part) {
     const uint64_t length = std::min(config_.part_size, size - offset);
-    Request up;
-    up.method = "PUT";
-    up.key = FullKey(key);
+    Request up = ObjectRequest(key, "PUT");
     up.query = Query({{"partNumber", std::to_string(part)}, {"uploadId", upload_id}});
-    up.what = absl::StrCat(what, " part ", part);
+    absl::StrAppend(&up.what, " part ", part);
     up.file_fd = fd;
     up.file_offset = offset;
     up.file_length = length;
@@ -604,11 +594,8 @@ absl::Status S3Store::MultipartUpload(const std::string& key, int fd, uint64_t s
     }
   }
   complete += "</CompleteMultipartUpload>";
-  Request done;
-  done.method = "POST";
-  done.key = FullKey(key);
+  Request done = ObjectRequest(key, "POST");
   done.query = Query({{"uploadId", upload_id}});
-  done.what = what;
   done.body = complete;
   done.payload_sha256 = Sha256Of(complete);
   done.headers.push_back("Content-Type: application/xml");
@@ -637,9 +624,7 @@ absl::Status S3Store::ReadToFile(std::string_view key, const std::string& local_
     return absl::OkStatus();
   };
   if (auto st = start(); !st.ok()) return st;
-  Request r;
-  r.key = FullKey(*k);
-  r.what = absl::StrCat("key ", QuoteForMessage(*k));
+  Request r = ObjectRequest(*k, "GET");
   r.sink = [&](const char* p, size_t n) {
     hash.Update(p, n);
     write_error = writer->Append(std::string_view(p, n));
@@ -660,10 +645,7 @@ absl::Status S3Store::ReadToFile(std::string_view key, const std::string& local_
 absl::StatusOr<ObjectInfo> S3Store::Stat(std::string_view key) {
   auto k = NormalizeObjectKey(key);
   if (!k.ok()) return k.status();
-  Request r;
-  r.method = "HEAD";
-  r.key = FullKey(*k);
-  r.what = absl::StrCat("key ", QuoteForMessage(*k));
+  Request r = ObjectRequest(*k, "HEAD");
   if (auto st = Perform(r); !st.ok()) return st;
   ObjectInfo info;
   info.key = *k;
@@ -710,10 +692,7 @@ absl::Status S3Store::Delete(std::string_view key) {
   if (!k.ok()) return k.status();
   // S3 answers a DELETE of a missing key with success: look first.
   if (auto info = Stat(*k); !info.ok()) return info.status();
-  Request r;
-  r.method = "DELETE";
-  r.key = FullKey(*k);
-  r.what = absl::StrCat("key ", QuoteForMessage(*k));
+  Request r = ObjectRequest(*k, "DELETE");
   return Perform(r);
 }
 

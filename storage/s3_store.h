@@ -102,6 +102,9 @@ class S3Store : public ObjectStore {
   absl::Status Perform(Request& r);  // with retries
   std::string Url(const std::string& object_key, const std::string& query) const;
   std::string FullKey(const std::string& key) const { return prefix_.empty() ? key : prefix_ + "/" + key; }
+  // A request for the object at `key` (normalized, relative to the prefix):
+  // its full key, and "key '<key>'" for messages.
+  Request ObjectRequest(const std::string& key, const char* method) const;
   // `fd` is the open local file; `digests` its DigestFile (s3_store.cc).
   absl::Status MultipartUpload(const std::string& key, int fd, uint64_t size, const FileDigests& digests);
 
