@@ -31,6 +31,7 @@
 #include "server/server.h"
 #include "storage/sha256.h"
 #include "tests/test_util.h"
+#include "tests/worker/job_polling.h"
 #include "worker/worker.h"
 
 namespace qaas {
@@ -166,14 +167,7 @@ class EndToEndTest : public ::testing::Test {
     *req.mutable_spec() = spec;
     return jobs_->SubmitJob(&ctx, req, job);
   }
-  v1::Job Get(const std::string& id) {
-    grpc::ClientContext ctx;
-    v1::GetJobRequest req;
-    req.set_id(id);
-    v1::Job job;
-    EXPECT_TRUE(jobs_->GetJob(&ctx, req, &job).ok());
-    return job;
-  }
+  v1::Job Get(const std::string& id) { return testing::GetJob(jobs_.get(), id); }
   // Polls until `done(job)` or the timeout; returns the last job seen.
   // Runs `spec` with 4 calibration windows of 64 tokens of text.txt on a
   // worker; the report of the job, or null (with a test failure) when it did
@@ -193,15 +187,9 @@ class EndToEndTest : public ::testing::Test {
     return nlohmann::json::parse(ReadLocalFile(root_ + "/store/jobs/" + job.id() + "/report.json"));
   }
   v1::Job WaitFor(const std::string& id, const std::function<bool(const v1::Job&)>& done, int timeout_s = 120) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
-    v1::Job job = Get(id);
-    while (!done(job) && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      job = Get(id);
-    }
-    return job;
+    return testing::PollJob(jobs_.get(), id, done, timeout_s);
   }
-  static bool Final(const v1::Job& j) { return server::IsFinal(j.state()); }
+  static bool Final(const v1::Job& j) { return testing::IsFinalJob(j); }
   // Streams WatchJob for `id` until the stream ends, handing each event's job
   // to `on_event`; returns the stream's status.
   grpc::Status Watch(const std::string& id, const std::function<void(const v1::Job&)>& on_event = nullptr) {

@@ -21,6 +21,7 @@
 #include "server/server.h"
 #include "tests/pg_server.h"
 #include "tests/test_util.h"
+#include "tests/worker/job_polling.h"
 
 namespace qaas {
 namespace {
@@ -195,15 +196,7 @@ TEST(FullDiskTest, AJobThatFillsTheWorkersDiskFailsSayingSo) {
     grpc::ClientContext ctx;
     ASSERT_TRUE(stub->SubmitJob(&ctx, req, &job).ok());
   }
-  v1::Job end;
-  for (int i = 0; i < 1200; ++i) {
-    grpc::ClientContext ctx;
-    v1::GetJobRequest get;
-    get.set_id(job.id());
-    ASSERT_TRUE(stub->GetJob(&ctx, get, &end).ok());
-    if (server::IsFinal(end.state())) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  const v1::Job end = testing::PollJob(stub.get(), job.id(), testing::IsFinalJob, 60);
   EXPECT_EQ(end.state(), v1::JOB_STATE_FAILED);
   EXPECT_NE(end.error().find("RESOURCE_EXHAUSTED"), std::string::npos) << end.error();
   EXPECT_TRUE(end.error().find("disk full") != std::string::npos ||

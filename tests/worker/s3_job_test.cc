@@ -12,6 +12,7 @@
 #include "server/server.h"
 #include "storage/s3_store.h"
 #include "tests/test_util.h"
+#include "tests/worker/job_polling.h"
 #include "worker/worker.h"
 
 namespace qaas {
@@ -76,15 +77,7 @@ TEST(S3JobTest, AJobReadsAndWritesS3) {
     grpc::ClientContext ctx;
     ASSERT_TRUE(jobs->SubmitJob(&ctx, req, &job).ok());
   }
-  v1::Job end;
-  for (int i = 0; i < 1200; ++i) {
-    grpc::ClientContext ctx;
-    v1::GetJobRequest get;
-    get.set_id(job.id());
-    ASSERT_TRUE(jobs->GetJob(&ctx, get, &end).ok());
-    if (server::IsFinal(end.state())) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  const v1::Job end = testing::PollJob(jobs.get(), job.id(), testing::IsFinalJob, 60);
   w.Stop();
   runner.join();
   ASSERT_EQ(end.state(), v1::JOB_STATE_SUCCEEDED) << end.error();
