@@ -5,9 +5,9 @@
 #include <string>
 
 #include "gtest/gtest.h"
-#include "quant/model/random_model.h"
 #include "quant/pipeline.h"
 #include "tests/quant/quant_test_util.h"
+#include "tests/quant/random_model_fixture.h"
 #include "tests/test_util.h"
 
 namespace qaas::quant {
@@ -15,8 +15,6 @@ namespace {
 
 using ::qaas::testing::LocalPathExists;
 using ::qaas::testing::ReadLocalFile;
-using ::qaas::testing::ScopedTempDir;
-using ::qaas::testing::WriteLocalFile;
 
 constexpr uint64_t kMiB = 1024 * 1024;
 
@@ -96,29 +94,8 @@ TEST(PeakMemoryTest, CudaPeaksComeFromTheCachingAllocator) {
   EXPECT_GE(*p.device_reserved_bytes, *p.device_allocated_bytes);
 }
 
-class DevicePipelineTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    RandomModelOptions m;
-    m.tokenizer_text = kTinyText;
-    m.seed = 5;
-    QAAS_ASSERT_OK(WriteRandomLlama(m, dir_.path() + "/model"));
-    std::string text;
-    for (int i = 0; i < 6; ++i) text += kTinyText;
-    WriteLocalFile(dir_.path() + "/text.txt", text);
-  }
-  PipelineOptions Options() const {
-    PipelineOptions o;
-    o.model_dir = dir_.path() + "/model";
-    o.output_dir = dir_.path() + "/out";
-    o.scheme = MustParse("W4A16g128");
-    o.calibration = DatasetRef{dir_.path() + "/text.txt", "calib", 32, 0};
-    o.num_samples = 2;
-    o.evaluations = {DatasetRef{dir_.path() + "/text.txt", "eval", 64, 2}};
-    return o;
-  }
-  ScopedTempDir dir_;
-};
+// The random model's pipeline run, on the devices.
+class DevicePipelineTest : public RandomModelPipelineTest {};
 
 TEST_F(DevicePipelineTest, ReportRecordsTheDeviceAndPeakMemory) {
   PipelineOptions o = Options();

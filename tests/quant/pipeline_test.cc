@@ -19,6 +19,7 @@
 #include "quant/model/random_model.h"
 #include "quant/model/safetensors.h"
 #include "tests/quant/quant_test_util.h"
+#include "tests/quant/random_model_fixture.h"
 #include "tests/test_util.h"
 
 namespace qaas::quant {
@@ -222,33 +223,6 @@ TEST(PipelineTest, W8IsNearlyLossless) {
   EXPECT_EQ(config["quantization_config"]["bits"], 8);
   EXPECT_EQ(config["quantization_config"]["group_size"], -1);
 }
-
-// A random 2-layer model and a small text, for the tests that need no real model.
-class RandomModelPipelineTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    RandomModelOptions m;
-    m.tokenizer_text = kTinyText;
-    m.seed = 3;
-    QAAS_ASSERT_OK(WriteRandomLlama(m, model_dir()));
-    std::string text;
-    for (int i = 0; i < 6; ++i) text += kTinyText;
-    WriteLocalFile(text_path(), text);
-  }
-  std::string model_dir() const { return dir_.path() + "/model"; }
-  std::string text_path() const { return dir_.path() + "/text.txt"; }
-  PipelineOptions Options() const {
-    PipelineOptions o;
-    o.model_dir = model_dir();
-    o.output_dir = dir_.path() + "/out";
-    o.scheme = MustParse("W4A16g128");
-    o.calibration = DatasetRef{text_path(), "calib", 32, 0};
-    o.num_samples = 2;
-    o.evaluations = {DatasetRef{text_path(), "eval", 64, 2}};
-    return o;
-  }
-  ScopedTempDir dir_;
-};
 
 TEST_F(RandomModelPipelineTest, RunsAndReportsBothModels) {
   PipelineOptions o = Options();
