@@ -2,19 +2,23 @@
 // no server. Prints the report's evaluation table and writes the artifact.
 //
 //   qaas-quantize --model DIR --output DIR --scheme W4A16g128 [--recipe rtn]
-//                 [--act_order --static_groups --damp 0.01 --blocksize 128]
-//                 [--alpha 0.5] [--rptq_clusters 32,4,4,32,32]
-//                 [--epochs 0 --lwc_lr 0.01 --let_lr 0.005]
-//                 [--calib FILE --num-samples 128 --calib-seq-len 2048 --seed 0]
-//                 [--eval FILE[,FILE...] --eval-seq-len 2048 --max-windows 0] [--device auto]
+//                 [method options: --damp 0.01 --act_order --alpha 0.5 ...]
+//                 [--calib FILE --num_samples 128 --calib_seq_len 0 --seed 0]
+//                 [--eval FILE[,FILE...] --eval_seq_len 0 --max_windows 0] [--device auto]
+//
+// The method options' flags are the method table's (cli/method_flags.h, the
+// same as qaasctl's); --help lists them with their defaults and bounds.
 #include <cstdio>
 #include <iostream>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/numbers.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "cli/method_flags.h"
 #include "quant/pipeline.h"
 #include "quant/util/allocator.h"
 
@@ -22,17 +26,7 @@ ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
 ABSL_FLAG(std::string, output, "", "output directory (artifact/, report.json, checkpoints/)");
 ABSL_FLAG(std::string, scheme, "W4A16g128", "scheme shorthand, e.g. W4A16g128, W8A16, W3A16g128_sym");
 ABSL_FLAG(std::string, recipe, "rtn",
-          "comma-separated methods: transforms (smoothquant, rptq) then one of rtn, gptq, adadim, omniquant");
-ABSL_FLAG(bool, act_order, false, "gptq: quantize columns by decreasing Hessian diagonal (desc_act)");
-ABSL_FLAG(bool, static_groups, false, "gptq: group parameters from the unmodified weights");
-ABSL_FLAG(double, damp, 0.01, "gptq: damping as a fraction of mean(diag(H))");
-ABSL_FLAG(int, blocksize, 128, "gptq: lazy-batch block size");
-ABSL_FLAG(std::string, adadim_base, "rtn", "adadim: the quantizer it augments (rtn or gptq)");
-ABSL_FLAG(double, alpha, 0.5, "smoothquant: migration strength in [0, 1]");
-ABSL_FLAG(std::string, rptq_clusters, "32,4,4,32,32", "rptq: clusters at reorder points R1..R5");
-ABSL_FLAG(int, epochs, 0, "omniquant: epochs per layer (0 = the paper's 20, or 40 at 2 bits)");
-ABSL_FLAG(double, lwc_lr, 1e-2, "omniquant: learning rate of the clipping (LWC)");
-ABSL_FLAG(double, let_lr, 5e-3, "omniquant: learning rate of the equivalent transforms (LET)");
+          "comma-separated methods: transforms, then at most one weight quantizer (the methods above)");
 ABSL_FLAG(std::string, calib, "", "calibration text file (.txt or .jsonl)");
 ABSL_FLAG(int, num_samples, 128, "calibration windows");
 ABSL_FLAG(int, calib_seq_len, 0, "calibration window length (0 = min(2048, context))");
@@ -44,7 +38,17 @@ ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N, or auto (cuda where v
 ABSL_FLAG(bool, quiet, false, "no per-layer progress on stderr");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Quantizes a local Hugging Face model without a server.");
+  absl::SetProgramUsageMessage(absl::StrCat("Quantizes a local Hugging Face model without a server.\n\n",
+                                            qaas::cli::MethodFlagsHelp()));
+  // --help lists this file's flags (Abseil's default looks for qaas-quantize.cc).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "cli/qaas_quantize.cc"); };
+  absl::SetFlagsUsageConfig(usage);
+  auto method_flags = qaas::cli::TakeMethodFlags(&argc, argv);
+  if (!method_flags.ok()) {
+    std::cerr << "qaas-quantize: " << method_flags.status().message() << "\n";
+    return 2;
+  }
   absl::ParseCommandLine(argc, argv);
   qaas::quant::KeepTensorBuffersInTheHeap();
   namespace q = qaas::quant;
@@ -61,30 +65,12 @@ int main(int argc, char** argv) {
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.output_dir = absl::GetFlag(FLAGS_output);
   o.scheme = *scheme;
-  o.recipe.clear();
-  for (auto method : absl::StrSplit(absl::GetFlag(FLAGS_recipe), ',', absl::SkipEmpty())) {
-    q::RecipeStep step;
-    step.method = std::string(method);
-    step.gptq.act_order = absl::GetFlag(FLAGS_act_order);
-    step.gptq.static_groups = absl::GetFlag(FLAGS_static_groups);
-    step.gptq.percdamp = absl::GetFlag(FLAGS_damp);
-    step.gptq.blocksize = absl::GetFlag(FLAGS_blocksize);
-    step.adadim_base = absl::GetFlag(FLAGS_adadim_base);
-    step.smoothquant.alpha = absl::GetFlag(FLAGS_alpha);
-    step.rptq.clusters.clear();
-    for (auto c : absl::StrSplit(absl::GetFlag(FLAGS_rptq_clusters), ',', absl::SkipEmpty())) {
-      int n = 0;
-      if (!absl::SimpleAtoi(c, &n)) {
-        std::cerr << "qaas-quantize: --rptq_clusters: '" << c << "' is not an integer\n";
-        return 2;
-      }
-      step.rptq.clusters.push_back(n);
-    }
-    step.omniquant.epochs = absl::GetFlag(FLAGS_epochs);
-    step.omniquant.lwc_lr = absl::GetFlag(FLAGS_lwc_lr);
-    step.omniquant.let_lr = absl::GetFlag(FLAGS_let_lr);
-    o.recipe.push_back(step);
+  auto recipe = qaas::cli::RecipeFromFlags(absl::GetFlag(FLAGS_recipe), *method_flags);
+  if (!recipe.ok()) {
+    std::cerr << "qaas-quantize: " << recipe.status().message() << "\n";
+    return 2;
   }
+  o.recipe = *std::move(recipe);
   if (!absl::GetFlag(FLAGS_calib).empty()) {
     o.calibration = q::DatasetRef{absl::GetFlag(FLAGS_calib), absl::GetFlag(FLAGS_calib),
                                   absl::GetFlag(FLAGS_calib_seq_len), 0};

@@ -1,6 +1,7 @@
 // qaasctl: the command-line client of qaas.v1.JobService.
 //
 //   qaasctl [--server HOST:PORT] submit --model URI --scheme W4A16g128 [--preset rtn]
+//           [--recipe smoothquant,gptq --alpha 0.8 --act_order ...]
 //           [--calib URI] [--eval URI,...] [--eval_seq_len N] [--wait] ...
 //   qaasctl get ID | list [--state S] | watch ID | cancel ID | report ID
 //   qaasctl token tenant:NAME|worker[:NAME] --token_out FILE
@@ -8,6 +9,10 @@
 // Credentials: --token_file (or $QAAS_TOKEN) sends a bearer token; --tls,
 // --tls_ca connect with TLS. `token` makes a new random token, writes it to
 // FILE (mode 0600) and prints the server's tokens-file line (its hash).
+//
+// The method options' flags are the method table's (cli/method_flags.h, the
+// same as qaas-quantize's); --help lists them with their defaults and bounds.
+// An option not given is left unset: the server's table default.
 //
 // Local paths are accepted wherever a uri is (they become file:// uris).
 // Jobs print as JSON. `submit --wait` and `watch` exit 0 only when the job
@@ -30,8 +35,10 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "cli/method_flags.h"
+#include "proto/recipe_convert.h"
 #include "qaas/v1/job_service.grpc.pb.h"
 #include "server/auth.h"
 #include "server/grpc_security.h"
@@ -44,20 +51,11 @@ ABSL_FLAG(std::string, tls_server_name, "", "name to verify in the server's cert
 ABSL_FLAG(std::string, token_out, "", "token: write the new token to this file (created with mode 0600)");
 ABSL_FLAG(std::string, model, "", "submit: model directory uri (or local path)");
 ABSL_FLAG(std::string, scheme, "W4A16g128", "submit: scheme shorthand");
-ABSL_FLAG(std::string, preset, "", "submit: recipe preset (default rtn when --recipe is empty)");
+ABSL_FLAG(std::string, preset, "", "submit: recipe preset, with the methods' defaults (default rtn when --recipe is "
+          "empty; the presets above)");
 ABSL_FLAG(std::string, recipe, "",
-          "submit: comma-separated methods instead of a preset: transforms (smoothquant, rptq), then one of "
-          "rtn, gptq, adadim, omniquant");
-ABSL_FLAG(bool, act_order, false, "submit: gptq desc_act (columns by decreasing Hessian diagonal)");
-ABSL_FLAG(bool, static_groups, false, "submit: gptq group parameters from the unmodified weights");
-ABSL_FLAG(double, damp, 0, "submit: gptq damping fraction (0 = 0.01)");
-ABSL_FLAG(int32_t, blocksize, 0, "submit: gptq lazy-batch block (0 = 128)");
-ABSL_FLAG(std::string, adadim_base, "rtn", "submit: what adadim augments (rtn or gptq)");
-ABSL_FLAG(double, alpha, 0, "submit: smoothquant migration strength (0 = 0.5)");
-ABSL_FLAG(int, epochs, 0, "submit: omniquant epochs per layer (0 = 20, or 40 at 2 bits)");
-ABSL_FLAG(double, lwc_lr, 0, "submit: omniquant clipping learning rate (0 = 1e-2)");
-ABSL_FLAG(double, let_lr, 0, "submit: omniquant equivalent-transform learning rate (0 = 5e-3)");
-ABSL_FLAG(std::string, rptq_clusters, "", "submit: rptq clusters at R1..R5, e.g. 32,4,4,32,32 (empty = these)");
+          "submit: comma-separated methods instead of a preset: transforms, then at most one weight quantizer "
+          "(the methods above)");
 ABSL_FLAG(std::string, calib, "", "submit: calibration text uri");
 ABSL_FLAG(int32_t, num_samples, 0, "submit: calibration windows (0 = 128)");
 ABSL_FLAG(int32_t, calib_seq_len, 0, "submit: calibration window length (0 = min(2048, context))");
@@ -143,38 +141,30 @@ int Watch(v1::JobService::Stub& stub, const std::string& id) {
   return Final(last.state()) ? 1 : 2;
 }
 
-int Submit(v1::JobService::Stub& stub) {
+int Submit(v1::JobService::Stub& stub, const qaas::cli::MethodFlags& method_flags) {
   v1::SubmitJobRequest req;
   v1::JobSpec* spec = req.mutable_spec();
   spec->set_model(ToUri(absl::GetFlag(FLAGS_model)));
   spec->mutable_scheme()->set_shorthand(absl::GetFlag(FLAGS_scheme));
-  for (auto m : absl::StrSplit(absl::GetFlag(FLAGS_recipe), ',', absl::SkipEmpty())) {
-    v1::RecipeStep* step = spec->add_recipe();
-    step->set_method(std::string(m));
-    if (m == "gptq") {
-      step->mutable_gptq()->set_act_order(absl::GetFlag(FLAGS_act_order));
-      step->mutable_gptq()->set_static_groups(absl::GetFlag(FLAGS_static_groups));
-      step->mutable_gptq()->set_damp(absl::GetFlag(FLAGS_damp));
-      step->mutable_gptq()->set_block_size(absl::GetFlag(FLAGS_blocksize));
-    } else if (m == "adadim") {
-      step->mutable_adadim()->set_base(absl::GetFlag(FLAGS_adadim_base));
-    } else if (m == "smoothquant") {
-      step->mutable_smoothquant()->set_alpha(absl::GetFlag(FLAGS_alpha));
-    } else if (m == "omniquant") {
-      step->mutable_omniquant()->set_epochs(absl::GetFlag(FLAGS_epochs));
-      step->mutable_omniquant()->set_lwc_lr(absl::GetFlag(FLAGS_lwc_lr));
-      step->mutable_omniquant()->set_let_lr(absl::GetFlag(FLAGS_let_lr));
-    } else if (m == "rptq") {
-      auto* rptq = step->mutable_rptq();
-      for (auto c : absl::StrSplit(absl::GetFlag(FLAGS_rptq_clusters), ',', absl::SkipEmpty())) {
-        int n = 0;
-        if (!absl::SimpleAtoi(c, &n)) {
-          std::cerr << "qaasctl: --rptq_clusters: '" << c << "' is not an integer\n";
-          return 2;
-        }
-        rptq->add_clusters(n);
-      }
+  if (absl::GetFlag(FLAGS_recipe).empty() && !method_flags.empty()) {
+    std::vector<std::string> given;
+    for (const auto& [flag, value] : method_flags) given.push_back("--" + flag);
+    std::cerr << "qaasctl: " << absl::StrJoin(given, ", ") << ": method options need --recipe (a preset runs "
+              << "with the defaults)\n";
+    return 2;
+  }
+  auto steps = qaas::cli::RecipeFromFlags(absl::GetFlag(FLAGS_recipe), method_flags);
+  if (!steps.ok()) {
+    std::cerr << "qaasctl: " << steps.status().message() << "\n";
+    return 2;
+  }
+  for (const auto& s : *steps) {
+    auto step = qaas::RecipeStepToProto(s);
+    if (!step.ok()) {
+      std::cerr << "qaasctl: " << step.status().message() << "\n";
+      return 2;
     }
+    *spec->add_recipe() = *std::move(step);
   }
   if (spec->recipe_size() == 0) {
     spec->set_preset(absl::GetFlag(FLAGS_preset).empty() ? "rtn" : absl::GetFlag(FLAGS_preset));
@@ -241,8 +231,15 @@ int MakeToken(const std::string& principal_text) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "qaasctl [--server HOST:PORT] submit|get ID|list|watch ID|cancel ID|report ID|token PRINCIPAL [flags]");
+  absl::SetProgramUsageMessage(absl::StrCat(
+      "qaasctl [--server HOST:PORT] submit|get ID|list|watch ID|cancel ID|report ID|token PRINCIPAL [flags]\n\n"
+      "submit: ",
+      qaas::cli::MethodFlagsHelp()));
+  auto method_flags = qaas::cli::TakeMethodFlags(&argc, argv);
+  if (!method_flags.ok()) {
+    std::cerr << "qaasctl: " << method_flags.status().message() << "\n";
+    return 2;
+  }
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
     std::cerr << "usage: qaasctl submit|get ID|list|watch ID|cancel ID|report ID|token PRINCIPAL (see --help)\n";
@@ -267,7 +264,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   auto stub = v1::JobService::NewStub(*channel);
-  if (cmd == "submit") return Submit(*stub);
+  if (cmd == "submit") return Submit(*stub, *method_flags);
   if (cmd == "list") {
     v1::ListJobsRequest req;
     if (!absl::GetFlag(FLAGS_state).empty()) {

@@ -1,4 +1,4 @@
-// The layer-wise sequential pipeline (DESIGN.md section 4, step 4-6):
+// The layer-wise sequential pipeline:
 //
 //   for each decoder layer i:
 //     load layer i's weights (only this layer is resident)
@@ -30,6 +30,7 @@
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
+#include "quant/method_table.h"
 #include "quant/methods/gptq.h"
 #include "quant/methods/omniquant.h"
 #include "quant/methods/rptq.h"
@@ -58,24 +59,14 @@ struct PipelineProgress {
   double loss = 0;
 };
 
-// One step of a recipe: a method and its options (the paper's defaults).
-// A recipe is zero or more function-preserving transforms ("smoothquant",
-// "rptq", applied in order to each float layer), then at most one weight
-// quantizer ("rtn", "gptq", "adadim", "omniquant"; RTN when none is given).
-struct RecipeStep {
-  std::string method;  // "rtn", "gptq", "adadim", "omniquant", "smoothquant", "rptq"
-  GptqOptions gptq;    // gptq, and adadim over gptq
-  std::string adadim_base = "rtn";  // adadim: "rtn" or "gptq"
-  SmoothQuantOptions smoothquant;
-  RptqOptions rptq;
-  OmniQuantOptions omniquant;
-};
-
 struct PipelineOptions {
   std::string model_dir;
   std::string output_dir;  // receives artifact/, checkpoints/, report.json, report.md
   Scheme scheme;
-  std::vector<RecipeStep> recipe = {{"rtn"}};  // applied in order
+  // Applied in order: zero or more transforms (applied to each float layer),
+  // then at most one weight quantizer (RTN when none is given). RecipeStep
+  // and the methods with their options are method_table.h's.
+  std::vector<RecipeStep> recipe = {{"rtn"}};
   std::optional<DatasetRef> calibration;     // seq_len 0 = min(2048, context)
   int num_samples = 128;
   uint64_t seed = 0;
@@ -104,9 +95,6 @@ struct PipelineOptions {
   // the run with it. The worker uploads them here.
   std::function<absl::Status(int layer, const std::vector<std::string>& files)> on_layer_saved;
 };
-
-// The methods this build runs, and whether a name is one of them.
-const std::vector<std::string>& ImplementedMethods();
 
 // Runs the job and returns report.json's content. Errors: InvalidArgument for
 // bad inputs (naming the file, tensor or field), Cancelled when should_stop

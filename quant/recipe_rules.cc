@@ -4,11 +4,22 @@
 
 namespace qaas::quant {
 
-bool IsTransformMethod(absl::string_view method) { return method == "smoothquant" || method == "rptq"; }
+bool IsTransformMethod(absl::string_view method) {
+  const MethodSpec* m = FindMethod(method);
+  return m && m->kind == MethodKind::kTransform;
+}
 
-absl::Status CheckRecipeOrder(const std::vector<std::string>& methods) {
+absl::Status CheckRecipe(const std::vector<RecipeStep>& steps) {
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (absl::Status st = CheckStepOptions(steps[i], absl::StrCat("recipe[", i, "]")); !st.ok()) return st;
+  }
+  return CheckRecipeOrder(steps);
+}
+
+absl::Status CheckRecipeOrder(const std::vector<RecipeStep>& steps) {
   const std::string* weight_method = nullptr;
-  for (const std::string& m : methods) {
+  for (const RecipeStep& step : steps) {
+    const std::string& m = step.method;
     if (IsTransformMethod(m)) {
       if (weight_method) {
         return absl::InvalidArgumentError(absl::StrCat("recipe: ", m, " transforms the float model and must come "
@@ -22,47 +33,31 @@ absl::Status CheckRecipeOrder(const std::vector<std::string>& methods) {
       weight_method = &m;
     }
   }
-  if (weight_method && *weight_method == "omniquant") {
-    for (const std::string& m : methods) {
-      if (m == "rptq") {
-        return absl::InvalidArgumentError(
-            "recipe: omniquant learns its own channel scales on the norms' outputs; it does not combine with rptq's "
-            "reordered per-cluster activation ranges");
+  for (const RecipeStep& step : steps) {
+    const MethodSpec* m = FindMethod(step.method);
+    if (!m) continue;
+    for (const auto& [other, why] : m->excludes) {
+      for (const RecipeStep& s : steps) {
+        if (s.method == other) return absl::InvalidArgumentError(absl::StrCat("recipe: ", why));
       }
     }
   }
   return absl::OkStatus();
 }
 
-absl::Status CheckRecipeFitsScheme(const std::vector<std::string>& methods, const Scheme& scheme) {
-  for (const std::string& m : methods) {
-    if (m == "rptq" && scheme.activations.format != NumberFormat::kInt) {
-      return absl::InvalidArgumentError(absl::StrCat("scheme ", scheme.ToString(),
-                                                     ": rptq needs integer activations (e.g. W4A8), got ",
-                                                     NumberFormatName(scheme.activations.format)));
-    }
-    if (m == "omniquant" && scheme.weights.enabled() && scheme.weights.format != NumberFormat::kInt) {
-      return absl::InvalidArgumentError(absl::StrCat("scheme ", scheme.ToString(),
-                                                     ": omniquant learns clipping of integer weight ranges (e.g. "
-                                                     "W4A16g128), not ", NumberFormatName(scheme.weights.format),
-                                                     " weights"));
-    }
-    if (m == "omniquant" && scheme.activations.is_static_int()) {
-      return absl::InvalidArgumentError(absl::StrCat("scheme ", scheme.ToString(),
-                                                     ": omniquant trains with dynamic activation quantizers; drop "
-                                                     "_static"));
-    }
-    if (m == "adadim" && scheme.weights.is_mx()) {
-      return absl::InvalidArgumentError(absl::StrCat("scheme ", scheme.ToString(),
-                                                     ": AdaDim chooses integer group axes; MX blocks are fixed"));
-    }
+absl::Status CheckRecipeFitsScheme(const std::vector<RecipeStep>& steps, const Scheme& scheme) {
+  for (const RecipeStep& step : steps) {
+    const MethodSpec* m = FindMethod(step.method);
+    if (!m || !m->fits_scheme) continue;
+    if (absl::Status st = m->fits_scheme(step, scheme); !st.ok()) return st;
   }
   return absl::OkStatus();
 }
 
-std::string CalibrationNeed(const std::vector<std::string>& methods, const Scheme& scheme) {
-  for (const std::string& m : methods) {
-    if (m == "gptq" || m == "adadim" || m == "omniquant" || IsTransformMethod(m)) return m;
+std::string CalibrationNeed(const std::vector<RecipeStep>& steps, const Scheme& scheme) {
+  for (const RecipeStep& step : steps) {
+    const MethodSpec* m = FindMethod(step.method);
+    if (m && m->calibrates) return m->name;
   }
   return scheme.activations.is_static_int() ? "static activation scales" : "";
 }

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <climits>
 #include <fstream>
 #include <map>
@@ -11,7 +12,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "proto/recipe_convert.h"
 #include "proto/scheme_convert.h"
+#include "quant/method_table.h"
 #include "quant/model/config.h"
 #include "quant/recipe_rules.h"
 #include "server/placement.h"
@@ -29,95 +32,59 @@ absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
 }
 
-// The recipe steps of a preset.
-// A preset's steps: method names, "adadim:<base>" for AdaDim over a base.
-const std::map<std::string, std::vector<std::string>>& Presets() {
-  static const auto* kPresets = new std::map<std::string, std::vector<std::string>>{
-      {"rtn", {"rtn"}},
-      {"gptq", {"gptq"}},
-      {"adadim-rtn", {"adadim:rtn"}},
-      {"adadim-gptq", {"adadim:gptq"}},
-      {"smoothquant-rtn", {"smoothquant", "rtn"}},
-      {"smoothquant-gptq", {"smoothquant", "gptq"}},
-      {"rptq", {"rptq", "rtn"}},
-      {"omniquant", {"omniquant"}},
-  };
-  return *kPresets;
+// Every symlink on the path resolved, for the part of it that exists; the
+// rest appended as written (the path is absolute and normalised, no "..").
+std::string ResolvedPath(const std::string& path) {
+  std::error_code error;
+  const std::filesystem::path resolved = std::filesystem::weakly_canonical(path, error);
+  return error ? path : resolved.lexically_normal().string();
 }
 
-v1::RecipeStep PresetStep(const std::string& entry) {
-  v1::RecipeStep step;
-  const size_t colon = entry.find(':');
-  step.set_method(entry.substr(0, colon));
-  if (colon != std::string::npos) step.mutable_adadim()->set_base(entry.substr(colon + 1));
-  return step;
-}
-
-std::string RealPathOr(const std::string& path) {
-  char buf[PATH_MAX];
-  return realpath(path.c_str(), buf) ? std::string(buf) : path;
-}
-
-// Which options message a method accepts (0 = none given).
-bool OptionsMatch(const v1::RecipeStep& step) {
-  switch (step.options_case()) {
-    case v1::RecipeStep::OPTIONS_NOT_SET: return true;
-    case v1::RecipeStep::kRtn: return step.method() == "rtn";
-    case v1::RecipeStep::kGptq: return step.method() == "gptq";
-    case v1::RecipeStep::kAdadim: return step.method() == "adadim";
-    case v1::RecipeStep::kSmoothquant: return step.method() == "smoothquant";
-    case v1::RecipeStep::kRptq: return step.method() == "rptq";
-    case v1::RecipeStep::kOmniquant: return step.method() == "omniquant";
-  }
-  return false;
-}
-
-std::vector<std::string> RecipeMethods(const v1::JobSpec& spec) {
-  std::vector<std::string> methods;
-  for (const auto& step : spec.recipe()) methods.push_back(step.method());
-  return methods;
-}
-
-absl::Status ValidateRecipe(v1::JobSpec* spec) {
+// Expands a preset into recipe steps, then checks every step against the
+// method table (method, options and their bounds, order); `steps` receives
+// them as the table's.
+absl::Status ValidateRecipe(v1::JobSpec* spec, std::vector<quant::RecipeStep>* steps) {
   if (!spec->preset().empty()) {
-    auto it = Presets().find(spec->preset());
-    if (it == Presets().end()) {
+    const quant::Preset* preset = quant::FindPreset(spec->preset());
+    if (!preset) {
       std::vector<std::string> names;
-      for (const auto& [n, s] : Presets()) names.push_back(n);
+      for (const quant::Preset* p : quant::Presets()) names.push_back(p->name);
       return Invalid("preset", absl::StrCat("unknown preset '", spec->preset(), "' (known: ",
                                             absl::StrJoin(names, ", "), ")"));
     }
+    std::vector<v1::RecipeStep> expansion;
+    for (const quant::RecipeStep& s : preset->steps) {
+      auto step = RecipeStepToProto(s);
+      if (!step.ok()) return step.status();
+      expansion.push_back(*std::move(step));
+    }
     if (spec->recipe_size() == 0) {
-      for (const auto& m : it->second) *spec->add_recipe() = PresetStep(m);
+      for (auto& s : expansion) *spec->add_recipe() = std::move(s);
     } else {
       // Validation is idempotent: a preset with its own expansion is fine.
-      bool same = spec->recipe_size() == static_cast<int>(it->second.size());
+      bool same = spec->recipe_size() == static_cast<int>(expansion.size());
       for (int i = 0; same && i < spec->recipe_size(); ++i) {
-        same = spec->recipe(i).SerializeAsString() == PresetStep(it->second[i]).SerializeAsString();
+        same = spec->recipe(i).SerializeAsString() == expansion[i].SerializeAsString();
       }
       if (!same) return Invalid("preset", "give a preset or recipe steps, not both");
     }
   }
   if (spec->recipe_size() == 0) return Invalid("recipe", "required (a preset such as \"rtn\" or steps)");
+  steps->clear();
   for (int i = 0; i < spec->recipe_size(); ++i) {
-    const auto& step = spec->recipe(i);
     const std::string field = absl::StrCat("recipe[", i, "]");
-    const auto& known = KnownMethods();
-    if (std::find(known.begin(), known.end(), step.method()) == known.end()) {
-      return Invalid(field, absl::StrCat("unknown method '", step.method(), "' (known: ",
-                                         absl::StrJoin(known, ", "), ")"));
+    if (!quant::FindMethod(spec->recipe(i).method())) {
+      return Invalid(field, absl::StrCat("unknown method '", spec->recipe(i).method(), "' (known: ",
+                                         absl::StrJoin(quant::MethodNames(), ", "), ")"));
     }
-    if (!OptionsMatch(step)) return Invalid(field, absl::StrCat("options do not belong to method '", step.method(), "'"));
-    if (!MethodImplemented(step.method())) {
-      return absl::UnimplementedError(
-          absl::StrCat(field, ": method '", step.method(), "' is not implemented in this build yet"));
-    }
+    auto step = RecipeStepFromProto(spec->recipe(i), field);
+    if (!step.ok()) return step.status();
+    steps->push_back(*std::move(step));
   }
-  if (auto st = quant::CheckRecipeOrder(RecipeMethods(*spec)); !st.ok()) return st;  // "recipe: ..."
-  return absl::OkStatus();
+  return quant::CheckRecipe(*steps);  // "recipe[i].<method>.<option>: ..." or "recipe: ..."
 }
 
-absl::Status ValidateScheme(v1::JobSpec* spec) {
+absl::Status ValidateScheme(v1::JobSpec* spec, const std::vector<quant::RecipeStep>& steps) {
   auto scheme = SchemeFromProto(spec->scheme());
   if (!scheme.ok()) return scheme.status();
   if (!scheme->activations.enabled() && !scheme->kv_cache.enabled() && !scheme->weights.enabled()) {
@@ -129,23 +96,12 @@ absl::Status ValidateScheme(v1::JobSpec* spec) {
                                                  ": per-tensor FP8 weights are not implemented (use MXFP8: "
                                                  "Wmxfp8); FP8 activations and KV cache are"));
   }
-  if (auto st = quant::CheckRecipeFitsScheme(RecipeMethods(*spec), *scheme); !st.ok()) return st;  // "scheme ...: ..."
+  if (auto st = quant::CheckRecipeFitsScheme(steps, *scheme); !st.ok()) return st;  // "scheme ...: ..."
   *spec->mutable_scheme() = SchemeToProto(*scheme);
   return absl::OkStatus();
 }
 
 }  // namespace
-
-const std::vector<std::string>& KnownMethods() {
-  static const auto* kMethods =
-      new std::vector<std::string>{"rtn", "gptq", "adadim", "smoothquant", "rptq", "omniquant"};
-  return *kMethods;
-}
-
-bool MethodImplemented(const std::string& method) {
-  return method == "rtn" || method == "gptq" || method == "adadim" || method == "smoothquant" || method == "rptq" ||
-         method == "omniquant";
-}
 
 absl::Status ValidateUri(const std::string& field, const std::string& uri,
                          const std::vector<std::string>& roots) {
@@ -158,12 +114,13 @@ absl::Status ValidateUri(const std::string& field, const std::string& uri,
   if (parsed->scheme != "file") return Invalid(field, absl::StrCat("unsupported uri scheme '", parsed->scheme, "'"));
   auto path = storage::NormalizeLocalPath(parsed->path);
   if (!path.ok()) return Invalid(field, path.status().message());
-  // Lexically and after resolving symlinks, the path must stay inside a root.
-  const std::string real = RealPathOr(*path);
+  // Both resolved: the path (as far as it exists, so an output directory not
+  // made yet resolves through its parents) must stay inside a root's real
+  // path. A root or a path reached through a symlink is fine; a symlink
+  // inside a root that points outside it is not.
+  const std::string real = ResolvedPath(*path);
   for (const auto& root : roots) {
-    if (storage::PathIsWithin(*path, root) && storage::PathIsWithin(real, RealPathOr(root))) {
-      return absl::OkStatus();
-    }
+    if (storage::PathIsWithin(real, ResolvedPath(root))) return absl::OkStatus();
   }
   return Invalid(field, absl::StrCat("uri '", uri, "' is outside the server's allowed file roots (",
                                      absl::StrJoin(roots, ", "), ")"));
@@ -182,8 +139,9 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
       return Invalid("model", absl::StrCat("'", spec->model(), "' has no config.json"));
     }
   }
-  if (auto st = ValidateRecipe(spec); !st.ok()) return st;
-  if (auto st = ValidateScheme(spec); !st.ok()) return st;
+  std::vector<quant::RecipeStep> steps;
+  if (auto st = ValidateRecipe(spec, &steps); !st.ok()) return st;
+  if (auto st = ValidateScheme(spec, steps); !st.ok()) return st;
 
   auto* calib = spec->mutable_calibration();
   if (!calib->dataset().empty()) {
@@ -192,40 +150,8 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
   if (calib->dataset().empty()) {
     auto scheme = SchemeFromProto(spec->scheme());  // normalized by ValidateScheme
     if (!scheme.ok()) return scheme.status();
-    if (const std::string need = quant::CalibrationNeed(RecipeMethods(*spec), *scheme); !need.empty()) {
+    if (const std::string need = quant::CalibrationNeed(steps, *scheme); !need.empty()) {
       return Invalid("calibration.dataset", absl::StrCat("required: ", need, " calibrates on it"));
-    }
-  }
-  for (const auto& step : spec->recipe()) {
-    if (step.has_adadim() && !step.adadim().base().empty() && step.adadim().base() != "rtn" &&
-        step.adadim().base() != "gptq") {
-      return Invalid("recipe.adadim.base", absl::StrCat("must be \"rtn\" or \"gptq\", got '", step.adadim().base(), "'"));
-    }
-    if (step.has_smoothquant() && (step.smoothquant().alpha() < 0 || step.smoothquant().alpha() > 1)) {
-      return Invalid("recipe.smoothquant.alpha", absl::StrCat("must be in [0, 1], got ", step.smoothquant().alpha()));
-    }
-    if (step.has_rptq() && step.rptq().clusters_size() != 0) {
-      if (step.rptq().clusters_size() != 5) {
-        return Invalid("recipe.rptq.clusters", absl::StrCat("give 5 counts (R1..R5) or none, got ",
-                                                            step.rptq().clusters_size()));
-      }
-      for (int c : step.rptq().clusters()) {
-        if (c < 1 || c > 65536) return Invalid("recipe.rptq.clusters", absl::StrCat("must be 1..65536, got ", c));
-      }
-    }
-    if (step.has_omniquant()) {
-      const auto& oq = step.omniquant();
-      if (oq.epochs() < 0 || oq.epochs() > 1000) {
-        return Invalid("recipe.omniquant.epochs", absl::StrCat("must be 0 (default: 20, 40 at 2 bits) to 1000, got ",
-                                                                oq.epochs()));
-      }
-      if (!(oq.lwc_lr() >= 0 && oq.lwc_lr() <= 1) || !(oq.let_lr() >= 0 && oq.let_lr() <= 1)) {
-        return Invalid("recipe.omniquant", absl::StrCat("lwc_lr and let_lr must be in (0, 1] or 0 (default), got ",
-                                                         oq.lwc_lr(), " and ", oq.let_lr()));
-      }
-    }
-    if (step.has_gptq() && (step.gptq().damp() < 0 || step.gptq().damp() > 1 || step.gptq().block_size() < 0)) {
-      return Invalid("recipe.gptq", "damp must be in [0, 1] and block_size non-negative");
     }
   }
   if (calib->num_samples() == 0) calib->set_num_samples(128);

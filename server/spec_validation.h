@@ -1,5 +1,5 @@
 // Validation of a submitted JobSpec: everything that can be checked without
-// running the model (DESIGN.md section 4, step 1).
+// running the model (the job contract of docs/api.md).
 #ifndef QAAS_SERVER_SPEC_VALIDATION_H_
 #define QAAS_SERVER_SPEC_VALIDATION_H_
 
@@ -22,8 +22,9 @@ struct ValidationOptions {
 // calibration.num_samples defaults to 128.
 //
 // InvalidArgument names the field and the value (unknown scheme token, uri
-// outside the allowed roots, model directory without config.json, ...).
-// Unimplemented names a method or format this build does not run yet.
+// outside the allowed roots, model directory without config.json, a recipe
+// option out of the method table's bounds: "recipe[0].gptq.damp: ...").
+// Unimplemented: per-tensor FP8 weights (not implemented).
 absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec);
 
 // EstimatePipelineMemory (server/placement.h) for a validated spec: the
@@ -32,10 +33,6 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
 // config cannot be read here (an s3:// model, or one that does not parse:
 // the worker reports that).
 uint64_t EstimateJobMemory(const v1::JobSpec& spec);
-
-// Methods a recipe may name, and the ones this build runs.
-const std::vector<std::string>& KnownMethods();
-bool MethodImplemented(const std::string& method);
 
 // Checks a file:// or s3:// uri; file uris must resolve inside `roots`.
 absl::Status ValidateUri(const std::string& field, const std::string& uri,

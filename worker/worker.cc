@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
+#include "proto/recipe_convert.h"
 #include "proto/scheme_convert.h"
 #include "quant/pipeline.h"
 #include "quant/util/device.h"
@@ -227,26 +228,12 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     if (!scheme.ok()) return scheme.status();
     o.scheme = *scheme;
     o.recipe.clear();
-    for (const auto& step : spec.recipe()) {
-      quant::RecipeStep r;
-      r.method = step.method();
-      if (step.has_gptq()) {
-        if (step.gptq().damp() > 0) r.gptq.percdamp = step.gptq().damp();
-        if (step.gptq().block_size() > 0) r.gptq.blocksize = step.gptq().block_size();
-        r.gptq.act_order = step.gptq().act_order();
-        r.gptq.static_groups = step.gptq().static_groups();
-      }
-      if (step.has_adadim() && !step.adadim().base().empty()) r.adadim_base = step.adadim().base();
-      if (step.has_smoothquant() && step.smoothquant().alpha() > 0) r.smoothquant.alpha = step.smoothquant().alpha();
-      if (step.has_rptq() && step.rptq().clusters_size() > 0) {
-        r.rptq.clusters.assign(step.rptq().clusters().begin(), step.rptq().clusters().end());
-      }
-      if (step.has_omniquant()) {
-        if (step.omniquant().epochs() > 0) r.omniquant.epochs = step.omniquant().epochs();
-        if (step.omniquant().lwc_lr() > 0) r.omniquant.lwc_lr = step.omniquant().lwc_lr();
-        if (step.omniquant().let_lr() > 0) r.omniquant.let_lr = step.omniquant().let_lr();
-      }
-      o.recipe.push_back(r);
+    for (int i = 0; i < spec.recipe_size(); ++i) {
+      // The method table's step (unset options take its defaults); the
+      // pipeline checks the bounds again.
+      auto step = RecipeStepFromProto(spec.recipe(i), absl::StrCat("recipe[", i, "]"));
+      if (!step.ok()) return step.status();
+      o.recipe.push_back(*std::move(step));
     }
     o.device = options_.device;
     o.manifest_extra = {{"job_id", job.id()}, {"model", spec.model()}};

@@ -32,6 +32,7 @@
 #include "absl/status/status.h"
 #include "nlohmann/json.hpp"
 #include "quant/formats/act_quant.h"
+#include "quant/method_table.h"
 #include "quant/model/decoder.h"
 
 namespace qaas::quant {
@@ -41,6 +42,14 @@ struct RptqOptions {
   uint64_t seed = 0;
   int max_iterations = 100;  // Lloyd iterations of k-means
 };
+
+// The options of an "rptq" recipe step (method_table.h, whose defaults equal
+// these: a test checks); the seed is the job's.
+inline RptqOptions RptqOptionsOf(const RecipeStep& step) {
+  RptqOptions o;
+  o.clusters = step.Get("clusters", o.clusters);
+  return o;
+}
 
 // k-means of n 2-D points (xs[i], ys[i]) into at most k clusters: k-means++
 // seeding from `seed`, then Lloyd iterations until no label changes. Returns

@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/status/status.h"
+#include "quant/method_table.h"
 #include "quant/model/decoder.h"
 
 namespace qaas::quant {
@@ -23,6 +24,14 @@ namespace qaas::quant {
 struct SmoothQuantOptions {
   double alpha = 0.5;  // migration strength, in [0, 1]
 };
+
+// The options of a "smoothquant" recipe step (method_table.h, whose defaults
+// equal these: a test checks).
+inline SmoothQuantOptions SmoothQuantOptionsOf(const RecipeStep& step) {
+  SmoothQuantOptions o;
+  o.alpha = step.Get("alpha", o.alpha);
+  return o;
+}
 
 // The smoothing scales [channels] from the activations' and the consumers'
 // per-channel abs-max ([channels] each). Channels where either is zero keep

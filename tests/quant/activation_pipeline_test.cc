@@ -57,7 +57,7 @@ class ActivationPipelineTest : public ::testing::Test {
 
 TEST_F(ActivationPipelineTest, RptqW4A4Kv4ExportsReorderAndStaticParameters) {
   RecipeStep rptq{"rptq"};
-  rptq.rptq.clusters = {8, 4, 4, 8, 8};
+  rptq.Set("clusters", std::vector<int>{8, 4, 4, 8, 8});
   auto report = RunPipeline(Options("W4A4KV4", {rptq, RecipeStep{"gptq"}}));
   QAAS_ASSERT_OK(report);
   EXPECT_EQ((*report)["recipe"], json({"rptq", "gptq"}));

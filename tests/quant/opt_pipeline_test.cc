@@ -193,7 +193,7 @@ TEST(OptPipelineTest, GptqAndAdaDimExportWhatTheyEvaluated) {
     o.num_samples = 8;
     RecipeStep step;
     step.method = method;
-    step.adadim_base = "gptq";
+    if (method == "adadim") step.Set("base", "gptq");
     o.recipe = {step};
     auto report = RunPipeline(o);
     QAAS_ASSERT_OK(report);
@@ -251,7 +251,7 @@ TEST(OptPipelineTest, OmniQuantExportsWhatItEvaluated) {
   o.calibration = DatasetRef{TinyStoriesPath(), "tinystories-calib", 64, 0};
   o.num_samples = 8;
   RecipeStep step{"omniquant"};
-  step.omniquant.epochs = 3;
+  step.Set("epochs", 3);
   o.recipe = {step};
   auto report = RunPipeline(o);
   QAAS_ASSERT_OK(report);

@@ -29,14 +29,14 @@ struct Case {
 RecipeStep Step(const std::string& method) {
   RecipeStep s;
   s.method = method;
-  if (method == "omniquant") s.omniquant.epochs = 2;
-  if (method == "rptq") s.rptq.clusters = {2, 1, 1, 2, 2};
+  if (method == "omniquant") s.Set("epochs", 2);
+  if (method == "rptq") s.Set("clusters", std::vector<int>{2, 1, 1, 2, 2});
   return s;
 }
 
 std::vector<Case> Cases() {
   RecipeStep adadim = Step("adadim");
-  adadim.adadim_base = "gptq";
+  adadim.Set("base", "gptq");
   return {{"rtn", "W4A16g32", {Step("rtn")}},
           {"gptq", "W4A16g32", {Step("gptq")}},
           {"adadim_gptq", "W3A16g32", {adadim}},
