@@ -1,10 +1,13 @@
 #include "quant/methods/gptq.h"
 
 #include <cmath>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "quant/formats/number_format.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 
@@ -31,9 +34,322 @@ at::Tensor Quant(const at::Tensor& w, const at::Tensor& scale, const at::Tensor&
   return (*code - zero) * scale;
 }
 
-// Min-max parameters of W's columns [c0, c1) per row: scale/zero [rows].
-void FindParams(const at::Tensor& block, int bits, bool symmetric, at::Tensor* scale, at::Tensor* zero) {
-  RangeToScaleZero(std::get<0>(block.min(1)), std::get<0>(block.max(1)), bits, symmetric, scale, zero);
+// Min-max parameters of a slice of columns, per row: scale/zero [rows].
+void FindParams(const at::Tensor& block, int bits, bool symmetric, at::Tensor* scale,
+                at::Tensor* zero) {
+  RangeToScaleZero(std::get<0>(block.min(1)), std::get<0>(block.max(1)), bits, symmetric, scale,
+                   zero);
+}
+
+// ---------------------------------------------------------------------------
+// The sweep's state, as seen from the column at position `col` (in
+// quantization order) of the lazy block [i1, i2).
+struct Sweep {
+  const at::Tensor& W;     // [rows, columns]: updated by earlier blocks only
+  const at::Tensor& W1;    // [rows, i2 - i1]: this block, updated by its columns before col
+  const at::Tensor& Err1;  // [rows, i2 - i1]: their scaled errors (zero from col on)
+  const at::Tensor& Hinv;  // upper Cholesky factor of H^-1
+  int64_t i1, i2, col;
+  GroupParamsFrom from;
+
+  // Columns [col, col + width) as the group's grid reads them.
+  at::Tensor Columns(int64_t width) const {
+    // At a block's first column nothing of the block has been applied yet.
+    if (from == GroupParamsFrom::kBlockStart || col == i1) return W.narrow(1, col, width);
+    const int64_t in_block = std::min(width, i2 - col);
+    at::Tensor inside = W1.narrow(1, col - i1, in_block);
+    if (in_block == width) return inside;
+    // Past the block: W still lacks this block's lazy update so far.
+    const int64_t rest = width - in_block;
+    at::Tensor beyond =
+        W.narrow(1, i2, rest) - at::matmul(Err1, Hinv.narrow(0, i1, i2 - i1).narrow(1, i2, rest));
+    return at::cat({inside, beyond}, 1);
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Where each column's grid comes from, and how the result is laid out: one
+// strategy per kind of parameters.
+class Grids {
+ public:
+  virtual ~Grids() = default;
+  // Once, with the dead-zeroed W in the original column order; perm: the
+  // quantization order (empty without act-order).
+  virtual void Prepare(const at::Tensor& W, const std::vector<int64_t>& perm) {}
+  // Makes the grid of the column at sweep.col current.
+  virtual void Select(const Sweep& sweep) = 0;
+  // Quantize-dequantize column w on the current grid; *code: its integer codes.
+  virtual at::Tensor Quantize(const at::Tensor& w, at::Tensor* code) const {
+    return Quant(w, scale_, zero_, maxq_, code);
+  }
+  // The result from Q and codes in quantization order; invperm undefined
+  // without act-order.
+  virtual QuantizedLinear Finish(at::Tensor Q, at::Tensor codes, const at::Tensor& invperm) = 0;
+
+ protected:
+  Grids(const TensorQuant& spec, int64_t rows, int64_t columns)
+      : bits_(spec.bits),
+        symmetric_(spec.symmetric),
+        maxq_(static_cast<double>((1 << spec.bits) - 1)),
+        rows_(rows),
+        columns_(columns) {}
+
+  // Output-channel layout of integer results: scales/zeros [rows, groups] in
+  // group order; groups_by_position: a column's group is that of its position
+  // in quantization order (else of its original index).
+  QuantizedLinear RowLayout(at::Tensor Q, at::Tensor codes, at::Tensor scales, at::Tensor zeros,
+                            int64_t groupsize, const at::Tensor& invperm,
+                            bool groups_by_position) const {
+    QuantizedLinear out;
+    out.params.bits = bits_;
+    out.params.symmetric = symmetric_;
+    out.params.group_size = groupsize == -1 ? 0 : static_cast<int>(groupsize);
+    at::Tensor group_of_position =
+        at::div(at::arange(columns_, at::TensorOptions().dtype(at::kLong).device(Q.device())),
+                groupsize == -1 ? columns_ : groupsize, "floor");
+    at::Tensor g_idx = group_of_position;
+    if (invperm.defined()) {
+      Q = Q.index_select(1, invperm);
+      codes = codes.index_select(1, invperm);
+      // Column j sat at position invperm[j].
+      if (groups_by_position) g_idx = group_of_position.index_select(0, invperm);
+    }
+    out.params.scale = std::move(scales);
+    out.params.zero = std::move(zeros);
+    out.codes = codes.to(at::kInt);
+    out.g_idx = g_idx.to(at::kInt);
+    out.dequantized = std::move(Q);
+    return out;
+  }
+
+  const int bits_;
+  const bool symmetric_;
+  const double maxq_;
+  const int64_t rows_, columns_;
+  at::Tensor scale_, zero_;  // the current grid, [rows]
+};
+
+// Per output channel (or per tensor): one grid per row from the whole W.
+class RowGrids : public Grids {
+ public:
+  RowGrids(const TensorQuant& spec, int64_t rows, int64_t columns)
+      : Grids(spec, rows, columns), spec_(spec) {}
+  void Prepare(const at::Tensor& W, const std::vector<int64_t>&) override {
+    IntQuantParams p = ComputeIntParams(W, spec_);
+    scale_ = p.scale.select(1, 0).contiguous();
+    zero_ = p.zero.select(1, 0).contiguous();
+  }
+  void Select(const Sweep&) override {}
+  QuantizedLinear Finish(at::Tensor Q, at::Tensor codes, const at::Tensor& invperm) override {
+    at::Tensor scales = at::zeros({rows_, 1}, Q.options()),
+               zeros = at::zeros({rows_, 1}, Q.options());
+    scales.select(1, 0).copy_(scale_);
+    zeros.select(1, 0).copy_(zero_);
+    return RowLayout(std::move(Q), std::move(codes), scales, zeros, -1, invperm, true);
+  }
+
+ private:
+  const TensorQuant spec_;
+};
+
+// Groups of `groupsize` consecutive positions in quantization order, each
+// with its grid from its columns when its first column comes up (the paper's
+// grouping; with act-order, groups of reordered columns, as GPTQ's desc_act).
+class SweepGroups : public Grids {
+ public:
+  SweepGroups(const TensorQuant& spec, int64_t rows, int64_t columns, int64_t groupsize,
+              const at::TensorOptions& options)
+      : Grids(spec, rows, columns), groupsize_(groupsize) {
+    const int64_t groups = (columns + groupsize - 1) / groupsize;
+    scales_ = at::zeros({rows, groups}, options);
+    zeros_ = at::zeros({rows, groups}, options);
+  }
+  void Select(const Sweep& s) override {
+    if (s.col % groupsize_ != 0) return;
+    FindParams(s.Columns(std::min(groupsize_, columns_ - s.col)), bits_, symmetric_, &scale_,
+               &zero_);
+    scales_.select(1, s.col / groupsize_).copy_(scale_);
+    zeros_.select(1, s.col / groupsize_).copy_(zero_);
+  }
+  QuantizedLinear Finish(at::Tensor Q, at::Tensor codes, const at::Tensor& invperm) override {
+    return RowLayout(std::move(Q), std::move(codes), scales_, zeros_, groupsize_, invperm, true);
+  }
+
+ private:
+  const int64_t groupsize_;
+  at::Tensor scales_, zeros_;  // [rows, groups]
+};
+
+// Static groups: every group's grid from the unmodified W, groups of
+// consecutive columns in the original order (whatever the quantization order).
+class StaticGroups : public Grids {
+ public:
+  StaticGroups(const TensorQuant& spec, int64_t rows, int64_t columns, int64_t groupsize)
+      : Grids(spec, rows, columns), groupsize_(groupsize) {}
+  void Prepare(const at::Tensor& W, const std::vector<int64_t>& perm) override {
+    perm_ = perm;
+    for (int64_t g = 0; g < columns_; g += groupsize_) {
+      at::Tensor s, z;
+      FindParams(W.narrow(1, g, std::min(groupsize_, columns_ - g)), bits_, symmetric_, &s, &z);
+      params_.emplace_back(s, z);
+    }
+  }
+  void Select(const Sweep& s) override {
+    const int64_t orig = perm_.empty() ? s.col : perm_[s.col];
+    std::tie(scale_, zero_) = params_[orig / groupsize_];
+  }
+  QuantizedLinear Finish(at::Tensor Q, at::Tensor codes, const at::Tensor& invperm) override {
+    const int64_t groups = static_cast<int64_t>(params_.size());
+    at::Tensor scales = at::zeros({rows_, groups}, Q.options()),
+               zeros = at::zeros({rows_, groups}, Q.options());
+    for (int64_t g = 0; g < groups; ++g) {
+      scales.select(1, g).copy_(params_[g].first);
+      zeros.select(1, g).copy_(params_[g].second);
+    }
+    return RowLayout(std::move(Q), std::move(codes), scales, zeros, groupsize_, invperm, false);
+  }
+
+ private:
+  const int64_t groupsize_;
+  std::vector<int64_t> perm_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> params_;  // by group, original order
+};
+
+// MX weights: each block of 32 input columns shares one power-of-two scale
+// per row, found (like the sweep's groups) when the block's first column
+// comes up. No act-order, so positions are columns.
+class MxBlocks : public Grids {
+ public:
+  MxBlocks(const TensorQuant& spec, int64_t rows, int64_t columns, ElementFormat element)
+      : Grids(spec, rows, columns), element_(element) {}
+  void Select(const Sweep& s) override {
+    if (s.col % kMxBlockSize != 0) return;
+    scale_ = Pow2(MxSharedExponents(s.Columns(std::min<int64_t>(kMxBlockSize, columns_ - s.col)),
+                                    element_))
+                 .select(1, 0);
+  }
+  at::Tensor Quantize(const at::Tensor& w, at::Tensor* code) const override {
+    *code = at::zeros_like(w);
+    return RoundToElement(w / scale_, element_) * scale_;
+  }
+  QuantizedLinear Finish(at::Tensor Q, at::Tensor, const at::Tensor&) override {
+    QuantizedLinear out;
+    out.mx = true;
+    out.element = element_;
+    out.dequantized = std::move(Q);
+    return out;
+  }
+
+ private:
+  const ElementFormat element_;
+};
+
+// AdaDim's per-input-channel groups: each column's own grid, per group of
+// `ic_group` rows, from its values when its turn comes. The result describes
+// W^T (rows of the transpose are input channels; groups run along outputs).
+class InputChannelGrids : public Grids {
+ public:
+  InputChannelGrids(const TensorQuant& spec, int64_t rows, int64_t columns, int64_t groupsize,
+                    const at::TensorOptions& options)
+      : Grids(spec, rows, columns),
+        ic_group_(groupsize == -1 ? rows : std::min(groupsize, rows)),
+        ic_groups_((rows + ic_group_ - 1) / ic_group_) {
+    ic_scales_ = at::zeros({ic_groups_, columns}, options);
+    ic_zeros_ = at::zeros({ic_groups_, columns}, options);
+  }
+  void Select(const Sweep& s) override {
+    at::Tensor padded = s.Columns(1).select(1, 0);
+    if (ic_groups_ * ic_group_ != rows_) {
+      padded = at::cat(
+          {padded, padded.narrow(0, rows_ - 1, 1).expand({ic_groups_ * ic_group_ - rows_})});
+    }
+    at::Tensor grouped = padded.view({ic_groups_, ic_group_});
+    at::Tensor sc, z;
+    RangeToScaleZero(std::get<0>(grouped.min(1)), std::get<0>(grouped.max(1)), bits_, symmetric_,
+                     &sc, &z);
+    ic_scales_.select(1, s.col).copy_(sc);
+    ic_zeros_.select(1, s.col).copy_(z);
+    scale_ = sc.repeat_interleave(ic_group_).narrow(0, 0, rows_);
+    zero_ = z.repeat_interleave(ic_group_).narrow(0, 0, rows_);
+  }
+  QuantizedLinear Finish(at::Tensor Q, at::Tensor codes, const at::Tensor& invperm) override {
+    if (invperm.defined()) {
+      Q = Q.index_select(1, invperm);
+      codes = codes.index_select(1, invperm);
+      ic_scales_ = ic_scales_.index_select(1, invperm);
+      ic_zeros_ = ic_zeros_.index_select(1, invperm);
+    }
+    QuantizedLinear out;
+    out.per_input_channel = true;
+    out.params.bits = bits_;
+    out.params.symmetric = symmetric_;
+    out.params.group_size = ic_group_ == rows_ ? 0 : static_cast<int>(ic_group_);
+    out.params.scale = ic_scales_.t().contiguous();
+    out.params.zero = ic_zeros_.t().contiguous();
+    out.codes = codes.t().contiguous().to(at::kInt);
+    out.g_idx = at::div(at::arange(rows_, at::TensorOptions().dtype(at::kLong).device(Q.device())),
+                        ic_group_, "floor")
+                    .to(at::kInt);
+    out.dequantized = std::move(Q);
+    return out;
+  }
+
+ private:
+  const int64_t ic_group_, ic_groups_;
+  at::Tensor ic_scales_, ic_zeros_;  // [ic_groups, columns], by position
+};
+
+// The strategy for `spec` and the options; errors for unsupported combinations.
+absl::StatusOr<std::unique_ptr<Grids>> MakeGrids(const TensorQuant& spec, const GptqOptions& o,
+                                                 int64_t rows, int64_t columns,
+                                                 const at::TensorOptions& options) {
+  if (spec.is_mx()) {
+    if (o.act_order || o.static_groups || o.per_input_channel) {
+      return absl::InvalidArgumentError(
+          "GPTQ: MX weights take neither act_order, static_groups nor per-input-channel groups "
+          "(their blocks are fixed runs of 32 input columns)");
+    }
+    QAAS_ASSIGN_OR_RETURN(const ElementFormat element, ElementFormatOf(spec));
+    return std::unique_ptr<Grids>(new MxBlocks(spec, rows, columns, element));
+  }
+  if (spec.format != NumberFormat::kInt) {
+    return absl::UnimplementedError(
+        absl::StrCat("GPTQ: weight format ", NumberFormatName(spec.format), " is not supported"));
+  }
+  const int64_t groupsize = spec.granularity == Granularity::kPerGroup ? spec.group_size : -1;
+  if (o.per_input_channel)
+    return std::unique_ptr<Grids>(new InputChannelGrids(spec, rows, columns, groupsize, options));
+  if (groupsize == -1) return std::unique_ptr<Grids>(new RowGrids(spec, rows, columns));
+  if (o.static_groups)
+    return std::unique_ptr<Grids>(new StaticGroups(spec, rows, columns, groupsize));
+  return std::unique_ptr<Grids>(new SweepGroups(spec, rows, columns, groupsize, options));
+}
+
+// The upper Cholesky factor of (H + damp I)^-1, damping more (x10) after
+// each failed attempt; records the damping used in st.
+absl::StatusOr<at::Tensor> DampedInverseCholesky(const at::Tensor& H, const GptqOptions& o,
+                                                 GptqStats& st) {
+  double damp = o.percdamp * H.diagonal().mean().item<double>();
+  for (int attempt = 0;; ++attempt) {
+    at::Tensor Hd = H.clone();
+    Hd.diagonal().add_(damp);
+    auto [L, info] = at::linalg_cholesky_ex(Hd);
+    if (info.item<int64_t>() == 0) {
+      at::Tensor Hi = at::cholesky_inverse(L);
+      auto [U, info2] = at::linalg_cholesky_ex(Hi, /*upper=*/true);
+      if (info2.item<int64_t>() == 0 && !U.isnan().any().item<bool>()) {
+        st.damp = damp;
+        return U;
+      }
+    }
+    if (attempt >= o.max_damp_retries) {
+      return absl::InternalError(
+          absl::StrCat("GPTQ: Hessian is not positive definite even with damping ", damp, " (",
+                       attempt + 1, " attempts)"));
+    }
+    ++st.cholesky_retries;
+    damp = (damp > 0 ? damp : 1e-8) * 10;
+  }
 }
 
 }  // namespace
@@ -41,30 +357,20 @@ void FindParams(const at::Tensor& block, int bits, bool symmetric, at::Tensor* s
 absl::StatusOr<QuantizedLinear> QuantizeGptq(const at::Tensor& W_in, const at::Tensor& H_in,
                                              const TensorQuant& spec, const GptqOptions& o,
                                              GptqStats* stats) {
-  const int64_t rows = W_in.size(0), columns = W_in.size(1);
+  const int64_t columns = W_in.size(1);
   if (H_in.dim() != 2 || H_in.size(0) != columns || H_in.size(1) != columns) {
-    return absl::InvalidArgumentError(absl::StrCat("GPTQ: Hessian is [", H_in.size(0), ", ", H_in.size(1),
-                                                   "] but the weight has ", columns, " columns"));
+    return absl::InvalidArgumentError(absl::StrCat("GPTQ: Hessian is [", H_in.size(0), ", ",
+                                                   H_in.size(1), "] but the weight has ", columns,
+                                                   " columns"));
   }
+  if (o.blocksize < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GPTQ: blocksize is ", o.blocksize, ", must be >= 1"));
+  }
+  QAAS_ASSIGN_OR_RETURN(std::unique_ptr<Grids> grids, MakeGrids(spec, o, W_in.size(0), columns,
+                                                                W_in.options().dtype(at::kFloat)));
   GptqStats local;
   GptqStats& st = stats ? *stats : local;
-  const int bits = spec.bits;
-  const double maxq = static_cast<double>((1 << bits) - 1);
-  // MX weights: each block of 32 input columns shares one power-of-two scale
-  // per row, found (like GPTQ's groups) from the block's columns as updated
-  // when the block's first column comes up.
-  const bool mx = spec.is_mx();
-  if (mx && (o.act_order || o.static_groups || o.per_input_channel)) {
-    return absl::InvalidArgumentError(
-        "GPTQ: MX weights take neither act_order, static_groups nor per-input-channel groups (their blocks are "
-        "fixed runs of 32 input columns)");
-  }
-  if (!mx && spec.format != NumberFormat::kInt) {
-    return absl::UnimplementedError(
-        absl::StrCat("GPTQ: weight format ", NumberFormatName(spec.format), " is not supported"));
-  }
-  const ElementFormat element = mx ? *ElementFormatOf(spec) : ElementFormat::kInt8;
-  const int64_t groupsize = mx ? kMxBlockSize : spec.granularity == Granularity::kPerGroup ? spec.group_size : -1;
 
   at::Tensor W = W_in.to(at::kFloat).clone();
   at::Tensor H = H_in.clone();
@@ -74,201 +380,62 @@ absl::StatusOr<QuantizedLinear> QuantizeGptq(const at::Tensor& W_in, const at::T
   H.diagonal().masked_fill_(dead, 1.0);
   W.index_put_({at::indexing::Slice(), dead}, 0.0);
 
-  // Per-channel / per-tensor parameters come from the whole (original) W.
-  at::Tensor scale, zero;
-  const bool per_ic = o.per_input_channel;
-  // Per-IC groups of `ic_group` rows (the whole column without a group size).
-  const int64_t ic_group = groupsize == -1 ? rows : std::min(groupsize, rows);
-  const int64_t ic_groups = (rows + ic_group - 1) / ic_group;
-  at::Tensor ic_scales, ic_zeros;  // [ic_groups, columns], by position
-  if (per_ic) {
-    ic_scales = at::zeros({ic_groups, columns}, W.options());
-    ic_zeros = at::zeros({ic_groups, columns}, W.options());
-  } else if (groupsize == -1 && !mx) {
-    IntQuantParams p = ComputeIntParams(W, spec);
-    scale = p.scale.select(1, 0).contiguous();
-    zero = p.zero.select(1, 0).contiguous();
-  }
-  // Static groups: every group's parameters from the unmodified W, in the
-  // original column order.
-  std::vector<std::pair<at::Tensor, at::Tensor>> static_params;
-  if (!per_ic && groupsize != -1 && o.static_groups) {
-    for (int64_t g = 0; g < columns; g += groupsize) {
-      at::Tensor s, z;
-      FindParams(W.narrow(1, g, std::min(groupsize, columns - g)), bits, spec.symmetric, &s, &z);
-      static_params.emplace_back(s, z);
-    }
-  }
-
+  // Act-order: quantize columns by decreasing diag(H). Grids that come from
+  // the unmodified W see it in the original order.
   at::Tensor perm, invperm;
+  std::vector<int64_t> perm_cpu;
   if (o.act_order) {
     perm = at::argsort(H.diagonal(), /*dim=*/0, /*descending=*/true);
+    at::Tensor p = perm.to(at::kCPU).contiguous();
+    perm_cpu.assign(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + p.numel());
+  }
+  grids->Prepare(W, perm_cpu);
+  if (o.act_order) {
     W = W.index_select(1, perm);
     H = H.index_select(0, perm).index_select(1, perm);
     invperm = at::argsort(perm);
   }
-  const std::vector<int64_t> perm_cpu = [&] {
-    if (!o.act_order) return std::vector<int64_t>();
-    at::Tensor p = perm.to(at::kCPU).contiguous();
-    return std::vector<int64_t>(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + p.numel());
-  }();
 
-  // Hinv: the upper Cholesky factor of H^-1, after damping H until it is
-  // positive definite (more damping on each failed attempt).
-  const double mean_diag = H.diagonal().mean().item<double>();
-  double damp = o.percdamp * mean_diag;
-  at::Tensor Hinv;
-  for (int attempt = 0;; ++attempt) {
-    at::Tensor Hd = H.clone();
-    Hd.diagonal().add_(damp);
-    auto [L, info] = at::linalg_cholesky_ex(Hd);
-    if (info.item<int64_t>() == 0) {
-      at::Tensor Hi = at::cholesky_inverse(L);
-      auto [U, info2] = at::linalg_cholesky_ex(Hi, /*upper=*/true);
-      if (info2.item<int64_t>() == 0 && !U.isnan().any().item<bool>()) {
-        Hinv = U;
-        break;
-      }
-    }
-    if (attempt >= o.max_damp_retries) {
-      return absl::InternalError(absl::StrCat("GPTQ: Hessian is not positive definite even with damping ",
-                                              damp, " (", attempt + 1, " attempts)"));
-    }
-    ++st.cholesky_retries;
-    damp = (damp > 0 ? damp : 1e-8) * 10;
-  }
-  st.damp = damp;
+  // Hinv: the upper Cholesky factor of (H + damp I)^-1.
+  QAAS_ASSIGN_OR_RETURN(const at::Tensor Hinv, DampedInverseCholesky(H, o, st));
 
+  // Algorithm 1: lazy blocks of columns; in each, quantize a column, spread
+  // its error over the rest of the block, then the block's errors over every
+  // later column at once.
   at::Tensor Q = at::zeros_like(W);
   at::Tensor codes = at::zeros_like(W);
-  const int64_t num_groups = groupsize == -1 ? 1 : (columns + groupsize - 1) / groupsize;
-  at::Tensor scales = at::zeros({rows, num_groups}, W.options());
-  at::Tensor zeros = at::zeros({rows, num_groups}, W.options());
-
   for (int64_t i1 = 0; i1 < columns; i1 += o.blocksize) {
-    const int64_t i2 = std::min(i1 + o.blocksize, columns), count = i2 - i1;
+    const int64_t i2 = std::min<int64_t>(i1 + o.blocksize, columns), count = i2 - i1;
     at::Tensor W1 = W.narrow(1, i1, count).clone();
     at::Tensor Q1 = at::zeros_like(W1);
     at::Tensor C1 = at::zeros_like(W1);
     at::Tensor Err1 = at::zeros_like(W1);
     at::Tensor Hinv1 = Hinv.narrow(0, i1, count).narrow(1, i1, count);
-    const at::Tensor diag = Hinv1.diagonal().to(at::kCPU, at::kDouble).contiguous();  // one sync per block
+    const at::Tensor diag =
+        Hinv1.diagonal().to(at::kCPU, at::kDouble).contiguous();  // one sync per block
     for (int64_t i = 0; i < count; ++i) {
-      const int64_t col = i1 + i;  // position in the (possibly permuted) order
       at::Tensor w = W1.select(1, i);
-      const double d = diag.data_ptr<double>()[i];
-      if (per_ic) {
-        // This column's parameters, per group of ic_group rows, from its current values.
-        at::Tensor padded = w;
-        if (ic_groups * ic_group != rows) {
-          padded = at::cat({w, w.narrow(0, rows - 1, 1).expand({ic_groups * ic_group - rows})});
-        }
-        at::Tensor grouped = padded.view({ic_groups, ic_group});
-        at::Tensor s, z;
-        RangeToScaleZero(std::get<0>(grouped.min(1)), std::get<0>(grouped.max(1)), bits, spec.symmetric, &s, &z);
-        ic_scales.select(1, col).copy_(s);
-        ic_zeros.select(1, col).copy_(z);
-        scale = s.repeat_interleave(ic_group).narrow(0, 0, rows);
-        zero = z.repeat_interleave(ic_group).narrow(0, 0, rows);
-      } else if (mx) {
-        if (col % groupsize == 0) {
-          const int64_t width = std::min(groupsize, columns - col);
-          at::Tensor group = width <= count - i
-                                 ? W1.narrow(1, i, width)
-                                 : at::cat({W1.narrow(1, i, count - i), W.narrow(1, i2, width - (count - i))}, 1);
-          scale = Pow2(MxSharedExponents(group, element)).select(1, 0);
-        }
-      } else if (groupsize != -1) {
-        if (o.static_groups) {
-          const int64_t orig = o.act_order ? perm_cpu[col] : col;
-          std::tie(scale, zero) = static_params[orig / groupsize];
-        } else if (col % groupsize == 0) {
-          // Parameters from the group's columns as updated so far (GPTQ's default):
-          // the rest of this block from W1, any remainder from W.
-          const int64_t width = std::min(groupsize, columns - col);
-          at::Tensor group = width <= count - i
-                                 ? W1.narrow(1, i, width)
-                                 : at::cat({W1.narrow(1, i, count - i), W.narrow(1, i2, width - (count - i))}, 1);
-          FindParams(group, bits, spec.symmetric, &scale, &zero);
-        }
-      }
+      // Q[:, j] = quant(W[:, j]), on the grid the strategy gives column j.
+      grids->Select(Sweep{W, W1, Err1, Hinv, i1, i2, i1 + i, o.group_params_from});
       at::Tensor code;
-      at::Tensor q = mx ? RoundToElement(w / scale, element) * scale : Quant(w, scale, zero, maxq, &code);
-      if (mx) code = at::zeros_like(w);
+      at::Tensor q = grids->Quantize(w, &code);
       Q1.select(1, i).copy_(q);
       C1.select(1, i).copy_(code);
-      if (!mx && !per_ic && groupsize != -1 && !o.static_groups && col % groupsize == 0) {
-        scales.select(1, col / groupsize).copy_(scale);
-        zeros.select(1, col / groupsize).copy_(zero);
-      }
-      at::Tensor err1 = (w - q) / d;
-      // W1[:, i:] -= err1 * Hinv1[i, i:]
+      // E[:, j] = (W[:, j] - Q[:, j]) / [H^-1]_jj
+      at::Tensor err1 = (w - q) / diag.data_ptr<double>()[i];
+      // W[:, j:i2] -= E[:, j] [H^-1]_{j, j:i2}
       W1.narrow(1, i, count - i).sub_(at::outer(err1, Hinv1[i].narrow(0, i, count - i)));
       Err1.select(1, i).copy_(err1);
     }
     Q.narrow(1, i1, count).copy_(Q1);
     codes.narrow(1, i1, count).copy_(C1);
-    // Lazy batch update of every later column.
-    if (i2 < columns) W.narrow(1, i2, columns - i2).sub_(at::matmul(Err1, Hinv.narrow(0, i1, count).narrow(1, i2, columns - i2)));
-  }
-
-  QuantizedLinear out;
-  if (mx) {
-    out.mx = true;
-    out.element = element;
-    out.dequantized = Q;
-    return out;
-  }
-  if (per_ic) {
-    // Describe W^T: rows of the transpose are input channels, groups run along the outputs.
-    if (o.act_order) {
-      Q = Q.index_select(1, invperm);
-      codes = codes.index_select(1, invperm);
-      ic_scales = ic_scales.index_select(1, invperm);
-      ic_zeros = ic_zeros.index_select(1, invperm);
-    }
-    out.per_input_channel = true;
-    out.params.bits = bits;
-    out.params.symmetric = spec.symmetric;
-    out.params.group_size = ic_group == rows ? 0 : static_cast<int>(ic_group);
-    out.params.scale = ic_scales.t().contiguous();
-    out.params.zero = ic_zeros.t().contiguous();
-    out.codes = codes.t().contiguous().to(at::kInt);
-    out.g_idx = at::div(at::arange(rows, at::TensorOptions().dtype(at::kLong).device(W.device())), ic_group, "floor")
-                    .to(at::kInt);
-    out.dequantized = Q;
-    return out;
-  }
-  out.params.bits = bits;
-  out.params.symmetric = spec.symmetric;
-  out.params.group_size = groupsize == -1 ? 0 : static_cast<int>(groupsize);
-  at::Tensor group_of_position = at::div(at::arange(columns, at::TensorOptions().dtype(at::kLong).device(W.device())),
-                                         groupsize == -1 ? columns : groupsize, "floor");
-  if (groupsize == -1) {
-    scales.select(1, 0).copy_(scale);
-    zeros.select(1, 0).copy_(zero);
-  } else if (o.static_groups) {
-    for (int64_t g = 0; g < num_groups; ++g) {
-      scales.select(1, g).copy_(static_params[g].first);
-      zeros.select(1, g).copy_(static_params[g].second);
+    // The lazy batch update: W[:, i2:] -= E [H^-1]_{i1:i2, i2:}
+    if (i2 < columns) {
+      W.narrow(1, i2, columns - i2)
+          .sub_(at::matmul(Err1, Hinv.narrow(0, i1, count).narrow(1, i2, columns - i2)));
     }
   }
-  at::Tensor g_idx;
-  if (o.act_order) {
-    Q = Q.index_select(1, invperm);
-    codes = codes.index_select(1, invperm);
-    // Column j sat at position invperm[j]; its group is that position's group,
-    // except with static groups, where groups follow the original order.
-    g_idx = o.static_groups ? group_of_position : group_of_position.index_select(0, invperm);
-  } else {
-    g_idx = group_of_position;
-  }
-  out.params.scale = scales;
-  out.params.zero = zeros;
-  out.codes = codes.to(at::kInt);
-  out.g_idx = g_idx.to(at::kInt);
-  out.dequantized = Q;
-  return out;
+  return grids->Finish(std::move(Q), std::move(codes), invperm);
 }
 
 }  // namespace qaas::quant

@@ -11,21 +11,55 @@
 #include <ATen/ATen.h>
 
 #include "absl/status/statusor.h"
+#include "quant/method_table.h"
 #include "quant/methods/quantized_linear.h"
 #include "quant/scheme.h"
 
 namespace qaas::quant {
 
+// Which weights a group's grid (scale, zero) is read from when the group's
+// first column comes up inside a lazy block (GptqOptions::blocksize), for
+// every grid set during the sweep: per-group integer grids, MX blocks and
+// AdaDim's per-IC columns. Per-channel / per-tensor grids and static groups
+// come from the unmodified W and do not depend on it.
+enum class GroupParamsFrom {
+  // The group's columns as updated so far, by every column quantized before
+  // it, including the earlier columns of the same lazy block (and, for a
+  // group that runs past the block, their still pending lazy update). This is
+  // Algorithm 1 without lazy batching, so the result does not depend on
+  // `blocksize` (the paper sets a group's grid during the sweep, from the
+  // current weights). The default (docs/decisions.md, 23).
+  kUpdated,
+  // The group's columns as they stood when the lazy block began (updated by
+  // earlier blocks only), as the GPTQ authors' code and AutoGPTQ compute them
+  // (find_params on W while the block is updated in a copy). For comparing
+  // against those implementations; the result depends on `blocksize`.
+  kBlockStart,
+};
+
 struct GptqOptions {
-  double percdamp = 0.01;  // damping = percdamp * mean(diag(H))
-  int blocksize = 128;     // lazy-batch block of columns
-  bool act_order = false;  // desc_act: quantize columns by decreasing diag(H)
+  double percdamp = 0.01;      // damping = percdamp * mean(diag(H))
+  int blocksize = 128;         // lazy-batch block of columns
+  bool act_order = false;      // desc_act: quantize columns by decreasing diag(H)
   bool static_groups = false;  // group parameters from the unmodified W, before any update
   int max_damp_retries = 8;    // each retry multiplies the damping by 10
   // AdaDim's per-IC groups: each column's parameters come from its own
   // (updated) values, in groups of group_size rows, when its turn comes.
   bool per_input_channel = false;
+  GroupParamsFrom group_params_from = GroupParamsFrom::kUpdated;
 };
+
+// The options of a recipe step (method_table.h: "gptq", or "adadim" over
+// gptq); a step of another method leaves the defaults above. The table's
+// defaults equal these (a test checks).
+inline GptqOptions GptqOptionsOf(const RecipeStep& step) {
+  GptqOptions o;
+  o.percdamp = step.Get("damp", o.percdamp);
+  o.blocksize = step.Get("block_size", o.blocksize);
+  o.act_order = step.Get("act_order", o.act_order);
+  o.static_groups = step.Get("static_groups", o.static_groups);
+  return o;
+}
 
 // What happened inside one call, for the report.
 struct GptqStats {
