@@ -33,11 +33,6 @@
 
 namespace qaas::quant {
 
-const std::vector<std::string>& ImplementedMethods() {
-  static const std::vector<std::string> kMethods = {"rtn", "gptq", "adadim", "omniquant", "smoothquant", "rptq"};
-  return kMethods;
-}
-
 namespace {
 
 // A tensor kind's quantization as config.json records it.
@@ -60,13 +55,13 @@ std::string Fnv1a(absl::string_view data) {
   return absl::StrFormat("%016x", h);
 }
 
+// The step with every option of its method (given or the table's default).
 nlohmann::json RecipeStepJson(const RecipeStep& r) {
-  return {{"method", r.method},
-          {"gptq", {r.gptq.percdamp, r.gptq.blocksize, r.gptq.act_order, r.gptq.static_groups}},
-          {"adadim_base", r.adadim_base},
-          {"smoothquant", r.smoothquant.alpha},
-          {"rptq", r.rptq.clusters},
-          {"omniquant", {r.omniquant.epochs, r.omniquant.lwc_lr, r.omniquant.let_lr}}};
+  nlohmann::json options = nlohmann::json::object();
+  if (const MethodSpec* m = FindMethod(r.method)) {
+    for (const OptionSpec& o : m->options) options[o.name] = FormatOptionValue(*r.Value(o.name));
+  }
+  return {{"method", r.method}, {"options", options}};
 }
 
 using Clock = std::chrono::steady_clock;
@@ -117,7 +112,7 @@ class Pipeline {
   absl::Status Assemble();
   // Whether the weight quantizer is GPTQ, alone or under AdaDim.
   bool UsesGptq() const {
-    return weight_step_.method == "gptq" || (weight_step_.method == "adadim" && weight_step_.adadim_base == "gptq");
+    return weight_step_.method == "gptq" || (weight_step_.method == "adadim" && weight_step_.Get("base", "") == "gptq");
   }
   std::vector<std::string> RecipeNames() const {
     std::vector<std::string> names;
@@ -160,17 +155,14 @@ class Pipeline {
 
 absl::Status Pipeline::CheckRecipeAndScheme() {
   if (o_.recipe.empty()) return absl::InvalidArgumentError("recipe is empty");
-  std::vector<std::string> methods;
   for (const auto& step : o_.recipe) {
-    const auto& impl = ImplementedMethods();
-    if (std::find(impl.begin(), impl.end(), step.method) == impl.end()) {
+    if (!FindMethod(step.method)) {
       return absl::UnimplementedError(absl::StrCat("method '", step.method, "' is not implemented"));
     }
-    methods.push_back(step.method);
   }
-  QAAS_RETURN_IF_ERROR(CheckRecipeOrder(methods));
+  QAAS_RETURN_IF_ERROR(CheckRecipe(o_.recipe));  // the table's options and bounds, the order
   const Scheme& sc = o_.scheme;
-  QAAS_RETURN_IF_ERROR(CheckRecipeFitsScheme(methods, sc));
+  QAAS_RETURN_IF_ERROR(CheckRecipeFitsScheme(o_.recipe, sc));
   weight_step_ = RecipeStep{"rtn"};
   for (const auto& step : o_.recipe) {
     if (IsTransformMethod(step.method)) {
@@ -179,12 +171,8 @@ absl::Status Pipeline::CheckRecipeAndScheme() {
       weight_step_ = step;
     }
   }
-  if (const std::string need = CalibrationNeed(methods, sc); !need.empty() && !o_.calibration) {
+  if (const std::string need = CalibrationNeed(o_.recipe, sc); !need.empty() && !o_.calibration) {
     return absl::InvalidArgumentError(absl::StrCat(need, " needs calibration data (calibration.dataset)"));
-  }
-  if (weight_step_.method == "adadim" && weight_step_.adadim_base != "rtn" && weight_step_.adadim_base != "gptq") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("adadim base must be rtn or gptq, got '", weight_step_.adadim_base, "'"));
   }
   QAAS_RETURN_IF_ERROR(CheckActivationSpec(sc.activations, "activations"));
   QAAS_RETURN_IF_ERROR(CheckActivationSpec(sc.kv_cache, "kv_cache"));
@@ -193,26 +181,7 @@ absl::Status Pipeline::CheckRecipeAndScheme() {
                                                  NumberFormatName(sc.weights.format),
                                                  " is not implemented (integer or MX weights)"));
   }
-  if (sc.weights.is_mx() && UsesGptq() && (weight_step_.gptq.act_order || weight_step_.gptq.static_groups)) {
-    return absl::InvalidArgumentError(absl::StrCat("scheme ", sc.ToString(),
-                                                   ": GPTQ act_order and static_groups do not apply to MX blocks"));
-  }
-  if (UsesOmniQuant()) QAAS_RETURN_IF_ERROR(CheckOmniQuantOptions(weight_step_.omniquant));
-  for (const auto& step : transforms_) {
-    if (step.method == "smoothquant" && !(step.smoothquant.alpha >= 0 && step.smoothquant.alpha <= 1)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("smoothquant alpha must be in [0, 1], got ", step.smoothquant.alpha));
-    }
-    if (step.method == "rptq") {
-      if (step.rptq.clusters.size() != 5) {
-        return absl::InvalidArgumentError(absl::StrCat("rptq takes 5 cluster counts (R1..R5), got ",
-                                                       step.rptq.clusters.size()));
-      }
-      for (int c : step.rptq.clusters) {
-        if (c < 1) return absl::InvalidArgumentError(absl::StrCat("rptq cluster counts must be >= 1, got ", c));
-      }
-    }
-  }
+  if (UsesOmniQuant()) QAAS_RETURN_IF_ERROR(CheckOmniQuantOptions(OmniQuantOptionsOf(weight_step_)));
   return absl::OkStatus();
 }
 
@@ -330,7 +299,7 @@ absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* detai
       nlohmann::json j = nlohmann::json::object();
       for (ActPoint p : {ActPoint::kAttnIn, ActPoint::kMlpIn}) {
         const ChannelRange& r = ranges[static_cast<int>(p)];
-        auto scales = SmoothLayer(model, p, at::maximum(r.min.abs(), r.max.abs()), step.smoothquant, layer);
+        auto scales = SmoothLayer(model, p, at::maximum(r.min.abs(), r.max.abs()), SmoothQuantOptionsOf(step), layer);
         if (!scales.ok()) return scales.status();
         j[ActPointName(p)] = {{"scale_min", scales->min().item<double>()},
                               {"scale_max", scales->max().item<double>()}};
@@ -343,7 +312,7 @@ absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* detai
       stats.attn_out = ranges[1];
       stats.mlp_in = ranges[2];
       stats.mlp_hidden = ranges[3];
-      RptqOptions options = step.rptq;
+      RptqOptions options = RptqOptionsOf(step);
       options.seed = o_.seed;
       nlohmann::json j;
       QAAS_RETURN_IF_ERROR(ApplyRptq(model, stats, options, o_.scheme.activations, layer, &act, &j));
@@ -409,9 +378,10 @@ absl::Status Pipeline::QuantizeLayer(int i) {
     Progress(i, "training");
     auto tc = Clock::now();
     at::Tensor targets = ForwardBatched(model, original, calib_fp_, o_.batch_size);
-    const int epochs = OmniQuantEpochs(weight_step_.omniquant, o_.scheme.weights);
+    const OmniQuantOptions omniquant = OmniQuantOptionsOf(weight_step_);
+    const int epochs = OmniQuantEpochs(omniquant, o_.scheme.weights);
     auto omni = OmniQuantLayer(model, transformed, calib_, targets, o_.scheme.weights, !o_.scheme.weight_only(),
-                               weight_step_.omniquant, [&](int epoch, double loss) {
+                               omniquant, [&](int epoch, double loss) {
                                  if (o_.on_progress) {
                                    o_.on_progress({i, config_.num_layers, "training", epoch, epochs, loss});
                                  }
@@ -483,12 +453,12 @@ absl::Status Pipeline::QuantizeLayer(int i) {
         const at::Tensor& w = transformed.linears[j].weight;
         LayerReport& lr = reports[j];
         lr.name = layer_prefix + name;
-        lr.method = adadim ? "adadim-" + weight_step_.adadim_base : method;
+        lr.method = adadim ? "adadim-" + weight_step_.Get("base", "rtn") : method;
         auto tq = Clock::now();
         auto quantize = [&](bool per_ic) -> absl::StatusOr<QuantizedLinear> {
           if (method == "omniquant") return omni_linears[j];
           if (!gptq) return per_ic ? QuantizeRtnPerInputChannel(w, o_.scheme.weights) : QuantizeRtn(w, o_.scheme.weights);
-          GptqOptions g = weight_step_.gptq;
+          GptqOptions g = GptqOptionsOf(weight_step_);
           g.per_input_channel = per_ic;
           GptqStats stats;
           auto q = QuantizeGptq(w, hessians[name]->H(), o_.scheme.weights, g, &stats);
@@ -730,9 +700,9 @@ absl::Status Pipeline::Assemble() {
                                      {"weights", SpecJson(o_.scheme.weights)}};
   } else if (o_.scheme.weights.enabled()) {
     const bool gptq = UsesGptq();
+    const GptqOptions g = GptqOptionsOf(weight_step_);
     config["quantization_config"] =
-        GptqQuantizationConfig(o_.scheme, gptq && weight_step_.gptq.act_order,
-                               gptq && weight_step_.gptq.static_groups, weight_step_.gptq.percdamp);
+        GptqQuantizationConfig(o_.scheme, gptq && g.act_order, gptq && g.static_groups, g.percdamp);
     if (any_per_ic_) {
       // Not loadable as GPTQ: some layers hold per-IC groups (docs/artifact-format.md).
       nlohmann::json per_ic = nlohmann::json::array();
@@ -795,6 +765,10 @@ absl::StatusOr<nlohmann::json> Pipeline::Run() {
   report_.num_layers = config_.num_layers;
   report_.original_bytes = ck_->total_bytes();
   report_.device = device_.str();
+  const ComputeEnvironment& env = DescribeComputeEnvironment();
+  report_.torch_version = env.torch_version;
+  report_.cpu_capability = env.cpu_capability;
+  report_.blas = env.blas;
   report_.resumed_layers = o_.resume ? ResumableLayers() : 0;
   for (int i = 0; i < config_.num_layers; ++i) {
     if (o_.should_stop && o_.should_stop()) {

@@ -50,7 +50,10 @@ nlohmann::json ToJson(const Report& r) {
   if (!memory.empty()) j["memory"] = std::move(memory);
   j["environment"] = {{"qaas_version", QAAS_VERSION},
                       {"device", r.device},
-                      {"hardware_threads", std::thread::hardware_concurrency()}};
+                      {"hardware_threads", std::thread::hardware_concurrency()},
+                      {"torch_version", r.torch_version},
+                      {"cpu_capability", r.cpu_capability},
+                      {"blas", r.blas}};
   return j;
 }
 

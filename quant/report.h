@@ -62,6 +62,12 @@ struct Report {
   std::optional<uint64_t> peak_host_memory_bytes;
   std::optional<uint64_t> peak_device_allocated_bytes;
   std::optional<uint64_t> peak_device_reserved_bytes;
+  // What fixes the float summation order of the run (quant/util/device.h's
+  // ComputeEnvironment): resume and reruns are bit-identical only where these
+  // match.
+  std::string torch_version;
+  std::string cpu_capability;
+  std::string blas;
 };
 
 nlohmann::json ToJson(const Report& r);

@@ -294,6 +294,22 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
   };
   const int64_t n = inputs.size(0), bw = options.batch_windows;
 
+  // The block's loss over every window, as the final one is measured: at the
+  // initial parameters (SmoothQuant's scales, LWC's near-full ranges) it is
+  // what training must lower. (The per-epoch losses are means over steps
+  // taken while the parameters move, too noisy to compare.)
+  auto mean_loss = [&](const DecoderLayer& l) {
+    double sum = 0;
+    for (int64_t i = 0; i < n; i += bw) sum += block_loss(l, i, std::min(bw, n - i)).item<double>();
+    return sum / ((n + bw - 1) / bw);
+  };
+  double initial_loss = 0;
+  {
+    c10::NoGradGuard no_grad;
+    auto l = build();
+    if (!l.ok()) return l.status();
+    initial_loss = mean_loss(*l);
+  }
   nlohmann::json losses = nlohmann::json::array();
   int64_t steps = 0;
   if (!let_tensors.empty() || !lwc_tensors.empty()) {
@@ -339,7 +355,7 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
     l.weight = l.weight.detach();
     if (l.bias.defined()) l.bias = l.bias.detach();
   }
-  nlohmann::json details = {{"epochs", epochs}, {"steps", steps}, {"loss", losses}};
+  nlohmann::json details = {{"epochs", epochs}, {"steps", steps}, {"loss", losses}, {"initial_loss", initial_loss}};
   DecoderLayer stored = result.folded;
   if (lwc) {
     double gamma = 0, beta = 0;
@@ -357,9 +373,7 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
     details["lwc"] = {{"gamma_mean", gamma / count}, {"beta_mean", beta / count}};
   }
   // The stored block's loss over every window, as training measured it.
-  double final_loss = 0;
-  for (int64_t i = 0; i < n; i += bw) final_loss += block_loss(stored, i, std::min(bw, n - i)).item<double>();
-  details["final_loss"] = final_loss / ((n + bw - 1) / bw);
+  details["final_loss"] = mean_loss(stored);
   if (let) {
     for (at::Tensor* t : {&params.attn_scale, &params.attn_shift, &params.mlp_scale, &params.mlp_shift, &params.qk_scale}) {
       if (t->defined()) *t = t->detach();

@@ -35,6 +35,7 @@
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
+#include "quant/method_table.h"
 #include "quant/methods/quantized_linear.h"
 #include "quant/model/decoder.h"
 #include "quant/scheme.h"
@@ -48,6 +49,16 @@ struct OmniQuantOptions {
   int batch_windows = 1;  // calibration windows per step (the paper: 1)
   double let_alpha = 0.5;  // SmoothQuant migration strength LET starts from
 };
+
+// The options of an "omniquant" recipe step (method_table.h, whose defaults
+// equal these: a test checks).
+inline OmniQuantOptions OmniQuantOptionsOf(const RecipeStep& step) {
+  OmniQuantOptions o;
+  o.epochs = step.Get("epochs", o.epochs);
+  o.lwc_lr = step.Get("lwc_lr", o.lwc_lr);
+  o.let_lr = step.Get("let_lr", o.let_lr);
+  return o;
+}
 
 // InvalidArgument naming the option unless epochs >= 0, batch_windows >= 1
 // and both learning rates > 0.
@@ -89,8 +100,8 @@ struct OmniQuantResult {
   // and each linear's clipping factors (empty without LWC).
   LetParams let;
   std::vector<at::Tensor> gamma, beta;
-  // epochs, steps, loss (mean per epoch), final_loss (the stored block on
-  // every window), seconds, lwc {gamma_mean, beta_mean}, let {ranges}
+  // epochs, steps, loss (mean per epoch), initial_loss and final_loss (the
+  // block at the initial and at the learned parameters, on every window), seconds, lwc {gamma_mean, beta_mean}, let {ranges}
   nlohmann::json details;
 };
 

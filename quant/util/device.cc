@@ -1,7 +1,13 @@
 #include "quant/util/device.h"
 
+#include <dlfcn.h>
+#include <link.h>
+#include <torch/version.h>
+
 #include <algorithm>
+#include <cstring>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include "absl/strings/ascii.h"
@@ -42,7 +48,57 @@ std::optional<uint64_t> HostPeakBytes() {
   return std::nullopt;
 }
 
+// "CPU capability usage: AVX2" from libtorch's build and run-time summary.
+std::string CpuCapability() {
+  std::istringstream config(at::show_config());
+  std::string line;
+  while (std::getline(config, line)) {
+    // "  - CPU capability usage: AVX2" ("NO AVX" for the default kernels)
+    const size_t at = line.find("CPU capability usage:");
+    if (at != std::string::npos) {
+      return std::string(absl::StripAsciiWhitespace(line.substr(at + std::strlen("CPU capability usage:"))));
+    }
+  }
+  return "";
+}
+
+// OpenBLAS says what it is and which core's kernels it chose; any other BLAS
+// is named by the library file loaded for it.
+std::string BlasDescription() {
+  using Getter = char* (*)();
+  if (auto config = reinterpret_cast<Getter>(dlsym(RTLD_DEFAULT, "openblas_get_config"))) {
+    std::string s = absl::StrCat("OpenBLAS ", absl::StripAsciiWhitespace(config()));
+    if (auto core = reinterpret_cast<Getter>(dlsym(RTLD_DEFAULT, "openblas_get_corename"))) {
+      absl::StrAppend(&s, " (core ", core(), ")");
+    }
+    return s;
+  }
+  std::string found;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) {
+        const std::string name = info->dlpi_name ? info->dlpi_name : "";
+        if (name.find("blas") != std::string::npos || name.find("mkl") != std::string::npos) {
+          *static_cast<std::string*>(out) = name;
+          return 1;
+        }
+        return 0;
+      },
+      &found);
+  return found;
+}
+
 }  // namespace
+
+const ComputeEnvironment& DescribeComputeEnvironment() {
+  static const ComputeEnvironment* env = [] {
+    auto* e = new ComputeEnvironment;
+    e->torch_version = absl::StrCat(TORCH_VERSION_MAJOR, ".", TORCH_VERSION_MINOR, ".", TORCH_VERSION_PATCH);
+    e->cpu_capability = CpuCapability();
+    e->blas = BlasDescription();
+    return e;
+  }();
+  return *env;
+}
 
 bool BuiltWithCuda() {
 #ifdef QAAS_WITH_CUDA

@@ -51,6 +51,19 @@ PeakMemory ReadPeakMemory(const at::Device& device);
 // Waits for the work queued on a CUDA device (for timings); no-op on the CPU.
 void Synchronize(const at::Device& device);
 
+// What decides the order in which floats are summed on the CPU, and so the
+// last bits of a result (docs/decisions.md: what resume promises across
+// machines): libtorch's version, the vectorised kernel set ATen dispatched to
+// on this CPU ("AVX2", "AVX512", "NO AVX" for the default kernels; the variable
+// ATEN_CPU_CAPABILITY can lower it) and the BLAS behind its matrix products
+// (OpenBLAS names the core its kernels were chosen for).
+struct ComputeEnvironment {
+  std::string torch_version;   // e.g. "1.13.0"
+  std::string cpu_capability;  // empty where libtorch does not say
+  std::string blas;            // e.g. "OpenBLAS 0.3.21 ... (core Zen)"; empty where unknown
+};
+const ComputeEnvironment& DescribeComputeEnvironment();
+
 }  // namespace qaas::quant
 
 #endif  // QAAS_QUANT_UTIL_DEVICE_H_

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -110,6 +111,23 @@ TEST_F(DevicePipelineTest, ReportRecordsTheDeviceAndPeakMemory) {
   EXPECT_EQ(memory.contains("peak_device_reserved_bytes"), at::hasCUDA());
   EXPECT_EQ(memory.contains("peak_device_allocated_bytes"), at::hasCUDA());
   EXPECT_NE(ReadLocalFile(o.output_dir + "/report.md").find("- peak host memory: "), std::string::npos);
+  // What fixes the CPU's summation order is recorded: the kernel set ATen
+  // dispatched to and the BLAS (Debian's libtorch reports both).
+  const auto& env = (*report)["environment"];
+  EXPECT_EQ(env["torch_version"], DescribeComputeEnvironment().torch_version);
+  EXPECT_FALSE(env["torch_version"].get<std::string>().empty());
+  EXPECT_FALSE(env["cpu_capability"].get<std::string>().empty());
+  EXPECT_FALSE(env["blas"].get<std::string>().empty());
+}
+
+// ATEN_CPU_CAPABILITY lowers the kernel set (scripts/test reruns the numeric
+// suites that way); the report says which one ran.
+TEST(ComputeEnvironmentTest, CapabilityFollowsAtenCpuCapability) {
+  const char* requested = std::getenv("ATEN_CPU_CAPABILITY");
+  const std::string capability = DescribeComputeEnvironment().cpu_capability;
+  ASSERT_FALSE(capability.empty());
+  if (requested && std::string(requested) == "default") EXPECT_EQ(capability, "NO AVX");
+  if (requested && std::string(requested) == "avx2") EXPECT_EQ(capability, "AVX2");
 }
 
 TEST_F(DevicePipelineTest, UnavailableDeviceFailsBeforeWritingAnything) {

@@ -3,7 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
+#include <limits>
 
+#include "proto/recipe_convert.h"
+#include "quant/method_table.h"
 #include "tests/test_util.h"
 
 namespace qaas::server {
@@ -194,6 +198,127 @@ TEST_F(SpecValidationTest, OptionsMustMatchTheMethod) {
   QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
 }
 
+// job.proto's options messages are the method table's rows: one oneof field
+// per method, named like it, with one field per option of the same name.
+TEST(RecipeConvertTest, JobProtoMatchesTheMethodTable) {
+  const auto* oneof = v1::RecipeStep::descriptor()->FindOneofByName("options");
+  ASSERT_NE(oneof, nullptr);
+  EXPECT_EQ(oneof->field_count(), static_cast<int>(quant::Methods().size()));
+  for (int i = 0; i < oneof->field_count(); ++i) {
+    EXPECT_NE(quant::FindMethod(oneof->field(i)->name()), nullptr) << oneof->field(i)->name();
+  }
+  for (const quant::MethodSpec& m : quant::Methods()) {
+    SCOPED_TRACE(m.name);
+    const auto* field = v1::RecipeStep::descriptor()->FindFieldByName(m.name);
+    ASSERT_NE(field, nullptr);
+    EXPECT_EQ(field->containing_oneof(), oneof);
+    EXPECT_EQ(field->message_type()->field_count(), static_cast<int>(m.options.size()));
+    // Every option set through the proto comes back (and every field of the
+    // message is an option: RecipeStepFromProto says Internal otherwise).
+    quant::RecipeStep step{m.name, {}};
+    for (const quant::OptionSpec& o : m.options) {
+      switch (o.type) {
+        case quant::OptionType::kDouble: step.Set(o.name, o.max); break;
+        case quant::OptionType::kInt: step.Set(o.name, static_cast<int>(o.max)); break;
+        case quant::OptionType::kBool: step.Set(o.name, true); break;
+        case quant::OptionType::kChoice: step.Set(o.name, o.choices.back()); break;
+        case quant::OptionType::kIntList: step.Set(o.name, std::vector<int>(o.length, static_cast<int>(o.max))); break;
+      }
+    }
+    auto proto = RecipeStepToProto(step);
+    ASSERT_TRUE(proto.ok()) << proto.status();
+    auto back = RecipeStepFromProto(*proto, "recipe[0]");
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(*back, step);
+    // Unset fields are the table's defaults.
+    auto plain = RecipeStepFromProto(v1::RecipeStep(), "recipe[0]");
+    ASSERT_TRUE(plain.ok());
+    EXPECT_TRUE(plain->options.empty());
+  }
+}
+
+// What qaasctl sends for every option of the table (at its bound) validates.
+TEST_F(SpecValidationTest, EveryOptionOfTheTableValidates) {
+  spec_.clear_preset();
+  spec_.mutable_calibration()->set_dataset("file://" + root_ + "/calib.txt");
+  SetScheme("W4A8");
+  for (const quant::MethodSpec& m : quant::Methods()) {
+    for (const quant::OptionSpec& o : m.options) {
+      SCOPED_TRACE(m.name + "." + o.name);
+      quant::RecipeStep step{m.name, {}};
+      if (o.type == quant::OptionType::kBool) step.Set(o.name, true);
+      if (o.type == quant::OptionType::kChoice) step.Set(o.name, o.choices.back());
+      if (o.type == quant::OptionType::kDouble) step.Set(o.name, o.max);
+      if (o.type == quant::OptionType::kInt) step.Set(o.name, static_cast<int>(o.max));
+      if (o.type == quant::OptionType::kIntList) step.Set(o.name, std::vector<int>(o.length, static_cast<int>(o.max)));
+      auto proto = RecipeStepToProto(step);
+      ASSERT_TRUE(proto.ok()) << proto.status();
+      spec_.clear_recipe();
+      *spec_.add_recipe() = *proto;
+      QAAS_EXPECT_OK(Validate());
+    }
+  }
+}
+
+TEST_F(SpecValidationTest, OutOfBoundsOptionsAreRefusedNamingTheField) {
+  spec_.clear_preset();
+  spec_.mutable_calibration()->set_dataset("file://" + root_ + "/calib.txt");
+  SetScheme("W4A8");
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  struct Case {
+    std::string method, field;
+    std::function<void(v1::RecipeStep*)> set;
+  };
+  const std::vector<Case> cases = {
+      {"gptq", "recipe[0].gptq.damp", [&](v1::RecipeStep* s) { s->mutable_gptq()->set_damp(nan); }},
+      {"gptq", "recipe[0].gptq.damp", [](v1::RecipeStep* s) { s->mutable_gptq()->set_damp(-0.5); }},
+      {"gptq", "recipe[0].gptq.damp", [](v1::RecipeStep* s) { s->mutable_gptq()->set_damp(2); }},
+      {"gptq", "recipe[0].gptq.block_size", [](v1::RecipeStep* s) { s->mutable_gptq()->set_block_size(-1); }},
+      {"adadim", "recipe[0].adadim.base", [](v1::RecipeStep* s) { s->mutable_adadim()->set_base("omniquant"); }},
+      {"adadim", "recipe[0].adadim.damp", [](v1::RecipeStep* s) { s->mutable_adadim()->set_damp(3); }},
+      {"smoothquant", "recipe[0].smoothquant.alpha", [&](v1::RecipeStep* s) { s->mutable_smoothquant()->set_alpha(nan); }},
+      {"rptq", "recipe[0].rptq.clusters", [](v1::RecipeStep* s) { s->mutable_rptq()->add_clusters(8); }},
+      {"rptq", "recipe[0].rptq.clusters",
+       [](v1::RecipeStep* s) {
+         for (int c : {8, 4, 4, 8, 65537}) s->mutable_rptq()->add_clusters(c);
+       }},
+      {"omniquant", "recipe[0].omniquant.epochs", [](v1::RecipeStep* s) { s->mutable_omniquant()->set_epochs(1001); }},
+      {"omniquant", "recipe[0].omniquant.lwc_lr", [](v1::RecipeStep* s) { s->mutable_omniquant()->set_lwc_lr(-1); }},
+      {"omniquant", "recipe[0].omniquant.let_lr", [&](v1::RecipeStep* s) { s->mutable_omniquant()->set_let_lr(nan); }},
+  };
+  for (const Case& c : cases) {
+    spec_.clear_recipe();
+    auto* step = spec_.add_recipe();
+    step->set_method(c.method);
+    c.set(step);
+    absl::Status st = Validate();
+    QAAS_EXPECT_CODE(st, kInvalidArgument);
+    EXPECT_NE(st.message().find(c.field), absl::string_view::npos) << st;
+  }
+}
+
+// Presets come from the table's rows and validate as they expand.
+TEST_F(SpecValidationTest, EveryPresetOfTheTableValidates) {
+  spec_.mutable_calibration()->set_dataset("file://" + root_ + "/calib.txt");
+  SetScheme("W4A8");
+  for (const quant::Preset* preset : quant::Presets()) {
+    SCOPED_TRACE(preset->name);
+    spec_.clear_recipe();
+    spec_.set_preset(preset->name);
+    QAAS_ASSERT_OK(Validate());
+    ASSERT_EQ(spec_.recipe_size(), static_cast<int>(preset->steps.size()));
+    for (int i = 0; i < spec_.recipe_size(); ++i) {
+      auto step = RecipeStepFromProto(spec_.recipe(i), "recipe");
+      ASSERT_TRUE(step.ok()) << step.status();
+      EXPECT_EQ(*step, preset->steps[i]);
+    }
+    QAAS_EXPECT_OK(Validate());  // idempotent
+  }
+  spec_.clear_recipe();
+  spec_.set_preset("magic");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+}
+
 TEST_F(SpecValidationTest, UrisMustStayInsideTheRoots) {
   spec_.set_model("file://" + root_ + "/../../etc");
   absl::Status st = Validate();
@@ -209,6 +334,35 @@ TEST_F(SpecValidationTest, UrisMustStayInsideTheRoots) {
   spec_.mutable_calibration()->set_dataset("file:///etc/passwd");
   QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
   spec_.mutable_calibration()->set_dataset("http://example/x");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+}
+
+// A root behind a symlink (../shared a link, as on some checkouts): the
+// roots and the requested paths are both resolved before they are compared.
+TEST_F(SpecValidationTest, RootsAndPathsBehindSymlinksAreResolved) {
+  const std::string link = dir_.path() + "/root-link";
+  std::filesystem::create_directory_symlink(root_, link);
+  // The root resolved (as qaas-server resolves --file_roots), the uri through the link.
+  spec_.set_model("file://" + link + "/model");
+  spec_.mutable_calibration()->set_dataset("file://" + link + "/calib.txt");
+  spec_.set_output("file://" + link + "/out/not-made-yet");
+  QAAS_EXPECT_OK(Validate());
+  // The root named by the link, the uri through its target.
+  options_.file_roots = {link};
+  spec_.set_model("file://" + root_ + "/model");
+  spec_.set_output("file://" + root_ + "/out/not-made-yet");
+  QAAS_EXPECT_OK(Validate());
+  // Through the link, a symlink inside the root that points outside still escapes.
+  std::filesystem::create_directory_symlink("/etc", root_ + "/escape");
+  spec_.set_model("file://" + link + "/escape");
+  absl::Status st = Validate();
+  QAAS_EXPECT_CODE(st, kInvalidArgument);
+  EXPECT_NE(st.message().find("outside"), absl::string_view::npos) << st;
+  spec_.set_model("file://" + link + "/model");
+  spec_.set_output("file://" + link + "/escape/out");
+  QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+  // A path outside every root that is not a link stays outside.
+  spec_.set_output("file://" + dir_.path() + "/elsewhere");
   QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
 }
 
