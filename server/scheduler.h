@@ -1,4 +1,4 @@
-// The scheduler: the job state machine of DESIGN.md section 4 over a JobStore,
+// The scheduler: the job state machine (README: Job states) over a JobStore,
 // with leases, cancellation, idempotency and change notification. A plain
 // object that the gRPC services call (and tests call directly, with an
 // injected clock: no sleeps needed).

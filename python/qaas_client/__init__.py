@@ -82,8 +82,11 @@ class Client:
 
         model, calibration, evaluation: uris (or local paths, made file:// uris).
         scheme: a shorthand such as "W4A16g128", "W4A8KV4" or "Wmxfp4Amxfp4".
-        preset: e.g. "rtn", "gptq", "smoothquant+gptq"; or recipe: a list of method
-        names or job_pb2.RecipeStep messages (with their options).
+        preset: one of "rtn", "gptq", "adadim-rtn", "adadim-gptq", "smoothquant-rtn",
+        "smoothquant-gptq", "rptq", "omniquant" (docs/api.md, Recipes); or recipe: a
+        list of method names or job_pb2.RecipeStep messages (with their options).
+        Neither: the server refuses the spec (INVALID_ARGUMENT, recipe required).
+        device: "cpu", "cuda" or "" (any worker), resources.device.
         """
         spec = job_pb2.JobSpec(model=_uri(model), output=output, priority=priority,
                                idempotency_key=idempotency_key)
