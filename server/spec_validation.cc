@@ -1,13 +1,10 @@
 #include "server/spec_validation.h"
 
-#include <stdlib.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <filesystem>
-#include <climits>
 #include <fstream>
-#include <map>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -73,9 +70,9 @@ absl::Status ValidateRecipe(v1::JobSpec* spec, std::vector<quant::RecipeStep>* s
   steps->clear();
   for (int i = 0; i < spec->recipe_size(); ++i) {
     const std::string field = absl::StrCat("recipe[", i, "]");
-    if (!quant::FindMethod(spec->recipe(i).method())) {
-      return Invalid(field, absl::StrCat("unknown method '", spec->recipe(i).method(), "' (known: ",
-                                         absl::StrJoin(quant::MethodNames(), ", "), ")"));
+    // An unknown method is named before its options are read.
+    if (auto st = quant::CheckStepOptions(quant::RecipeStep{spec->recipe(i).method(), {}}, field); !st.ok()) {
+      return st;
     }
     auto step = RecipeStepFromProto(spec->recipe(i), field);
     if (!step.ok()) return step.status();

@@ -116,6 +116,8 @@ TEST_F(SpecValidationTest, UnimplementedMethodsAndFormatsAreNamed) {
   spec_.clear_preset();
   spec_.add_recipe()->set_method("magic");
   QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+  EXPECT_NE(Validate().message().find("recipe[0]: unknown method 'magic' (known: rtn, gptq"), absl::string_view::npos)
+      << Validate();
 
   spec_.mutable_recipe(0)->set_method("rtn");
   SetScheme("Wfp8A16");
