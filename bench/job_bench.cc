@@ -232,20 +232,15 @@ int main(int argc, char** argv) {
     }
     std::sort(layer_s.begin(), layer_s.end());
     const double median = layer_s.empty() ? 0 : layer_s[layer_s.size() / 2];
-    const auto& secs = (*report)["seconds"];
     double eval_tokens = 0;
-    for (const auto& e : (*report)["evaluations"]) eval_tokens += 2.0 * e["windows"].get<double>() * seq_len;
-    const double eval_s = secs["evaluation"].get<double>();
+    for (const q::EvaluationReport& e : report->evaluations) eval_tokens += 2.0 * e.windows * seq_len;
+    const double eval_s = report->seconds_evaluation;
     const double eval_tok_s = eval_s > 0 ? eval_tokens / eval_s : 0;
-    const auto mem = report->value("memory", nlohmann::json::object());
-    auto opt = [&](const char* k) {
-      return mem.contains(k) ? std::optional<uint64_t>(mem[k].get<uint64_t>()) : std::nullopt;
-    };
     std::printf("%-22s %9.1f %9.2f %8.1fx %10.1f %9.1f %9.1f %10.0f %10.2fx %12s %12s\n",
-                std::string(job).c_str(), secs["total"].get<double>(), median,
-                median / (fp32.layer() * calib_tokens), secs["calibration"].get<double>(),
-                secs["quantization"].get<double>(), eval_s, eval_tok_s, eval_tok_s / roof_tokens_s,
-                Mib(opt("peak_host_bytes")).c_str(), Mib(opt("peak_device_reserved_bytes")).c_str());
+                std::string(job).c_str(), report->seconds_total, median, median / (fp32.layer() * calib_tokens),
+                report->seconds_calibration, report->seconds_quantization, eval_s, eval_tok_s,
+                eval_tok_s / roof_tokens_s, Mib(report->peak_host_memory_bytes).c_str(),
+                Mib(report->peak_device_reserved_bytes).c_str());
     std::fflush(stdout);
   }
   std::printf("\nlayer s: median per decoder layer; /floor: that over one fp32 pass of the calibration tokens "

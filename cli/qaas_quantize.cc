@@ -98,11 +98,9 @@ int main(int argc, char** argv) {
     std::cerr << "\nqaas-quantize: " << report.status() << "\n";
     return 1;
   }
-  for (const auto& e : (*report)["evaluations"]) {
-    std::printf("%s seq_len=%d windows=%d ppl original=%.4f quantized=%.4f\n",
-                e["dataset"].get<std::string>().c_str(), e["seq_len"].get<int>(),
-                e["windows"].get<int>(), e["perplexity_original"].get<double>(),
-                e["perplexity_quantized"].get<double>());
+  for (const q::EvaluationReport& e : report->evaluations) {
+    std::printf("%s seq_len=%d windows=%lld ppl original=%.4f quantized=%.4f\n", e.dataset.c_str(), e.seq_len,
+                static_cast<long long>(e.windows), e.perplexity_original, e.perplexity_quantized);
   }
   std::printf("report: %s/report.json\n", o.output_dir.c_str());
   return 0;

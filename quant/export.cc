@@ -2,8 +2,15 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "quant/formats/act_quant.h"
+#include "quant/formats/number_format.h"
 #include "quant/formats/packing.h"
+#include "quant/layer_state.h"
+#include "quant/methods/gptq.h"
 #include "quant/model/checkpoint.h"
+#include "quant/util/files.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 
@@ -80,6 +87,183 @@ nlohmann::json GptqQuantizationConfig(const Scheme& scheme, bool desc_act, bool 
           {"sym", w.symmetric},
           {"true_sequential", true},
           {"checkpoint_format", "gptq"}};
+}
+
+namespace {
+
+// A tensor kind's quantization as config.json records it.
+nlohmann::json SpecJson(const TensorQuant& q) {
+  nlohmann::json j = {{"format", NumberFormatName(q.format)}, {"bits", q.bits},
+                      {"granularity", GranularityName(q.granularity)}, {"symmetric", q.symmetric}};
+  if (auto element = ElementFormatOf(q); element.ok()) j["element"] = Traits(*element).name;
+  if (q.is_mx()) j["block_size"] = kMxBlockSize;
+  return j;
+}
+
+// artifact/: GPTQ's packed integers (docs/artifact-format.md); MX weights as
+// element codes and E8M0 scales; float linears and norms as they are.
+class GptqLayout : public ArtifactLayout {
+ public:
+  std::string name() const override { return "gptq"; }
+  std::string directory() const override { return "artifact"; }
+  std::string checkpoint_stem() const override { return "layer"; }
+  // GPTQ stores biases in float16 (it matters where a method changed them,
+  // e.g. OmniQuant's shifts); MX keeps them as they are.
+  at::Tensor StoredBias(const QuantizedLinear& q, const at::Tensor& bias) const override {
+    return !bias.defined() || q.mx ? bias : bias.to(at::kHalf).to(at::kFloat);
+  }
+
+  absl::StatusOr<std::vector<RawTensor>> PackLayer(const LayerToPack& layer) const override {
+    std::vector<RawTensor> packed;
+    const DecoderLayer& t = *layer.transformed;
+    for (const auto& [name, norm] : t.norms) packed.push_back(TensorToRaw(layer.prefix + name, norm.cpu()));
+    if (t.act) {
+      for (int p = 0; p < kNumActPoints; ++p) {
+        const ActQuantizer& q = t.act->inputs[p];
+        const std::string stem = absl::StrCat(layer.prefix, "act_quant.", ActPointName(static_cast<ActPoint>(p)));
+        if (q.scale.defined()) packed.push_back(TensorToRaw(stem + ".scale", q.scale.cpu()));
+        if (q.zero.defined()) packed.push_back(TensorToRaw(stem + ".zero", q.zero.cpu()));
+      }
+    }
+    for (size_t j = 0; j < layer.linear_names->size(); ++j) {
+      const std::string name = layer.prefix + (*layer.linear_names)[j];
+      const at::Tensor& bias = t.linears[j].bias;
+      const std::optional<QuantizedLinear>& q = (*layer.linears)[j];
+      if (!q) {
+        packed.push_back(TensorToRaw(name + ".weight", t.linears[j].weight.cpu()));
+        if (bias.defined()) packed.push_back(TensorToRaw(name + ".bias", bias.cpu()));
+      } else if (q->mx) {
+        // Unpacking must give the evaluated weights back exactly.
+        MxPacked mx = PackMx(q->dequantized, q->element);
+        if (!at::equal(UnpackMx(mx), q->dequantized.cpu())) {
+          return absl::InternalError(absl::StrCat(name, ": MX packing does not reproduce the quantized weights"));
+        }
+        packed.push_back(TensorToRaw(name + ".mx_codes", mx.codes));
+        packed.push_back(TensorToRaw(name + ".mx_scales", mx.scales));
+        if (bias.defined()) packed.push_back(TensorToRaw(name + ".bias", bias.cpu()));
+      } else {
+        // Per-IC weights are packed as their transpose, under "<name>.ic"; the
+        // bias is not transposed and stays "<name>.bias" (float16, as GPTQ's).
+        const bool per_ic = q->per_input_channel;
+        const at::Tensor packed_bias = per_ic || !bias.defined() ? at::Tensor() : bias.cpu();
+        for (auto& r : PackGptqLinear(per_ic ? name + ".ic" : name, *q, packed_bias)) {
+          packed.push_back(std::move(r));
+        }
+        if (per_ic && bias.defined()) packed.push_back(TensorToRaw(name + ".bias", bias.cpu().to(at::kHalf)));
+      }
+    }
+    return packed;
+  }
+
+  std::pair<nlohmann::json, std::string> Config(const nlohmann::json& original,
+                                                const ArtifactSummary& s) const override {
+    nlohmann::json config = original;
+    std::string format = "gptq";
+    nlohmann::json& qc = config["quantization_config"];
+    if (s.scheme.weights.is_mx()) {
+      format = "mx";
+      qc = {{"quant_method", "qaas"}, {"format", "mx"}, {"weights", SpecJson(s.scheme.weights)}};
+    } else if (s.scheme.weights.enabled()) {
+      const std::string& m = s.weight_step.method;
+      const bool gptq = m == "gptq" || (m == "adadim" && s.weight_step.Get("base", "") == "gptq");
+      const GptqOptions g = GptqOptionsOf(s.weight_step);
+      qc = GptqQuantizationConfig(s.scheme, gptq && g.act_order, gptq && g.static_groups, g.percdamp);
+      if (!s.per_input_channel_layers.empty()) {
+        // Not loadable as GPTQ: some layers hold per-IC groups.
+        qc["quant_method"] = "qaas";
+        qc["format"] = format = "adadim";
+        qc["per_input_channel_layers"] = s.per_input_channel_layers;
+      }
+    } else if (!s.scheme.weight_only()) {
+      format = "qaas";
+      qc = {{"quant_method", "qaas"}, {"format", "float-weights"}};
+    }
+    if (s.reordered) {
+      // Reordered norms (reorder_index tensors) and permuted weights: only a
+      // runtime that applies the reorder can load it.
+      qc["quant_method"] = "qaas";
+      qc["format"] = format = "rptq";
+    }
+    if (s.scheme.activations.enabled()) qc["activations"] = SpecJson(s.scheme.activations);
+    if (s.scheme.kv_cache.enabled()) qc["kv_cache"] = SpecJson(s.scheme.kv_cache);
+    if (qc.is_null()) config.erase("quantization_config");
+    config["qaas_scheme"] = s.scheme.ToString();
+    return {config, format};
+  }
+};
+
+// artifact-dequantized/: the weights exactly as evaluated, in the input's
+// dtypes (tensors the input lacks, as RPTQ's reorder indices, as they are),
+// with the input's config.json.
+class DequantizedLayout : public ArtifactLayout {
+ public:
+  std::string name() const override { return "dequantized"; }
+  std::string directory() const override { return "artifact-dequantized"; }
+  std::string checkpoint_stem() const override { return "dequantized-layer"; }
+
+  absl::StatusOr<std::vector<RawTensor>> PackLayer(const LayerToPack& layer) const override {
+    std::vector<RawTensor> plain;
+    auto add = [&](const std::string& name, const at::Tensor& t) {
+      auto entry = layer.checkpoint->Entry(name);
+      plain.push_back(TensorToRaw(name, entry.ok() ? t.cpu().to(ToScalarType(entry->dtype)) : t.cpu()));
+    };
+    for (const auto& [name, t] : layer.transformed->norms) add(layer.prefix + name, t);
+    const DecoderLayer& q = *layer.quantized;
+    for (size_t j = 0; j < layer.linear_names->size(); ++j) {
+      const std::string name = layer.prefix + (*layer.linear_names)[j];
+      add(name + ".weight", q.linears[j].weight);
+      if (q.linears[j].bias.defined()) add(name + ".bias", q.linears[j].bias);
+    }
+    return plain;
+  }
+
+  std::pair<nlohmann::json, std::string> Config(const nlohmann::json& original,
+                                                const ArtifactSummary&) const override {
+    return {original, "dequantized"};
+  }
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ArtifactLayout>> MakeArtifactLayout(const std::string& name) {
+  if (name == "gptq") return std::make_unique<GptqLayout>();
+  if (name == "dequantized") return std::make_unique<DequantizedLayout>();
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown artifact layout '", name, "' (known: gptq, dequantized)"));
+}
+
+absl::StatusOr<uint64_t> WriteArtifact(const ArtifactLayout& layout, const Checkpoint& checkpoint,
+                                       const std::vector<std::string>& head_tensor_names, int num_layers,
+                                       const std::string& model_dir, const std::string& output_dir,
+                                       const ArtifactSummary& summary, nlohmann::json manifest) {
+  const std::string dir = output_dir + "/" + layout.directory();
+  QAAS_RETURN_IF_ERROR(MakeDirs(dir));
+  std::vector<RawTensor> tensors;
+  for (const std::string& name : head_tensor_names) {  // embeddings, final norm, lm_head
+    QAAS_ASSIGN_OR_RETURN(RawTensor raw, checkpoint.LoadRaw(name));
+    tensors.push_back(std::move(raw));
+  }
+  for (int i = 0; i < num_layers; ++i) {
+    QAAS_ASSIGN_OR_RETURN(auto file,
+                          SafetensorsFile::Open(output_dir + "/" + CheckpointFile(layout.checkpoint_stem(), i)));
+    QAAS_ASSIGN_OR_RETURN(auto layer, file->ReadAll());
+    for (auto& t : layer) tensors.push_back(std::move(t));
+  }
+  uint64_t bytes = 0;
+  for (const auto& t : tensors) bytes += t.data.size();
+  QAAS_RETURN_IF_ERROR(WriteSafetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}}));
+  auto [config, format] = layout.Config(nlohmann::json::parse(checkpoint.config().raw_json), summary);
+  QAAS_RETURN_IF_ERROR(WriteFileAtomic(dir + "/config.json", config.dump(2) + "\n"));
+  for (const char* f : {"tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                        "special_tokens_map.json", "generation_config.json"}) {
+    const std::string from = model_dir + "/" + f;
+    if (FileExists(from)) QAAS_RETURN_IF_ERROR(CopyFile(from, dir + "/" + f));
+  }
+  if (manifest.is_null()) return bytes;
+  manifest["qaas_version"] = QAAS_VERSION;
+  manifest["format"] = format;
+  QAAS_RETURN_IF_ERROR(WriteFileAtomic(dir + "/qaas_manifest.json", manifest.dump(2) + "\n"));
+  return bytes;
 }
 
 }  // namespace qaas::quant

@@ -1,5 +1,6 @@
-// The artifact: a Hugging Face directory whose linear layers are stored in the
-// GPTQ checkpoint layout (docs/artifact-format.md), loadable by AutoGPTQ /
+// The artifact: a Hugging Face directory whose linear layers are stored in an
+// artifact layout chosen by name (ArtifactLayout below). "gptq": the GPTQ
+// checkpoint layout (docs/artifact-format.md), loadable by AutoGPTQ /
 // GPTQModel / Transformers / vLLM, plus the tokenizer and qaas_manifest.json.
 //
 // Per quantized linear "<p>" (e.g. model.layers.0.self_attn.q_proj), with
@@ -17,12 +18,18 @@
 #include <ATen/ATen.h>
 
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
+#include "quant/method_table.h"
 #include "quant/methods/quantized_linear.h"
+#include "quant/model/checkpoint.h"
+#include "quant/model/decoder.h"
 #include "quant/model/safetensors.h"
 #include "quant/scheme.h"
 
@@ -42,6 +49,58 @@ absl::StatusOr<at::Tensor> UnpackGptqLinear(const std::map<std::string, RawTenso
 // desc_act / static_groups / damp_percent describe how GPTQ ran (RTN: defaults).
 nlohmann::json GptqQuantizationConfig(const Scheme& scheme, bool desc_act = false,
                                       bool static_groups = false, double damp_percent = 0.01);
+
+// One finished layer, as a layout packs it.
+struct LayerToPack {
+  std::string prefix;  // "model.layers.<i>."
+  const std::vector<std::string>* linear_names = nullptr;
+  const DecoderLayer* transformed = nullptr;  // float: norms, biases and activation quantizers after the recipe
+  const DecoderLayer* quantized = nullptr;    // as evaluated: the dequantized weights, biases as stored
+  // Per linear, what its weight quantizer returned; none: the linear stays float.
+  const std::vector<std::optional<QuantizedLinear>>* linears = nullptr;
+  const Checkpoint* checkpoint = nullptr;  // the input model (its stored dtypes)
+};
+
+// What config.json says of the quantization, known once every layer is done.
+struct ArtifactSummary {
+  Scheme scheme;
+  RecipeStep weight_step = {"rtn", {}};  // GPTQ's act_order / static_groups / damp for its config
+  bool reordered = false;         // RPTQ permuted channels (reorder_index tensors)
+  std::vector<std::string> per_input_channel_layers;  // AdaDim's per-IC linears
+};
+
+// How an artifact stores the quantized model. The pipeline packs each layer
+// as it finishes into checkpoints/<checkpoint_stem()>-<i>.safetensors (so a
+// resumed run keeps it), and WriteArtifact assembles them at the end.
+class ArtifactLayout {
+ public:
+  virtual ~ArtifactLayout() = default;
+  virtual std::string name() const = 0;
+  virtual std::string directory() const = 0;        // under the job's output
+  virtual std::string checkpoint_stem() const = 0;  // of its per-layer files
+  // A quantized linear's bias as the layout stores it: what the quantized
+  // model must evaluate.
+  virtual at::Tensor StoredBias(const QuantizedLinear& q, const at::Tensor& bias) const { return bias; }
+  virtual absl::StatusOr<std::vector<RawTensor>> PackLayer(const LayerToPack& layer) const = 0;
+  // config.json (from the input model's) and the format the manifest names.
+  virtual std::pair<nlohmann::json, std::string> Config(const nlohmann::json& original,
+                                                        const ArtifactSummary& summary) const = 0;
+};
+
+// "gptq" (artifact/: the GPTQ layout; MX, AdaDim and RPTQ variants as
+// docs/artifact-format.md says) or "dequantized" (artifact-dequantized/: a
+// plain checkpoint of the evaluated weights in the stored dtypes).
+// InvalidArgument naming the known layouts otherwise.
+absl::StatusOr<std::unique_ptr<ArtifactLayout>> MakeArtifactLayout(const std::string& name);
+
+// Writes <output_dir>/<layout.directory()>/: model.safetensors (the input's
+// head tensors, then every layer's checkpoint), config.json, the input's
+// tokenizer files, and qaas_manifest.json (`manifest` plus the format) unless
+// `manifest` is null. Returns the bytes of model.safetensors' tensors.
+absl::StatusOr<uint64_t> WriteArtifact(const ArtifactLayout& layout, const Checkpoint& checkpoint,
+                                       const std::vector<std::string>& head_tensor_names, int num_layers,
+                                       const std::string& model_dir, const std::string& output_dir,
+                                       const ArtifactSummary& summary, nlohmann::json manifest);
 
 }  // namespace qaas::quant
 

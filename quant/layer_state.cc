@@ -1,8 +1,13 @@
 #include "quant/layer_state.h"
 
+#include <cstdio>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "quant/model/checkpoint.h"
 #include "quant/model/safetensors.h"
+#include "quant/util/files.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 namespace {
@@ -136,6 +141,64 @@ absl::StatusOr<LayerState> ReadLayerState(const std::string& path) {
     return absl::DataLossError(absl::StrCat(path, ": malformed layer state: ", e.what()));
   }
   return state;
+}
+
+std::string CheckpointFile(const std::string& stem, int layer) {
+  return absl::StrFormat("checkpoints/%s-%d.safetensors", stem, layer);
+}
+
+nlohmann::json ToJson(const LayerRecord& r) {
+  nlohmann::json j = {{"fingerprint", r.fingerprint},
+                      {"layer", r.layer},
+                      {"layers", nlohmann::json::array()},
+                      {"blocks", nlohmann::json::array()},
+                      {"seconds", {r.seconds_calibration, r.seconds_quantization, r.seconds_evaluation}}};
+  for (const LayerReport& l : r.linears) {
+    j["layers"].push_back({l.name, l.method, l.seconds, l.relative_weight_error, l.details});
+  }
+  for (const BlockReport& b : r.blocks) j["blocks"].push_back({b.index, b.output_relative_error, b.transforms});
+  return j;
+}
+
+absl::StatusOr<LayerRecord> LayerRecordFromJson(const nlohmann::json& j) {
+  try {
+    LayerRecord r;
+    r.fingerprint = j.at("fingerprint");
+    r.layer = j.at("layer").get<int>();
+    for (const auto& l : j.at("layers")) {
+      r.linears.push_back({l.at(0).get<std::string>(), l.at(1).get<std::string>(), l.at(2).get<double>(),
+                           l.at(3).get<double>(), l.at(4)});
+    }
+    for (const auto& b : j.at("blocks")) r.blocks.push_back({b.at(0).get<int>(), b.at(1).get<double>(), b.at(2)});
+    const auto& seconds = j.at("seconds");
+    r.seconds_calibration = seconds.at(0).get<double>();
+    r.seconds_quantization = seconds.at(1).get<double>();
+    r.seconds_evaluation = seconds.at(2).get<double>();
+    return r;
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat("malformed layer record: ", e.what()));
+  }
+}
+
+int ResumableLayers(const std::string& output_dir, int num_layers, const std::vector<std::string>& stems,
+                    const nlohmann::json& fingerprint) {
+  auto path = [&](const std::string& stem, int i) { return output_dir + "/" + CheckpointFile(stem, i); };
+  int n = 0;
+  for (; n < num_layers; ++n) {
+    bool files = true;
+    for (const std::string& stem : stems) files = files && FileExists(path(stem, n));
+    if (!files) break;
+    // The header is enough to decide; replaying the layer reads the tensors.
+    auto info = ReadLayerStateInfo(path("state", n));
+    if (!info.ok()) break;
+    auto record = LayerRecordFromJson(*info);
+    if (!record.ok() || record->fingerprint != fingerprint || record->layer != n) break;
+  }
+  for (int k = n; k < num_layers; ++k) {
+    std::remove(path("state", k).c_str());
+    for (const std::string& stem : stems) std::remove(path(stem, k).c_str());
+  }
+  return n;
 }
 
 }  // namespace qaas::quant

@@ -7,12 +7,15 @@
 //       the calibration stream; set up activation / KV-cache quantizers
 //     run it on the calibration stream, observing each linear's inputs
 //       (activation-quantized, as the quantized model computes)
-//     OmniQuant: learn clipping and equivalent transforms of the block
-//       against the float block's output (needs the float model's stream)
+//     a quantizer that learns the block (OmniQuant: clipping and equivalent
+//       transforms) trains it against the float block's output (on the
+//       float model's stream)
 //     quantize each linear with the recipe's weight quantizer
+//       (weight_quantizer.h), group by group as GPTQ's true sequential
 //     run the quantized layer on the calibration stream (next layer's inputs)
 //       and on the evaluation streams (quantized model)
-//     write checkpoints/layer-<i>.safetensors, report progress, honour stop
+//     pack the layer in the artifact's layout (export.h) and write its
+//       checkpoints (layer_state.h), report progress, honour stop
 //   perplexity of both models on each evaluation set
 //   assemble artifact/ and write report.json / report.md
 //
@@ -35,6 +38,7 @@
 #include "quant/methods/omniquant.h"
 #include "quant/methods/rptq.h"
 #include "quant/methods/smoothquant.h"
+#include "quant/report.h"
 #include "quant/scheme.h"
 
 namespace qaas::quant {
@@ -66,7 +70,7 @@ struct PipelineOptions {
   // Applied in order: zero or more transforms (applied to each float layer),
   // then at most one weight quantizer (RTN when none is given). RecipeStep
   // and the methods with their options are method_table.h's.
-  std::vector<RecipeStep> recipe = {{"rtn"}};
+  std::vector<RecipeStep> recipe = {{"rtn", {}}};
   std::optional<DatasetRef> calibration;     // seq_len 0 = min(2048, context)
   int num_samples = 128;
   uint64_t seed = 0;
@@ -74,6 +78,8 @@ struct PipelineOptions {
   std::string device = "cpu";
   int batch_size = 8;            // windows per forward call
   nlohmann::json manifest_extra;  // recorded in qaas_manifest.json (e.g. the job spec)
+  // How artifact/ stores the quantized layers (export.h's MakeArtifactLayout).
+  std::string artifact_layout = "gptq";
   // Called from the pipeline's thread; must not block for long.
   std::function<void(const PipelineProgress&)> on_progress;
   // Polled at layer boundaries (and between OmniQuant's epochs); true stops
@@ -96,11 +102,12 @@ struct PipelineOptions {
   std::function<absl::Status(int layer, const std::vector<std::string>& files)> on_layer_saved;
 };
 
-// Runs the job and returns report.json's content. Errors: InvalidArgument for
+// Runs the job and returns its report (also written as report.json and
+// report.md). Errors: InvalidArgument for
 // bad inputs (naming the file, tensor or field), Cancelled when should_stop
 // said so, ResourceExhausted when the disk is full, Internal for libtorch
 // failures (with libtorch's message).
-absl::StatusOr<nlohmann::json> RunPipeline(const PipelineOptions& options);
+absl::StatusOr<Report> RunPipeline(const PipelineOptions& options);
 
 }  // namespace qaas::quant
 

@@ -276,7 +276,7 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     if (!report.ok()) return report.status();
     // Deliver "all layers done" before uploading, whatever the heartbeat
     // thread's timing: a fast job must not end showing layer 0.
-    const int layers = (*report)["num_layers"].get<int>();
+    const int layers = report->num_layers;
     set_progress(0.95, "uploading", layers, layers);
     {
       v1::HeartbeatRequest beat;
@@ -305,11 +305,11 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     v1::JobResult* r = done.mutable_result();
     r->set_artifact_uri(spec.output() + "/artifact");
     r->set_report_uri(spec.output() + "/report.json");
-    if (!(*report)["evaluations"].empty()) {
-      r->set_perplexity_original((*report)["evaluations"][0]["perplexity_original"].get<double>());
-      r->set_perplexity_quantized((*report)["evaluations"][0]["perplexity_quantized"].get<double>());
+    if (!report->evaluations.empty()) {
+      r->set_perplexity_original(report->evaluations[0].perplexity_original);
+      r->set_perplexity_quantized(report->evaluations[0].perplexity_quantized);
     }
-    r->set_quantized_bytes((*report)["size"]["quantized_bytes"].get<uint64_t>());
+    r->set_quantized_bytes(report->quantized_bytes);
     v1::CompleteJobResponse resp;
     auto ctx = Context(options_.rpc_timeout_ms);
     return FromGrpc(stub_->CompleteJob(ctx.get(), done, &resp));

@@ -60,11 +60,12 @@ TEST_F(ActivationPipelineTest, RptqW4A4Kv4ExportsReorderAndStaticParameters) {
   rptq.Set("clusters", std::vector<int>{8, 4, 4, 8, 8});
   auto report = RunPipeline(Options("W4A4KV4", {rptq, RecipeStep{"gptq"}}));
   QAAS_ASSERT_OK(report);
-  EXPECT_EQ((*report)["recipe"], json({"rptq", "gptq"}));
-  const json& e = (*report)["evaluations"][0];
+  const json j = ToJson(*report);
+  EXPECT_EQ(j["recipe"], json({"rptq", "gptq"}));
+  const json& e = j["evaluations"][0];
   EXPECT_TRUE(std::isfinite(e["perplexity_quantized"].get<double>()));
   EXPECT_NE(e["perplexity_quantized"], e["perplexity_original"]);
-  EXPECT_EQ((*report)["blocks"][0]["transforms"]["rptq"]["clusters"]["attn_in"], 8);
+  EXPECT_EQ(j["blocks"][0]["transforms"]["rptq"]["clusters"]["attn_in"], 8);
 
   const json config = Config();
   EXPECT_EQ(config["quantization_config"]["quant_method"], "qaas");
@@ -85,7 +86,7 @@ TEST_F(ActivationPipelineTest, RptqW4A4Kv4ExportsReorderAndStaticParameters) {
 TEST_F(ActivationPipelineTest, SmoothQuantGptqWithMxWeightsAndActivations) {
   auto report = RunPipeline(Options("Wmxfp4Amxfp4", {RecipeStep{"smoothquant"}, RecipeStep{"gptq"}}));
   QAAS_ASSERT_OK(report);
-  EXPECT_TRUE((*report)["blocks"][1]["transforms"].contains("smoothquant"));
+  EXPECT_TRUE(report->blocks[1].transforms.contains("smoothquant"));
   const json config = Config();
   EXPECT_EQ(config["quantization_config"]["format"], "mx");
   EXPECT_EQ(config["quantization_config"]["weights"]["element"], "fp4_e2m1");
@@ -100,7 +101,7 @@ TEST_F(ActivationPipelineTest, SmoothQuantGptqWithMxWeightsAndActivations) {
 TEST_F(ActivationPipelineTest, StaticActivationsAreCalibratedAndExported) {
   auto report = RunPipeline(Options("W8A8_static", {RecipeStep{"rtn"}}));
   QAAS_ASSERT_OK(report);
-  const json& ranges = (*report)["blocks"][0]["transforms"]["static_activation_ranges"];
+  const json& ranges = report->blocks[0].transforms["static_activation_ranges"];
   ASSERT_TRUE(ranges.contains("mlp_hidden"));
   EXPECT_LT(ranges["attn_in"][0].get<double>(), 0);
   EXPECT_GT(ranges["attn_in"][1].get<double>(), 0);
@@ -112,8 +113,9 @@ TEST_F(ActivationPipelineTest, StaticActivationsAreCalibratedAndExported) {
 TEST_F(ActivationPipelineTest, ActivationOnlySchemeKeepsFloatWeights) {
   auto report = RunPipeline(Options("W16A8KV8", {RecipeStep{"smoothquant"}}));
   QAAS_ASSERT_OK(report);
-  EXPECT_EQ((*report)["recipe"], json({"smoothquant", "rtn"}));
-  const json& e = (*report)["evaluations"][0];
+  const json j = ToJson(*report);
+  EXPECT_EQ(j["recipe"], json({"smoothquant", "rtn"}));
+  const json& e = j["evaluations"][0];
   // 8-bit activations and cache on a random model: close to, not equal to, float.
   EXPECT_NE(e["perplexity_quantized"], e["perplexity_original"]);
   EXPECT_NEAR(e["perplexity_quantized"].get<double>() / e["perplexity_original"].get<double>(), 1.0, 0.02);
@@ -160,7 +162,7 @@ class OutlierRecoveryTest : public ::testing::Test {
     auto report = RunPipeline(o);
     EXPECT_TRUE(report.ok()) << report.status();
     if (!report.ok()) return {0, 0};
-    const json& e = (*report)["evaluations"][0];
+    const json e = ToJson(*report)["evaluations"][0];
     return {e["perplexity_original"].get<double>(), e["perplexity_quantized"].get<double>()};
   }
   static std::string outliers() { return dir_->path() + "/outliers"; }

@@ -104,8 +104,9 @@ TEST_F(DevicePipelineTest, ReportRecordsTheDeviceAndPeakMemory) {
   auto report = RunPipeline(o);
   QAAS_ASSERT_OK(report);
   const std::string device = at::hasCUDA() ? "cuda:0" : "cpu";
-  EXPECT_EQ((*report)["environment"]["device"], device);
-  const auto& memory = (*report)["memory"];
+  const nlohmann::json j = ToJson(*report);
+  EXPECT_EQ(j["environment"]["device"], device);
+  const nlohmann::json& memory = j["memory"];
   // At least the libtorch runtime and the model's weights are resident.
   EXPECT_GT(memory["peak_host_bytes"].get<uint64_t>(), 10 * kMiB);
   EXPECT_EQ(memory.contains("peak_device_reserved_bytes"), at::hasCUDA());
@@ -113,7 +114,7 @@ TEST_F(DevicePipelineTest, ReportRecordsTheDeviceAndPeakMemory) {
   EXPECT_NE(ReadLocalFile(o.output_dir + "/report.md").find("- peak host memory: "), std::string::npos);
   // What fixes the CPU's summation order is recorded: the kernel set ATen
   // dispatched to and the BLAS (Debian's libtorch reports both).
-  const auto& env = (*report)["environment"];
+  const nlohmann::json& env = j["environment"];
   EXPECT_EQ(env["torch_version"], DescribeComputeEnvironment().torch_version);
   EXPECT_FALSE(env["torch_version"].get<std::string>().empty());
   EXPECT_FALSE(env["cpu_capability"].get<std::string>().empty());

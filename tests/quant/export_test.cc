@@ -183,5 +183,58 @@ TEST(GptqExportTest, QuantizationConfigDescribesTheScheme) {
   EXPECT_EQ(j["sym"], true);
 }
 
+TEST(ArtifactLayoutTest, ChosenByNameAndUnknownNamesAreRefusedNamingTheKnown) {
+  for (const char* name : {"gptq", "dequantized"}) {
+    auto layout = MakeArtifactLayout(name);
+    QAAS_ASSERT_OK(layout);
+    EXPECT_EQ((*layout)->name(), name);
+  }
+  auto unknown = MakeArtifactLayout("awq");
+  QAAS_EXPECT_CODE(unknown, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(unknown, "'awq'"));
+  EXPECT_TRUE(MessageHas(unknown, "gptq"));
+}
+
+// The quantized model evaluates the bias the layout stores.
+TEST(ArtifactLayoutTest, GptqStoresBiasesOfIntegerLayersInFloat16) {
+  auto layout = MakeArtifactLayout("gptq");
+  QAAS_ASSERT_OK(layout);
+  const at::Tensor bias = at::tensor({0.1f, 1.0f / 3, 1e-5f});
+  QuantizedLinear q;
+  const at::Tensor stored = (*layout)->StoredBias(q, bias);
+  EXPECT_TRUE(stored.equal(bias.to(at::kHalf).to(at::kFloat)));
+  EXPECT_FALSE(stored.equal(bias));
+  q.mx = true;  // MX layers keep theirs as they are
+  EXPECT_TRUE((*layout)->StoredBias(q, bias).equal(bias));
+  EXPECT_FALSE((*layout)->StoredBias(q, at::Tensor()).defined());
+}
+
+TEST(ArtifactLayoutTest, GptqConfigNamesTheFormatTheLayersHave) {
+  auto layout = MakeArtifactLayout("gptq");
+  QAAS_ASSERT_OK(layout);
+  const nlohmann::json original = {{"model_type", "llama"}};
+  ArtifactSummary s;
+  s.scheme = MustParse("W4A16g128");
+  s.weight_step = RecipeStep{"gptq", {}};
+  s.weight_step.Set("act_order", true);
+  auto [config, format] = (*layout)->Config(original, s);
+  EXPECT_EQ(format, "gptq");
+  EXPECT_EQ(config["model_type"], "llama");
+  EXPECT_EQ(config["quantization_config"]["quant_method"], "gptq");
+  EXPECT_EQ(config["quantization_config"]["desc_act"], true);
+  s.per_input_channel_layers = {"model.layers.0.mlp.down_proj"};
+  std::tie(config, format) = (*layout)->Config(original, s);
+  EXPECT_EQ(format, "adadim");
+  EXPECT_EQ(config["quantization_config"]["per_input_channel_layers"][0], "model.layers.0.mlp.down_proj");
+  s.reordered = true;
+  EXPECT_EQ((*layout)->Config(original, s).second, "rptq");
+  s = ArtifactSummary();
+  s.scheme = MustParse("W16A16");
+  std::tie(config, format) = (*layout)->Config(original, s);
+  EXPECT_FALSE(config.contains("quantization_config"));
+  s.scheme = MustParse("Wmxfp4");
+  EXPECT_EQ((*layout)->Config(original, s).second, "mx");
+}
+
 }  // namespace
 }  // namespace qaas::quant

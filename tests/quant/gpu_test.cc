@@ -40,7 +40,7 @@ JobRun RunOn(const std::string& device, const std::string& method, const std::st
   auto report = RunPipeline(o);
   EXPECT_TRUE(report.ok()) << report.status();
   if (!report.ok()) return {};
-  return {*report, ReadAll(out + "/artifact/model.safetensors")};
+  return {ToJson(*report), ReadAll(out + "/artifact/model.safetensors")};
 }
 
 // Fraction of the packed 4-bit codes (the qweight tensors' nibbles) that

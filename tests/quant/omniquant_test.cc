@@ -358,7 +358,7 @@ TEST(Stories260kOmniQuant, BeatsRtnAtW2AndW4A4) {
     o.evaluations = {DatasetRef{TinyStoriesPath(), "tinystories", 512, 16}};
     auto report = RunPipeline(o);
     EXPECT_TRUE(report.ok()) << report.status();
-    return report.ok() ? *report : nlohmann::json();
+    return report.ok() ? ToJson(*report) : nlohmann::json();
   };
   auto ppl = [](const nlohmann::json& r) { return r["evaluations"][0]["perplexity_quantized"].get<double>(); };
   auto float_ppl = [](const nlohmann::json& r) { return r["evaluations"][0]["perplexity_original"].get<double>(); };

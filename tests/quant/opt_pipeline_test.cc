@@ -125,8 +125,9 @@ TEST(OptPipelineTest, RtnW8KeepsTheReferencePerplexityAndExportsOpt) {
   auto report = RunPipeline(o);
   QAAS_ASSERT_OK(report);
   const json& ref = OptReference()["model"]["perplexity"];
-  ASSERT_EQ((*report)["evaluations"].size(), 1u);
-  const json& e = (*report)["evaluations"][0];
+  const json j = ToJson(*report);
+  ASSERT_EQ(j["evaluations"].size(), 1u);
+  const json& e = j["evaluations"][0];
   EXPECT_EQ(e["seq_len"], 128);
   EXPECT_EQ(e["windows"], 8);
   EXPECT_EQ(e["tokens"], ref["float64"]["tokens_scored"]);
@@ -140,7 +141,7 @@ TEST(OptPipelineTest, RtnW8KeepsTheReferencePerplexityAndExportsOpt) {
   EXPECT_NE(quantized, original);
 
   // Two layers of six linears, named as OPT's.
-  const json& layers = (*report)["layers"];
+  const json& layers = j["layers"];
   ASSERT_EQ(layers.size(), 12u);
   EXPECT_EQ(layers[0]["name"], "model.decoder.layers.0.self_attn.q_proj");
   EXPECT_EQ(layers[11]["name"], "model.decoder.layers.1.fc2");
@@ -197,14 +198,15 @@ TEST(OptPipelineTest, GptqAndAdaDimExportWhatTheyEvaluated) {
     o.recipe = {step};
     auto report = RunPipeline(o);
     QAAS_ASSERT_OK(report);
-    const json& e = (*report)["evaluations"][0];
+    const json j = ToJson(*report);
+    const json& e = j["evaluations"][0];
     const double original = e["perplexity_original"].get<double>();
     const double quantized = e["perplexity_quantized"].get<double>();
     RecordProperty("perplexity_quantized_" + method, std::to_string(quantized));
     EXPECT_NE(quantized, original);
     EXPECT_LT(quantized, 2 * original);
-    ASSERT_EQ((*report)["layers"].size(), 12u);
-    for (const auto& layer : (*report)["layers"]) {
+    ASSERT_EQ(j["layers"].size(), 12u);
+    for (const auto& layer : j["layers"]) {
       EXPECT_EQ(layer["method"], method == "gptq" ? "gptq" : "adadim-gptq");
       EXPECT_GT(layer["details"]["damp"].get<double>(), 0);
     }
@@ -235,7 +237,7 @@ TEST(OptPipelineTest, GptqAndAdaDimExportWhatTheyEvaluated) {
       EXPECT_EQ(plain.count("model.decoder.embed_positions.weight"), 1u);
       EXPECT_EQ(json::parse(ReadLocalFile(plain_dir + "/config.json"))["model_type"], "opt");
       int per_ic = 0;
-      for (const auto& layer : (*report)["layers"]) per_ic += layer["details"]["axis"] == "per_ic";
+      for (const LayerReport& layer : report->layers) per_ic += layer.details["axis"] == "per_ic";
       RecordProperty("adadim_per_ic_layers", per_ic);
     }
   }
@@ -255,8 +257,8 @@ TEST(OptPipelineTest, OmniQuantExportsWhatItEvaluated) {
   o.recipe = {step};
   auto report = RunPipeline(o);
   QAAS_ASSERT_OK(report);
-  const double quantized = (*report)["evaluations"][0]["perplexity_quantized"].get<double>();
-  EXPECT_TRUE((*report)["blocks"][0]["transforms"]["omniquant"].contains("let"));
+  const double quantized = report->evaluations[0].perplexity_quantized;
+  EXPECT_TRUE(report->blocks[0].transforms["omniquant"].contains("let"));
 
   const auto tensors = ReadAll(o.output_dir + "/artifact/model.safetensors");
   auto ck = Checkpoint::Open(TinyOptDir());

@@ -54,7 +54,7 @@ class Stories260kPipelineTest : public ::testing::Test {
     o.evaluations = {DatasetRef{TinyStoriesPath(), "tinystories", 512, 0}};
     o.on_progress = [](const PipelineProgress& p) { progress_->push_back(p); };
     progress_ = new std::vector<PipelineProgress>();
-    result_ = new absl::StatusOr<json>(RunPipeline(o));
+    result_ = new absl::StatusOr<Report>(RunPipeline(o));
   }
   static void TearDownTestSuite() {
     delete result_;
@@ -68,21 +68,21 @@ class Stories260kPipelineTest : public ::testing::Test {
     QAAS_REQUIRE_SHARED();
     QAAS_ASSERT_OK(*result_);
   }
-  static const json& report() { return **result_; }
+  static const Report& report() { return **result_; }
   static std::string out() { return dir_->path() + "/out"; }
 
   static ScopedTempDir* dir_;
-  static absl::StatusOr<json>* result_;
+  static absl::StatusOr<Report>* result_;
   static std::vector<PipelineProgress>* progress_;
 };
 ScopedTempDir* Stories260kPipelineTest::dir_ = nullptr;
-absl::StatusOr<json>* Stories260kPipelineTest::result_ = nullptr;
+absl::StatusOr<Report>* Stories260kPipelineTest::result_ = nullptr;
 std::vector<PipelineProgress>* Stories260kPipelineTest::progress_ = nullptr;
 
 TEST_F(Stories260kPipelineTest, OriginalPerplexityMatchesTheReference) {
   const json& ref = Reference()["perplexity"]["tinystories"]["seq_len_512"]["float64"];
-  ASSERT_EQ(report()["evaluations"].size(), 1u);
-  const json& e = report()["evaluations"][0];
+  ASSERT_EQ(report().evaluations.size(), 1u);
+  const json e = ToJson(report())["evaluations"][0];
   EXPECT_EQ(e["dataset"], "tinystories");
   EXPECT_EQ(e["seq_len"], 512);
   EXPECT_EQ(e["windows"], 86);
@@ -100,7 +100,7 @@ TEST_F(Stories260kPipelineTest, OriginalPerplexityMatchesTheReference) {
 
 TEST_F(Stories260kPipelineTest, ReportJsonHasEveryField) {
   const json written = json::parse(ReadLocalFile(out() + "/report.json"));
-  EXPECT_EQ(written, report());
+  EXPECT_EQ(written, ToJson(report()));
   EXPECT_TRUE(LocalPathExists(out() + "/report.md"));
   EXPECT_NE(ReadLocalFile(out() + "/report.md").find("tinystories"), std::string::npos);
 
@@ -179,7 +179,7 @@ TEST_F(Stories260kPipelineTest, ArtifactIsAGptqCheckpointOfTheRtnWeights) {
       QAAS_ASSERT_OK(unpacked);
       const QuantizedLinear q = QuantizeRtn(w, spec);
       EXPECT_TRUE(unpacked->equal(q.dequantized));
-      EXPECT_NEAR(report()["layers"][i * 7 + j]["relative_weight_error"].get<double>(),
+      EXPECT_NEAR(report().layers[i * 7 + j].relative_weight_error,
                   RelativeError(w, q.dequantized), 1e-9);
     }
   }
@@ -212,7 +212,7 @@ TEST(PipelineTest, W8IsNearlyLossless) {
   o.evaluations = {DatasetRef{TinyStoriesPath(), "tinystories", 512, 24}};
   auto report = RunPipeline(o);
   QAAS_ASSERT_OK(report);
-  const json& e = (*report)["evaluations"][0];
+  const json e = ToJson(*report)["evaluations"][0];
   EXPECT_EQ(e["windows"], 24);
   EXPECT_EQ(e["tokens"], 24 * 511);
   const double original = e["perplexity_original"].get<double>();
@@ -230,13 +230,13 @@ TEST_F(RandomModelPipelineTest, RunsAndReportsBothModels) {
   o.on_progress = [&](const PipelineProgress& p) { progress.push_back(p); };
   auto report = RunPipeline(o);
   QAAS_ASSERT_OK(report);
-  const json& e = (*report)["evaluations"][0];
+  const json e = ToJson(*report)["evaluations"][0];
   EXPECT_EQ(e["windows"], 2);
   EXPECT_EQ(e["tokens"], 2 * 63);
   // A random model predicts about uniformly over its 512-entry vocabulary.
   EXPECT_GT(e["perplexity_original"].get<double>(), 300);
   EXPECT_LT(e["perplexity_original"].get<double>(), 800);
-  EXPECT_EQ((*report)["layers"].size(), 14u);
+  EXPECT_EQ(report->layers.size(), 14u);
   for (int i = 0; i < 2; ++i) {
     int loading = 0;
     for (const auto& p : progress) {
@@ -252,9 +252,9 @@ TEST_F(RandomModelPipelineTest, UnquantizedWeightsKeepThePerplexity) {
   o.scheme = MustParse("W16A16");
   auto report = RunPipeline(o);
   QAAS_ASSERT_OK(report);
-  const json& e = (*report)["evaluations"][0];
+  const json e = ToJson(*report)["evaluations"][0];
   EXPECT_EQ(e["perplexity_quantized"], e["perplexity_original"]);
-  EXPECT_EQ((*report)["layers"][0]["method"], "none");
+  EXPECT_EQ(report->layers[0].method, "none");
   const json config = json::parse(ReadLocalFile(o.output_dir + "/artifact/config.json"));
   EXPECT_FALSE(config.contains("quantization_config"));
   const auto tensors = ReadAll(o.output_dir + "/artifact/model.safetensors");
@@ -320,12 +320,13 @@ TEST_F(RandomModelPipelineTest, MissingModelDirectoryIsNotFound) {
   EXPECT_TRUE(MessageHas(report, "absent"));
 }
 
-TEST_F(RandomModelPipelineTest, UnimplementedMethodsAndSchemesAreUnimplemented) {
+TEST_F(RandomModelPipelineTest, UnknownMethodsAndUnimplementedSchemesAreRefused) {
+  // A method outside the table is a bad request, as the server says at submit.
   PipelineOptions o = Options();
   o.recipe = {RecipeStep{"magic"}};
   auto report = RunPipeline(o);
-  QAAS_EXPECT_CODE(report, kUnimplemented);
-  EXPECT_TRUE(MessageHas(report, "magic"));
+  QAAS_EXPECT_CODE(report, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(report, "unknown method 'magic'"));
 
   o = Options();
   o.recipe = {RecipeStep{"gptq"}};
@@ -427,7 +428,8 @@ TEST_F(RandomModelPipelineTest, GptqAndAdaDimExportWhatTheyEvaluated) {
     std::map<std::string, RawTensor> plain;
     if (method == "adadim") plain = ReadAll(o.output_dir + "/artifact-dequantized/model.safetensors");
     int per_ic = 0;
-    for (const auto& layer : (*report)["layers"]) {
+    const json layers = ToJson(*report)["layers"];  // as report.json has them
+    for (const json& layer : layers) {
       const std::string name = layer["name"];
       SCOPED_TRACE(name);
       EXPECT_GT(layer["details"]["damp"].get<double>(), 0);
@@ -488,7 +490,7 @@ TEST(Stories260kGptq, BeatsRtnAtThreeBits) {
     o.evaluations = {DatasetRef{TinyStoriesPath(), "tinystories", 512, 24}};
     auto report = RunPipeline(o);
     QAAS_ASSERT_OK(report);
-    ppl[k] = (*report)["evaluations"][0]["perplexity_quantized"].get<double>();
+    ppl[k] = report->evaluations[0].perplexity_quantized;
   }
   EXPECT_LT(ppl[1], ppl[0]) << "gptq " << ppl[1] << " rtn " << ppl[0];
 }

@@ -86,7 +86,8 @@ class ResumeTest : public ::testing::TestWithParam<Case> {
     const std::string whole = dir_.path() + "/whole", parts = dir_.path() + "/parts";
     auto full = RunPipeline(Options(model, whole));
     ASSERT_TRUE(full.ok()) << full.status();
-    EXPECT_FALSE(full->contains("resumed_layers"));
+    EXPECT_EQ(full->resumed_layers, 0);
+    EXPECT_FALSE(ToJson(*full).contains("resumed_layers"));
 
     // Stop after `stop_after` layers (a worker that died there).
     const int stop_after = num_layers / 2;
@@ -111,7 +112,7 @@ class ResumeTest : public ::testing::TestWithParam<Case> {
     second.on_progress = [&](const PipelineProgress& p) { steps.push_back(p.step); };
     auto resumed = RunPipeline(second);
     ASSERT_TRUE(resumed.ok()) << resumed.status();
-    EXPECT_EQ((*resumed)["resumed_layers"].get<int>(), stop_after);
+    EXPECT_EQ(resumed->resumed_layers, stop_after);
     EXPECT_EQ(std::count(steps.begin(), steps.end(), "layer restored"), stop_after);
     EXPECT_EQ(std::count(steps.begin(), steps.end(), "layer done"), num_layers - stop_after);
 
@@ -123,12 +124,12 @@ class ResumeTest : public ::testing::TestWithParam<Case> {
       EXPECT_TRUE(bytes == b.at(name)) << name << " differs after resume";
     }
     // The report carries the first run's per-layer entries and the same quality.
-    EXPECT_EQ((*resumed)["layers"].size(), (*full)["layers"].size());
-    ASSERT_EQ((*resumed)["blocks"].size(), (*full)["blocks"].size());
-    for (size_t k = 0; k < (*full)["blocks"].size(); ++k) {  // all but timings
-      EXPECT_EQ((*resumed)["blocks"][k]["output_relative_error"], (*full)["blocks"][k]["output_relative_error"]);
+    EXPECT_EQ(resumed->layers.size(), full->layers.size());
+    ASSERT_EQ(resumed->blocks.size(), full->blocks.size());
+    for (size_t k = 0; k < full->blocks.size(); ++k) {  // all but timings
+      EXPECT_EQ(resumed->blocks[k].output_relative_error, full->blocks[k].output_relative_error);
     }
-    EXPECT_EQ((*resumed)["evaluations"].dump(), (*full)["evaluations"].dump());
+    EXPECT_EQ(ToJson(*resumed)["evaluations"].dump(), ToJson(*full)["evaluations"].dump());
   }
 
   ScopedTempDir dir_;
@@ -166,13 +167,60 @@ TEST(Resume, CheckpointsOfOtherInputsAreIgnored) {
   o.resume = true;
   auto again = RunPipeline(o);
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_FALSE(again->contains("resumed_layers"));
+  EXPECT_EQ(again->resumed_layers, 0);
   auto state = ReadLayerState(o.output_dir + "/checkpoints/state-0.safetensors");
   ASSERT_TRUE(state.ok()) << state.status();
   EXPECT_EQ(state->info["fingerprint"]["seed"].get<int>(), 2);
   // A state file that is not one fails to read with the reason.
   WriteLocalFile(dir.path() + "/junk.safetensors", "not a safetensors file");
   EXPECT_FALSE(ReadLayerState(dir.path() + "/junk.safetensors").ok());
+}
+
+TEST(Resume, LayerRecordRoundTripsAndMalformedOnesAreDataLoss) {
+  LayerRecord r;
+  r.fingerprint = {{"seed", 3}};
+  r.layer = 2;
+  r.linears = {{"model.layers.2.mlp.up_proj", "gptq", 0.5, 0.125, {{"damp", 0.01}}}};
+  r.blocks = {{2, 0.25, {{"smoothquant", {{"scale_min", 0.5}}}}}};
+  r.seconds_calibration = 1;
+  r.seconds_quantization = 2;
+  r.seconds_evaluation = 3;
+  auto back = LayerRecordFromJson(ToJson(r));
+  QAAS_ASSERT_OK(back);
+  EXPECT_EQ(ToJson(*back), ToJson(r));
+  EXPECT_EQ(back->linears[0].details["damp"], 0.01);
+  EXPECT_EQ(back->seconds_evaluation, 3);
+  nlohmann::json broken = ToJson(r);
+  broken["layers"][0][2] = "fast";
+  QAAS_EXPECT_CODE(LayerRecordFromJson(broken), kDataLoss);
+  broken.erase("seconds");
+  QAAS_EXPECT_CODE(LayerRecordFromJson(broken), kDataLoss);
+}
+
+// Only a run of complete layers counts; what follows a gap is removed.
+TEST(Resume, ResumableLayersStopAtTheFirstGapAndRemoveTheRest) {
+  ScopedTempDir dir;
+  const std::string out = dir.path();
+  std::filesystem::create_directories(out + "/checkpoints");
+  const nlohmann::json fingerprint = {{"seed", 1}};
+  DecoderLayer layer;
+  layer.linears.push_back({at::ones({2, 2}), at::Tensor()});
+  for (int i = 0; i < 4; ++i) {
+    LayerRecord r;
+    r.fingerprint = i == 2 ? nlohmann::json{{"seed", 9}} : fingerprint;  // layer 2: other inputs
+    r.layer = i;
+    QAAS_ASSERT_OK(WriteLayerState(out + "/" + CheckpointFile("state", i), layer, ToJson(r)));
+    WriteLocalFile(out + "/" + CheckpointFile("layer", i), "packed");
+  }
+  std::filesystem::remove(out + "/" + CheckpointFile("layer", 1));  // layer 1's packed file lost
+  EXPECT_EQ(ResumableLayers(out, 4, {"layer"}, fingerprint), 1);
+  EXPECT_TRUE(std::filesystem::exists(out + "/" + CheckpointFile("state", 0)));
+  for (int i = 1; i < 4; ++i) {
+    EXPECT_FALSE(std::filesystem::exists(out + "/" + CheckpointFile("state", i))) << i;
+    EXPECT_FALSE(std::filesystem::exists(out + "/" + CheckpointFile("layer", i))) << i;
+  }
+  // A stem the layer lacks (AdaDim's dequantized copy): nothing to resume.
+  EXPECT_EQ(ResumableLayers(out, 4, {"layer", "dequantized-layer"}, fingerprint), 0);
 }
 
 }  // namespace
