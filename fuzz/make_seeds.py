@@ -70,3 +70,10 @@ specs = [
 ]
 for i, spec in enumerate(specs):
     write("job_spec", "spec%d" % i, spec.SerializeToString())
+
+# file_store: a mode byte (bit 0: the O_NOFOLLOW walk; bit 1: write, else
+# delete) and a key into fuzz/file_store_fuzz.cc's tree.
+for i, (mode, key) in enumerate([(0, "top"), (1, "a/b/file"), (0, "in/b/file"), (1, "up/outside/secret"),
+                                 (0, "abs/secret"), (2, "a/rel/secret"), (3, "leak"), (2, "a/b/slash/tmp/x"),
+                                 (0, "a/../../outside/secret"), (2, "in/new"), (0, "")]):
+    write("file_store", "key%02d" % i, bytes([mode]) + key.encode())

@@ -276,6 +276,9 @@ absl::StatusOr<v1::LeaseJobResponse> Scheduler::LeaseJob(const v1::LeaseJobReque
       *resp.mutable_job() = row.job;
       resp.set_lease_id(row.lease_id);
       resp.set_lease_expire_time_ms(row.lease_expire_ms);
+      // The roots the job's file:// uris were validated against: the worker
+      // opens them beneath these, whatever the directories became since.
+      for (const auto& root : options_.validation.file_roots) resp.add_file_roots(root);
       return resp;
     }
     const auto now = std::chrono::steady_clock::now();

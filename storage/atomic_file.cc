@@ -45,18 +45,30 @@ bool IsTempFileName(std::string_view name) {
 absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(std::string final_path,
                                                                            std::string what) {
   const std::string dir = DirName(final_path);
+  ScopedFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir_fd.valid()) {
+    return ErrnoStatus(errno, absl::StrCat("opening directory '", dir, "' for ", what));
+  }
+  const size_t slash = final_path.rfind('/');
+  return CreateAt(std::move(dir_fd), slash == std::string::npos ? final_path : final_path.substr(slash + 1),
+                  std::move(what));
+}
+
+absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::CreateAt(ScopedFd dir, std::string name,
+                                                                             std::string what) {
   for (int attempt = 0; attempt < kMaxNameAttempts; ++attempt) {
-    std::string temp_path = absl::StrCat(dir, "/", ToAbsl(kTempFilePrefix), RandomSuffix());
-    const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    std::string temp_name = absl::StrCat(ToAbsl(kTempFilePrefix), RandomSuffix());
+    // O_NOFOLLOW: nothing planted under the temp name is followed.
+    const int fd =
+        ::openat(dir.get(), temp_name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
     if (fd >= 0) {
       return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(
-          std::move(final_path), std::move(temp_path), std::move(what), ScopedFd(fd)));
+          std::move(dir), std::move(name), std::move(temp_name), std::move(what), ScopedFd(fd)));
     }
     if (errno == EEXIST) continue;
-    return ErrnoStatus(errno, absl::StrCat("creating a temp file for ", what, " in '", dir, "'"));
+    return ErrnoStatus(errno, absl::StrCat("creating a temp file for ", what));
   }
-  return absl::InternalError(
-      absl::StrCat("creating a temp file for ", what, " in '", dir, "': every name tried existed"));
+  return absl::InternalError(absl::StrCat("creating a temp file for ", what, ": every name tried existed"));
 }
 
 AtomicFileWriter::~AtomicFileWriter() { Abandon(); }
@@ -64,8 +76,8 @@ AtomicFileWriter::~AtomicFileWriter() { Abandon(); }
 void AtomicFileWriter::Abandon() {
   if (done_) return;
   done_ = true;
-  fd_.Close(temp_path_).IgnoreError();  // the data is being thrown away
-  ::unlink(temp_path_.c_str());
+  fd_.Close(temp_name_).IgnoreError();  // the data is being thrown away
+  ::unlinkat(dir_.get(), temp_name_.c_str(), 0);
 }
 
 absl::Status AtomicFileWriter::Fail(absl::Status status) {
@@ -103,15 +115,12 @@ absl::Status AtomicFileWriter::Commit() {
   absl::Status status = Fsync(fd_.get(), what_);
   if (status.ok()) status = fd_.Close(what_);
   if (!status.ok()) return Fail(std::move(status));
-  if (::rename(temp_path_.c_str(), final_path_.c_str()) != 0) {
+  if (::renameat(dir_.get(), temp_name_.c_str(), dir_.get(), name_.c_str()) != 0) {
     return Fail(ErrnoStatus(errno, absl::StrCat("renaming the temp file into place for ", what_)));
   }
   done_ = true;
   // Sync the directory so that the rename itself survives a crash.
-  const std::string dir = DirName(final_path_);
-  ScopedFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dir_fd.valid()) return ErrnoStatus(errno, absl::StrCat("opening directory '", dir, "'"));
-  return Fsync(dir_fd.get(), absl::StrCat("directory '", dir, "'"));
+  return Fsync(dir_.get(), absl::StrCat("the directory of ", what_));
 }
 
 }  // namespace qaas::storage

@@ -37,6 +37,12 @@ class AtomicFileWriter {
   // messages, e.g. "key 'a/b'" or "local file '/tmp/x'".
   static absl::StatusOr<std::unique_ptr<AtomicFileWriter>> Create(std::string final_path,
                                                                   std::string what);
+  // The same for the file `name` (one path component) in the open directory
+  // `dir`: the temp file, the rename and the sync all go through `dir`, so
+  // the write cannot be redirected by a rename or symlink of a directory
+  // above it after this call.
+  static absl::StatusOr<std::unique_ptr<AtomicFileWriter>> CreateAt(ScopedFd dir, std::string name,
+                                                                    std::string what);
 
   AtomicFileWriter(const AtomicFileWriter&) = delete;
   AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
@@ -56,13 +62,12 @@ class AtomicFileWriter {
   // is returned.
   absl::Status Commit();
 
-  const std::string& final_path() const { return final_path_; }
-  const std::string& temp_path() const { return temp_path_; }
 
  private:
-  AtomicFileWriter(std::string final_path, std::string temp_path, std::string what, ScopedFd fd)
-      : final_path_(std::move(final_path)),
-        temp_path_(std::move(temp_path)),
+  AtomicFileWriter(ScopedFd dir, std::string name, std::string temp_name, std::string what, ScopedFd fd)
+      : dir_(std::move(dir)),
+        name_(std::move(name)),
+        temp_name_(std::move(temp_name)),
         what_(std::move(what)),
         fd_(std::move(fd)) {}
 
@@ -71,8 +76,9 @@ class AtomicFileWriter {
   absl::Status Fail(absl::Status status);
   void Abandon();
 
-  const std::string final_path_;
-  const std::string temp_path_;
+  const ScopedFd dir_;          // the destination's directory
+  const std::string name_;      // the destination, in dir_
+  const std::string temp_name_; // the temp file, in dir_
   const std::string what_;
   ScopedFd fd_;
   bool done_ = false;  // committed or abandoned

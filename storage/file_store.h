@@ -34,13 +34,16 @@ namespace qaas::storage {
 // that crashed mid-write stay behind, invisible, until removed by hand.
 //
 // Symlinks inside the root are followed as long as they resolve inside it:
-// the realpath of the object (for reads) or of its parent directory (for
-// writes and deletes) is checked, and a key that resolves outside the root
-// is PermissionDenied, naming the key. List does not descend into symlinked
-// directories (which could form cycles) and skips symlinks leading outside
-// the root. The check and the open are separate steps, so this guards
-// against mistakes and stale links, not against a concurrent attacker who can
-// write inside the root.
+// every access opens its path relative to the root's directory with the
+// kernel refusing any step outside (openat2 RESOLVE_BENEATH, see
+// storage/beneath.h), and writes create their temp file and rename it
+// through the parent directory's descriptor. So a directory swapped for a
+// symlink, even between two calls or during one, cannot lead a read, write
+// or delete outside the root: such a key is PermissionDenied, naming it. On
+// kernels without openat2 every symlink below the root is refused. List
+// does not descend into symlinked directories (which could form cycles) and
+// skips symlinks leading outside the root. A key naming a fifo, socket or
+// device is FailedPrecondition.
 //
 // Errors name the key and give the errno text. Thread-safe: the store has no
 // mutable state, and concurrent writers to one key each replace the whole
@@ -77,27 +80,28 @@ class FileStore : public ObjectStore {
 
   // NormalizeObjectKey, plus refusal of the reserved temp names.
   absl::StatusOr<std::string> CheckKey(std::string_view key) const;
+  // The root directory, opened for this access.
+  absl::StatusOr<ScopedFd> OpenRoot() const;
+  // The directory `dir_key` ("" = the root), opened beneath the root.
+  absl::StatusOr<ScopedFd> OpenDir(int root_fd, const std::string& dir_key, std::string_view what) const;
   // Opens the object `key` (already checked): NotFound if it is missing or a
   // directory, PermissionDenied if it resolves outside the root.
   absl::StatusOr<OpenObject> OpenForRead(const std::string& key) const;
-  // Creates the parent directories of `key` (already checked), verifying at
-  // each level that they stay inside the root, and returns the real path of
-  // the parent directory.
-  absl::StatusOr<std::string> MakeParentDirs(const std::string& key) const;
+  // Creates the parent directories of `key` (already checked), each beneath
+  // the root, and returns the parent directory, opened.
+  absl::StatusOr<ScopedFd> MakeParentDirs(int root_fd, const std::string& key) const;
   // Starts the atomic write of `key` (already checked).
   absl::StatusOr<std::unique_ptr<AtomicFileWriter>> StartWrite(const std::string& key) const;
   // Removes the empty parent directories of `key`, deepest first, stopping
   // at the root or at the first that is not empty. Used after a delete and
   // after a failed write.
   void RemoveEmptyParents(const std::string& key) const;
-  // Appends to `out` the objects under the directory `dir_path` (which holds
+  // Appends to `out` the objects under the open directory `dir` (which holds
   // key `dir_key`) whose keys start with `prefix`, recursively.
-  absl::Status ListDir(const std::string& dir_path, const std::string& dir_key,
-                       const std::string& prefix, std::vector<ObjectInfo>* out) const;
+  absl::Status ListDir(int root_fd, ScopedFd dir, const std::string& dir_key, const std::string& prefix,
+                       std::vector<ObjectInfo>* out) const;
 
   std::string Describe(std::string_view key) const;  // "key 'k' in file:///root"
-  // The path of `key` through the root as given (symlinks unresolved).
-  std::string PathOf(std::string_view key) const;
 
   const std::string root_;       // lexically normalised, as given
   const std::string real_root_;  // realpath of root_: the boundary keys must stay within

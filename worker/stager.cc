@@ -7,9 +7,14 @@
 #include <fstream>
 #include <functional>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "storage/object_store.h"
+#include "storage/posix_io.h"
 #include "storage/sha256.h"
+#include "storage/uri.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::worker {
 namespace fs = std::filesystem;
@@ -46,50 +51,83 @@ absl::Status Materialize(const std::string& final_dir, const std::function<absl:
 
 }  // namespace
 
-absl::StatusOr<std::string> StageDirectory(const std::string& uri, const std::string& cache_dir, uint64_t* bytes) {
-  auto store = storage::OpenObjectStore(uri);
-  if (!store.ok()) return store.status();
-  auto objects = (*store)->List("");
-  if (!objects.ok()) return objects.status();
-  if (objects->empty()) return absl::NotFoundError(absl::StrCat("'", uri, "' holds no files"));
+std::string ObjectLocation::Key(const std::string& relative) const {
+  return prefix.empty() ? relative : absl::StrCat(prefix, "/", relative);
+}
+
+absl::StatusOr<ObjectLocation> OpenLocation(const std::string& uri, const FileRoots& roots) {
+  QAAS_ASSIGN_OR_RETURN(const storage::Uri parsed, storage::ParseUri(uri));
+  ObjectLocation location;
+  if (parsed.scheme != "file") {
+    QAAS_ASSIGN_OR_RETURN(location.store, storage::OpenObjectStore(uri));
+    return location;
+  }
+  QAAS_ASSIGN_OR_RETURN(const std::string path, storage::NormalizeLocalPath(parsed.path));
+  // The longest prefix of the path that is (or resolves to) a root. Only that
+  // prefix is resolved here; everything below it is resolved by the store,
+  // beneath the root, at each access.
+  std::vector<std::string> real_roots;
+  for (const std::string& root : roots) {
+    auto real = storage::RealPath(root, root);
+    if (real.ok()) real_roots.push_back(*real);
+  }
+  for (std::string prefix = path;; prefix = storage::DirName(prefix)) {
+    auto real = storage::RealPath(prefix, prefix);
+    if (real.ok() && std::find(real_roots.begin(), real_roots.end(), *real) != real_roots.end()) {
+      QAAS_ASSIGN_OR_RETURN(location.store, storage::OpenObjectStore("file://" + *real));
+      location.prefix = path.size() > prefix.size() ? path.substr(prefix == "/" ? 1 : prefix.size() + 1) : "";
+      return location;
+    }
+    if (prefix == "/") break;
+  }
+  return absl::PermissionDeniedError(absl::StrCat("uri '", uri, "' is under none of the allowed file roots (",
+                                                  roots.empty() ? "the server sent none" : absl::StrJoin(roots, ", "),
+                                                  ")"));
+}
+
+absl::StatusOr<std::string> StageDirectory(const std::string& uri, const FileRoots& roots,
+                                           const std::string& cache_dir, uint64_t* bytes) {
+  QAAS_ASSIGN_OR_RETURN(const ObjectLocation loc, OpenLocation(uri, roots));
+  const std::string list_prefix = loc.prefix.empty() ? "" : loc.prefix + "/";
+  QAAS_ASSIGN_OR_RETURN(const std::vector<storage::ObjectInfo> objects, loc.store->List(list_prefix));
+  if (objects.empty()) return absl::NotFoundError(absl::StrCat("'", uri, "' holds no files"));
   std::string fingerprint = uri;
-  for (const auto& o : *objects) absl::StrAppend(&fingerprint, "\n", o.key, " ", o.size, " ", o.mtime_unix_ms);
+  for (const auto& o : objects) absl::StrAppend(&fingerprint, "\n", o.key, " ", o.size, " ", o.mtime_unix_ms);
   const std::string dir = absl::StrCat(cache_dir, "/", storage::Sha256Hex(fingerprint).substr(0, 32));
-  auto st = Materialize(dir, [&](const std::string& tmp) -> absl::Status {
-    for (const auto& o : *objects) {
-      const std::string local = tmp + "/" + o.key;
+  QAAS_RETURN_IF_ERROR(Materialize(dir, [&](const std::string& tmp) -> absl::Status {
+    for (const auto& o : objects) {
+      const std::string local = tmp + "/" + o.key.substr(list_prefix.size());
       std::error_code ec;
       fs::create_directories(fs::path(local).parent_path(), ec);
-      if (auto st = (*store)->ReadToFile(o.key, local); !st.ok()) return st;
+      QAAS_RETURN_IF_ERROR(loc.store->ReadToFile(o.key, local));
       if (bytes) *bytes += o.size;
     }
     return absl::OkStatus();
-  });
-  if (!st.ok()) return st;
+  }));
   return dir;
 }
 
-absl::StatusOr<std::string> StageFile(const std::string& uri, const std::string& cache_dir, uint64_t* bytes) {
-  auto [root, key] = SplitObjectUri(uri);
-  auto store = storage::OpenObjectStore(root);
-  if (!store.ok()) return store.status();
-  auto info = (*store)->Stat(key);
-  if (!info.ok()) return info.status();
+absl::StatusOr<std::string> StageFile(const std::string& uri, const FileRoots& roots, const std::string& cache_dir,
+                                      uint64_t* bytes) {
+  // s3: the store at the object's "directory", the object's name as key.
+  auto [parent, name] = SplitObjectUri(uri);
+  const bool file = absl::StartsWith(uri, "file:");
+  QAAS_ASSIGN_OR_RETURN(const ObjectLocation loc, OpenLocation(file ? uri : parent, roots));
+  const std::string key = file ? loc.prefix : name;
+  if (key.empty()) return absl::InvalidArgumentError(absl::StrCat("uri '", uri, "' names a root, not a file"));
+  QAAS_ASSIGN_OR_RETURN(const storage::ObjectInfo info, loc.store->Stat(key));
   const std::string dir = absl::StrCat(
-      cache_dir, "/", storage::Sha256Hex(absl::StrCat(uri, " ", info->size, " ", info->mtime_unix_ms)).substr(0, 32));
-  auto st = Materialize(dir, [&, key = key](const std::string& tmp) -> absl::Status {
-    if (auto st = (*store)->ReadToFile(key, tmp + "/" + key); !st.ok()) return st;
-    if (bytes) *bytes += info->size;
+      cache_dir, "/", storage::Sha256Hex(absl::StrCat(uri, " ", info.size, " ", info.mtime_unix_ms)).substr(0, 32));
+  QAAS_RETURN_IF_ERROR(Materialize(dir, [&, name = name](const std::string& tmp) -> absl::Status {
+    QAAS_RETURN_IF_ERROR(loc.store->ReadToFile(key, tmp + "/" + name));
+    if (bytes) *bytes += info.size;
     return absl::OkStatus();
-  });
-  if (!st.ok()) return st;
-  return dir + "/" + key;
+  }));
+  return dir + "/" + name;
 }
 
-absl::Status UploadDirectory(const std::string& local_dir, const std::string& uri,
+absl::Status UploadDirectory(const std::string& local_dir, const std::string& uri, const FileRoots& roots,
                              const std::vector<std::string>& last, uint64_t* bytes, const std::string& skip_prefix) {
-  auto store = storage::OpenObjectStore(uri);
-  if (!store.ok()) return store.status();
   std::vector<std::string> files;
   std::error_code ec;
   for (auto it = fs::recursive_directory_iterator(local_dir, ec); !ec && it != fs::recursive_directory_iterator();
@@ -102,16 +140,15 @@ absl::Status UploadDirectory(const std::string& local_dir, const std::string& ur
   std::stable_partition(files.begin(), files.end(), [&](const std::string& f) {
     return std::find(last.begin(), last.end(), f) == last.end();
   });
-  return UploadFiles(local_dir, uri, files, bytes);
+  return UploadFiles(local_dir, uri, roots, files, bytes);
 }
 
-absl::Status UploadFiles(const std::string& local_dir, const std::string& uri,
+absl::Status UploadFiles(const std::string& local_dir, const std::string& uri, const FileRoots& roots,
                          const std::vector<std::string>& files, uint64_t* bytes) {
-  auto store = storage::OpenObjectStore(uri);
-  if (!store.ok()) return store.status();
+  QAAS_ASSIGN_OR_RETURN(const ObjectLocation loc, OpenLocation(uri, roots));
   std::error_code ec;
   for (const auto& f : files) {
-    if (auto st = (*store)->WriteFromFile(f, local_dir + "/" + f); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(loc.store->WriteFromFile(loc.Key(f), local_dir + "/" + f));
     if (bytes) {
       const auto size = fs::file_size(local_dir + "/" + f, ec);
       if (!ec) *bytes += size;
@@ -120,20 +157,20 @@ absl::Status UploadFiles(const std::string& local_dir, const std::string& uri,
   return absl::OkStatus();
 }
 
-absl::StatusOr<int> DownloadPrefix(const std::string& uri, const std::string& prefix, const std::string& local_dir,
-                                   uint64_t* bytes) {
-  auto store = storage::OpenObjectStore(uri);
-  if (!store.ok()) return store.status();
-  auto objects = (*store)->List(prefix);
+absl::StatusOr<int> DownloadPrefix(const std::string& uri, const FileRoots& roots, const std::string& prefix,
+                                   const std::string& local_dir, uint64_t* bytes) {
+  QAAS_ASSIGN_OR_RETURN(const ObjectLocation loc, OpenLocation(uri, roots));
+  const std::string base = loc.prefix.empty() ? "" : loc.prefix + "/";
+  auto objects = loc.store->List(base + prefix);
   if (!objects.ok()) {
     if (absl::IsNotFound(objects.status())) return 0;  // the output prefix does not exist yet
     return objects.status();
   }
   std::error_code ec;
   for (const auto& o : *objects) {
-    const std::string local = local_dir + "/" + o.key;
+    const std::string local = local_dir + "/" + o.key.substr(base.size());
     fs::create_directories(fs::path(local).parent_path(), ec);
-    if (auto st = (*store)->ReadToFile(o.key, local); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(loc.store->ReadToFile(o.key, local));
     if (bytes) *bytes += o.size;
   }
   return static_cast<int>(objects->size());

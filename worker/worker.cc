@@ -14,6 +14,7 @@
 #include "proto/scheme_convert.h"
 #include "quant/pipeline.h"
 #include "quant/util/device.h"
+#include "quant/util/status_macros.h"
 #include "worker/stager.h"
 
 namespace qaas::worker {
@@ -45,21 +46,21 @@ struct JobProgress {
 
 // Stages the model and datasets of `spec` into the cache and points `o` at
 // them; adds the bytes it moved to `*bytes`.
-absl::Status StageInputs(const v1::JobSpec& spec, const std::string& cache_dir, quant::PipelineOptions* o,
-                         uint64_t* bytes) {
-  auto model = StageDirectory(spec.model(), cache_dir, bytes);
-  if (!model.ok()) return absl::Status(model.status().code(), absl::StrCat("model: ", model.status().message()));
+absl::Status StageInputs(const v1::JobSpec& spec, const FileRoots& roots, const std::string& cache_dir,
+                         quant::PipelineOptions* o, uint64_t* bytes) {
+  auto model = StageDirectory(spec.model(), roots, cache_dir, bytes);
+  if (!model.ok()) return Annotate(model.status(), "model");
   o->model_dir = *model;
   if (!spec.calibration().dataset().empty()) {
-    auto path = StageFile(spec.calibration().dataset(), cache_dir, bytes);
-    if (!path.ok()) return absl::Status(path.status().code(), absl::StrCat("calibration.dataset: ", path.status().message()));
+    auto path = StageFile(spec.calibration().dataset(), roots, cache_dir, bytes);
+    if (!path.ok()) return Annotate(path.status(), "calibration.dataset");
     o->calibration = quant::DatasetRef{*path, spec.calibration().dataset(), spec.calibration().seq_len(), 0};
     o->num_samples = spec.calibration().num_samples();
     o->seed = spec.calibration().seed();
   }
   for (const auto& e : spec.evaluation()) {
-    auto path = StageFile(e.dataset(), cache_dir, bytes);
-    if (!path.ok()) return absl::Status(path.status().code(), absl::StrCat("evaluation dataset: ", path.status().message()));
+    auto path = StageFile(e.dataset(), roots, cache_dir, bytes);
+    if (!path.ok()) return Annotate(path.status(), "evaluation dataset");
     o->evaluations.push_back({*path, e.dataset(), e.seq_len(), e.max_windows()});
   }
   return absl::OkStatus();
@@ -157,12 +158,12 @@ absl::StatusOr<bool> Worker::RunOnce() {
     return true;
   }
   if (metrics_) metrics_->running.Set(1);
-  RunJob(resp.job(), resp.lease_id());
+  RunJob(resp.job(), resp.lease_id(), {resp.file_roots().begin(), resp.file_roots().end()});
   if (metrics_) metrics_->running.Set(0);
   return true;
 }
 
-void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
+void Worker::RunJob(const v1::Job& job, const std::string& lease_id, const FileRoots& file_roots) {
   const auto start = Clock::now();
   JobProgress p;
   auto set_progress = [&](double fraction, const std::string& step, int layer, int num_layers) {
@@ -220,7 +221,7 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     set_progress(0.01, "staging", 0, 0);
     quant::PipelineOptions o;
     uint64_t bytes_read = 0;
-    absl::Status staged = StageInputs(spec, cache_dir, &o, &bytes_read);
+    absl::Status staged = StageInputs(spec, file_roots, cache_dir, &o, &bytes_read);
     if (metrics_) metrics_->bytes_read.Increment(static_cast<double>(bytes_read));  // whatever the outcome
     if (!staged.ok()) return staged;
     o.output_dir = job_dir + "/out";
@@ -249,7 +250,7 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     }
     set_progress(0.02, "looking for checkpoints", 0, 0);
     uint64_t checkpoint_bytes = 0;
-    auto found = DownloadPrefix(spec.output(), "checkpoints/", o.output_dir, &checkpoint_bytes);
+    auto found = DownloadPrefix(spec.output(), file_roots, "checkpoints/", o.output_dir, &checkpoint_bytes);
     if (metrics_) metrics_->bytes_read.Increment(static_cast<double>(checkpoint_bytes));
     if (!found.ok()) {
       return absl::Status(found.status().code(), absl::StrCat("checkpoints from ", spec.output(), ": ",
@@ -258,7 +259,7 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     o.resume = *found > 0;
     o.on_layer_saved = [&](int, const std::vector<std::string>& files) -> absl::Status {
       uint64_t written = 0;
-      absl::Status st = UploadFiles(o.output_dir, spec.output(), files, &written);
+      absl::Status st = UploadFiles(o.output_dir, spec.output(), file_roots, files, &written);
       if (metrics_) metrics_->bytes_written.Increment(static_cast<double>(written));
       if (!st.ok()) return absl::Status(st.code(), absl::StrCat("checkpoint upload to ", spec.output(), ": ", st.message()));
       return absl::OkStatus();
@@ -294,7 +295,8 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id) {
     }
     uint64_t bytes_written = 0;
     auto uploaded =
-        UploadDirectory(o.output_dir, spec.output(), {"report.md", "report.json"}, &bytes_written, "checkpoints/");
+        UploadDirectory(o.output_dir, spec.output(), file_roots, {"report.md", "report.json"}, &bytes_written,
+                        "checkpoints/");
     if (metrics_) metrics_->bytes_written.Increment(static_cast<double>(bytes_written));
     if (!uploaded.ok()) {
       return absl::Status(uploaded.code(), absl::StrCat("upload to ", spec.output(), ": ", uploaded.message()));

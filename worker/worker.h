@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "qaas/v1/worker_service.grpc.pb.h"
+#include "worker/stager.h"
 
 namespace qaas::worker {
 
@@ -59,7 +60,9 @@ class Worker {
  private:
   absl::Status Register();
   // Runs one leased job to its end and reports the outcome to the server.
-  void RunJob(const v1::Job& job, const std::string& lease_id);
+  // `file_roots`: the lease's allowed file roots, which every file:// uri of
+  // the job is opened beneath (stager.h).
+  void RunJob(const v1::Job& job, const std::string& lease_id, const FileRoots& file_roots);
   // Hands a leased job back to the queue (FailJob with release).
   void Release(const v1::Job& job, const std::string& lease_id, const std::string& why);
   // FailJob, logging (not returning) an error: the lease then runs out.

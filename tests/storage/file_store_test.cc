@@ -2,6 +2,7 @@
 #include "storage/s3_store.h"
 
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -16,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "gtest/gtest.h"
+#include "storage/beneath.h"
 #include "storage/object_store.h"
 #include "tests/storage/object_store_conformance.h"
 #include "tests/test_util.h"
@@ -227,6 +229,61 @@ TEST_F(FileStoreTest, FollowsSymlinksThatStayInside) {
   absl::StatusOr<std::vector<ObjectInfo>> all = store_->List("");
   QAAS_ASSERT_OK(all);
   EXPECT_EQ(KeysOf(*all), Keys({"real/x", "real/y", "xlink"}));
+}
+
+// A directory the store has used is swapped for a symlink to outside (as an
+// attacker with write access inside the root would, between a job's submit
+// and its run): every later access through it is refused.
+TEST_F(FileStoreTest, DirectorySwappedForASymlinkCannotRedirectAnyAccess) {
+  QAAS_ASSERT_OK(store_->Write("models/m/config.json", "inside"));
+  const std::string outside = dir_.path() + "/outside";
+  std::filesystem::create_directories(outside + "/m");
+  WriteLocalFile(outside + "/m/config.json", "outside");
+  std::filesystem::rename(root_ + "/models", root_ + "/models.orig");
+  std::filesystem::create_directory_symlink(outside, root_ + "/models");
+  QAAS_EXPECT_CODE(store_->Read("models/m/config.json"), kPermissionDenied);
+  QAAS_EXPECT_CODE(store_->Stat("models/m/config.json"), kPermissionDenied);
+  QAAS_EXPECT_CODE(store_->List("models/m/"), kPermissionDenied);
+  QAAS_EXPECT_CODE(store_->Write("models/m/config.json", "evil"), kPermissionDenied);
+  QAAS_EXPECT_CODE(store_->Write("models/new/report.json", "evil"), kPermissionDenied);
+  QAAS_EXPECT_CODE(store_->Delete("models/m/config.json"), kPermissionDenied);
+  EXPECT_EQ(ListLocalTree(outside), Keys({"m", "m/config.json"}));
+  EXPECT_EQ(ReadLocalFile(outside + "/m/config.json"), "outside");
+}
+
+// Without openat2 (old kernels, some seccomp policies) the walk refuses
+// every symlink below the root, inside or not, and plain keys still work.
+TEST_F(FileStoreTest, NoFollowWalkConfinesAndRefusesEverySymlink) {
+  struct Restore {
+    ~Restore() { ForceNoFollowWalkForTesting(false); }
+  } restore;
+  ForceNoFollowWalkForTesting(true);
+  QAAS_ASSERT_OK(store_->Write("real/x", "x"));
+  absl::StatusOr<std::string> got = store_->Read("real/x");
+  QAAS_ASSERT_OK(got);
+  EXPECT_EQ(*got, "x");
+  std::filesystem::create_directory_symlink("real", root_ + "/alias");
+  std::filesystem::create_directory_symlink(dir_.path(), root_ + "/up");
+  const absl::Status inside = store_->Read("alias/x").status();
+  QAAS_EXPECT_CODE(inside, kPermissionDenied);
+  EXPECT_TRUE(Contains(inside, "symlink")) << inside;
+  QAAS_EXPECT_CODE(store_->Write("alias/y", "y"), kPermissionDenied);
+  QAAS_EXPECT_CODE(store_->Write("up/escaped", "y"), kPermissionDenied);
+  EXPECT_FALSE(LocalPathExists(dir_.path() + "/escaped"));
+  absl::StatusOr<std::vector<ObjectInfo>> all = store_->List("");
+  QAAS_ASSERT_OK(all);
+  EXPECT_EQ(KeysOf(*all), Keys({"real/x"}));
+  QAAS_ASSERT_OK(store_->Delete("real/x"));
+}
+
+TEST_F(FileStoreTest, SpecialFilesAreRefusedNamingWhatTheyAre) {
+  ASSERT_EQ(::mkfifo((root_ + "/pipe").c_str(), 0600), 0) << std::strerror(errno);
+  const absl::Status read = store_->Read("pipe").status();
+  QAAS_EXPECT_CODE(read, kFailedPrecondition);
+  EXPECT_TRUE(Contains(read, "is a fifo, not a regular file")) << read;
+  absl::StatusOr<std::vector<ObjectInfo>> all = store_->List("");
+  QAAS_ASSERT_OK(all);
+  EXPECT_EQ(KeysOf(*all), Keys{});
 }
 
 TEST_F(FileStoreTest, KeyCannotBeBothObjectAndDirectory) {

@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from qaas.v1 import job_pb2 as qaas_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cqaas/v1/worker_service.proto\x12\x07qaas.v1\x1a\x11qaas/v1/job.proto\"Z\n\x12WorkerCapabilities\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\t\x12\x18\n\x10gpu_memory_bytes\x18\x02 \x01(\x04\x12\x19\n\x11host_memory_bytes\x18\x03 \x01(\x04\"X\n\x15RegisterWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1b.qaas.v1.WorkerCapabilities\"e\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x19\n\x11lease_duration_ms\x18\x02 \x01(\x03\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\"5\n\x0fLeaseJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\x03\"]\n\x10LeaseJobResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.qaas.v1.Job\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x1c\n\x14lease_expire_time_ms\x18\x03 \x01(\x03\"l\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12#\n\x08progress\x18\x04 \x01(\x0b\x32\x11.qaas.v1.Progress\"K\n\x11HeartbeatResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x1c\n\x14lease_expire_time_ms\x18\x02 \x01(\x03\"Z\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\"\n\x06result\x18\x03 \x01(\x0b\x32\x12.qaas.v1.JobResult\"\x15\n\x13\x43ompleteJobResponse\"f\n\x0e\x46\x61ilJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tcancelled\x18\x04 \x01(\x08\x12\x0f\n\x07release\x18\x05 \x01(\x08\"\x11\n\x0f\x46\x61ilJobResponse2\xef\x02\n\rWorkerService\x12Q\n\x0eRegisterWorker\x12\x1e.qaas.v1.RegisterWorkerRequest\x1a\x1f.qaas.v1.RegisterWorkerResponse\x12?\n\x08LeaseJob\x12\x18.qaas.v1.LeaseJobRequest\x1a\x19.qaas.v1.LeaseJobResponse\x12\x42\n\tHeartbeat\x12\x19.qaas.v1.HeartbeatRequest\x1a\x1a.qaas.v1.HeartbeatResponse\x12H\n\x0b\x43ompleteJob\x12\x1b.qaas.v1.CompleteJobRequest\x1a\x1c.qaas.v1.CompleteJobResponse\x12<\n\x07\x46\x61ilJob\x12\x17.qaas.v1.FailJobRequest\x1a\x18.qaas.v1.FailJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cqaas/v1/worker_service.proto\x12\x07qaas.v1\x1a\x11qaas/v1/job.proto\"Z\n\x12WorkerCapabilities\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\t\x12\x18\n\x10gpu_memory_bytes\x18\x02 \x01(\x04\x12\x19\n\x11host_memory_bytes\x18\x03 \x01(\x04\"X\n\x15RegisterWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32\x1b.qaas.v1.WorkerCapabilities\"e\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x19\n\x11lease_duration_ms\x18\x02 \x01(\x03\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\"5\n\x0fLeaseJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\x03\"q\n\x10LeaseJobResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.qaas.v1.Job\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x1c\n\x14lease_expire_time_ms\x18\x03 \x01(\x03\x12\x12\n\nfile_roots\x18\x04 \x03(\t\"l\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12#\n\x08progress\x18\x04 \x01(\x0b\x32\x11.qaas.v1.Progress\"K\n\x11HeartbeatResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x1c\n\x14lease_expire_time_ms\x18\x02 \x01(\x03\"Z\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\"\n\x06result\x18\x03 \x01(\x0b\x32\x12.qaas.v1.JobResult\"\x15\n\x13\x43ompleteJobResponse\"f\n\x0e\x46\x61ilJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tcancelled\x18\x04 \x01(\x08\x12\x0f\n\x07release\x18\x05 \x01(\x08\"\x11\n\x0f\x46\x61ilJobResponse2\xef\x02\n\rWorkerService\x12Q\n\x0eRegisterWorker\x12\x1e.qaas.v1.RegisterWorkerRequest\x1a\x1f.qaas.v1.RegisterWorkerResponse\x12?\n\x08LeaseJob\x12\x18.qaas.v1.LeaseJobRequest\x1a\x19.qaas.v1.LeaseJobResponse\x12\x42\n\tHeartbeat\x12\x19.qaas.v1.HeartbeatRequest\x1a\x1a.qaas.v1.HeartbeatResponse\x12H\n\x0b\x43ompleteJob\x12\x1b.qaas.v1.CompleteJobRequest\x1a\x1c.qaas.v1.CompleteJobResponse\x12<\n\x07\x46\x61ilJob\x12\x17.qaas.v1.FailJobRequest\x1a\x18.qaas.v1.FailJobResponseb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qaas.v1.worker_service_pb2', globals())
@@ -30,19 +30,19 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _LEASEJOBREQUEST._serialized_start=345
   _LEASEJOBREQUEST._serialized_end=398
   _LEASEJOBRESPONSE._serialized_start=400
-  _LEASEJOBRESPONSE._serialized_end=493
-  _HEARTBEATREQUEST._serialized_start=495
-  _HEARTBEATREQUEST._serialized_end=603
-  _HEARTBEATRESPONSE._serialized_start=605
-  _HEARTBEATRESPONSE._serialized_end=680
-  _COMPLETEJOBREQUEST._serialized_start=682
-  _COMPLETEJOBREQUEST._serialized_end=772
-  _COMPLETEJOBRESPONSE._serialized_start=774
-  _COMPLETEJOBRESPONSE._serialized_end=795
-  _FAILJOBREQUEST._serialized_start=797
-  _FAILJOBREQUEST._serialized_end=899
-  _FAILJOBRESPONSE._serialized_start=901
-  _FAILJOBRESPONSE._serialized_end=918
-  _WORKERSERVICE._serialized_start=921
-  _WORKERSERVICE._serialized_end=1288
+  _LEASEJOBRESPONSE._serialized_end=513
+  _HEARTBEATREQUEST._serialized_start=515
+  _HEARTBEATREQUEST._serialized_end=623
+  _HEARTBEATRESPONSE._serialized_start=625
+  _HEARTBEATRESPONSE._serialized_end=700
+  _COMPLETEJOBREQUEST._serialized_start=702
+  _COMPLETEJOBREQUEST._serialized_end=792
+  _COMPLETEJOBRESPONSE._serialized_start=794
+  _COMPLETEJOBRESPONSE._serialized_end=815
+  _FAILJOBREQUEST._serialized_start=817
+  _FAILJOBREQUEST._serialized_end=919
+  _FAILJOBRESPONSE._serialized_start=921
+  _FAILJOBRESPONSE._serialized_end=938
+  _WORKERSERVICE._serialized_start=941
+  _WORKERSERVICE._serialized_end=1308
 # @@protoc_insertion_point(module_scope)
