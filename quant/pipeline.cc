@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <map>
 #include <optional>
 
@@ -75,6 +76,30 @@ absl::StatusOr<int> ResolveSeqLen(int requested, int context, const std::string&
         absl::StrCat(what, " seq_len ", requested, " exceeds the model context ", context));
   }
   return requested;
+}
+
+// A non-finite value (NaN or Inf) anywhere in `t`: an error with `code`
+// saying how many and what `what` is. A wrong number is never a result.
+absl::Status CheckFinite(const at::Tensor& t, absl::StatusCode code, const std::string& what) {
+  if (!t.defined() || !at::is_floating_point(t)) return absl::OkStatus();
+  const int64_t finite = at::isfinite(t).sum().item<int64_t>();
+  if (finite == t.numel()) return absl::OkStatus();
+  return absl::Status(code, absl::StrCat(what, " has ", t.numel() - finite, " non-finite values (NaN or Inf) of ",
+                                         t.numel()));
+}
+
+// The weights of a layer as the model stores them: corrupt if not finite.
+absl::Status CheckLayerFinite(const DecoderLayer& layer, const std::string& prefix,
+                              const std::vector<std::string>& linear_names) {
+  for (const auto& [name, t] : layer.norms) {
+    QAAS_RETURN_IF_ERROR(CheckFinite(t, absl::StatusCode::kDataLoss, absl::StrCat("model tensor ", prefix, name)));
+  }
+  for (size_t j = 0; j < layer.linears.size(); ++j) {
+    const std::string name = absl::StrCat("model tensor ", prefix, linear_names[j]);
+    QAAS_RETURN_IF_ERROR(CheckFinite(layer.linears[j].weight, absl::StatusCode::kDataLoss, name + ".weight"));
+    QAAS_RETURN_IF_ERROR(CheckFinite(layer.linears[j].bias, absl::StatusCode::kDataLoss, name + ".bias"));
+  }
+  return absl::OkStatus();
 }
 
 // What QuantizeLinears returns for a layer.
@@ -233,10 +258,16 @@ absl::Status Pipeline::Prepare() {
     max_len = std::max(max_len, seq_len);
   }
   QAAS_ASSIGN_OR_RETURN(model_, DecoderModel::Create(*ck_, device_, max_len));
-  if (calib_windows.defined()) calib_ = model_->Embed(calib_windows);
+  if (calib_windows.defined()) {
+    calib_ = model_->Embed(calib_windows);
+    QAAS_RETURN_IF_ERROR(CheckFinite(calib_, absl::StatusCode::kDataLoss,
+                                     "the model's token embeddings of the calibration windows"));
+  }
   if (quantizer_->LearnsBlock()) calib_fp_ = calib_;
   for (auto& s : evals_) {
     s.original = model_->Embed(s.windows);
+    QAAS_RETURN_IF_ERROR(CheckFinite(s.original, absl::StatusCode::kDataLoss,
+                                     absl::StrCat("the model's token embeddings of ", s.ref.name)));
     s.quantized = s.original;
   }
   return MakeDirs(o_.output_dir + "/checkpoints");
@@ -327,6 +358,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
   const DecoderModel& model = *model_;
   const std::string layer_prefix = model.LayerPrefix(i);
   QAAS_ASSIGN_OR_RETURN(const DecoderLayer loaded, model.LoadLayer(i));
+  QAAS_RETURN_IF_ERROR(CheckLayerFinite(loaded, layer_prefix, model.LinearNames()));
   const DecoderLayer original = loaded.To(device_);
 
   auto t0 = Clock::now();
@@ -388,11 +420,17 @@ absl::Status Pipeline::QuantizeLayer(int i) {
     report_.blocks.push_back({i, RelativeError(ref, next), transforms.empty() ? nlohmann::json() : transforms});
     calib_ = next;
     report_.seconds_calibration += Elapsed(tc);
+    QAAS_RETURN_IF_ERROR(CheckFinite(calib_, absl::StatusCode::kFailedPrecondition,
+                                     absl::StrCat(layer_prefix, " quantized: its output on the calibration data")));
   }
 
   Progress(i, "evaluating");
   t0 = Clock::now();
-  for (auto& s : evals_) s.quantized = ForwardBatched(model, quantized, s.quantized, o_.batch_size);
+  for (auto& s : evals_) {
+    s.quantized = ForwardBatched(model, quantized, s.quantized, o_.batch_size);
+    QAAS_RETURN_IF_ERROR(CheckFinite(s.quantized, absl::StatusCode::kFailedPrecondition,
+                                     absl::StrCat(layer_prefix, " quantized: its output on ", s.ref.name)));
+  }
   report_.seconds_evaluation += Elapsed(t0);
 
   // What a resumed run restores instead of redoing this layer.
@@ -466,6 +504,8 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
       auto tq = Clock::now();
       auto q = quantizer_->Quantize(layer, linear, &report.details);
       if (!q.ok()) return Annotate(q.status(), report.name);
+      QAAS_RETURN_IF_ERROR(CheckFinite(q->dequantized, absl::StatusCode::kFailedPrecondition,
+                                       absl::StrCat(report.name, ": the quantized weight")));
       report.seconds = Elapsed(tq);
       report.relative_weight_error = RelativeError(linear.weight, q->dequantized);
       // Contiguous: a resumed run replays this layer from a stored copy, and
@@ -575,6 +615,14 @@ absl::StatusOr<Report> Pipeline::Run() {
     auto logits = [this](const at::Tensor& hidden) { return model_->Logits(hidden); };
     NllSum orig = WindowsNll(s.original, s.windows, logits);
     NllSum quant = WindowsNll(s.quantized, s.windows, logits);
+    for (const auto& [model, ppl] : {std::pair<const char*, double>{"original", orig.perplexity()},
+                                     std::pair<const char*, double>{"quantized", quant.perplexity()}}) {
+      if (!std::isfinite(ppl)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(s.ref.name, ": the ", model, " model's perplexity is ", ppl,
+                         " (its head or the final hidden states are not finite)"));
+      }
+    }
     report_.evaluations.push_back({s.ref.name, s.ref.seq_len, s.windows.size(0), orig.tokens,
                                    orig.perplexity(), quant.perplexity()});
   }

@@ -45,6 +45,9 @@ class Gptq : public WeightQuantizer {
   bool NeedsHessians() const override { return true; }
   absl::StatusOr<QuantizedLinear> Quantize(const LayerToQuantize&, const LinearToQuantize& linear,
                                            nlohmann::json* details) override {
+    if (!at::isfinite(linear.hessian).all().item<bool>()) {
+      return absl::FailedPreconditionError("the Hessian of its calibration inputs is not finite");
+    }
     GptqStats stats;
     QAAS_ASSIGN_OR_RETURN(QuantizedLinear q, QuantizeGptq(linear.weight, linear.hessian, spec_, options_, &stats));
     *details = {{"damp", stats.damp}, {"cholesky_retries", stats.cholesky_retries},

@@ -320,6 +320,59 @@ TEST_F(RandomModelPipelineTest, MissingModelDirectoryIsNotFound) {
   EXPECT_TRUE(MessageHas(report, "absent"));
 }
 
+// Puts `value` into element [0, 0] of tensor `name` of the model.
+void Poison(const std::string& model_dir, const std::string& name, float value) {
+  const std::string path = model_dir + "/model.safetensors";
+  std::vector<RawTensor> tensors;
+  for (auto& [n, raw] : ReadAll(path)) {
+    if (n == name) {
+      at::Tensor t = RawToTensor(raw).to(at::kFloat).clone();
+      t.view({-1})[0] = value;
+      raw = TensorToRaw(n, t.to(RawToTensor(raw).scalar_type()));
+    }
+    tensors.push_back(raw);
+  }
+  QAAS_ASSERT_OK(WriteSafetensors(path, tensors));
+}
+
+// A model with a NaN weight used to give a SUCCEEDED RTN job with null
+// perplexities (and GPTQ an INTERNAL "Hessian is not positive definite").
+TEST_F(RandomModelPipelineTest, NonFiniteWeightsFailNamingTheTensor) {
+  Poison(model_dir(), "model.layers.1.mlp.up_proj.weight", std::nanf(""));
+  for (const char* method : {"rtn", "gptq", "omniquant"}) {
+    SCOPED_TRACE(method);
+    PipelineOptions o = Options();
+    o.recipe = {RecipeStep{method, {}}};
+    if (std::string(method) == "omniquant") o.recipe[0].Set("epochs", 1);
+    auto report = RunPipeline(o);
+    QAAS_EXPECT_CODE(report, kDataLoss);
+    EXPECT_TRUE(MessageHas(report, "model.layers.1.mlp.up_proj.weight"));
+    EXPECT_TRUE(MessageHas(report, "1 non-finite values"));
+    EXPECT_FALSE(LocalPathExists(o.output_dir + "/report.json"));
+    EXPECT_FALSE(LocalPathExists(o.output_dir + "/artifact/model.safetensors"));
+  }
+}
+
+TEST_F(RandomModelPipelineTest, NonFiniteEmbeddingsFailSayingSo) {
+  PipelineOptions o = Options();
+  // One hidden channel of every token's embedding, so whichever tokens the
+  // windows hold meet it.
+  const std::string path = model_dir() + "/model.safetensors";
+  std::vector<RawTensor> tensors;
+  for (auto& [n, raw] : ReadAll(path)) {
+    if (n == "model.embed_tokens.weight") {
+      at::Tensor t = RawToTensor(raw).to(at::kFloat).clone();
+      t.select(1, 0).fill_(NAN);
+      raw = TensorToRaw(n, t.to(RawToTensor(raw).scalar_type()));
+    }
+    tensors.push_back(raw);
+  }
+  QAAS_ASSERT_OK(WriteSafetensors(path, tensors));
+  auto report = RunPipeline(o);
+  QAAS_EXPECT_CODE(report, kDataLoss);
+  EXPECT_TRUE(MessageHas(report, "token embeddings"));
+}
+
 TEST_F(RandomModelPipelineTest, UnknownMethodsAndUnimplementedSchemesAreRefused) {
   // A method outside the table is a bad request, as the server says at submit.
   PipelineOptions o = Options();
