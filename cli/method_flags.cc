@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::cli {
 namespace {
@@ -79,30 +80,55 @@ absl::StatusOr<MethodFlags> TakeMethodFlags(int* argc, char** argv) {
   return flags;
 }
 
-absl::StatusOr<std::vector<quant::RecipeStep>> RecipeFromFlags(absl::string_view methods, const MethodFlags& flags) {
-  std::vector<quant::RecipeStep> steps;
+namespace {
+
+// Sets each flag on the steps whose method has its option (overriding what
+// the step had); `what` names the recipe in the error for a flag no step takes.
+absl::Status ApplyFlags(const MethodFlags& flags, absl::string_view what, std::vector<quant::RecipeStep>* steps) {
   std::set<std::string> used;
-  for (absl::string_view method : absl::StrSplit(methods, ',', absl::SkipEmpty())) {
-    quant::RecipeStep step{std::string(method), {}};
-    if (const MethodSpec* m = quant::FindMethod(method)) {
-      for (const OptionSpec& o : m->options) {
-        auto it = flags.find(o.flag);
-        if (it == flags.end()) continue;
-        auto value = quant::ParseOptionValue(o, it->second);
-        absl::Status st = value.ok() ? quant::CheckOptionValue(o, *value) : value.status();
-        if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat("--", o.flag, ": ", st.message()));
-        step.options[o.name] = *std::move(value);
-        used.insert(o.flag);
-      }
+  for (quant::RecipeStep& step : *steps) {
+    const MethodSpec* m = quant::FindMethod(step.method);
+    if (!m) continue;
+    for (const OptionSpec& o : m->options) {
+      auto it = flags.find(o.flag);
+      if (it == flags.end()) continue;
+      auto value = quant::ParseOptionValue(o, it->second);
+      absl::Status st = value.ok() ? quant::CheckOptionValue(o, *value) : value.status();
+      if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat("--", o.flag, ": ", st.message()));
+      step.options[o.name] = *std::move(value);
+      used.insert(o.flag);
     }
-    steps.push_back(std::move(step));
   }
   for (const auto& [flag, value] : flags) {
     if (used.count(flag)) continue;
     return absl::InvalidArgumentError(absl::StrCat("--", flag, " is an option of ",
-                                                   absl::StrJoin(MethodsWithFlag(flag), " and "),
-                                                   ": no step of the recipe '", methods, "' takes it"));
+                                                   absl::StrJoin(MethodsWithFlag(flag), " and "), ": no step of ",
+                                                   what, " takes it"));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<quant::RecipeStep>> RecipeFromFlags(absl::string_view methods, const MethodFlags& flags) {
+  std::vector<quant::RecipeStep> steps;
+  for (absl::string_view method : absl::StrSplit(methods, ',', absl::SkipEmpty())) {
+    steps.push_back({std::string(method), {}});
+  }
+  QAAS_RETURN_IF_ERROR(ApplyFlags(flags, absl::StrCat("the recipe '", methods, "'"), &steps));
+  return steps;
+}
+
+absl::StatusOr<std::vector<quant::RecipeStep>> RecipeFromPreset(absl::string_view preset, const MethodFlags& flags) {
+  const quant::Preset* p = quant::FindPreset(preset);
+  if (!p) {
+    std::vector<std::string> known;
+    for (const quant::Preset* k : quant::Presets()) known.push_back(k->name);
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown preset '", preset, "' (known: ", absl::StrJoin(known, ", "), ")"));
+  }
+  std::vector<quant::RecipeStep> steps = p->steps;
+  QAAS_RETURN_IF_ERROR(ApplyFlags(flags, absl::StrCat("the preset '", preset, "'"), &steps));
   return steps;
 }
 

@@ -30,6 +30,12 @@ absl::StatusOr<MethodFlags> TakeMethodFlags(int* argc, char** argv);
 // the flag otherwise, and for a flag that no step of the recipe takes.
 absl::StatusOr<std::vector<quant::RecipeStep>> RecipeFromFlags(absl::string_view methods, const MethodFlags& flags);
 
+// The steps of preset `name` (method_table.h) with the flags applied over
+// them: a preset is recipe steps with defaults, and a flag overrides its
+// option. InvalidArgument naming the known presets for an unknown one, and
+// as RecipeFromFlags for the flags.
+absl::StatusOr<std::vector<quant::RecipeStep>> RecipeFromPreset(absl::string_view name, const MethodFlags& flags);
+
 // --help text: each method, its presets and its options' flags with their
 // defaults and bounds.
 std::string MethodFlagsHelp();

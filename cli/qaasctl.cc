@@ -35,6 +35,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/status/status.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/method_flags.h"
@@ -99,7 +100,9 @@ void ParseLabels(google::protobuf::Map<std::string, std::string>* labels) {
 }
 
 int RpcError(const grpc::Status& s) {
-  std::cerr << "qaasctl: " << s.error_code() << " " << s.error_message() << "\n";
+  // The status by name (INVALID_ARGUMENT, NOT_FOUND, ...), as docs/api.md lists them.
+  std::cerr << "qaasctl: " << absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code())) << ": "
+            << s.error_message() << "\n";
   return 2;
 }
 
@@ -146,14 +149,20 @@ int Submit(v1::JobService::Stub& stub, const qaas::cli::MethodFlags& method_flag
   v1::JobSpec* spec = req.mutable_spec();
   spec->set_model(ToUri(absl::GetFlag(FLAGS_model)));
   spec->mutable_scheme()->set_shorthand(absl::GetFlag(FLAGS_scheme));
-  if (absl::GetFlag(FLAGS_recipe).empty() && !method_flags.empty()) {
-    std::vector<std::string> given;
-    for (const auto& [flag, value] : method_flags) given.push_back("--" + flag);
-    std::cerr << "qaasctl: " << absl::StrJoin(given, ", ") << ": method options need --recipe (a preset runs "
-              << "with the defaults)\n";
+  const std::string recipe = absl::GetFlag(FLAGS_recipe), preset = absl::GetFlag(FLAGS_preset);
+  if (!recipe.empty() && !preset.empty()) {
+    std::cerr << "qaasctl: give --preset or --recipe, not both (--preset " << preset << " --recipe " << recipe
+              << ")\n";
     return 2;
   }
-  auto steps = qaas::cli::RecipeFromFlags(absl::GetFlag(FLAGS_recipe), method_flags);
+  // A preset is recipe steps with defaults: method options given with it
+  // apply to its steps, and the expanded recipe is what is submitted.
+  absl::StatusOr<std::vector<qaas::quant::RecipeStep>> steps = std::vector<qaas::quant::RecipeStep>();
+  if (!recipe.empty()) {
+    steps = qaas::cli::RecipeFromFlags(recipe, method_flags);
+  } else if (!method_flags.empty()) {
+    steps = qaas::cli::RecipeFromPreset(preset.empty() ? "rtn" : preset, method_flags);
+  }
   if (!steps.ok()) {
     std::cerr << "qaasctl: " << steps.status().message() << "\n";
     return 2;
@@ -166,9 +175,7 @@ int Submit(v1::JobService::Stub& stub, const qaas::cli::MethodFlags& method_flag
     }
     *spec->add_recipe() = *std::move(step);
   }
-  if (spec->recipe_size() == 0) {
-    spec->set_preset(absl::GetFlag(FLAGS_preset).empty() ? "rtn" : absl::GetFlag(FLAGS_preset));
-  }
+  if (spec->recipe_size() == 0) spec->set_preset(preset.empty() ? "rtn" : preset);
   auto* calib = spec->mutable_calibration();
   calib->set_dataset(ToUri(absl::GetFlag(FLAGS_calib)));
   calib->set_num_samples(absl::GetFlag(FLAGS_num_samples));

@@ -327,5 +327,24 @@ TEST(MethodFlags, BooleansNegateAndUnusedOrBadFlagsAreRefused) {
   EXPECT_FALSE(cli::TakeMethodFlags(&dangling.argc, dangling.ptrs.data()).ok());
 }
 
+// A preset is recipe steps with defaults: flags given with it apply to its
+// steps (qaasctl once dropped them silently), and a flag none takes is refused.
+TEST(MethodFlags, PresetsTakeTheFlagsOfTheirSteps) {
+  auto gptq = cli::RecipeFromPreset("gptq", {{"damp", "0.05"}, {"act_order", "true"}});
+  ASSERT_TRUE(gptq.ok()) << gptq.status();
+  ASSERT_EQ(gptq->size(), 1u);
+  EXPECT_EQ((*gptq)[0].method, "gptq");
+  EXPECT_EQ((*gptq)[0].Get("damp", 0.0), 0.05);
+  EXPECT_TRUE((*gptq)[0].Get("act_order", false));
+  auto smooth = cli::RecipeFromPreset("smoothquant-gptq", {{"alpha", "0.7"}});
+  ASSERT_TRUE(smooth.ok()) << smooth.status();
+  EXPECT_EQ((*smooth)[0].Get("alpha", 0.0), 0.7);
+  EXPECT_EQ((*smooth)[1].method, "gptq");
+  const auto unused = cli::RecipeFromPreset("rtn", {{"damp", "0.05"}});
+  EXPECT_TRUE(Has(unused.status(), "no step of the preset 'rtn' takes it")) << unused.status();
+  const auto unknown = cli::RecipeFromPreset("gptqq", {});
+  EXPECT_TRUE(Has(unknown.status(), "unknown preset 'gptqq' (known: ")) << unknown.status();
+}
+
 }  // namespace
 }  // namespace qaas::quant

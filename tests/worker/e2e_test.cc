@@ -432,6 +432,39 @@ TEST_F(EndToEndTest, BadModelsAndDataFailTheJobWithAReadableReason) {
   EXPECT_EQ(WaitFor(ok.id(), Final).state(), v1::JOB_STATE_SUCCEEDED);
 }
 
+// qaasctl: options given with a preset apply to its steps (they were once
+// dropped silently), a preset and a recipe together are refused before any
+// call, and errors name the status as docs/api.md does.
+TEST_F(EndToEndTest, QaasctlAppliesPresetOptionsAndRefusesConflicts) {
+  const std::string model = MakeModel("cli", 2, 64, 256);
+  auto run = [&](const std::string& args, std::string* out) {
+    const std::string cmd = std::string(QAASCTL_BIN) + " --server=" + address_ + " submit --model file://" + model +
+                            " --scheme W4A16g128 --calib file://" + root_ + "/text.txt " + args + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    char buf[4096];
+    out->clear();
+    while (size_t n = fread(buf, 1, sizeof buf, p)) out->append(buf, n);
+    return WEXITSTATUS(pclose(p));
+  };
+  std::string out;
+  ASSERT_EQ(run("--preset gptq --damp 0.05 --act_order", &out), 0) << out;
+  const size_t id_at = out.find("\"id\": \"");
+  ASSERT_NE(id_at, std::string::npos) << out;
+  const std::string id = out.substr(id_at + 7, out.find('"', id_at + 7) - id_at - 7);
+  const v1::JobSpec spec = Get(id).spec();
+  ASSERT_EQ(spec.recipe_size(), 1) << spec.DebugString();
+  EXPECT_EQ(spec.recipe(0).method(), "gptq");
+  EXPECT_DOUBLE_EQ(spec.recipe(0).gptq().damp(), 0.05);
+  EXPECT_TRUE(spec.recipe(0).gptq().act_order());
+
+  EXPECT_EQ(run("--preset gptq --recipe rtn", &out), 2);
+  EXPECT_NE(out.find("give --preset or --recipe, not both"), std::string::npos) << out;
+  EXPECT_EQ(run("--preset rtn --damp 0.05", &out), 2);
+  EXPECT_NE(out.find("no step of the preset 'rtn' takes it"), std::string::npos) << out;
+  EXPECT_EQ(run("--preset rtn --scheme Wbogus", &out), 2);
+  EXPECT_NE(out.find("qaasctl: INVALID_ARGUMENT: "), std::string::npos) << out;
+}
+
 // Live progress: WatchJob events carry layer i of N, the step, elapsed time
 // and an ETA while the job runs, and `qaasctl watch` shows them.
 TEST_F(EndToEndTest, WatchShowsLiveProgressWithAnEta) {
