@@ -4,6 +4,9 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "quant/model/outliers.h"
 #include "quant/model/random_model.h"
 #include "quant/util/files.h"
@@ -29,6 +32,13 @@ ABSL_FLAG(double, outlier_min, 30, "--outliers_from: smallest scale factor");
 ABSL_FLAG(double, outlier_max, 100, "--outliers_from: largest scale factor");
 
 int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Writes a random LLaMA in Hugging Face layout (config.json, model.safetensors, a BPE tokenizer), or, with\n"
+      "--outliers_from, a copy of a model with LLM-like activation outlier channels (function-preserving).");
+  // --help lists this file's flags (Abseil's default looks for qaas-make-model.cc).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "cli/qaas_make_model.cc"); };
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   if (!absl::GetFlag(FLAGS_outliers_from).empty()) {
     if (absl::GetFlag(FLAGS_output).empty()) {

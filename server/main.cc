@@ -10,6 +10,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "storage/s3_flags.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -49,6 +51,12 @@ void OnSignal(int) { g_stop = true; }
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("qaas scheduler (qaas.v1.JobService / WorkerService).");
+  // --help lists our flags (Abseil's default looks for a file named qaas-server.cc).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/main.cc") || absl::EndsWith(file, "storage/s3_flags.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   qaas::quant::KeepTensorBuffersInTheHeap();
   if (absl::GetFlag(FLAGS_embedded)) {

@@ -17,6 +17,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "storage/s3_flags.h"
 #include "quant/util/allocator.h"
 #include "quant/util/device.h"
@@ -47,6 +49,12 @@ void OnSignal(int) { g_signals.fetch_add(1); }
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Runs qaas quantization jobs leased from a qaas-server.");
+  // --help lists our flags (Abseil's default looks for a file named qaas-worker.cc).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "worker/main.cc") || absl::EndsWith(file, "storage/s3_flags.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   qaas::quant::KeepTensorBuffersInTheHeap();
   if (auto device = qaas::quant::ResolveDevice(absl::GetFlag(FLAGS_device)); !device.ok()) {

@@ -58,15 +58,7 @@ NEEDS_SERVER = {
 # Defects of the binaries themselves (not of the README), reported as XFAIL.
 # Once one is fixed its check passes and the test FAILS until the entry is
 # removed here, so the list stays true.
-_HELP_ONLY_MAIN = ("--help lists no flags: Abseil's --help shows the flags of <program>.cc, <program>-main.cc "
-                   "and <program>_main.cc only, and %s is none of them (fix: absl::SetFlagsUsageConfig with a "
-                   "contains_help_flags that matches it, before ParseCommandLine)")
-KNOWN_DEFECTS = {
-    "qaas-server --help": _HELP_ONLY_MAIN % "server/main.cc",
-    "qaas-worker --help": _HELP_ONLY_MAIN % "worker/main.cc",
-    "qaas-make-model --help": "no usage message (SetProgramUsageMessage is never called) and " +
-                              _HELP_ONLY_MAIN % "cli/qaas_make_model.cc (underscore)",
-}
+KNOWN_DEFECTS = {}
 
 # Flags whose value is a file or directory the command reads (must exist once mapped).
 INPUT_FLAGS = {"--model", "--eval", "--calib", "--tokenizer_text", "--tokenizer", "--outliers_from"}
