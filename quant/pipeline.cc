@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "quant/data/text_dataset.h"
 #include "quant/eval/perplexity.h"
 #include "quant/export.h"
@@ -100,6 +101,14 @@ absl::Status CheckLayerFinite(const DecoderLayer& layer, const std::string& pref
     QAAS_RETURN_IF_ERROR(CheckFinite(layer.linears[j].bias, absl::StatusCode::kDataLoss, name + ".bias"));
   }
   return absl::OkStatus();
+}
+
+// The dataset's text, errors naming it as the job did (its uri), not by the
+// local copy the worker staged.
+absl::StatusOr<std::string> LoadDataset(const DatasetRef& ref) {
+  auto text = LoadDatasetText(ref.path);
+  if (text.ok() || ref.name.empty() || ref.name == ref.path) return text;
+  return absl::Status(text.status().code(), absl::StrReplaceAll(text.status().message(), {{ref.path, ref.name}}));
 }
 
 // What QuantizeLinears returns for a layer.
@@ -231,7 +240,7 @@ absl::Status Pipeline::Prepare() {
     EvalStream s;
     s.ref = ref;
     QAAS_ASSIGN_OR_RETURN(s.ref.seq_len, ResolveSeqLen(ref.seq_len, context, "evaluation"));
-    QAAS_ASSIGN_OR_RETURN(const std::string text, LoadDatasetText(ref.path));
+    QAAS_ASSIGN_OR_RETURN(const std::string text, LoadDataset(ref));
     fingerprint_["evaluations"].push_back({Fnv1a(text), s.ref.seq_len, ref.max_windows});
     if (tokenizer_->bos_id() < 0) {
       return absl::InvalidArgumentError(absl::StrCat("the tokenizer of ", o_.model_dir,
@@ -248,7 +257,7 @@ absl::Status Pipeline::Prepare() {
   at::Tensor calib_windows;
   if (o_.calibration) {
     QAAS_ASSIGN_OR_RETURN(const int seq_len, ResolveSeqLen(o_.calibration->seq_len, context, "calibration"));
-    auto text = LoadDatasetText(o_.calibration->path);
+    auto text = LoadDataset(*o_.calibration);
     if (!text.ok()) return Annotate(text.status(), "calibration");
     fingerprint_["calibration"] = {Fnv1a(*text), seq_len};
     QAAS_ASSIGN_OR_RETURN(calib_windows,

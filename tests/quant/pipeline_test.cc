@@ -293,14 +293,15 @@ TEST_F(RandomModelPipelineTest, EvaluationLongerThanTheContextIsInvalidArgument)
   EXPECT_TRUE(MessageHas(report, "context"));
 }
 
-TEST_F(RandomModelPipelineTest, EmptyCalibrationTextIsInvalidArgument) {
+TEST_F(RandomModelPipelineTest, EmptyCalibrationTextIsInvalidArgumentNamingTheJobsUri) {
   WriteLocalFile(dir_.path() + "/empty.txt", "");
   PipelineOptions o = Options();
-  o.calibration->path = dir_.path() + "/empty.txt";
+  // As a worker stages it: a cache path, and the uri the job gave.
+  o.calibration = DatasetRef{dir_.path() + "/empty.txt", "s3://bucket/calib.txt", 32, 0};
   auto report = RunPipeline(o);
   QAAS_EXPECT_CODE(report, kInvalidArgument);
-  EXPECT_TRUE(MessageHas(report, "empty"));
-  EXPECT_TRUE(MessageHas(report, "calibration"));
+  EXPECT_TRUE(MessageHas(report, "calibration: s3://bucket/calib.txt: dataset text is empty"));
+  EXPECT_FALSE(MessageHas(report, dir_.path()));
 }
 
 TEST_F(RandomModelPipelineTest, TooShortEvaluationTextIsInvalidArgumentNamingTheDataset) {
