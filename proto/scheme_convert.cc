@@ -4,6 +4,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas {
 namespace {
@@ -61,20 +62,17 @@ absl::StatusOr<quant::Scheme> SchemeFromProto(const v1::QuantScheme& p) {
     s.weights = FromProto(p.weights());
     s.activations = FromProto(p.activations());
     s.kv_cache = FromProto(p.kv_cache());
-    auto normalized = quant::NormalizeScheme(s);
-    if (!normalized.ok()) return normalized.status();
-    from_fields = *normalized;
+    QAAS_ASSIGN_OR_RETURN(from_fields, quant::NormalizeScheme(s));
   }
   if (p.shorthand().empty()) return *from_fields;
-  auto parsed = quant::ParseScheme(p.shorthand());
-  if (!parsed.ok()) return parsed.status();
-  if (from_fields && !(from_fields->weights == parsed->weights &&
-                       from_fields->activations == parsed->activations &&
-                       from_fields->kv_cache == parsed->kv_cache)) {
+  QAAS_ASSIGN_OR_RETURN(auto parsed, quant::ParseScheme(p.shorthand()));
+  if (from_fields && !(from_fields->weights == parsed.weights &&
+                       from_fields->activations == parsed.activations &&
+                       from_fields->kv_cache == parsed.kv_cache)) {
     return absl::InvalidArgumentError(absl::StrCat("scheme: shorthand '", p.shorthand(),
                                                    "' and the structured fields disagree"));
   }
-  return *parsed;
+  return parsed;
 }
 
 v1::QuantScheme SchemeToProto(const quant::Scheme& s) {

@@ -1,6 +1,7 @@
 #include "quant/recipe_rules.h"
 
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 
@@ -11,7 +12,7 @@ bool IsTransformMethod(absl::string_view method) {
 
 absl::Status CheckRecipe(const std::vector<RecipeStep>& steps) {
   for (size_t i = 0; i < steps.size(); ++i) {
-    if (absl::Status st = CheckStepOptions(steps[i], absl::StrCat("recipe[", i, "]")); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(CheckStepOptions(steps[i], absl::StrCat("recipe[", i, "]")));
   }
   return CheckRecipeOrder(steps);
 }
@@ -49,7 +50,7 @@ absl::Status CheckRecipeFitsScheme(const std::vector<RecipeStep>& steps, const S
   for (const RecipeStep& step : steps) {
     const MethodSpec* m = FindMethod(step.method);
     if (!m || !m->fits_scheme) continue;
-    if (absl::Status st = m->fits_scheme(step, scheme); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(m->fits_scheme(step, scheme));
   }
   return absl::OkStatus();
 }

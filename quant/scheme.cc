@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 
@@ -163,9 +164,7 @@ absl::StatusOr<Scheme> ParseScheme(absl::string_view shorthand) {
   if (shorthand.empty()) return absl::InvalidArgumentError("scheme is empty");
   if (!lx.Consume("w")) return lx.Error(0, "expected 'W' (weights) first, got");
   Scheme s;
-  auto w = ParseFormat(lx, "weights");
-  if (!w.ok()) return w.status();
-  s.weights = *w;
+  QAAS_ASSIGN_OR_RETURN(s.weights, ParseFormat(lx, "weights"));
   if (s.weights.format == NumberFormat::kInt) s.weights.granularity = Granularity::kPerChannel;
   // The weights' group size may follow W or A: "W4g128A16" and "W4A16g128".
   auto group = [&]() -> absl::Status {
@@ -180,23 +179,19 @@ absl::StatusOr<Scheme> ParseScheme(absl::string_view shorthand) {
     s.weights.granularity = Granularity::kPerGroup;
     return absl::OkStatus();
   };
-  if (auto st = group(); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(group());
   size_t at = lx.pos();
   if (lx.Consume("a")) {
-    auto a = ParseFormat(lx, "activations");
-    if (!a.ok()) return a.status();
-    s.activations = *a;
+    QAAS_ASSIGN_OR_RETURN(s.activations, ParseFormat(lx, "activations"));
     if (s.activations.format == NumberFormat::kInt) {
       s.activations.granularity = Granularity::kPerToken;
       s.activations.symmetric = true;
     }
-    if (auto st = group(); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(group());
   }
   at = lx.pos();
   if (lx.Consume("kv")) {
-    auto kv = ParseFormat(lx, "kv cache");
-    if (!kv.ok()) return kv.status();
-    s.kv_cache = *kv;
+    QAAS_ASSIGN_OR_RETURN(s.kv_cache, ParseFormat(lx, "kv cache"));
     if (s.kv_cache.format == NumberFormat::kInt) s.kv_cache.granularity = Granularity::kPerToken;
   }
   while (!lx.done()) {
@@ -288,9 +283,9 @@ absl::StatusOr<Scheme> NormalizeScheme(Scheme s) {
     }
     return absl::OkStatus();
   };
-  if (auto st = check(s.weights, "weights", true); !st.ok()) return st;
-  if (auto st = check(s.activations, "activations", false); !st.ok()) return st;
-  if (auto st = check(s.kv_cache, "kv_cache", false); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(check(s.weights, "weights", true));
+  QAAS_RETURN_IF_ERROR(check(s.activations, "activations", false));
+  QAAS_RETURN_IF_ERROR(check(s.kv_cache, "kv_cache", false));
   return s;
 }
 

@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "quant/util/status_macros.h"
 #include "storage/sha256.h"
 
 namespace qaas::server {
@@ -104,7 +105,7 @@ absl::StatusOr<TokenAuthenticator::Table> TokenAuthenticator::ReadTable(const st
   }
   Table table;
   for (const auto& f : files) {
-    if (auto st = ParseFile(f, &table); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(ParseFile(f, &table));
   }
   if (table.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("tokens file ", path, " lists no token: nobody could call"));
@@ -113,11 +114,10 @@ absl::StatusOr<TokenAuthenticator::Table> TokenAuthenticator::ReadTable(const st
 }
 
 absl::StatusOr<std::unique_ptr<TokenAuthenticator>> TokenAuthenticator::Load(const std::string& path) {
-  auto table = ReadTable(path);
-  if (!table.ok()) return table.status();
+  QAAS_ASSIGN_OR_RETURN(auto table, ReadTable(path));
   std::unique_ptr<TokenAuthenticator> a(new TokenAuthenticator());
   a->path_ = path;
-  a->table_ = *std::move(table);
+  a->table_ = std::move(table);
   return a;
 }
 
@@ -128,14 +128,13 @@ std::unique_ptr<TokenAuthenticator> TokenAuthenticator::InMemory() {
 absl::Status TokenAuthenticator::Reload(bool* changed) {
   if (changed) *changed = false;
   if (path_.empty()) return absl::OkStatus();
-  auto table = ReadTable(path_);
-  if (!table.ok()) return table.status();
+  QAAS_ASSIGN_OR_RETURN(auto table, ReadTable(path_));
   std::lock_guard<std::mutex> lock(mu_);
-  const bool differs = table->size() != table_.size() ||
-                       !std::equal(table->begin(), table->end(), table_.begin(), [](const auto& a, const auto& b) {
+  const bool differs = table.size() != table_.size() ||
+                       !std::equal(table.begin(), table.end(), table_.begin(), [](const auto& a, const auto& b) {
                          return a.first == b.first && a.second.kind == b.second.kind && a.second.name == b.second.name;
                        });
-  if (differs) table_ = *std::move(table);
+  if (differs) table_ = std::move(table);
   if (changed) *changed = differs;
   return absl::OkStatus();
 }

@@ -7,6 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::server {
 namespace {
@@ -59,15 +60,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
   }
   if (o.key_file.empty()) return absl::InvalidArgumentError("TLS: --tls_cert needs --tls_key");
   grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-  auto cert = ReadPem("TLS certificate", o.cert_file);
-  if (!cert.ok()) return cert.status();
-  auto key = ReadPem("TLS key", o.key_file);
-  if (!key.ok()) return key.status();
-  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  QAAS_ASSIGN_OR_RETURN(auto cert, ReadPem("TLS certificate", o.cert_file));
+  QAAS_ASSIGN_OR_RETURN(auto key, ReadPem("TLS key", o.key_file));
+  ssl.pem_key_cert_pairs.push_back({key, cert});
   if (!o.worker_ca_file.empty()) {
-    auto ca = ReadPem("worker CA", o.worker_ca_file);
-    if (!ca.ok()) return ca.status();
-    ssl.pem_root_certs = *ca;
+    QAAS_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem("worker CA", o.worker_ca_file));
     // Tenants call without certificates; a presented one must verify.
     ssl.client_certificate_request = GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY;
   }
@@ -88,17 +85,13 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ta
   if (o.tls || !o.ca_file.empty() || !o.cert_file.empty()) {
     grpc::SslCredentialsOptions ssl;
     if (!o.ca_file.empty()) {
-      auto ca = ReadPem("TLS CA", o.ca_file);
-      if (!ca.ok()) return ca.status();
-      ssl.pem_root_certs = *ca;
+      QAAS_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem("TLS CA", o.ca_file));
     }
     if (!o.cert_file.empty() || !o.key_file.empty()) {
-      auto cert = ReadPem("TLS client certificate", o.cert_file);
-      if (!cert.ok()) return cert.status();
-      auto key = ReadPem("TLS client key", o.key_file);
-      if (!key.ok()) return key.status();
-      ssl.pem_cert_chain = *cert;
-      ssl.pem_private_key = *key;
+      QAAS_ASSIGN_OR_RETURN(auto cert, ReadPem("TLS client certificate", o.cert_file));
+      QAAS_ASSIGN_OR_RETURN(auto key, ReadPem("TLS client key", o.key_file));
+      ssl.pem_cert_chain = cert;
+      ssl.pem_private_key = key;
     }
     creds = grpc::SslCredentials(ssl);
     if (!o.server_name.empty()) args.SetSslTargetNameOverride(o.server_name);

@@ -8,6 +8,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::server {
 namespace {
@@ -160,11 +161,11 @@ absl::StatusOr<std::unique_ptr<PostgresJobStore>> PostgresJobStore::Open(const s
   }
   PGconn* c = s->all_.front();
   Tx tx(c);
-  if (auto st = tx.Begin(); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(tx.Begin());
   if (auto r = Exec(c, "schema lock", kSchemaLock); !r.ok()) return r.status();
   Result schema(PQexec(c, kSchema));
   if (PQresultStatus(schema.get()) != PGRES_COMMAND_OK) return PgError(c, schema.get(), "schema");
-  if (auto st = tx.Commit(); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(tx.Commit());
   return s;
 }
 
@@ -204,34 +205,34 @@ absl::StatusOr<v1::Job> PostgresJobStore::Insert(const v1::Job& job, bool* creat
     const std::string& key = job.spec().idempotency_key();
     // ON CONFLICT on the idempotency index: a concurrent submit with the same
     // key (another replica) waits for ours and then returns nothing.
-    auto ins = Exec(c, "insert",
-                    "INSERT INTO jobs (id, tenant, idempotency_key, state, priority, job) VALUES ($1, $2, $3, $4, $5, $6) "
-                    "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key <> '' DO NOTHING RETURNING seq",
-                    {Text(job.id()), Text(job.tenant()), Text(key), Int(job.state()), Int(job.spec().priority()),
-                     Bytes(job.SerializeAsString())});
-    if (!ins.ok()) return ins.status();
-    if (ins->rows() == 1) {
+    QAAS_ASSIGN_OR_RETURN(
+        auto ins,
+        Exec(c, "insert",
+             "INSERT INTO jobs (id, tenant, idempotency_key, state, priority, job) VALUES ($1, $2, $3, $4, $5, $6) "
+             "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key <> '' DO NOTHING RETURNING seq",
+             {Text(job.id()), Text(job.tenant()), Text(key), Int(job.state()), Int(job.spec().priority()),
+              Bytes(job.SerializeAsString())}));
+    if (ins.rows() == 1) {
       *created = true;
       return job;
     }
-    auto existing = Exec(c, "insert",
-                         "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE tenant = $1 AND idempotency_key = $2",
-                         {Text(job.tenant()), Text(key)});
-    if (!existing.ok()) return existing.status();
-    if (existing->rows() != 1) return absl::AbortedError("job store: insert: the conflicting job vanished; retry");
-    auto row = RowFrom(*existing, 0, 0);
-    if (!row.ok()) return row.status();
+    QAAS_ASSIGN_OR_RETURN(
+        auto existing,
+        Exec(c, "insert", "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE tenant = $1 AND idempotency_key = $2",
+             {Text(job.tenant()), Text(key)}));
+    if (existing.rows() != 1) return absl::AbortedError("job store: insert: the conflicting job vanished; retry");
+    QAAS_ASSIGN_OR_RETURN(auto row, RowFrom(existing, 0, 0));
     *created = false;
-    return row->job;
+    return row.job;
   });
 }
 
 absl::StatusOr<JobRow> PostgresJobStore::Get(const std::string& id) {
   return WithConnection<JobRow>([&](PGconn* c) -> absl::StatusOr<JobRow> {
-    auto r = Exec(c, "get", "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE id = $1", {Text(id)});
-    if (!r.ok()) return r.status();
-    if (r->rows() == 0) return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
-    return RowFrom(*r, 0, 0);
+    QAAS_ASSIGN_OR_RETURN(auto r,
+                          Exec(c, "get", "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE id = $1", {Text(id)}));
+    if (r.rows() == 0) return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
+    return RowFrom(r, 0, 0);
   });
 }
 
@@ -261,22 +262,20 @@ absl::StatusOr<ListPage> PostgresJobStore::List(const ListQuery& q) {
     // Label filters run here, so read in chunks until the page is full.
     for (int64_t cursor = before;;) {
       params[0] = Int(cursor);
-      auto r = Exec(c, "list", (sql + " ORDER BY seq DESC LIMIT 500").c_str(), params);
-      if (!r.ok()) return r.status();
-      for (int i = 0; i < r->rows(); ++i) {
-        const int64_t seq = r->Int(i, 0);
+      QAAS_ASSIGN_OR_RETURN(auto r, Exec(c, "list", (sql + " ORDER BY seq DESC LIMIT 500").c_str(), params));
+      for (int i = 0; i < r.rows(); ++i) {
+        const int64_t seq = r.Int(i, 0);
         cursor = seq;
-        auto row = RowFrom(*r, i, 1);
-        if (!row.ok()) return row.status();
-        if (!HasLabels(row->job, q.labels)) continue;
+        QAAS_ASSIGN_OR_RETURN(auto row, RowFrom(r, i, 1));
+        if (!HasLabels(row.job, q.labels)) continue;
         if (page.jobs.size() == limit) {
           page.next_page_token = std::to_string(last_seq);
           return page;
         }
-        page.jobs.push_back(std::move(row->job));
+        page.jobs.push_back(std::move(row.job));
         last_seq = seq;
       }
-      if (r->rows() < 500) return page;
+      if (r.rows() < 500) return page;
     }
   });
 }
@@ -285,15 +284,15 @@ absl::StatusOr<JobRow> PostgresJobStore::Update(const std::string& id,
                                                 const std::function<absl::Status(JobRow&)>& mutate) {
   return WithConnection<JobRow>([&](PGconn* c) -> absl::StatusOr<JobRow> {
     Tx tx(c);
-    if (auto st = tx.Begin(); !st.ok()) return st;
-    auto r = Exec(c, "update", "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE id = $1 FOR UPDATE", {Text(id)});
-    if (!r.ok()) return r.status();
-    if (r->rows() == 0) return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
-    auto row = RowFrom(*r, 0, 0);
-    if (!row.ok()) return row.status();
-    if (auto st = mutate(*row); !st.ok()) return st;
-    if (auto st = Write(c, *row); !st.ok()) return st;
-    if (auto st = tx.Commit(); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(tx.Begin());
+    QAAS_ASSIGN_OR_RETURN(
+        auto r,
+        Exec(c, "update", "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE id = $1 FOR UPDATE", {Text(id)}));
+    if (r.rows() == 0) return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
+    QAAS_ASSIGN_OR_RETURN(auto row, RowFrom(r, 0, 0));
+    QAAS_RETURN_IF_ERROR(mutate(row));
+    QAAS_RETURN_IF_ERROR(Write(c, row));
+    QAAS_RETURN_IF_ERROR(tx.Commit());
     return row;
   });
 }
@@ -302,60 +301,60 @@ absl::StatusOr<std::optional<JobRow>> PostgresJobStore::ClaimNext(const Chooser&
                                                                   const std::function<void(JobRow&)>& mutate) {
   return WithConnection<std::optional<JobRow>>([&](PGconn* c) -> absl::StatusOr<std::optional<JobRow>> {
     Tx tx(c);
-    if (auto st = tx.Begin(); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(tx.Begin());
     // Rows another replica is claiming right now are skipped, not waited for.
-    auto r = Exec(c, "claim",
-                  "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE state = $1 AND seq IN ("
-                  "SELECT seq FROM (SELECT seq, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY priority DESC, seq) "
-                  "AS rank FROM jobs WHERE state = $1) AS w WHERE rank <= $2) "
-                  "ORDER BY priority DESC, seq ASC FOR UPDATE SKIP LOCKED",
-                  {Int(v1::JOB_STATE_QUEUED), Int(kClaimWindow)});
-    if (!r.ok()) return r.status();
+    QAAS_ASSIGN_OR_RETURN(
+        auto r,
+        Exec(c, "claim",
+             "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE state = $1 AND seq IN ("
+             "SELECT seq FROM (SELECT seq, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY priority DESC, seq) "
+             "AS rank FROM jobs WHERE state = $1) AS w WHERE rank <= $2) "
+             "ORDER BY priority DESC, seq ASC FOR UPDATE SKIP LOCKED",
+             {Int(v1::JOB_STATE_QUEUED), Int(kClaimWindow)}));
     std::vector<JobRow> rows;
-    for (int i = 0; i < r->rows(); ++i) {
-      auto row = RowFrom(*r, i, 0);
-      if (!row.ok()) return row.status();
-      rows.push_back(*std::move(row));
+    for (int i = 0; i < r.rows(); ++i) {
+      QAAS_ASSIGN_OR_RETURN(auto row, RowFrom(r, i, 0));
+      rows.push_back(std::move(row));
     }
     std::optional<JobRow> chosen;
     if (rows.empty()) return chosen;
-    auto counts = Exec(c, "claim", "SELECT tenant, COUNT(*) FROM jobs WHERE state = $1 GROUP BY tenant",
-                       {Int(v1::JOB_STATE_RUNNING)});
-    if (!counts.ok()) return counts.status();
+    QAAS_ASSIGN_OR_RETURN(auto counts,
+                          Exec(c, "claim", "SELECT tenant, COUNT(*) FROM jobs WHERE state = $1 GROUP BY tenant",
+                               {Int(v1::JOB_STATE_RUNNING)}));
     std::map<std::string, int> running;
-    for (int i = 0; i < counts->rows(); ++i) running[counts->Str(i, 0)] = static_cast<int>(counts->Int(i, 1));
+    for (int i = 0; i < counts.rows(); ++i) running[counts.Str(i, 0)] = static_cast<int>(counts.Int(i, 1));
     std::vector<const v1::Job*> queued;
     for (const auto& row : rows) queued.push_back(&row.job);
     const int pick = choose(queued, running);
     if (pick < 0 || pick >= static_cast<int>(rows.size())) return chosen;
     chosen = std::move(rows[pick]);
     mutate(*chosen);
-    if (auto st = Write(c, *chosen); !st.ok()) return st;
-    if (auto st = tx.Commit(); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(Write(c, *chosen));
+    QAAS_RETURN_IF_ERROR(tx.Commit());
     return chosen;
   });
 }
 
 absl::StatusOr<std::vector<std::string>> PostgresJobStore::ExpiredLeases(int64_t now_ms) {
   return WithConnection<std::vector<std::string>>([&](PGconn* c) -> absl::StatusOr<std::vector<std::string>> {
-    auto r = Exec(c, "expired leases", "SELECT id FROM jobs WHERE state = $1 AND lease_expire_ms < $2",
-                  {Int(v1::JOB_STATE_RUNNING), Int(now_ms)});
-    if (!r.ok()) return r.status();
+    QAAS_ASSIGN_OR_RETURN(auto r,
+                          Exec(c, "expired leases", "SELECT id FROM jobs WHERE state = $1 AND lease_expire_ms < $2",
+                               {Int(v1::JOB_STATE_RUNNING), Int(now_ms)}));
     std::vector<std::string> ids;
-    for (int i = 0; i < r->rows(); ++i) ids.push_back(r->Str(i, 0));
+    for (int i = 0; i < r.rows(); ++i) ids.push_back(r.Str(i, 0));
     return ids;
   });
 }
 
 absl::StatusOr<StateCounts> PostgresJobStore::CountStates() {
   return WithConnection<StateCounts>([&](PGconn* c) -> absl::StatusOr<StateCounts> {
-    auto r = Exec(c, "count", "SELECT state, COUNT(*) FROM jobs WHERE state IN ($1, $2) GROUP BY state",
-                  {Int(v1::JOB_STATE_QUEUED), Int(v1::JOB_STATE_RUNNING)});
-    if (!r.ok()) return r.status();
+    QAAS_ASSIGN_OR_RETURN(auto r,
+                          Exec(c, "count", "SELECT state, COUNT(*) FROM jobs WHERE state IN ($1, $2) GROUP BY state",
+                               {Int(v1::JOB_STATE_QUEUED), Int(v1::JOB_STATE_RUNNING)}));
     StateCounts counts;
-    for (int i = 0; i < r->rows(); ++i) {
-      if (r->Int(i, 0) == v1::JOB_STATE_QUEUED) counts.queued = r->Int(i, 1);
-      if (r->Int(i, 0) == v1::JOB_STATE_RUNNING) counts.running = r->Int(i, 1);
+    for (int i = 0; i < r.rows(); ++i) {
+      if (r.Int(i, 0) == v1::JOB_STATE_QUEUED) counts.queued = r.Int(i, 1);
+      if (r.Int(i, 0) == v1::JOB_STATE_RUNNING) counts.running = r.Int(i, 1);
     }
     return counts;
   });

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "quant/util/status_macros.h"
 #include "server/postgres_job_store.h"
 #include "server/sqlite_job_store.h"
 
@@ -18,39 +19,28 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   s->options_ = options;
   std::unique_ptr<JobStore> store;
   if (absl::StartsWith(options.database_uri, "postgres://") || absl::StartsWith(options.database_uri, "postgresql://")) {
-    auto pg = PostgresJobStore::Open(options.database_uri, options.database_connections);
-    if (!pg.ok()) return pg.status();
-    store = *std::move(pg);
+    QAAS_ASSIGN_OR_RETURN(store, PostgresJobStore::Open(options.database_uri, options.database_connections));
   } else if (!options.database_uri.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("database '", options.database_uri,
                                                    "': expected a postgres:// uri (or none, for SQLite)"));
   } else {
-    auto sqlite = SqliteJobStore::Open(options.db_path);
-    if (!sqlite.ok()) return sqlite.status();
-    store = *std::move(sqlite);
+    QAAS_ASSIGN_OR_RETURN(store, SqliteJobStore::Open(options.db_path));
   }
   s->registry_ = std::make_shared<prometheus::Registry>();
   s->metrics_ = std::make_unique<Metrics>(*s->registry_);
   if (!options.metrics_address.empty()) {
-    auto http = MetricsHttpServer::Start(options.metrics_address, s->registry_.get());
-    if (!http.ok()) return http.status();
-    s->metrics_http_ = *std::move(http);
+    QAAS_ASSIGN_OR_RETURN(s->metrics_http_, MetricsHttpServer::Start(options.metrics_address, s->registry_.get()));
     s->metrics_port_ = s->metrics_http_->port();
   }
   if (!options.tokens_path.empty()) {
-    auto tokens = TokenAuthenticator::Load(options.tokens_path);
-    if (!tokens.ok()) return tokens.status();
-    s->tokens_ = *std::move(tokens);
+    QAAS_ASSIGN_OR_RETURN(s->tokens_, TokenAuthenticator::Load(options.tokens_path));
     s->auth_.tokens = s->tokens_.get();
   }
   s->auth_.worker_certificates = !options.tls.worker_ca_file.empty();
   if (s->auth_.tokens || s->auth_.worker_certificates) {
-    auto internal = NewToken();
-    if (!internal.ok()) return internal.status();
-    s->auth_.internal_worker_token = *internal;
+    QAAS_ASSIGN_OR_RETURN(s->auth_.internal_worker_token, NewToken());
   }
-  auto creds = MakeServerCredentials(options.tls);
-  if (!creds.ok()) return creds.status();
+  QAAS_ASSIGN_OR_RETURN(auto creds, MakeServerCredentials(options.tls));
   s->scheduler_ = std::make_unique<Scheduler>(std::move(store), options.scheduler, s->metrics_.get());
   s->job_service_ = std::make_unique<JobServiceImpl>(s->scheduler_.get(), s->auth_);
   s->worker_service_ = std::make_unique<WorkerServiceImpl>(s->scheduler_.get(), s->auth_);
@@ -58,7 +48,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, *creds, &s->port_);
+  builder.AddListeningPort(options.listen_address, creds, &s->port_);
   builder.RegisterService(s->job_service_.get());
   builder.RegisterService(s->worker_service_.get());
   s->grpc_server_ = builder.BuildAndStart();

@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::server {
 namespace {
@@ -110,9 +111,9 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::
   std::unique_ptr<SqliteJobStore> store(new SqliteJobStore(db));
   sqlite3_busy_timeout(db, 5000);
   for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
-    if (auto st = store->Exec(pragma); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(store->Exec(pragma));
   }
-  if (auto st = store->Exec(kSchema); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(store->Exec(kSchema));
   return store;
 }
 
@@ -138,10 +139,9 @@ absl::StatusOr<v1::Job> SqliteJobStore::Insert(const v1::Job& job, bool* created
     s.Bind(1, job.tenant());
     s.Bind(2, key);
     if (s.Step() == SQLITE_ROW) {
-      auto row = RowFrom(s, 0);
-      if (!row.ok()) return row.status();
+      QAAS_ASSIGN_OR_RETURN(auto row, RowFrom(s, 0));
       *created = false;
-      return row->job;
+      return row.job;
     }
   }
   Stmt s(db_, "INSERT INTO jobs (id, tenant, idempotency_key, state, priority, job) VALUES (?, ?, ?, ?, ?, ?)");
@@ -152,7 +152,7 @@ absl::StatusOr<v1::Job> SqliteJobStore::Insert(const v1::Job& job, bool* created
   s.Bind(5, static_cast<int64_t>(job.spec().priority()));
   s.BindBlob(6, job.SerializeAsString());
   if (s.Step() != SQLITE_DONE) return SqlError(db_, "insert");
-  if (auto st = tx.Commit(); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(tx.Commit());
   *created = true;
   return job;
 }
@@ -188,11 +188,10 @@ absl::StatusOr<JobRow> SqliteJobStore::Update(const std::string& id,
   std::lock_guard<std::mutex> lock(mu_);
   Transaction tx(db_);
   if (!tx.ok()) return SqlError(db_, "begin");
-  auto row = GetLocked(id);
-  if (!row.ok()) return row.status();
-  if (auto st = mutate(*row); !st.ok()) return st;
-  if (auto st = WriteLocked(*row); !st.ok()) return st;
-  if (auto st = tx.Commit(); !st.ok()) return st;
+  QAAS_ASSIGN_OR_RETURN(auto row, GetLocked(id));
+  QAAS_RETURN_IF_ERROR(mutate(row));
+  QAAS_RETURN_IF_ERROR(WriteLocked(row));
+  QAAS_RETURN_IF_ERROR(tx.Commit());
   return row;
 }
 
@@ -210,9 +209,8 @@ absl::StatusOr<std::optional<JobRow>> SqliteJobStore::ClaimNext(const Chooser& c
     s.Bind(1, static_cast<int64_t>(v1::JOB_STATE_QUEUED));
     s.Bind(2, static_cast<int64_t>(kClaimWindow));
     for (int rc = s.Step(); rc == SQLITE_ROW; rc = s.Step()) {
-      auto row = RowFrom(s, 0);
-      if (!row.ok()) return row.status();
-      rows.push_back(*std::move(row));
+      QAAS_ASSIGN_OR_RETURN(auto row, RowFrom(s, 0));
+      rows.push_back(std::move(row));
     }
   }
   std::map<std::string, int> running;
@@ -228,8 +226,8 @@ absl::StatusOr<std::optional<JobRow>> SqliteJobStore::ClaimNext(const Chooser& c
   if (pick < 0 || pick >= static_cast<int>(rows.size())) return chosen;
   chosen = std::move(rows[pick]);
   mutate(*chosen);
-  if (auto st = WriteLocked(*chosen); !st.ok()) return st;
-  if (auto st = tx.Commit(); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(WriteLocked(*chosen));
+  QAAS_RETURN_IF_ERROR(tx.Commit());
   return chosen;
 }
 
@@ -257,14 +255,13 @@ absl::StatusOr<ListPage> SqliteJobStore::List(const ListQuery& q) {
   int64_t last_seq = 0;
   for (int rc = s.Step(); rc == SQLITE_ROW; rc = s.Step()) {
     const int64_t seq = s.Int(0);
-    auto row = RowFrom(s, 1);
-    if (!row.ok()) return row.status();
-    if (!HasLabels(row->job, q.labels)) continue;
+    QAAS_ASSIGN_OR_RETURN(auto row, RowFrom(s, 1));
+    if (!HasLabels(row.job, q.labels)) continue;
     if (page.jobs.size() == limit) {
       page.next_page_token = std::to_string(last_seq);
       break;
     }
-    page.jobs.push_back(std::move(row->job));
+    page.jobs.push_back(std::move(row.job));
     last_seq = seq;
   }
   return page;

@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 #include "storage/file_store.h"
 #include "storage/s3_store.h"
 #include "storage/uri.h"
@@ -15,27 +16,24 @@
 namespace qaas::storage {
 
 absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(std::string_view uri) {
-  absl::StatusOr<Uri> parsed = ParseUri(uri);
-  if (!parsed.ok()) return parsed.status();
-  if (parsed->scheme == "file") {
-    absl::StatusOr<std::unique_ptr<FileStore>> store = FileStore::Create(parsed->path);
-    if (!store.ok()) return store.status();
-    return std::unique_ptr<ObjectStore>(*std::move(store));
+  QAAS_ASSIGN_OR_RETURN(Uri parsed, ParseUri(uri));
+  if (parsed.scheme == "file") {
+    QAAS_ASSIGN_OR_RETURN(std::unique_ptr<FileStore> store, FileStore::Create(parsed.path));
+    return std::unique_ptr<ObjectStore>(std::move(store));
   }
-  if (parsed->scheme == "s3") {
-    auto store = S3Store::Create(parsed->authority, parsed->path, DefaultS3Config());
-    if (!store.ok()) return store.status();
-    return std::unique_ptr<ObjectStore>(*std::move(store));
+  if (parsed.scheme == "s3") {
+    QAAS_ASSIGN_OR_RETURN(auto store,
+                          S3Store::Create(parsed.authority, parsed.path, DefaultS3Config()));
+    return std::unique_ptr<ObjectStore>(std::move(store));
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown storage scheme ",
-                                                 QuoteForMessage(parsed->scheme), " in uri ",
+                                                 QuoteForMessage(parsed.scheme), " in uri ",
                                                  QuoteForMessage(uri), "; use file:// or s3://"));
 }
 
 absl::StatusOr<std::string> NormalizeObjectKey(std::string_view key) {
-  absl::StatusOr<std::string> normalized = NormalizeKey(key);
-  if (!normalized.ok()) return normalized.status();
-  if (normalized->empty()) {
+  QAAS_ASSIGN_OR_RETURN(std::string normalized, NormalizeKey(key));
+  if (normalized.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("key ", QuoteForMessage(key), " names the store root, not an object"));
   }
@@ -43,9 +41,8 @@ absl::StatusOr<std::string> NormalizeObjectKey(std::string_view key) {
 }
 
 absl::StatusOr<std::string> NormalizeListPrefix(std::string_view prefix) {
-  absl::StatusOr<std::string> normalized = NormalizeKey(prefix);
-  if (!normalized.ok()) return normalized.status();
-  if (!normalized->empty() && !prefix.empty() && prefix.back() == '/') normalized->push_back('/');
+  QAAS_ASSIGN_OR_RETURN(std::string normalized, NormalizeKey(prefix));
+  if (!normalized.empty() && !prefix.empty() && prefix.back() == '/') normalized.push_back('/');
   return normalized;
 }
 

@@ -5,6 +5,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 
 ABSL_FLAG(std::string, s3_endpoint, "",
           "S3 endpoint, http(s)://host[:port] (default: $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL, else AWS)");
@@ -58,7 +59,7 @@ absl::Status ConfigureS3FromFlags() {
   if (!absl::GetFlag(FLAGS_s3_region).empty()) c.region = absl::GetFlag(FLAGS_s3_region);
   if (absl::GetFlag(FLAGS_s3_path_style)) c.path_style = true;
   if (!absl::GetFlag(FLAGS_s3_credentials_file).empty()) {
-    if (auto st = LoadS3CredentialsFile(absl::GetFlag(FLAGS_s3_credentials_file), &c); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(LoadS3CredentialsFile(absl::GetFlag(FLAGS_s3_credentials_file), &c));
   }
   SetDefaultS3Config(c);
   return absl::OkStatus();

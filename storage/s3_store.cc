@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/match.h"
+#include "quant/util/status_macros.h"
 #include "storage/atomic_file.h"
 #include "storage/posix_io.h"
 #include "storage/string_view_compat.h"
@@ -384,7 +385,7 @@ absl::Status S3Store::Perform(Request& r) {
       const int64_t bound = std::min<int64_t>(config_.max_backoff_ms, config_.base_backoff_ms << (attempt - 2));
       std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int64_t>(0, bound)(rng)));
       if (r.restart) {
-        if (auto st = r.restart(); !st.ok()) return st;
+        QAAS_RETURN_IF_ERROR(r.restart());
       }
     }
     r.status = 0;
@@ -478,22 +479,20 @@ absl::Status S3Store::Perform(Request& r) {
 }
 
 absl::StatusOr<std::string> S3Store::Read(std::string_view key) {
-  auto k = NormalizeObjectKey(key);
-  if (!k.ok()) return k.status();
-  Request r = ObjectRequest(*k, "GET");
-  if (auto st = Perform(r); !st.ok()) return st;
+  QAAS_ASSIGN_OR_RETURN(auto k, NormalizeObjectKey(key));
+  Request r = ObjectRequest(k, "GET");
+  QAAS_RETURN_IF_ERROR(Perform(r));
   auto sha = r.response_headers.find(kShaHeader);
   if (sha != r.response_headers.end() && sha->second != Sha256Of(r.response)) {
-    return absl::DataLossError(absl::StrCat("s3: key ", QuoteForMessage(*k), ": content does not match its sha256 ",
+    return absl::DataLossError(absl::StrCat("s3: key ", QuoteForMessage(k), ": content does not match its sha256 ",
                                             sha->second));
   }
   return std::move(r.response);
 }
 
 absl::StatusOr<std::string> S3Store::ReadRange(std::string_view key, uint64_t offset, uint64_t length) {
-  auto k = NormalizeObjectKey(key);
-  if (!k.ok()) return k.status();
-  const std::string what = absl::StrCat("key ", QuoteForMessage(*k));
+  QAAS_ASSIGN_OR_RETURN(auto k, NormalizeObjectKey(key));
+  const std::string what = absl::StrCat("key ", QuoteForMessage(k));
   // The clipping rules at and past the end, from the object's size.
   auto clip = [&](uint64_t size) -> absl::StatusOr<std::string> {
     if (offset > size) {
@@ -503,20 +502,18 @@ absl::StatusOr<std::string> S3Store::ReadRange(std::string_view key, uint64_t of
     return std::string();
   };
   if (length == 0) {  // nothing to fetch; the key must exist all the same
-    auto info = Stat(*k);
-    if (!info.ok()) return info.status();
-    return clip(info->size);
+    QAAS_ASSIGN_OR_RETURN(auto info, Stat(k));
+    return clip(info.size);
   }
-  Request r = ObjectRequest(*k, "GET");
+  Request r = ObjectRequest(k, "GET");
   // One request: the range is clipped by the server; an offset at or past
   // the end is 416, and only then is the size asked for.
   r.headers.push_back(length > UINT64_MAX - offset ? absl::StrCat("Range: bytes=", offset, "-")
                                                    : absl::StrCat("Range: bytes=", offset, "-", offset + length - 1));
   absl::Status st = Perform(r);
   if (absl::IsOutOfRange(st)) {
-    auto info = Stat(*k);
-    if (!info.ok()) return info.status();
-    return clip(info->size);
+    QAAS_ASSIGN_OR_RETURN(auto info, Stat(k));
+    return clip(info.size);
   }
   if (!st.ok()) return st;
   if (r.status == 206) return std::move(r.response);
@@ -526,9 +523,8 @@ absl::StatusOr<std::string> S3Store::ReadRange(std::string_view key, uint64_t of
 }
 
 absl::Status S3Store::Write(std::string_view key, std::string_view data) {
-  auto k = NormalizeObjectKey(key);
-  if (!k.ok()) return k.status();
-  Request r = ObjectRequest(*k, "PUT");
+  QAAS_ASSIGN_OR_RETURN(auto k, NormalizeObjectKey(key));
+  Request r = ObjectRequest(k, "PUT");
   r.body = data;
   r.payload_sha256 = Sha256Of(data);
   r.headers.push_back(absl::StrCat(kShaHeader, ": ", r.payload_sha256));
@@ -537,19 +533,17 @@ absl::Status S3Store::Write(std::string_view key, std::string_view data) {
 }
 
 absl::Status S3Store::WriteFromFile(std::string_view key, const std::string& local_path) {
-  auto k = NormalizeObjectKey(key);
-  if (!k.ok()) return k.status();
+  QAAS_ASSIGN_OR_RETURN(auto k, NormalizeObjectKey(key));
   ScopedFd fd(::open(local_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return ErrnoStatus(errno, absl::StrCat("open local file '", local_path, "'"));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat local file '", local_path, "'"));
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   const bool multipart = size > config_.multipart_threshold;
-  auto digests = DigestFile(fd.get(), size, multipart ? config_.part_size : 0, local_path);
-  if (!digests.ok()) return digests.status();
-  if (multipart) return MultipartUpload(*k, fd.get(), size, *digests);
-  const std::string& sha = digests->whole;
-  Request r = ObjectRequest(*k, "PUT");
+  QAAS_ASSIGN_OR_RETURN(auto digests, DigestFile(fd.get(), size, multipart ? config_.part_size : 0, local_path));
+  if (multipart) return MultipartUpload(k, fd.get(), size, digests);
+  const std::string& sha = digests.whole;
+  Request r = ObjectRequest(k, "PUT");
   r.file_fd = fd.get();
   r.file_length = size;
   r.payload_sha256 = sha;
@@ -565,7 +559,7 @@ absl::Status S3Store::MultipartUpload(const std::string& key, int fd, uint64_t s
   create.query = Query({{"uploads", ""}});
   create.headers.push_back(absl::StrCat(kShaHeader, ": ", digests.whole));
   create.headers.push_back("Content-Type: application/octet-stream");
-  if (auto st = Perform(create); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(Perform(create));
   const std::string upload_id = XmlFirst(create.response, "UploadId");
   if (upload_id.empty()) return absl::InternalError(absl::StrCat("s3 ", what, ": CreateMultipartUpload gave no UploadId"));
   auto abort = [&](absl::Status why) {
@@ -610,21 +604,18 @@ absl::Status S3Store::MultipartUpload(const std::string& key, int fd, uint64_t s
 }
 
 absl::Status S3Store::ReadToFile(std::string_view key, const std::string& local_path) {
-  auto k = NormalizeObjectKey(key);
-  if (!k.ok()) return k.status();
+  QAAS_ASSIGN_OR_RETURN(auto k, NormalizeObjectKey(key));
   std::unique_ptr<AtomicFileWriter> writer;
   Sha256 hash;
   absl::Status write_error;
   auto start = [&]() -> absl::Status {
-    auto w = AtomicFileWriter::Create(local_path, absl::StrCat("local file '", local_path, "'"));
-    if (!w.ok()) return w.status();
-    writer = *std::move(w);
+    QAAS_ASSIGN_OR_RETURN(writer, AtomicFileWriter::Create(local_path, absl::StrCat("local file '", local_path, "'")));
     hash.Reset();
     write_error = absl::OkStatus();
     return absl::OkStatus();
   };
-  if (auto st = start(); !st.ok()) return st;
-  Request r = ObjectRequest(*k, "GET");
+  QAAS_RETURN_IF_ERROR(start());
+  Request r = ObjectRequest(k, "GET");
   r.sink = [&](const char* p, size_t n) {
     hash.Update(p, n);
     write_error = writer->Append(std::string_view(p, n));
@@ -636,28 +627,26 @@ absl::Status S3Store::ReadToFile(std::string_view key, const std::string& local_
   if (!st.ok()) return st;
   auto sha = r.response_headers.find(kShaHeader);
   if (sha != r.response_headers.end() && sha->second != hash.Hex()) {
-    return absl::DataLossError(absl::StrCat("s3: key ", QuoteForMessage(*k),
+    return absl::DataLossError(absl::StrCat("s3: key ", QuoteForMessage(k),
                                             ": downloaded content does not match its sha256 ", sha->second));
   }
   return writer->Commit();
 }
 
 absl::StatusOr<ObjectInfo> S3Store::Stat(std::string_view key) {
-  auto k = NormalizeObjectKey(key);
-  if (!k.ok()) return k.status();
-  Request r = ObjectRequest(*k, "HEAD");
-  if (auto st = Perform(r); !st.ok()) return st;
+  QAAS_ASSIGN_OR_RETURN(auto k, NormalizeObjectKey(key));
+  Request r = ObjectRequest(k, "HEAD");
+  QAAS_RETURN_IF_ERROR(Perform(r));
   ObjectInfo info;
-  info.key = *k;
+  info.key = k;
   (void)absl::SimpleAtoi(r.response_headers["content-length"], &info.size);
   info.mtime_unix_ms = ParseHttpDateMs(r.response_headers["last-modified"]);
   return info;
 }
 
 absl::StatusOr<std::vector<ObjectInfo>> S3Store::List(std::string_view prefix) {
-  auto p = NormalizeListPrefix(prefix);
-  if (!p.ok()) return p.status();
-  const std::string full = prefix_.empty() ? *p : prefix_ + "/" + *p;
+  QAAS_ASSIGN_OR_RETURN(auto p, NormalizeListPrefix(prefix));
+  const std::string full = prefix_.empty() ? p : prefix_ + "/" + p;
   std::vector<ObjectInfo> out;
   std::string token;
   do {
@@ -667,8 +656,8 @@ absl::StatusOr<std::vector<ObjectInfo>> S3Store::List(std::string_view prefix) {
     Request r;
     r.key = "";
     r.query = Query(params);
-    r.what = absl::StrCat("list ", QuoteForMessage(*p));
-    if (auto st = Perform(r); !st.ok()) return st;
+    r.what = absl::StrCat("list ", QuoteForMessage(p));
+    QAAS_RETURN_IF_ERROR(Perform(r));
     for (std::string_view contents : XmlAll(r.response, "Contents")) {
       ObjectInfo info;
       std::string key = XmlFirst(contents, "Key");
@@ -688,11 +677,10 @@ absl::StatusOr<std::vector<ObjectInfo>> S3Store::List(std::string_view prefix) {
 }
 
 absl::Status S3Store::Delete(std::string_view key) {
-  auto k = NormalizeObjectKey(key);
-  if (!k.ok()) return k.status();
+  QAAS_ASSIGN_OR_RETURN(auto k, NormalizeObjectKey(key));
   // S3 answers a DELETE of a missing key with success: look first.
-  if (auto info = Stat(*k); !info.ok()) return info.status();
-  Request r = ObjectRequest(*k, "DELETE");
+  if (auto info = Stat(k); !info.ok()) return info.status();
+  Request r = ObjectRequest(k, "DELETE");
   return Perform(r);
 }
 

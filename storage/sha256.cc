@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 #include "storage/posix_io.h"
 #include "storage/uri.h"
 
@@ -66,10 +67,10 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
   MdCtx ctx = NewSha256Context();
   std::vector<char> buf(kChunkBytes);
   while (true) {
-    absl::StatusOr<size_t> n = ReadFull(fd.get(), buf.data(), buf.size(), /*offset=*/-1, what);
-    if (!n.ok()) return n.status();
-    CheckOpenSsl(EVP_DigestUpdate(ctx.get(), buf.data(), *n), "EVP_DigestUpdate");
-    if (*n < buf.size()) break;
+    QAAS_ASSIGN_OR_RETURN(size_t n,
+                          ReadFull(fd.get(), buf.data(), buf.size(), /*offset=*/-1, what));
+    CheckOpenSsl(EVP_DigestUpdate(ctx.get(), buf.data(), n), "EVP_DigestUpdate");
+    if (n < buf.size()) break;
   }
   return FinishHex(ctx.get());
 }

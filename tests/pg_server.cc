@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 #include "tests/test_util.h"
 
 namespace qaas::testing {
@@ -61,13 +62,11 @@ absl::StatusOr<std::unique_ptr<PgServer>> PgServer::Start() {
       return absl::InternalError("cannot hand " + s->dir_ + " to nobody");
     }
   }
-  if (auto st = s->Run(absl::StrCat("'", s->bindir_, "/initdb' -D '", s->dir_, "/data' -A trust -U qaas --no-sync "
-                                    "-E UTF8 > '", s->dir_, "/initdb.log' 2>&1"));
-      !st.ok()) {
-    return st;
-  }
+  QAAS_RETURN_IF_ERROR(s->Run(absl::StrCat("'", s->bindir_, "/initdb' -D '", s->dir_,
+                                           "/data' -A trust -U qaas --no-sync -E UTF8 > '", s->dir_,
+                                           "/initdb.log' 2>&1")));
   s->port_ = FreePort();
-  if (auto st = s->Restart(); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(s->Restart());
   return s;
 }
 
@@ -102,10 +101,7 @@ absl::Status PgServer::Stop(bool crash) {
 }
 
 absl::StatusOr<std::string> PgServer::NewDatabase(const std::string& name) {
-  if (auto st = Run(absl::StrCat("'", bindir_, "/createdb' -h 127.0.0.1 -p ", port_, " -U qaas ", name));
-      !st.ok()) {
-    return st;
-  }
+  QAAS_RETURN_IF_ERROR(Run(absl::StrCat("'", bindir_, "/createdb' -h 127.0.0.1 -p ", port_, " -U qaas ", name)));
   return absl::StrCat("postgresql://qaas@127.0.0.1:", port_, "/", name);
 }
 

@@ -8,15 +8,15 @@
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "quant/util/files.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 
 absl::StatusOr<std::string> LoadDatasetText(const std::string& path) {
-  auto raw = ReadFile(path);
-  if (!raw.ok()) return raw.status();
+  QAAS_ASSIGN_OR_RETURN(auto raw, ReadFile(path));
   std::string text;
   if (absl::EndsWith(path, ".jsonl")) {
-    std::istringstream lines(*raw);
+    std::istringstream lines(raw);
     std::string line;
     int number = 0;
     while (std::getline(lines, line)) {
@@ -31,7 +31,7 @@ absl::StatusOr<std::string> LoadDatasetText(const std::string& path) {
       text += j["text"].get<std::string>();
     }
   } else {
-    text = *std::move(raw);
+    text = std::move(raw);
   }
   if (text.find_first_not_of(" \t\r\n") == std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": dataset text is empty"));

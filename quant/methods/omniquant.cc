@@ -12,6 +12,7 @@
 #include "quant/methods/rptq.h"  // ChannelRange
 #include "quant/methods/rtn.h"
 #include "quant/methods/smoothquant.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 
@@ -124,8 +125,8 @@ absl::Status FoldNormPoint(const DecoderModel& model, ActPoint p, const at::Tens
 
 absl::StatusOr<DecoderLayer> ApplyLet(const DecoderModel& model, const DecoderLayer& layer, const LetParams& let) {
   DecoderLayer out = layer;  // shares the tensors; every fold below makes new ones
-  if (auto st = FoldNormPoint(model, ActPoint::kAttnIn, let.attn_scale, let.attn_shift, &out); !st.ok()) return st;
-  if (auto st = FoldNormPoint(model, ActPoint::kMlpIn, let.mlp_scale, let.mlp_shift, &out); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(FoldNormPoint(model, ActPoint::kAttnIn, let.attn_scale, let.attn_shift, &out));
+  QAAS_RETURN_IF_ERROR(FoldNormPoint(model, ActPoint::kMlpIn, let.mlp_scale, let.mlp_shift, &out));
   if (let.qk_scale.defined()) {
     const ModelConfig& c = model.config();
     const int qi = LinearIndexOf(model, "self_attn.q_proj"), ki = LinearIndexOf(model, "self_attn.k_proj");
@@ -199,7 +200,7 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
   if (!inputs.defined() || inputs.size(0) == 0 || !inputs.sizes().equals(targets.sizes())) {
     return absl::InvalidArgumentError("OmniQuant needs calibration inputs and targets of one shape");
   }
-  if (auto st = CheckOmniQuantOptions(options); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(CheckOmniQuantOptions(options));
   const bool lwc = weights.enabled();
   const int epochs = OmniQuantEpochs(options, weights);
   const std::vector<std::string>& names = model.LinearNames();
@@ -276,9 +277,7 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
   auto build = [&]() -> absl::StatusOr<DecoderLayer> {
     DecoderLayer l = layer;
     if (let) {
-      auto folded = ApplyLet(model, layer, let_params());
-      if (!folded.ok()) return folded.status();
-      l = *std::move(folded);
+      QAAS_ASSIGN_OR_RETURN(l, ApplyLet(model, layer, let_params()));
     }
     if (lwc) {
       for (size_t j = 0; j < names.size(); ++j) {
@@ -306,9 +305,8 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
   double initial_loss = 0;
   {
     c10::NoGradGuard no_grad;
-    auto l = build();
-    if (!l.ok()) return l.status();
-    initial_loss = mean_loss(*l);
+    QAAS_ASSIGN_OR_RETURN(auto l, build());
+    initial_loss = mean_loss(l);
   }
   nlohmann::json losses = nlohmann::json::array();
   int64_t steps = 0;
@@ -318,9 +316,8 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
       double sum = 0;
       int64_t count = 0;
       for (int64_t i = 0; i < n; i += bw) {
-        auto l = build();
-        if (!l.ok()) return l.status();
-        at::Tensor loss = block_loss(*l, i, std::min(bw, n - i));
+        QAAS_ASSIGN_OR_RETURN(auto l, build());
+        at::Tensor loss = block_loss(l, i, std::min(bw, n - i));
         const double value = loss.item<double>();
         if (!std::isfinite(value)) {
           return absl::InternalError(absl::StrCat("OmniQuant: the block loss became ", value, " in epoch ", epoch,
@@ -345,9 +342,7 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
   result.folded = layer;
   if (let) {
     params = let_params();
-    auto folded = ApplyLet(model, layer, params);
-    if (!folded.ok()) return folded.status();
-    result.folded = *std::move(folded);
+    QAAS_ASSIGN_OR_RETURN(result.folded, ApplyLet(model, layer, params));
   }
   // Fresh tensors, outside any graph.
   for (auto& [name, t] : result.folded.norms) t = t.detach();

@@ -21,9 +21,8 @@ using nlohmann::json;
 constexpr absl::string_view kGpt2EndOfText = "<|endoftext|>";
 
 absl::StatusOr<json> ReadJson(const std::string& path) {
-  auto text = ReadFile(path);
-  if (!text.ok()) return text.status();
-  json j = json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  QAAS_ASSIGN_OR_RETURN(auto text, ReadFile(path));
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
   }
@@ -64,34 +63,33 @@ absl::StatusOr<SpecialTokenConfig> ReadSpecialTokenConfig(const std::string& dir
   for (const char* name : {"special_tokens_map.json", "tokenizer_config.json"}) {
     const std::string path = absl::StrCat(dir, "/", name);
     if (!FileExists(path)) continue;
-    auto j = ReadJson(path);
-    if (!j.ok()) return j.status();
+    QAAS_ASSIGN_OR_RETURN(auto j, ReadJson(path));
     for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token", "sep_token",
                             "cls_token", "mask_token"}) {
-      if (!j->contains(key) || (*j)[key].is_null()) continue;
-      const std::string content = TokenContent((*j)[key]);
+      if (!j.contains(key) || j[key].is_null()) continue;
+      const std::string content = TokenContent(j[key]);
       if (content.empty()) {
         return absl::InvalidArgumentError(absl::StrCat(path, ": '", key, "' is not a token"));
       }
       c.named[key] = content;
     }
-    if (j->contains("additional_special_tokens") && (*j)["additional_special_tokens"].is_array()) {
-      for (const auto& v : (*j)["additional_special_tokens"]) {
+    if (j.contains("additional_special_tokens") && j["additional_special_tokens"].is_array()) {
+      for (const auto& v : j["additional_special_tokens"]) {
         if (const std::string content = TokenContent(v); !content.empty()) {
           c.additional.push_back(content);
         }
       }
     }
     bool flag = false;
-    if (j->contains("add_bos_token") && !(*j)["add_bos_token"].is_null()) {
-      QAAS_RETURN_IF_ERROR(GetBool(*j, "add_bos_token", path, &flag));
+    if (j.contains("add_bos_token") && !j["add_bos_token"].is_null()) {
+      QAAS_RETURN_IF_ERROR(GetBool(j, "add_bos_token", path, &flag));
       c.add_bos = flag;
     }
-    if (j->contains("add_prefix_space") && !(*j)["add_prefix_space"].is_null()) {
-      QAAS_RETURN_IF_ERROR(GetBool(*j, "add_prefix_space", path, &flag));
+    if (j.contains("add_prefix_space") && !j["add_prefix_space"].is_null()) {
+      QAAS_RETURN_IF_ERROR(GetBool(j, "add_prefix_space", path, &flag));
       c.add_prefix_space = flag;
     }
-    if (j->contains("added_tokens_decoder")) c.added_tokens_decoder = (*j)["added_tokens_decoder"];
+    if (j.contains("added_tokens_decoder")) c.added_tokens_decoder = j["added_tokens_decoder"];
   }
   return c;
 }
@@ -160,12 +158,11 @@ absl::Status SplitMerge(absl::string_view s, const std::string& where, BpeSpec* 
 
 // tokenizer.json: the model, the pipeline around it, the added tokens.
 absl::Status ReadTokenizerJson(const std::string& p, BpeSpec* spec, std::string* template_bos) {
-  auto j = ReadJson(p);
-  if (!j.ok()) return j.status();
-  if (!j->contains("model") || !(*j)["model"].is_object()) {
+  QAAS_ASSIGN_OR_RETURN(auto j, ReadJson(p));
+  if (!j.contains("model") || !j["model"].is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(p, ": missing 'model'"));
   }
-  const json& m = (*j)["model"];
+  const json& m = j["model"];
   const std::string type = m.contains("type") && m["type"].is_string()
                                ? m["type"].get<std::string>()
                                : (m.contains("merges") ? "BPE" : "");
@@ -216,12 +213,12 @@ absl::Status ReadTokenizerJson(const std::string& p, BpeSpec* spec, std::string*
     }
   }
 
-  if (j->contains("normalizer") && !(*j)["normalizer"].is_null()) {
-    const json& n = (*j)["normalizer"];
+  if (j.contains("normalizer") && !j["normalizer"].is_null()) {
+    const json& n = j["normalizer"];
     return absl::UnimplementedError(absl::StrCat(
         p, ": normalizer ", n.contains("type") ? n["type"].dump() : n.dump(), " is not supported"));
   }
-  const json pre = j->contains("pre_tokenizer") ? (*j)["pre_tokenizer"] : json();
+  const json pre = j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json();
   const std::string pre_type = pre.is_object() && pre.contains("type") && pre["type"].is_string()
                                    ? pre["type"].get<std::string>()
                                    : "none";
@@ -238,13 +235,13 @@ absl::Status ReadTokenizerJson(const std::string& p, BpeSpec* spec, std::string*
   }
   QAAS_RETURN_IF_ERROR(
       GetBool(pre, "add_prefix_space", p + ": pre_tokenizer", &spec->add_prefix_space));
-  if (j->contains("post_processor")) *template_bos = TemplateBos((*j)["post_processor"]);
+  if (j.contains("post_processor")) *template_bos = TemplateBos(j["post_processor"]);
 
-  if (j->contains("added_tokens") && !(*j)["added_tokens"].is_null()) {
-    if (!(*j)["added_tokens"].is_array()) {
+  if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {
+    if (!j["added_tokens"].is_array()) {
       return absl::InvalidArgumentError(absl::StrCat(p, ": added_tokens is not an array"));
     }
-    for (const auto& a : (*j)["added_tokens"]) {
+    for (const auto& a : j["added_tokens"]) {
       if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() ||
           a["id"].get<int64_t>() < 0 || a["id"].get<int64_t>() >= (int64_t{1} << 30) ||
           !a.contains("content") || !a["content"].is_string() ||
@@ -266,13 +263,11 @@ absl::Status ReadTokenizerJson(const std::string& p, BpeSpec* spec, std::string*
 absl::Status ReadVocabAndMerges(const std::string& dir, const SpecialTokenConfig& config,
                                 BpeSpec* spec) {
   const std::string vocab_path = dir + "/vocab.json", merges_path = dir + "/merges.txt";
-  auto vocab = ReadJson(vocab_path);
-  if (!vocab.ok()) return vocab.status();
-  QAAS_RETURN_IF_ERROR(ParseVocab(*vocab, vocab_path, &spec->vocab));
-  auto merges = ReadFile(merges_path);
-  if (!merges.ok()) return merges.status();
+  QAAS_ASSIGN_OR_RETURN(auto vocab, ReadJson(vocab_path));
+  QAAS_RETURN_IF_ERROR(ParseVocab(vocab, vocab_path, &spec->vocab));
+  QAAS_ASSIGN_OR_RETURN(auto merges, ReadFile(merges_path));
   int line_no = 0;
-  for (absl::string_view line : absl::StrSplit(*merges, '\n')) {
+  for (absl::string_view line : absl::StrSplit(merges, '\n')) {
     ++line_no;
     if (absl::EndsWith(line, "\r")) line.remove_suffix(1);
     if (line.empty() || (line_no == 1 && absl::StartsWith(line, "#version"))) continue;
@@ -319,26 +314,25 @@ absl::StatusOr<BpeSpec> ReadBpeFiles(const std::string& dir) {
   BpeSpec spec;
   std::string template_bos;
   const std::string json_path = dir + "/tokenizer.json";
-  auto config = ReadSpecialTokenConfig(dir);
-  if (!config.ok()) return config.status();
+  QAAS_ASSIGN_OR_RETURN(auto config, ReadSpecialTokenConfig(dir));
   if (FileExists(json_path)) {
     spec.source = json_path;
     QAAS_RETURN_IF_ERROR(ReadTokenizerJson(json_path, &spec, &template_bos));
   } else if (FileExists(dir + "/vocab.json") && FileExists(dir + "/merges.txt")) {
     spec.source = dir + "/merges.txt";
-    QAAS_RETURN_IF_ERROR(ReadVocabAndMerges(dir, *config, &spec));
+    QAAS_RETURN_IF_ERROR(ReadVocabAndMerges(dir, config, &spec));
   } else {
     return absl::NotFoundError(absl::StrCat(dir, ": no tokenizer.json or vocab.json + merges.txt"));
   }
   const bool has_end_of_text = spec.vocab.count(std::string(kGpt2EndOfText)) > 0;
   auto named = [&](const char* key, std::string fallback) {
-    auto it = config->named.find(key);
-    return it != config->named.end() ? it->second : fallback;
+    auto it = config.named.find(key);
+    return it != config.named.end() ? it->second : fallback;
   };
   const std::string default_special = has_end_of_text ? std::string(kGpt2EndOfText) : "";
   spec.bos_token = named("bos_token", template_bos.empty() ? default_special : template_bos);
   spec.eos_token = named("eos_token", default_special);
-  spec.add_bos = config->add_bos.value_or(!template_bos.empty());
+  spec.add_bos = config.add_bos.value_or(!template_bos.empty());
   return spec;
 }
 

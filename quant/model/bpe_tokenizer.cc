@@ -8,13 +8,13 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "quant/model/byte_level.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Load(const std::string& dir) {
-  auto spec = ReadBpeFiles(dir);
-  if (!spec.ok()) return spec.status();
-  return FromSpec(*std::move(spec));
+  QAAS_ASSIGN_OR_RETURN(auto spec, ReadBpeFiles(dir));
+  return FromSpec(std::move(spec));
 }
 
 absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::FromSpec(BpeSpec spec) {

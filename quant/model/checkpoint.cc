@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 #include "quant/util/files.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 namespace {
@@ -69,21 +70,19 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   if (!config_text.ok()) {
     return absl::NotFoundError(absl::StrCat("model directory ", dir, " has no config.json"));
   }
-  auto config = ParseModelConfig(*config_text);
-  if (!config.ok()) return config.status();
+  QAAS_ASSIGN_OR_RETURN(auto config, ParseModelConfig(*config_text));
 
   std::unique_ptr<Checkpoint> ck(new Checkpoint());
   ck->dir_ = dir;
-  ck->config_ = *std::move(config);
+  ck->config_ = std::move(config);
 
   std::vector<std::string> files;
   const std::string index_path = dir + "/model.safetensors.index.json";
   if (FileExists(dir + "/model.safetensors")) {
     files.push_back("model.safetensors");
   } else if (FileExists(index_path)) {
-    auto text = ReadFile(index_path);
-    if (!text.ok()) return text.status();
-    auto j = nlohmann::json::parse(*text, nullptr, false);
+    QAAS_ASSIGN_OR_RETURN(auto text, ReadFile(index_path));
+    auto j = nlohmann::json::parse(text, nullptr, false);
     if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(index_path, ": no weight_map object"));
     }
@@ -102,16 +101,15 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
                                             " has neither model.safetensors nor model.safetensors.index.json"));
   }
   for (const auto& f : files) {
-    auto st = SafetensorsFile::Open(dir + "/" + f);
-    if (!st.ok()) return st.status();
-    SafetensorsFile* raw = st->get();
+    QAAS_ASSIGN_OR_RETURN(auto st, SafetensorsFile::Open(dir + "/" + f));
+    SafetensorsFile* raw = st.get();
     for (const auto& [name, entry] : raw->header().tensors) {
       if (ck->where_.count(name)) {
         return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' appears in two shards"));
       }
       ck->where_[name] = raw;
     }
-    ck->files_[f] = *std::move(st);
+    ck->files_[f] = std::move(st);
   }
   return ck;
 }
@@ -133,39 +131,35 @@ absl::StatusOr<TensorEntry> Checkpoint::Entry(const std::string& name) const {
   if (it == where_.end()) {
     return absl::InvalidArgumentError(absl::StrCat("model ", dir_, ": missing tensor '", name, "'"));
   }
-  auto e = it->second->Find(name);
-  if (!e.ok()) return e.status();
-  return **e;
+  QAAS_ASSIGN_OR_RETURN(auto e, it->second->Find(name));
+  return *e;
 }
 
 absl::StatusOr<RawTensor> Checkpoint::LoadRaw(const std::string& name) const {
-  auto entry = Entry(name);
-  if (!entry.ok()) return entry.status();
-  auto bytes = where_.at(name)->ReadRaw(name);
-  if (!bytes.ok()) return bytes.status();
+  QAAS_ASSIGN_OR_RETURN(auto entry, Entry(name));
+  QAAS_ASSIGN_OR_RETURN(auto bytes, where_.at(name)->ReadRaw(name));
   RawTensor raw;
   raw.name = name;
-  raw.dtype = entry->dtype;
-  raw.shape = entry->shape;
-  raw.data = *std::move(bytes);
+  raw.dtype = entry.dtype;
+  raw.shape = entry.shape;
+  raw.data = std::move(bytes);
   return raw;
 }
 
 absl::StatusOr<at::Tensor> Checkpoint::Load(const std::string& name,
                                             const std::vector<int64_t>& shape) const {
-  auto raw = LoadRaw(name);
-  if (!raw.ok()) return raw.status();
-  if (!shape.empty() && raw->shape != shape) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape ", ShapeString(raw->shape),
+  QAAS_ASSIGN_OR_RETURN(auto raw, LoadRaw(name));
+  if (!shape.empty() && raw.shape != shape) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape ", ShapeString(raw.shape),
                                                    " but config.json implies ", ShapeString(shape)));
   }
-  switch (raw->dtype) {
+  switch (raw.dtype) {
     case DType::kF32: case DType::kF16: case DType::kBF16: case DType::kF64: break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has dtype ", DTypeName(raw->dtype),
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has dtype ", DTypeName(raw.dtype),
                                                      "; expected a float type"));
   }
-  return RawToTensor(*raw).to(at::kFloat);
+  return RawToTensor(raw).to(at::kFloat);
 }
 
 uint64_t Checkpoint::total_bytes() const {

@@ -6,6 +6,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 namespace {
@@ -45,7 +46,7 @@ absl::StatusOr<ModelConfig> ParseOptConfig(const json& j, ModelConfig c) {
         {"vocab_size", &c.vocab_size, true},
         {"max_position_embeddings", &c.max_position_embeddings, true},
         {"word_embed_proj_dim", &c.word_embed_proj_dim, false}}) {
-    if (auto st = GetInt(j, key, required, *out); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(GetInt(j, key, required, *out));
   }
   if (c.hidden_size % c.num_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("config.json: hidden_size ", c.hidden_size,
@@ -63,7 +64,7 @@ absl::StatusOr<ModelConfig> ParseOptConfig(const json& j, ModelConfig c) {
         {"layer_norm_elementwise_affine", &c.layer_norm_elementwise_affine},
         {"tie_word_embeddings", &c.tie_word_embeddings},
         {"_remove_final_layer_norm", &remove_final_layer_norm}}) {
-    if (auto st = GetBool(j, key, *out); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(GetBool(j, key, *out));
   }
   c.attention_bias = c.mlp_bias = enable_bias;
   c.activation = "relu";
@@ -134,7 +135,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
         {"head_dim", &c.head_dim, false},
         {"vocab_size", &c.vocab_size, true},
         {"max_position_embeddings", &c.max_position_embeddings, true}}) {
-    if (auto st = GetInt(j, key, required, *out); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(GetInt(j, key, required, *out));
   }
   if (c.num_kv_heads == 0) c.num_kv_heads = c.num_heads;
   if (c.head_dim == 0) {
@@ -162,8 +163,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
     out = j[key].get<double>();
     return absl::OkStatus();
   };
-  if (auto st = get_number("rms_norm_eps", c.rms_norm_eps); !st.ok()) return st;
-  if (auto st = get_number("rope_theta", c.rope_theta); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(get_number("rms_norm_eps", c.rms_norm_eps));
+  QAAS_RETURN_IF_ERROR(get_number("rope_theta", c.rope_theta));
   auto get_bool = [&](const char* key, bool& out) -> absl::Status {
     if (!j.contains(key) || j[key].is_null()) return absl::OkStatus();
     if (!j[key].is_boolean()) {
@@ -172,9 +173,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
     out = j[key].get<bool>();
     return absl::OkStatus();
   };
-  if (auto st = get_bool("tie_word_embeddings", c.tie_word_embeddings); !st.ok()) return st;
-  if (auto st = get_bool("attention_bias", c.attention_bias); !st.ok()) return st;
-  if (auto st = get_bool("mlp_bias", c.mlp_bias); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(get_bool("tie_word_embeddings", c.tie_word_embeddings));
+  QAAS_RETURN_IF_ERROR(get_bool("attention_bias", c.attention_bias));
+  QAAS_RETURN_IF_ERROR(get_bool("mlp_bias", c.mlp_bias));
   if (j.contains("hidden_act") && j["hidden_act"] != "silu") {
     return absl::UnimplementedError(
         absl::StrCat("config.json: hidden_act ", j["hidden_act"].dump(), " is not supported (silu)"));

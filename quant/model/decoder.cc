@@ -5,6 +5,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "quant/model/opt.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 
@@ -94,12 +95,11 @@ class LlamaModel : public DecoderModel {
   }
 
   absl::StatusOr<DecoderLayer> LoadLayer(int index) const override {
-    auto layer = LoadLlamaLayer(ck_, index);
-    if (!layer.ok()) return layer.status();
+    QAAS_ASSIGN_OR_RETURN(auto layer, LoadLlamaLayer(ck_, index));
     DecoderLayer out;
-    out.norms = {{"input_layernorm.weight", layer->input_norm},
-                 {"post_attention_layernorm.weight", layer->post_norm}};
-    out.linears = std::move(layer->linears);
+    out.norms = {{"input_layernorm.weight", layer.input_norm},
+                 {"post_attention_layernorm.weight", layer.post_norm}};
+    out.linears = std::move(layer.linears);
     return out;
   }
 
@@ -196,16 +196,15 @@ class OptModel : public DecoderModel {
   }
 
   absl::StatusOr<DecoderLayer> LoadLayer(int index) const override {
-    auto layer = LoadOptLayer(ck_, index);
-    if (!layer.ok()) return layer.status();
+    QAAS_ASSIGN_OR_RETURN(auto layer, LoadOptLayer(ck_, index));
     DecoderLayer out;
     auto add = [&](const std::string& name, const LayerNormWeights& n) {
       if (n.weight.defined()) out.norms.emplace_back(name + ".weight", n.weight);
       if (n.bias.defined()) out.norms.emplace_back(name + ".bias", n.bias);
     };
-    add("self_attn_layer_norm", layer->self_attn_layer_norm);
-    add("final_layer_norm", layer->final_layer_norm);
-    out.linears = std::move(layer->linears);
+    add("self_attn_layer_norm", layer.self_attn_layer_norm);
+    add("final_layer_norm", layer.final_layer_norm);
+    out.linears = std::move(layer.linears);
     return out;
   }
 
@@ -253,14 +252,12 @@ absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Create(const Checkpo
                                                                    int64_t max_len) {
   const std::string& arch = ck.config().architecture;
   if (arch == "llama") {
-    auto head = LoadLlamaHead(ck);
-    if (!head.ok()) return head.status();
-    return std::unique_ptr<DecoderModel>(new LlamaModel(ck, *std::move(head), device, max_len));
+    QAAS_ASSIGN_OR_RETURN(auto head, LoadLlamaHead(ck));
+    return std::unique_ptr<DecoderModel>(new LlamaModel(ck, std::move(head), device, max_len));
   }
   if (arch == "opt") {
-    auto head = LoadOptHead(ck);
-    if (!head.ok()) return head.status();
-    return std::unique_ptr<DecoderModel>(new OptModel(ck, *std::move(head), device));
+    QAAS_ASSIGN_OR_RETURN(auto head, LoadOptHead(ck));
+    return std::unique_ptr<DecoderModel>(new OptModel(ck, std::move(head), device));
   }
   return absl::InvalidArgumentError(absl::StrCat("architecture '", arch, "' (model_type '",
                                                  ck.config().model_type,

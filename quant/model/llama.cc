@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 
@@ -58,24 +59,16 @@ absl::StatusOr<LlamaLayer> LoadLlamaLayer(const Checkpoint& ck, int index) {
   const ModelConfig& c = ck.config();
   const std::string prefix = LayerPrefix(index);
   LlamaLayer layer;
-  auto in_norm = ck.Load(prefix + "input_layernorm.weight", {c.hidden_size});
-  if (!in_norm.ok()) return in_norm.status();
-  layer.input_norm = *in_norm;
-  auto post_norm = ck.Load(prefix + "post_attention_layernorm.weight", {c.hidden_size});
-  if (!post_norm.ok()) return post_norm.status();
-  layer.post_norm = *post_norm;
+  QAAS_ASSIGN_OR_RETURN(layer.input_norm, ck.Load(prefix + "input_layernorm.weight", {c.hidden_size}));
+  QAAS_ASSIGN_OR_RETURN(layer.post_norm, ck.Load(prefix + "post_attention_layernorm.weight", {c.hidden_size}));
   const auto shapes = LinearShapes(c);
   for (size_t i = 0; i < LlamaLinearNames().size(); ++i) {
     const std::string& name = LlamaLinearNames()[i];
     Linear lin;
-    auto w = ck.Load(prefix + name + ".weight", {shapes[i].first, shapes[i].second});
-    if (!w.ok()) return w.status();
-    lin.weight = *w;
+    QAAS_ASSIGN_OR_RETURN(lin.weight, ck.Load(prefix + name + ".weight", {shapes[i].first, shapes[i].second}));
     const bool has_bias = name.rfind("self_attn.", 0) == 0 ? c.attention_bias : c.mlp_bias;
     if (has_bias && !(name == "self_attn.o_proj" && !ck.Has(prefix + name + ".bias"))) {
-      auto b = ck.Load(prefix + name + ".bias", {shapes[i].first});
-      if (!b.ok()) return b.status();
-      lin.bias = *b;
+      QAAS_ASSIGN_OR_RETURN(lin.bias, ck.Load(prefix + name + ".bias", {shapes[i].first}));
     }
     layer.linears.push_back(std::move(lin));
   }
@@ -85,16 +78,10 @@ absl::StatusOr<LlamaLayer> LoadLlamaLayer(const Checkpoint& ck, int index) {
 absl::StatusOr<LlamaHead> LoadLlamaHead(const Checkpoint& ck) {
   const ModelConfig& c = ck.config();
   LlamaHead head;
-  auto embed = ck.Load("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
-  if (!embed.ok()) return embed.status();
-  head.embed = *embed;
-  auto norm = ck.Load("model.norm.weight", {c.hidden_size});
-  if (!norm.ok()) return norm.status();
-  head.final_norm = *norm;
+  QAAS_ASSIGN_OR_RETURN(head.embed, ck.Load("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
+  QAAS_ASSIGN_OR_RETURN(head.final_norm, ck.Load("model.norm.weight", {c.hidden_size}));
   if (ck.Has("lm_head.weight")) {
-    auto lm = ck.Load("lm_head.weight", {c.vocab_size, c.hidden_size});
-    if (!lm.ok()) return lm.status();
-    head.lm_head = *lm;
+    QAAS_ASSIGN_OR_RETURN(head.lm_head, ck.Load("lm_head.weight", {c.vocab_size, c.hidden_size}));
   } else if (c.tie_word_embeddings) {
     head.lm_head = head.embed;
   } else {

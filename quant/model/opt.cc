@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 
@@ -53,12 +54,8 @@ absl::StatusOr<LayerNormWeights> LoadLayerNorm(const Checkpoint& ck, const std::
   const ModelConfig& c = ck.config();
   LayerNormWeights norm;
   if (!c.layer_norm_elementwise_affine) return norm;
-  auto w = ck.Load(prefix + "weight", {c.hidden_size});
-  if (!w.ok()) return w.status();
-  auto b = ck.Load(prefix + "bias", {c.hidden_size});
-  if (!b.ok()) return b.status();
-  norm.weight = *std::move(w);
-  norm.bias = *std::move(b);
+  QAAS_ASSIGN_OR_RETURN(norm.weight, ck.Load(prefix + "weight", {c.hidden_size}));
+  QAAS_ASSIGN_OR_RETURN(norm.bias, ck.Load(prefix + "bias", {c.hidden_size}));
   return norm;
 }
 
@@ -91,19 +88,15 @@ OptLayer OptLayer::To(const at::Device& device) const {
 
 absl::StatusOr<OptLayer> LoadOptLayer(const Checkpoint& ck, int index) {
   const ModelConfig& c = ck.config();
-  if (auto st = CheckIsOpt(c); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(CheckIsOpt(c));
   if (index < 0 || index >= c.num_layers) {
     return absl::InvalidArgumentError(
         absl::StrCat("layer ", index, " is out of range: the model has ", c.num_layers));
   }
   const std::string prefix = OptLayerPrefix(ck, index);
   OptLayer layer;
-  auto attn_norm = LoadLayerNorm(ck, prefix + "self_attn_layer_norm.");
-  if (!attn_norm.ok()) return attn_norm.status();
-  layer.self_attn_layer_norm = *std::move(attn_norm);
-  auto mlp_norm = LoadLayerNorm(ck, prefix + "final_layer_norm.");
-  if (!mlp_norm.ok()) return mlp_norm.status();
-  layer.final_layer_norm = *std::move(mlp_norm);
+  QAAS_ASSIGN_OR_RETURN(layer.self_attn_layer_norm, LoadLayerNorm(ck, prefix + "self_attn_layer_norm."));
+  QAAS_ASSIGN_OR_RETURN(layer.final_layer_norm, LoadLayerNorm(ck, prefix + "final_layer_norm."));
 
   const int64_t h = c.hidden_size, m = c.intermediate_size;
   // [out, in] in OptLinearNames() order.
@@ -112,13 +105,9 @@ absl::StatusOr<OptLayer> LoadOptLayer(const Checkpoint& ck, int index) {
   for (size_t i = 0; i < OptLinearNames().size(); ++i) {
     const std::string name = prefix + OptLinearNames()[i];
     Linear lin;
-    auto w = ck.Load(name + ".weight", {shapes[i].first, shapes[i].second});
-    if (!w.ok()) return w.status();
-    lin.weight = *std::move(w);
+    QAAS_ASSIGN_OR_RETURN(lin.weight, ck.Load(name + ".weight", {shapes[i].first, shapes[i].second}));
     if (c.attention_bias) {  // enable_bias covers every linear of the layer
-      auto b = ck.Load(name + ".bias", {shapes[i].first});
-      if (!b.ok()) return b.status();
-      lin.bias = *std::move(b);
+      QAAS_ASSIGN_OR_RETURN(lin.bias, ck.Load(name + ".bias", {shapes[i].first}));
     }
     layer.linears.push_back(std::move(lin));
   }
@@ -127,23 +116,15 @@ absl::StatusOr<OptLayer> LoadOptLayer(const Checkpoint& ck, int index) {
 
 absl::StatusOr<OptHead> LoadOptHead(const Checkpoint& ck) {
   const ModelConfig& c = ck.config();
-  if (auto st = CheckIsOpt(c); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(CheckIsOpt(c));
   const std::string d = OptDecoderPrefix(ck);
   OptHead head;
-  auto embed = ck.Load(d + "embed_tokens.weight", {c.vocab_size, c.hidden_size});
-  if (!embed.ok()) return embed.status();
-  head.embed_tokens = *std::move(embed);
-  auto positions = ck.Load(d + "embed_positions.weight",
-                           {c.max_position_embeddings + kOptPositionOffset, c.hidden_size});
-  if (!positions.ok()) return positions.status();
-  head.embed_positions = *std::move(positions);
-  auto norm = LoadLayerNorm(ck, d + "final_layer_norm.");
-  if (!norm.ok()) return norm.status();
-  head.final_norm = *std::move(norm);
+  QAAS_ASSIGN_OR_RETURN(head.embed_tokens, ck.Load(d + "embed_tokens.weight", {c.vocab_size, c.hidden_size}));
+  QAAS_ASSIGN_OR_RETURN(head.embed_positions, ck.Load(d + "embed_positions.weight",
+                                                      {c.max_position_embeddings + kOptPositionOffset, c.hidden_size}));
+  QAAS_ASSIGN_OR_RETURN(head.final_norm, LoadLayerNorm(ck, d + "final_layer_norm."));
   if (ck.Has("lm_head.weight")) {
-    auto lm = ck.Load("lm_head.weight", {c.vocab_size, c.hidden_size});
-    if (!lm.ok()) return lm.status();
-    head.lm_head = *std::move(lm);
+    QAAS_ASSIGN_OR_RETURN(head.lm_head, ck.Load("lm_head.weight", {c.vocab_size, c.hidden_size}));
   } else if (c.tie_word_embeddings) {
     head.lm_head = head.embed_tokens;
   } else {

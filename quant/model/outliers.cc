@@ -24,15 +24,13 @@ absl::StatusOr<nlohmann::json> MakeOutlierModel(const std::string& model_dir, co
     return absl::InvalidArgumentError(absl::StrCat("outlier factors must satisfy 1 <= min <= max, got [",
                                                    o.min_factor, ", ", o.max_factor, "]"));
   }
-  auto ck = Checkpoint::Open(model_dir);
-  if (!ck.ok()) return ck.status();
-  const ModelConfig& c = (*ck)->config();
+  QAAS_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(model_dir));
+  const ModelConfig& c = ck->config();
   if (o.channels < 1 || o.channels > c.hidden_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("outlier channels must be 1..hidden_size (", c.hidden_size, "), got ", o.channels));
   }
-  auto model = DecoderModel::Create(**ck, at::kCPU, 1);
-  if (!model.ok()) return model.status();
+  QAAS_ASSIGN_OR_RETURN(auto model, DecoderModel::Create(*ck, at::kCPU, 1));
 
   // The same channels in every layer; one factor per channel.
   std::mt19937_64 rng(o.seed);
@@ -50,38 +48,36 @@ absl::StatusOr<nlohmann::json> MakeOutlierModel(const std::string& model_dir, co
   // Float64 updates of the affected tensors, stored back in their dtype.
   std::map<std::string, at::Tensor> changed;
   auto update = [&](const std::string& name, const std::function<at::Tensor(const at::Tensor&)>& f) -> absl::Status {
-    auto raw = (*ck)->LoadRaw(name);
-    if (!raw.ok()) return raw.status();
-    at::Tensor t = RawToTensor(*raw);
+    QAAS_ASSIGN_OR_RETURN(auto raw, ck->LoadRaw(name));
+    at::Tensor t = RawToTensor(raw);
     changed[name] = f(t.to(at::kDouble)).to(t.scalar_type());
     return absl::OkStatus();
   };
   for (int i = 0; i < c.num_layers; ++i) {
-    const std::string prefix = (*model)->LayerPrefix(i);
+    const std::string prefix = model->LayerPrefix(i);
     for (ActPoint p : {ActPoint::kAttnIn, ActPoint::kMlpIn}) {
-      const BlockNorm norm = (*model)->NormOf(p);
+      const BlockNorm norm = model->NormOf(p);
       if (norm.weight.empty()) {
         return absl::FailedPreconditionError("outliers: the model's norms have no affine weight to scale");
       }
       QAAS_RETURN_IF_ERROR(update(prefix + norm.weight, [&](const at::Tensor& t) { return t * scale; }));
-      if (!norm.bias.empty() && (*ck)->Has(prefix + norm.bias)) {
+      if (!norm.bias.empty() && ck->Has(prefix + norm.bias)) {
         QAAS_RETURN_IF_ERROR(update(prefix + norm.bias, [&](const at::Tensor& t) { return t * scale; }));
       }
-      for (int j : (*model)->ConsumersOf(p)) {
-        QAAS_RETURN_IF_ERROR(update(prefix + (*model)->LinearNames()[j] + ".weight",
+      for (int j : model->ConsumersOf(p)) {
+        QAAS_RETURN_IF_ERROR(update(prefix + model->LinearNames()[j] + ".weight",
                                     [&](const at::Tensor& t) { return t / scale; }));
       }
     }
   }
   std::vector<RawTensor> tensors;
-  for (const std::string& name : (*ck)->TensorNames()) {
+  for (const std::string& name : ck->TensorNames()) {
     auto it = changed.find(name);
     if (it != changed.end()) {
       tensors.push_back(TensorToRaw(name, it->second));
     } else {
-      auto raw = (*ck)->LoadRaw(name);
-      if (!raw.ok()) return raw.status();
-      tensors.push_back(*std::move(raw));
+      QAAS_ASSIGN_OR_RETURN(auto raw, ck->LoadRaw(name));
+      tensors.push_back(std::move(raw));
     }
   }
   QAAS_RETURN_IF_ERROR(MakeDirs(out_dir));

@@ -92,9 +92,8 @@ absl::Status WriteRandomLlama(const RandomModelOptions& o, const std::string& di
   QAAS_RETURN_IF_ERROR(WriteFileAtomic(dir + "/tokenizer_config.json", tok_config.dump(2) + "\n"));
   if (!o.tokenizer_model.empty()) return CopyFile(o.tokenizer_model, dir + "/tokenizer.model");
   if (!o.tokenizer_text.empty()) {
-    auto model = TrainBpeModel(o.tokenizer_text, o.vocab_size);
-    if (!model.ok()) return model.status();
-    return WriteFileAtomic(dir + "/tokenizer.model", SerializeSentencePieceModel(*model));
+    QAAS_ASSIGN_OR_RETURN(auto model, TrainBpeModel(o.tokenizer_text, o.vocab_size));
+    return WriteFileAtomic(dir + "/tokenizer.model", SerializeSentencePieceModel(model));
   }
   return absl::InvalidArgumentError("random model: give tokenizer_model or tokenizer_text");
 }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "quant/util/files.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 namespace {
@@ -181,12 +182,11 @@ absl::StatusOr<const TensorEntry*> SafetensorsFile::Find(absl::string_view name)
 }
 
 absl::StatusOr<std::string> SafetensorsFile::ReadRaw(absl::string_view name) const {
-  auto e = Find(name);
-  if (!e.ok()) return e.status();
-  std::string out((*e)->end - (*e)->begin, '\0');
+  QAAS_ASSIGN_OR_RETURN(auto e, Find(name));
+  std::string out(e->end - e->begin, '\0');
   uint64_t done = 0;
   while (done < out.size()) {
-    ssize_t r = ::pread(fd_, out.data() + done, out.size() - done, data_start_ + (*e)->begin + done);
+    ssize_t r = ::pread(fd_, out.data() + done, out.size() - done, data_start_ + e->begin + done);
     if (r <= 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(path_, ": tensor '", name, "': short read (file truncated?)"));
@@ -199,9 +199,8 @@ absl::StatusOr<std::string> SafetensorsFile::ReadRaw(absl::string_view name) con
 absl::StatusOr<std::vector<RawTensor>> SafetensorsFile::ReadAll() const {
   std::vector<RawTensor> out;
   for (const auto& [name, entry] : header_.tensors) {
-    auto bytes = ReadRaw(name);
-    if (!bytes.ok()) return bytes.status();
-    out.push_back({name, entry.dtype, entry.shape, *std::move(bytes)});
+    QAAS_ASSIGN_OR_RETURN(auto bytes, ReadRaw(name));
+    out.push_back({name, entry.dtype, entry.shape, std::move(bytes)});
   }
   return out;
 }

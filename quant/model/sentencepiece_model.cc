@@ -4,6 +4,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 namespace {
@@ -181,13 +182,13 @@ absl::StatusOr<SentencePieceModel> ParseSentencePieceModel(absl::string_view byt
       if (!r.Bytes(&s)) return Malformed("ModelProto field");
       if (field == 1) {
         SentencePieceModel::Piece p;
-        if (auto st = ParsePiece(s, &p); !st.ok()) return st;
+        QAAS_RETURN_IF_ERROR(ParsePiece(s, &p));
         m.pieces.push_back(std::move(p));
       } else if (field == 2) {
         saw_trainer = true;
-        if (auto st = ParseTrainerSpec(s, &m); !st.ok()) return st;
+        QAAS_RETURN_IF_ERROR(ParseTrainerSpec(s, &m));
       } else {
-        if (auto st = ParseNormalizerSpec(s, &m); !st.ok()) return st;
+        QAAS_RETURN_IF_ERROR(ParseNormalizerSpec(s, &m));
       }
     } else if (!r.Skip(wire)) {
       return Malformed("ModelProto field");

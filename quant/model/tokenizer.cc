@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "quant/model/bpe_tokenizer.h"
 #include "quant/util/files.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 namespace {
@@ -51,16 +52,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   if (!FileExists(path)) {
     if (FileExists(model_dir + "/tokenizer.json") ||
         (FileExists(model_dir + "/vocab.json") && FileExists(model_dir + "/merges.txt"))) {
-      auto bpe = BpeTokenizer::Load(model_dir);
-      if (!bpe.ok()) return bpe.status();
-      return std::unique_ptr<Tokenizer>(*std::move(bpe));
+      QAAS_ASSIGN_OR_RETURN(auto bpe, BpeTokenizer::Load(model_dir));
+      return std::unique_ptr<Tokenizer>(std::move(bpe));
     }
     return absl::NotFoundError(
         absl::StrCat(model_dir, ": no tokenizer.model, tokenizer.json or vocab.json + merges.txt"));
   }
-  auto bytes = ReadFile(path);
-  if (!bytes.ok()) return bytes.status();
-  auto model = ParseSentencePieceModel(*bytes);
+  QAAS_ASSIGN_OR_RETURN(auto bytes, ReadFile(path));
+  auto model = ParseSentencePieceModel(bytes);
   if (!model.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", model.status().message()));
   return FromModel(*std::move(model));
 }

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::quant {
 
@@ -73,9 +74,8 @@ absl::Status MakeDirs(const std::string& path) {
 }
 
 absl::Status CopyFile(const std::string& from, const std::string& to) {
-  auto data = ReadFile(from);
-  if (!data.ok()) return data.status();
-  return WriteFileAtomic(to, *data);
+  QAAS_ASSIGN_OR_RETURN(auto data, ReadFile(from));
+  return WriteFileAtomic(to, data);
 }
 
 }  // namespace qaas::quant

@@ -8,6 +8,7 @@
 #include <set>
 #include <thread>
 
+#include "quant/util/status_macros.h"
 #include "server/postgres_job_store.h"
 #include "server/sqlite_job_store.h"
 #include "tests/pg_server.h"
@@ -70,13 +71,11 @@ class JobStoreTest : public ::testing::TestWithParam<std::string> {
   // A store on this test's database: a reopen, or a second replica.
   absl::StatusOr<std::unique_ptr<JobStore>> Open() {
     if (GetParam() == "postgres") {
-      auto s = PostgresJobStore::Open(conninfo_);
-      if (!s.ok()) return s.status();
-      return std::unique_ptr<JobStore>(*std::move(s));
+      QAAS_ASSIGN_OR_RETURN(auto s, PostgresJobStore::Open(conninfo_));
+      return std::unique_ptr<JobStore>(std::move(s));
     }
-    auto s = SqliteJobStore::Open(dir_.path() + "/jobs.db");
-    if (!s.ok()) return s.status();
-    return std::unique_ptr<JobStore>(*std::move(s));
+    QAAS_ASSIGN_OR_RETURN(auto s, SqliteJobStore::Open(dir_.path() + "/jobs.db"));
+    return std::unique_ptr<JobStore>(std::move(s));
   }
 
   ScopedTempDir dir_;
