@@ -51,7 +51,7 @@ std::shared_ptr<grpc::Channel> OwnChannel(int port) {
 int Run(const std::string& store, int jobs, int workers, int submitters) {
   qaas::testing::ScopedTempDir dir;
   std::filesystem::create_directories(dir.path() + "/model");
-  std::ofstream(dir.path() + "/model/config.json") << "{}";
+  std::ofstream(dir.path() + "/model/config.json") << qaas::testing::kTestModelConfig;
   std::unique_ptr<qaas::testing::PgServer> pg;
   qaas::server::ServerOptions o;
   o.listen_address = "127.0.0.1:0";

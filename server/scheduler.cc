@@ -1,10 +1,15 @@
 #include "server/scheduler.h"
 
 #include <chrono>
+#include <filesystem>
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "storage/object_store.h"
+#include "storage/uri.h"
+#include "quant/util/status_macros.h"
 
 namespace qaas::server {
 
@@ -116,12 +121,96 @@ void Scheduler::FailInfeasible(const std::string& job_id, const std::string& rea
   Notify();
 }
 
+namespace {
+
+// A uri as a '/'-separated absolute name that overlap can be decided on:
+// file:// paths with their existing part resolved, s3 as s3://bucket/prefix.
+std::string OverlapName(const std::string& uri) {
+  auto parsed = storage::ParseUri(uri);
+  if (!parsed.ok()) return uri;
+  if (parsed->scheme == "file") {
+    std::error_code ec;
+    const auto resolved = std::filesystem::weakly_canonical(parsed->path, ec);
+    return "/file" + (ec ? parsed->path : resolved.lexically_normal().string());
+  }
+  return absl::StrCat("/", parsed->scheme, "/", parsed->authority, parsed->path.empty() ? "" : "/", parsed->path);
+}
+
+bool Overlaps(const std::string& a, const std::string& b) {
+  const std::string x = OverlapName(a), y = OverlapName(b);
+  return storage::PathIsWithin(x, y) || storage::PathIsWithin(y, x);
+}
+
+}  // namespace
+
+absl::StatusOr<bool> Scheduler::HasIdempotencyKey(const std::string& tenant, const std::string& key) {
+  if (key.empty()) return false;
+  ListQuery q;
+  q.tenant = tenant;
+  q.page_size = 500;
+  do {
+    QAAS_ASSIGN_OR_RETURN(ListPage page, store_->List(q));
+    for (const auto& j : page.jobs) {
+      if (j.spec().idempotency_key() == key) return true;
+    }
+    q.page_token = page.next_page_token;
+  } while (!q.page_token.empty());
+  return false;
+}
+
+absl::Status Scheduler::CheckOutput(const std::string& tenant, const v1::JobSpec& spec) {
+  const std::string& out = spec.output();
+  auto refuse = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat("output: '", out, "' ", why));
+  };
+  if (Overlaps(out, spec.model())) return refuse(absl::StrCat("overlaps the model '", spec.model(), "'"));
+  if (!spec.calibration().dataset().empty() && Overlaps(out, spec.calibration().dataset())) {
+    return refuse(absl::StrCat("overlaps the calibration dataset '", spec.calibration().dataset(), "'"));
+  }
+  for (const auto& e : spec.evaluation()) {
+    if (Overlaps(out, e.dataset())) return refuse(absl::StrCat("overlaps the evaluation dataset '", e.dataset(), "'"));
+  }
+  if (!options_.default_output_uri.empty() && Overlaps(out, options_.default_output_uri)) {
+    return refuse(absl::StrCat("lies in the server's own store (", options_.default_output_uri,
+                               "); leave output empty for the job's own prefix there"));
+  }
+  // A retry of a submission (same tenant, same idempotency key) meets its own
+  // first job's output: Submit then returns that job.
+  auto retry = [&]() { return HasIdempotencyKey(tenant, spec.idempotency_key()); };
+  ListQuery active;
+  active.states = {v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING};
+  active.page_size = 500;
+  do {
+    QAAS_ASSIGN_OR_RETURN(ListPage page, store_->List(active));
+    for (const auto& j : page.jobs) {
+      if (!Overlaps(out, j.spec().output())) continue;
+      QAAS_ASSIGN_OR_RETURN(const bool is_retry, retry());
+      if (is_retry) return absl::OkStatus();
+      return refuse(absl::StrCat("overlaps the output of ",
+                                 j.tenant() == tenant ? absl::StrCat("job ", j.id()) : "another tenant's job", ", ",
+                                 v1::JobState_Name(j.state()).substr(10)));
+    }
+    active.page_token = page.next_page_token;
+  } while (!active.page_token.empty());
+  if (spec.overwrite()) return absl::OkStatus();
+  auto store = storage::OpenObjectStore(out);
+  if (!store.ok()) return absl::OkStatus();  // the worker reports what is wrong with it
+  auto objects = (*store)->List("");
+  if (!objects.ok() || objects->empty()) return absl::OkStatus();
+  QAAS_ASSIGN_OR_RETURN(const bool is_retry, retry());
+  if (is_retry) return absl::OkStatus();
+  return refuse(absl::StrCat("already holds ", objects->size(), " objects (", (*objects)[0].key,
+                             ", ...); set overwrite to replace them, or name an empty location"));
+}
+
 absl::StatusOr<v1::Job> Scheduler::Submit(const std::string& tenant, v1::JobSpec spec) {
-  if (auto st = ValidateJobSpec(options_.validation, &spec); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(ValidateJobSpec(options_.validation, &spec));
+  const bool default_output = spec.output().empty();
+  if (!default_output) QAAS_RETURN_IF_ERROR(CheckOutput(tenant, spec));
   v1::Job job;
   job.set_id(RandomId("j-"));
   job.set_tenant(tenant);
-  if (spec.output().empty()) spec.set_output(absl::StrCat(options_.default_output_uri, "/jobs/", job.id()));
+  if (default_output) spec.set_output(absl::StrCat(options_.default_output_uri, "/jobs/", job.id()));
   *job.mutable_spec() = std::move(spec);
   job.set_state(v1::JOB_STATE_QUEUED);
   job.set_max_attempts(options_.max_attempts);
@@ -131,10 +220,21 @@ absl::StatusOr<v1::Job> Scheduler::Submit(const std::string& tenant, v1::JobSpec
   job.mutable_progress()->set_eta_ms(-1);
   job.set_memory_estimate_bytes(EstimateJobMemory(job.spec()));
   bool created = false;
-  auto stored = store_->Insert(job, &created);
-  if (!stored.ok()) return stored.status();
+  QAAS_ASSIGN_OR_RETURN(auto stored, store_->Insert(job, &created));
+  if (!created) {
+    // The key is bound to the spec it was first used with.
+    v1::JobSpec mine = job.spec();
+    if (default_output && stored.spec().output() == absl::StrCat(options_.default_output_uri, "/jobs/", stored.id())) {
+      mine.set_output(stored.spec().output());
+    }
+    if (!google::protobuf::util::MessageDifferencer::Equals(mine, stored.spec())) {
+      return absl::AlreadyExistsError(absl::StrCat("idempotency_key '", job.spec().idempotency_key(),
+                                                   "' was used for job ", stored.id(),
+                                                   " with a different spec; use a new key for a new job"));
+    }
+  }
   if (created) {
-    metrics_->JobSubmitted(MethodLabel(stored->spec()));
+    metrics_->JobSubmitted(MethodLabel(stored.spec()));
     RefreshGauges();
     Notify();
   }
@@ -142,12 +242,11 @@ absl::StatusOr<v1::Job> Scheduler::Submit(const std::string& tenant, v1::JobSpec
 }
 
 absl::StatusOr<v1::Job> Scheduler::Get(const std::string& tenant, const std::string& id) {
-  auto row = store_->Get(id);
-  if (!row.ok()) return row.status();
-  if (!tenant.empty() && row->job.tenant() != tenant) {
+  QAAS_ASSIGN_OR_RETURN(auto row, store_->Get(id));
+  if (!tenant.empty() && row.job.tenant() != tenant) {
     return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
   }
-  return row->job;
+  return row.job;
 }
 
 absl::StatusOr<v1::ListJobsResponse> Scheduler::List(const std::string& tenant,
@@ -159,11 +258,10 @@ absl::StatusOr<v1::ListJobsResponse> Scheduler::List(const std::string& tenant,
   for (const auto& [k, v] : request.labels()) q.labels.emplace_back(k, v);
   q.page_size = request.page_size() == 0 ? 50 : std::min(request.page_size(), 500);
   q.page_token = request.page_token();
-  auto page = store_->List(q);
-  if (!page.ok()) return page.status();
+  QAAS_ASSIGN_OR_RETURN(auto page, store_->List(q));
   v1::ListJobsResponse resp;
-  for (auto& j : page->jobs) *resp.add_jobs() = std::move(j);
-  resp.set_next_page_token(page->next_page_token);
+  for (auto& j : page.jobs) *resp.add_jobs() = std::move(j);
+  resp.set_next_page_token(page.next_page_token);
   return resp;
 }
 
@@ -376,10 +474,9 @@ absl::Status Scheduler::Release(const v1::FailJobRequest& req) {
 
 absl::StatusOr<int> Scheduler::ExpireLeases() {
   RefreshWorkerGauge();
-  auto ids = store_->ExpiredLeases(Now());
-  if (!ids.ok()) return ids.status();
+  QAAS_ASSIGN_OR_RETURN(auto ids, store_->ExpiredLeases(Now()));
   int n = 0;
-  for (const auto& id : *ids) {
+  for (const auto& id : ids) {
     bool finished = false;
     auto row = store_->Update(id, [&](JobRow& r) -> absl::Status {
       v1::Job& j = r.job;

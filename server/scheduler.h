@@ -79,6 +79,12 @@ class Scheduler {
   bool shutting_down() const { return shutdown_.load(); }
 
  private:
+  // An explicit output must not overlap the job's inputs, the server's store
+  // or a queued or running job's output, and must be empty unless
+  // spec.overwrite. InvalidArgument naming what it overlaps.
+  absl::Status CheckOutput(const std::string& tenant, const v1::JobSpec& spec);
+  // Whether `tenant` already has a job submitted with `key` (a retry).
+  absl::StatusOr<bool> HasIdempotencyKey(const std::string& tenant, const std::string& key);
   struct WorkerInfo {
     v1::WorkerCapabilities capabilities;
     std::string name;

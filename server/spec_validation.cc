@@ -14,6 +14,7 @@
 #include "quant/method_table.h"
 #include "quant/model/config.h"
 #include "quant/recipe_rules.h"
+#include "quant/util/status_macros.h"
 #include "server/placement.h"
 #include "storage/uri.h"
 
@@ -51,9 +52,8 @@ absl::Status ValidateRecipe(v1::JobSpec* spec, std::vector<quant::RecipeStep>* s
     }
     std::vector<v1::RecipeStep> expansion;
     for (const quant::RecipeStep& s : preset->steps) {
-      auto step = RecipeStepToProto(s);
-      if (!step.ok()) return step.status();
-      expansion.push_back(*std::move(step));
+      QAAS_ASSIGN_OR_RETURN(auto step, RecipeStepToProto(s));
+      expansion.push_back(std::move(step));
     }
     if (spec->recipe_size() == 0) {
       for (auto& s : expansion) *spec->add_recipe() = std::move(s);
@@ -71,30 +71,26 @@ absl::Status ValidateRecipe(v1::JobSpec* spec, std::vector<quant::RecipeStep>* s
   for (int i = 0; i < spec->recipe_size(); ++i) {
     const std::string field = absl::StrCat("recipe[", i, "]");
     // An unknown method is named before its options are read.
-    if (auto st = quant::CheckStepOptions(quant::RecipeStep{spec->recipe(i).method(), {}}, field); !st.ok()) {
-      return st;
-    }
-    auto step = RecipeStepFromProto(spec->recipe(i), field);
-    if (!step.ok()) return step.status();
-    steps->push_back(*std::move(step));
+    QAAS_RETURN_IF_ERROR(quant::CheckStepOptions(quant::RecipeStep{spec->recipe(i).method(), {}}, field));
+    QAAS_ASSIGN_OR_RETURN(auto step, RecipeStepFromProto(spec->recipe(i), field));
+    steps->push_back(std::move(step));
   }
   return quant::CheckRecipe(*steps);  // "recipe[i].<method>.<option>: ..." or "recipe: ..."
 }
 
 absl::Status ValidateScheme(v1::JobSpec* spec, const std::vector<quant::RecipeStep>& steps) {
-  auto scheme = SchemeFromProto(spec->scheme());
-  if (!scheme.ok()) return scheme.status();
-  if (!scheme->activations.enabled() && !scheme->kv_cache.enabled() && !scheme->weights.enabled()) {
-    return Invalid("scheme", absl::StrCat("'", scheme->ToString(), "' quantizes nothing"));
+  QAAS_ASSIGN_OR_RETURN(auto scheme, SchemeFromProto(spec->scheme()));
+  if (!scheme.activations.enabled() && !scheme.kv_cache.enabled() && !scheme.weights.enabled()) {
+    return Invalid("scheme", absl::StrCat("'", scheme.ToString(), "' quantizes nothing"));
   }
-  if (scheme->weights.format == quant::NumberFormat::kFp8E4M3 ||
-      scheme->weights.format == quant::NumberFormat::kFp8E5M2) {
-    return absl::UnimplementedError(absl::StrCat("scheme ", scheme->ToString(),
+  if (scheme.weights.format == quant::NumberFormat::kFp8E4M3 ||
+      scheme.weights.format == quant::NumberFormat::kFp8E5M2) {
+    return absl::UnimplementedError(absl::StrCat("scheme ", scheme.ToString(),
                                                  ": per-tensor FP8 weights are not implemented (use MXFP8: "
                                                  "Wmxfp8); FP8 activations and KV cache are"));
   }
-  if (auto st = quant::CheckRecipeFitsScheme(steps, *scheme); !st.ok()) return st;  // "scheme ...: ..."
-  *spec->mutable_scheme() = SchemeToProto(*scheme);
+  QAAS_RETURN_IF_ERROR(quant::CheckRecipeFitsScheme(steps, scheme));  // "scheme ...: ..."
+  *spec->mutable_scheme() = SchemeToProto(scheme);
   return absl::OkStatus();
 }
 
@@ -125,29 +121,57 @@ absl::Status ValidateUri(const std::string& field, const std::string& uri,
 
 absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec) {
   if (spec->model().empty()) return Invalid("model", "required (uri of a Hugging Face model directory)");
-  if (auto st = ValidateUri("model", spec->model(), options.file_roots); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(ValidateUri("model", spec->model(), options.file_roots));
+  // A file:// model's config.json is read here with the worker's own parser,
+  // so a config it would refuse (absurd sizes, a missing field) fails now,
+  // not minutes later; its context bounds the sequence lengths below.
+  int context = 0;
   if (auto parsed = storage::ParseUri(spec->model()); parsed.ok() && parsed->scheme == "file") {
     struct stat st;
     const std::string config = parsed->path + "/config.json";
     if (::stat(parsed->path.c_str(), &st) != 0) {
       return Invalid("model", absl::StrCat("model directory '", spec->model(), "' does not exist"));
     }
-    if (::stat(config.c_str(), &st) != 0) {
-      return Invalid("model", absl::StrCat("'", spec->model(), "' has no config.json"));
-    }
+    std::ifstream in(config);
+    if (!in) return Invalid("model", absl::StrCat("'", spec->model(), "' has no config.json"));
+    std::stringstream text;
+    text << in.rdbuf();
+    auto parsed_config = quant::ParseModelConfig(text.str());
+    if (!parsed_config.ok()) return Annotate(parsed_config.status(), absl::StrCat("model: ", spec->model()));
+    context = parsed_config->max_position_embeddings;
   }
+  // A sequence length within the model's context (0: the default, capped).
+  auto check_seq_len = [&](const std::string& field, int seq_len) -> absl::Status {
+    if (seq_len < 0 || seq_len == 1 || seq_len > kMaxSeqLen) {
+      return Invalid(field, absl::StrCat("must be 0 (default) or 2..", kMaxSeqLen, ", got ", seq_len));
+    }
+    if (context > 0 && seq_len > context) {
+      return Invalid(field, absl::StrCat(seq_len, " exceeds the model's context (max_position_embeddings ", context,
+                                         ")"));
+    }
+    return absl::OkStatus();
+  };
+  // A file:// dataset must be a non-empty regular file now (the worker
+  // re-checks at use: it may change meanwhile).
+  auto check_dataset = [&](const std::string& field, const std::string& uri) -> absl::Status {
+    QAAS_RETURN_IF_ERROR(ValidateUri(field, uri, options.file_roots));
+    auto parsed = storage::ParseUri(uri);
+    if (!parsed.ok() || parsed->scheme != "file") return absl::OkStatus();
+    struct stat st;
+    if (::stat(parsed->path.c_str(), &st) != 0) return Invalid(field, absl::StrCat("'", uri, "' does not exist"));
+    if (!S_ISREG(st.st_mode)) return Invalid(field, absl::StrCat("'", uri, "' is not a regular file"));
+    if (st.st_size == 0) return Invalid(field, absl::StrCat("'", uri, "' is empty"));
+    return absl::OkStatus();
+  };
   std::vector<quant::RecipeStep> steps;
-  if (auto st = ValidateRecipe(spec, &steps); !st.ok()) return st;
-  if (auto st = ValidateScheme(spec, steps); !st.ok()) return st;
+  QAAS_RETURN_IF_ERROR(ValidateRecipe(spec, &steps));
+  QAAS_RETURN_IF_ERROR(ValidateScheme(spec, steps));
 
   auto* calib = spec->mutable_calibration();
-  if (!calib->dataset().empty()) {
-    if (auto st = ValidateUri("calibration.dataset", calib->dataset(), options.file_roots); !st.ok()) return st;
-  }
+  if (!calib->dataset().empty()) QAAS_RETURN_IF_ERROR(check_dataset("calibration.dataset", calib->dataset()));
   if (calib->dataset().empty()) {
-    auto scheme = SchemeFromProto(spec->scheme());  // normalized by ValidateScheme
-    if (!scheme.ok()) return scheme.status();
-    if (const std::string need = quant::CalibrationNeed(steps, *scheme); !need.empty()) {
+    QAAS_ASSIGN_OR_RETURN(auto scheme, SchemeFromProto(spec->scheme()));  // normalized by ValidateScheme
+    if (const std::string need = quant::CalibrationNeed(steps, scheme); !need.empty()) {
       return Invalid("calibration.dataset", absl::StrCat("required: ", need, " calibrates on it"));
     }
   }
@@ -155,21 +179,17 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
   if (calib->num_samples() < 0 || calib->num_samples() > kMaxSamples) {
     return Invalid("calibration.num_samples", absl::StrCat("must be 1..", kMaxSamples, ", got ", calib->num_samples()));
   }
-  if (calib->seq_len() < 0 || calib->seq_len() > kMaxSeqLen) {
-    return Invalid("calibration.seq_len", absl::StrCat("must be 0 (default) or 2..", kMaxSeqLen, ", got ", calib->seq_len()));
-  }
+  QAAS_RETURN_IF_ERROR(check_seq_len("calibration.seq_len", calib->seq_len()));
   for (int i = 0; i < spec->evaluation_size(); ++i) {
     const auto& e = spec->evaluation(i);
     const std::string field = absl::StrCat("evaluation[", i, "]");
     if (e.dataset().empty()) return Invalid(field + ".dataset", "required");
-    if (auto st = ValidateUri(field + ".dataset", e.dataset(), options.file_roots); !st.ok()) return st;
-    if (e.seq_len() < 0 || e.seq_len() == 1 || e.seq_len() > kMaxSeqLen) {
-      return Invalid(field + ".seq_len", absl::StrCat("must be 0 (default) or 2..", kMaxSeqLen, ", got ", e.seq_len()));
-    }
+    QAAS_RETURN_IF_ERROR(check_dataset(field + ".dataset", e.dataset()));
+    QAAS_RETURN_IF_ERROR(check_seq_len(field + ".seq_len", e.seq_len()));
     if (e.max_windows() < 0) return Invalid(field + ".max_windows", "must not be negative");
   }
   if (!spec->output().empty()) {
-    if (auto st = ValidateUri("output", spec->output(), options.file_roots); !st.ok()) return st;
+    QAAS_RETURN_IF_ERROR(ValidateUri("output", spec->output(), options.file_roots));
   }
   const auto& device = spec->resources().device();
   if (!device.empty() && device != "cpu" && device != "cuda") {

@@ -13,6 +13,12 @@
 namespace qaas::testing {
 
 inline const absl::Status& ToStatus(const absl::Status& status) { return status; }
+
+// A config.json that submit-time validation parses (a small LLaMA, context
+// 512), for tests whose model directory holds nothing else.
+inline constexpr char kTestModelConfig[] =
+    R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, )"
+    R"("num_attention_heads": 4, "vocab_size": 256, "max_position_embeddings": 512})";
 template <typename T>
 const absl::Status& ToStatus(const absl::StatusOr<T>& status_or) {
   return status_or.status();

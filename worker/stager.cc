@@ -176,4 +176,18 @@ absl::StatusOr<int> DownloadPrefix(const std::string& uri, const FileRoots& root
   return static_cast<int>(objects->size());
 }
 
+absl::StatusOr<int> RemoveStale(const std::string& local_dir, const std::string& uri, const FileRoots& roots) {
+  QAAS_ASSIGN_OR_RETURN(const ObjectLocation loc, OpenLocation(uri, roots));
+  const std::string base = loc.prefix.empty() ? "" : loc.prefix + "/";
+  QAAS_ASSIGN_OR_RETURN(const std::vector<storage::ObjectInfo> objects, loc.store->List(base));
+  int removed = 0;
+  for (const auto& o : objects) {
+    std::error_code ec;
+    if (fs::is_regular_file(local_dir + "/" + o.key.substr(base.size()), ec)) continue;
+    QAAS_RETURN_IF_ERROR(loc.store->Delete(o.key));
+    ++removed;
+  }
+  return removed;
+}
+
 }  // namespace qaas::worker

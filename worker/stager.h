@@ -63,6 +63,10 @@ absl::Status UploadFiles(const std::string& local_dir, const std::string& uri, c
 // an error.
 absl::StatusOr<int> DownloadPrefix(const std::string& uri, const FileRoots& roots, const std::string& prefix,
                                    const std::string& local_dir, uint64_t* bytes = nullptr);
+// Deletes every object under the directory `uri` that has no file at the
+// same relative path under `local_dir` (what an overwritten output held
+// before); returns how many.
+absl::StatusOr<int> RemoveStale(const std::string& local_dir, const std::string& uri, const FileRoots& roots);
 // Splits "file:///a/b/c.txt" into ("file:///a/b", "c.txt").
 std::pair<std::string, std::string> SplitObjectUri(const std::string& uri);
 

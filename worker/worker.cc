@@ -301,6 +301,11 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id, const FileR
     if (!uploaded.ok()) {
       return absl::Status(uploaded.code(), absl::StrCat("upload to ", spec.output(), ": ", uploaded.message()));
     }
+    if (spec.overwrite()) {
+      // The job replaces the output: what an earlier job left there goes.
+      auto removed = RemoveStale(o.output_dir, spec.output(), file_roots);
+      if (!removed.ok()) return Annotate(removed.status(), absl::StrCat("removing stale objects of ", spec.output()));
+    }
     v1::CompleteJobRequest done;
     done.set_job_id(job.id());
     done.set_lease_id(lease_id);

@@ -28,7 +28,7 @@ class AuthServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::filesystem::create_directories(dir_.path() + "/model");
-    WriteLocalFile(dir_.path() + "/model/config.json", "{}");
+    WriteLocalFile(dir_.path() + "/model/config.json", ::qaas::testing::kTestModelConfig);
     tokens_ = dir_.path() + "/tokens";
     WriteLocalFile(tokens_, Line("tok-a", "tenant:a") + Line("tok-b", "tenant:b") + Line("tok-w", "worker:pool"));
   }

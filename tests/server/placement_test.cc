@@ -198,7 +198,7 @@ class SchedulerPlacementTest : public ::testing::Test {
  protected:
   void Start(PlacementPolicy policy) {
     std::filesystem::create_directories(dir_.path() + "/model");
-    WriteLocalFile(dir_.path() + "/model/config.json", "{}");
+    WriteLocalFile(dir_.path() + "/model/config.json", ::qaas::testing::kTestModelConfig);
     auto store = SqliteJobStore::Open(dir_.path() + "/jobs.db");
     ASSERT_TRUE(store.ok());
     metrics_ = std::make_unique<Metrics>(registry_);

@@ -28,7 +28,7 @@ class ReplicasTest : public ::testing::Test {
     ASSERT_TRUE(uri.ok()) << uri.status();
     uri_ = *uri;
     std::filesystem::create_directories(dir_.path() + "/model");
-    WriteLocalFile(dir_.path() + "/model/config.json", "{}");
+    WriteLocalFile(dir_.path() + "/model/config.json", ::qaas::testing::kTestModelConfig);
   }
   std::unique_ptr<Server> Replica() {
     ServerOptions o;

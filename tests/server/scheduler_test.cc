@@ -49,7 +49,7 @@ class SchedulerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::filesystem::create_directories(dir_.path() + "/model");
-    WriteLocalFile(dir_.path() + "/model/config.json", "{}");
+    WriteLocalFile(dir_.path() + "/model/config.json", ::qaas::testing::kTestModelConfig);
     auto store = SqliteJobStore::Open(dir_.path() + "/jobs.db");
     ASSERT_TRUE(store.ok());
     metrics_ = std::make_unique<Metrics>(registry_);
@@ -345,4 +345,48 @@ TEST_F(SchedulerTest, ReleasedJobIsRequeuedAtOnceWithoutUsingAnAttempt) {
 }
 
 }  // namespace
+// An explicit output cannot clobber: not the job's inputs, not the server's
+// store (another job's prefix), not a queued job's output, not a non-empty
+// location unless overwrite. (Each was accepted once.)
+TEST_F(SchedulerTest, OutputsThatWouldClobberAreRefusedAtSubmit) {
+  auto refused = [&](const v1::JobSpec& spec, const std::string& needle) {
+    auto job = scheduler_->Submit("t", spec);
+    EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument) << job.status();
+    EXPECT_NE(job.status().message().find(needle), absl::string_view::npos) << job.status();
+  };
+  v1::JobSpec s = Spec();
+  s.set_output(s.model() + "/artifact-parent/..");  // the model directory itself
+  refused(s, "overlaps the model");
+  s.set_output("file://" + dir_.path());  // holds the model
+  refused(s, "overlaps the model");
+  s.set_output("file://" + dir_.path() + "/out/jobs/j-someone-else");
+  refused(s, "lies in the server's own store");
+  s.set_output("file://" + dir_.path() + "/results/a");
+  auto first = scheduler_->Submit("t", s);
+  ASSERT_TRUE(first.ok()) << first.status();
+  s.set_output("file://" + dir_.path() + "/results/a/sub");
+  refused(s, "overlaps the output of job " + first->id());
+  // A finished job's output holds its files: refused unless overwrite.
+  std::filesystem::create_directories(dir_.path() + "/done/artifact");
+  WriteLocalFile(dir_.path() + "/done/artifact/config.json", "{}");
+  s.set_output("file://" + dir_.path() + "/done");
+  refused(s, "already holds 1 objects (artifact/config.json");
+  s.set_overwrite(true);
+  EXPECT_TRUE(scheduler_->Submit("t", s).ok());
+}
+
+TEST_F(SchedulerTest, AnIdempotencyKeyIsBoundToItsSpec) {
+  v1::JobSpec s = Spec();
+  s.set_idempotency_key("k1");
+  auto first = scheduler_->Submit("t", s);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto again = scheduler_->Submit("t", s);  // a retry: the same job
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->id(), first->id());
+  s.set_priority(7);
+  auto other = scheduler_->Submit("t", s);
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kAlreadyExists) << other.status();
+  EXPECT_NE(other.status().message().find(first->id()), absl::string_view::npos) << other.status();
+}
+
 }  // namespace qaas::server

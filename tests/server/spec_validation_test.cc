@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <limits>
@@ -21,7 +22,7 @@ class SpecValidationTest : public ::testing::Test {
   void SetUp() override {
     root_ = dir_.path() + "/root";
     std::filesystem::create_directories(root_ + "/model");
-    WriteLocalFile(root_ + "/model/config.json", "{}");
+    WriteLocalFile(root_ + "/model/config.json", ::qaas::testing::kTestModelConfig);
     WriteLocalFile(root_ + "/calib.txt", "text");
     options_.file_roots = {root_};
     spec_.set_model("file://" + root_ + "/model");
@@ -407,6 +408,56 @@ TEST_F(SpecValidationTest, LimitsAreChecked) {
   spec_.set_priority(1);
   spec_.mutable_scheme()->set_shorthand("W16A16");
   QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
+}
+
+// What the worker would refuse minutes later is refused at submit, by the
+// same parser and rules (each was accepted once).
+TEST_F(SpecValidationTest, WhatIsKnowableAtSubmitIsCheckedThere) {
+  auto expect = [&](const std::string& needle) {
+    const absl::Status st = Validate();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_NE(st.message().find(needle), absl::string_view::npos) << "want '" << needle << "' in " << st;
+  };
+  // Sequence lengths beyond the model's context (512 here), or of 1.
+  spec_.mutable_calibration()->set_dataset("file://" + root_ + "/calib.txt");
+  spec_.mutable_calibration()->set_seq_len(1024);
+  expect("calibration.seq_len: 1024 exceeds the model's context (max_position_embeddings 512)");
+  spec_.mutable_calibration()->set_seq_len(1);
+  expect("calibration.seq_len: must be 0 (default) or 2..");
+  spec_.mutable_calibration()->set_seq_len(512);
+  auto* e = spec_.add_evaluation();
+  e->set_dataset("file://" + root_ + "/calib.txt");
+  e->set_seq_len(4096);
+  expect("evaluation[0].seq_len: 4096 exceeds the model's context");
+  e->set_seq_len(0);
+  QAAS_ASSERT_OK(Validate());
+  // Datasets that do not exist, are empty, or are not files.
+  spec_.mutable_calibration()->set_dataset("file://" + root_ + "/absent.txt");
+  expect("calibration.dataset: 'file://" + root_ + "/absent.txt' does not exist");
+  WriteLocalFile(root_ + "/empty.txt", "");
+  spec_.mutable_calibration()->set_dataset("file://" + root_ + "/empty.txt");
+  expect("is empty");
+  spec_.mutable_calibration()->set_dataset("file://" + root_ + "/model");
+  expect("is not a regular file");
+  spec_.mutable_calibration()->set_dataset("file://" + root_ + "/calib.txt");
+  e->set_dataset("file://" + root_ + "/absent.txt");
+  expect("evaluation[0].dataset: 'file://" + root_ + "/absent.txt' does not exist");
+  e->set_dataset("file://" + root_ + "/calib.txt");
+  // A config.json the worker's parser refuses: absurd sizes, missing fields.
+  WriteLocalFile(root_ + "/model/config.json",
+                 R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "vocab_size": 2147483647, "max_position_embeddings": 512})");
+  expect("'vocab_size' must be a positive integer");
+  WriteLocalFile(root_ + "/model/config.json", R"({"model_type": "llama"})");
+  expect("config.json: missing 'hidden_size'");
+  // A NaN option is out of every range.
+  WriteLocalFile(root_ + "/model/config.json", ::qaas::testing::kTestModelConfig);
+  spec_.clear_preset();
+  spec_.clear_recipe();
+  auto* step = spec_.add_recipe();
+  step->set_method("gptq");
+  step->mutable_gptq()->set_damp(std::nan(""));
+  expect("recipe[0].gptq.damp");
 }
 
 }  // namespace

@@ -413,11 +413,15 @@ TEST_F(EndToEndTest, BadModelsAndDataFailTheJobWithAReadableReason) {
     cases.push_back({s, "empty"});
   }
   {
+    // Knowable at submit: refused there, before any worker sees it.
     v1::JobSpec s = Spec(good);
     auto* e = s.add_evaluation();
     e->set_dataset("file://" + root_ + "/text.txt");
     e->set_seq_len(4096);
-    cases.push_back({s, "exceeds the model context 128"});
+    v1::Job refused;
+    const grpc::Status st = Submit(s, &refused);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("exceeds the model's context"), std::string::npos) << st.error_message();
   }
   for (const auto& c : cases) {
     v1::Job job;
@@ -711,7 +715,8 @@ TEST_F(EndToEndTest, WorkerMetricsCountJobsAndStorageBytes) {
   };
   EXPECT_EQ(eventually("succeeded", 2), 2);
   v1::JobSpec broken = spec;
-  broken.mutable_evaluation(0)->set_seq_len(4096);  // beyond the model's context: fails on the worker
+  WriteLocalFile(root_ + "/blank.txt", "\n\n");  // no text: fails on the worker
+  broken.mutable_evaluation(0)->set_dataset("file://" + root_ + "/blank.txt");
   v1::Job c;
   ASSERT_TRUE(Submit(broken, &c).ok());
   ASSERT_EQ(WaitFor(c.id(), Final).state(), v1::JOB_STATE_FAILED);

@@ -75,7 +75,7 @@ TEST_P(ServerKillTest, EveryAcknowledgedSubmitSurvivesASigkill) {
     flags.push_back("--database=" + *uri);
   }
   std::filesystem::create_directories(dir.path() + "/model");
-  WriteLocalFile(dir.path() + "/model/config.json", "{}");
+  WriteLocalFile(dir.path() + "/model/config.json", ::qaas::testing::kTestModelConfig);
   const std::string data = dir.path() + "/data";
   int port = 0;
   pid_t server = StartServer(data, flags, &port);

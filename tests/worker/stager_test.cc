@@ -113,5 +113,23 @@ TEST_F(StagerTest, SymlinksThatStayInsideARootKeepWorking) {
   EXPECT_EQ(ReadLocalFile(*staged + "/config.json"), "inside");
 }
 
+// overwrite: once the job's files are up, what an earlier job left goes.
+TEST_F(StagerTest, RemoveStaleLeavesExactlyTheJobsFiles) {
+  const std::string local = dir_.path() + "/out";
+  fs::create_directories(local + "/artifact");
+  WriteLocalFile(local + "/artifact/model.safetensors", "new");
+  WriteLocalFile(local + "/report.json", "{}");
+  fs::create_directories(root_ + "/results/artifact");
+  WriteLocalFile(root_ + "/results/artifact/stale.bin", "old");
+  WriteLocalFile(root_ + "/results/report.md", "old");
+  const std::string uri = "file://" + root_ + "/results";
+  QAAS_ASSERT_OK(UploadDirectory(local, uri, roots_, {"report.json"}));
+  auto removed = RemoveStale(local, uri, roots_);
+  QAAS_ASSERT_OK(removed);
+  EXPECT_EQ(*removed, 2);
+  EXPECT_EQ(ListLocalTree(root_ + "/results"),
+            (std::vector<std::string>{"artifact", "artifact/model.safetensors", "report.json"}));
+}
+
 }  // namespace
 }  // namespace qaas::worker
