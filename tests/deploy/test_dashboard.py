@@ -143,9 +143,11 @@ scrape_configs:
                                     eval_seq_len=128, max_windows=8, **extra)
             cls.jobs.append(job.wait(timeout=120))
             time.sleep(1.5)
-        for _ in range(2):  # evaluation windows beyond the model's context: fails on the worker
-            bad = cls.client.submit(model=model, scheme="W4A16g32", preset="rtn", evaluation=text,
-                                    eval_seq_len=4096)
+        blank = os.path.join(d, "blank.txt")
+        with open(blank, "w") as f:
+            f.write("\n\n")
+        for _ in range(2):  # a dataset with no text: passes submit, fails on the worker
+            bad = cls.client.submit(model=model, scheme="W4A16g32", preset="rtn", evaluation=blank)
             cls.jobs.append(bad.wait(timeout=120, raise_on_failure=False))
             time.sleep(1.5)
         time.sleep(3)  # a few scrapes and rule evaluations after the last change

@@ -84,12 +84,14 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(caught.exception.code(), grpc.StatusCode.NOT_FOUND)
 
     def test_failed_job_raises_with_the_reason(self):
-        job = self.client.submit(model=self.model, scheme="W4A16g32", preset="rtn", evaluation=self.text,
-                                 eval_seq_len=4096)  # beyond the model's 128-token context
+        blank = os.path.join(self.dir, "blank.txt")
+        with open(blank, "w") as f:
+            f.write("\n\n")  # no text: passes submit's checks, fails on the worker
+        job = self.client.submit(model=self.model, scheme="W4A16g32", preset="rtn", evaluation=blank)
         with self.assertRaises(qaas_client.JobFailed) as caught:
             job.wait(timeout=120)
         self.assertEqual(caught.exception.job.state, job_pb2.JOB_STATE_FAILED)
-        self.assertIn("exceeds the model context 128", str(caught.exception))
+        self.assertIn("dataset text is empty", str(caught.exception))
         self.assertEqual(job.wait(raise_on_failure=False).state, job_pb2.JOB_STATE_FAILED)
 
     def test_timeout_and_cancel(self):
