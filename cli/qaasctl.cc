@@ -67,6 +67,7 @@ ABSL_FLAG(int32_t, max_windows, 0, "submit: evaluation windows per dataset (0 = 
 ABSL_FLAG(std::string, output, "", "submit: output uri prefix (default: the server's store)");
 ABSL_FLAG(int32_t, priority, 0, "submit: priority (higher first)");
 ABSL_FLAG(std::string, labels, "", "submit: k=v,k=v labels; list: filter");
+ABSL_FLAG(bool, overwrite, false, "submit: replace a non-empty --output (refused without it)");
 ABSL_FLAG(std::string, idempotency_key, "", "submit: returns the same job when repeated");
 ABSL_FLAG(bool, wait, false, "submit: watch until the job ends");
 ABSL_FLAG(std::string, state, "", "list: QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED");
@@ -191,6 +192,7 @@ int Submit(v1::JobService::Stub& stub, const qaas::cli::MethodFlags& method_flag
   spec->set_priority(absl::GetFlag(FLAGS_priority));
   ParseLabels(spec->mutable_labels());
   spec->set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
+  spec->set_overwrite(absl::GetFlag(FLAGS_overwrite));
   grpc::ClientContext ctx;
   v1::Job job;
   grpc::Status s = stub.SubmitJob(&ctx, req, &job);

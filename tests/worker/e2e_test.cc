@@ -467,6 +467,12 @@ TEST_F(EndToEndTest, QaasctlAppliesPresetOptionsAndRefusesConflicts) {
   EXPECT_NE(out.find("no step of the preset 'rtn' takes it"), std::string::npos) << out;
   EXPECT_EQ(run("--preset rtn --scheme Wbogus", &out), 2);
   EXPECT_NE(out.find("qaasctl: INVALID_ARGUMENT: "), std::string::npos) << out;
+  // A non-empty output: refused unless --overwrite.
+  fs::create_directories(root_ + "/taken");
+  WriteLocalFile(root_ + "/taken/report.json", "{}");
+  EXPECT_EQ(run("--preset rtn --output " + root_ + "/taken", &out), 2);
+  EXPECT_NE(out.find("already holds 1 objects"), std::string::npos) << out;
+  EXPECT_EQ(run("--preset rtn --output " + root_ + "/taken --overwrite", &out), 0) << out;
 }
 
 // Live progress: WatchJob events carry layer i of N, the step, elapsed time
