@@ -362,7 +362,10 @@ absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* detai
 // the quantized model's stream, is transformed, (learned,) quantized linear
 // by linear, and its quantized outputs become the next layer's inputs.
 absl::Status Pipeline::QuantizeLayer(int i) {
-  const Report before = report_;  // the layer's record keeps what this layer adds
+  // The layer's resume record keeps what this layer adds to the report.
+  const size_t layers_before = report_.layers.size(), blocks_before = report_.blocks.size();
+  const double calibration_before = report_.seconds_calibration,
+               quantization_before = report_.seconds_quantization, evaluation_before = report_.seconds_evaluation;
   Progress(i, "loading");
   const DecoderModel& model = *model_;
   const std::string layer_prefix = model.LayerPrefix(i);
@@ -446,11 +449,11 @@ absl::Status Pipeline::QuantizeLayer(int i) {
   LayerRecord record;
   record.fingerprint = fingerprint_;
   record.layer = i;
-  record.linears.assign(report_.layers.begin() + before.layers.size(), report_.layers.end());
-  record.blocks.assign(report_.blocks.begin() + before.blocks.size(), report_.blocks.end());
-  record.seconds_calibration = report_.seconds_calibration - before.seconds_calibration;
-  record.seconds_quantization = report_.seconds_quantization - before.seconds_quantization;
-  record.seconds_evaluation = report_.seconds_evaluation - before.seconds_evaluation;
+  record.linears.assign(report_.layers.begin() + layers_before, report_.layers.end());
+  record.blocks.assign(report_.blocks.begin() + blocks_before, report_.blocks.end());
+  record.seconds_calibration = report_.seconds_calibration - calibration_before;
+  record.seconds_quantization = report_.seconds_quantization - quantization_before;
+  record.seconds_evaluation = report_.seconds_evaluation - evaluation_before;
   const LayerToPack pack{layer_prefix, &model.LinearNames(), &transformed, &quantized, &q.linears, ck_.get()};
   return SaveLayer(i, pack, record);
 }

@@ -136,9 +136,10 @@ std::string OverlapName(const std::string& uri) {
   return absl::StrCat("/", parsed->scheme, "/", parsed->authority, parsed->path.empty() ? "" : "/", parsed->path);
 }
 
-bool Overlaps(const std::string& a, const std::string& b) {
-  const std::string x = OverlapName(a), y = OverlapName(b);
-  return storage::PathIsWithin(x, y) || storage::PathIsWithin(y, x);
+// `name`: an OverlapName, resolved once by the caller.
+bool Overlaps(const std::string& name, const std::string& uri) {
+  const std::string other = OverlapName(uri);
+  return storage::PathIsWithin(name, other) || storage::PathIsWithin(other, name);
 }
 
 }  // namespace
@@ -160,17 +161,18 @@ absl::StatusOr<bool> Scheduler::HasIdempotencyKey(const std::string& tenant, con
 
 absl::Status Scheduler::CheckOutput(const std::string& tenant, const v1::JobSpec& spec) {
   const std::string& out = spec.output();
+  const std::string out_name = OverlapName(out);
   auto refuse = [&](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat("output: '", out, "' ", why));
   };
-  if (Overlaps(out, spec.model())) return refuse(absl::StrCat("overlaps the model '", spec.model(), "'"));
-  if (!spec.calibration().dataset().empty() && Overlaps(out, spec.calibration().dataset())) {
+  if (Overlaps(out_name, spec.model())) return refuse(absl::StrCat("overlaps the model '", spec.model(), "'"));
+  if (!spec.calibration().dataset().empty() && Overlaps(out_name, spec.calibration().dataset())) {
     return refuse(absl::StrCat("overlaps the calibration dataset '", spec.calibration().dataset(), "'"));
   }
   for (const auto& e : spec.evaluation()) {
-    if (Overlaps(out, e.dataset())) return refuse(absl::StrCat("overlaps the evaluation dataset '", e.dataset(), "'"));
+    if (Overlaps(out_name, e.dataset())) return refuse(absl::StrCat("overlaps the evaluation dataset '", e.dataset(), "'"));
   }
-  if (!options_.default_output_uri.empty() && Overlaps(out, options_.default_output_uri)) {
+  if (!options_.default_output_uri.empty() && Overlaps(out_name, options_.default_output_uri)) {
     return refuse(absl::StrCat("lies in the server's own store (", options_.default_output_uri,
                                "); leave output empty for the job's own prefix there"));
   }
@@ -183,7 +185,7 @@ absl::Status Scheduler::CheckOutput(const std::string& tenant, const v1::JobSpec
   do {
     QAAS_ASSIGN_OR_RETURN(ListPage page, store_->List(active));
     for (const auto& j : page.jobs) {
-      if (!Overlaps(out, j.spec().output())) continue;
+      if (!Overlaps(out_name, j.spec().output())) continue;
       QAAS_ASSIGN_OR_RETURN(const bool is_retry, retry());
       if (is_retry) return absl::OkStatus();
       return refuse(absl::StrCat("overlaps the output of ",
