@@ -20,6 +20,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::fprintf(stderr, "accepted a spec that is not normalized: %s\n", spec.ShortDebugString().c_str());
     std::abort();
   }
-  (void)qaas::server::EstimateJobMemory(spec);
+  (void)qaas::server::EstimateJobMemory(spec, options.file_roots);
   return 0;
 }

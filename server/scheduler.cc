@@ -220,7 +220,7 @@ absl::StatusOr<v1::Job> Scheduler::Submit(const std::string& tenant, v1::JobSpec
   job.set_update_time_ms(job.create_time_ms());
   job.mutable_progress()->set_step("queued");
   job.mutable_progress()->set_eta_ms(-1);
-  job.set_memory_estimate_bytes(EstimateJobMemory(job.spec()));
+  job.set_memory_estimate_bytes(EstimateJobMemory(job.spec(), options_.validation.file_roots));
   bool created = false;
   QAAS_ASSIGN_OR_RETURN(auto stored, store_->Insert(job, &created));
   if (!created) {

@@ -77,6 +77,9 @@ class Scheduler {
   // Wakes every waiter; later waits return at once.
   void Shutdown();
   bool shutting_down() const { return shutdown_.load(); }
+  // The allowed file roots, as the server was configured (reports are read
+  // beneath them).
+  const std::vector<std::string>& file_roots() const { return options_.validation.file_roots; }
 
  private:
   // An explicit output must not overlap the job's inputs, the server's store

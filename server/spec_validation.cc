@@ -1,12 +1,9 @@
 #include "server/spec_validation.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "proto/recipe_convert.h"
@@ -16,6 +13,7 @@
 #include "quant/recipe_rules.h"
 #include "quant/util/status_macros.h"
 #include "server/placement.h"
+#include "storage/location.h"
 #include "storage/uri.h"
 
 namespace qaas::server {
@@ -36,6 +34,37 @@ std::string ResolvedPath(const std::string& path) {
   std::error_code error;
   const std::filesystem::path resolved = std::filesystem::weakly_canonical(path, error);
   return error ? path : resolved.lexically_normal().string();
+}
+
+// A config.json larger than this is not a model's config (the largest real
+// ones are a few KiB); it is refused rather than read into memory.
+constexpr uint64_t kMaxConfigBytes = 1 << 20;
+
+// The config.json of the file:// model directory `uri`, read beneath the
+// allowed root that holds it (a directory swapped for a symlink cannot make
+// the server read outside the roots).
+absl::StatusOr<std::string> ReadModelConfig(const std::string& uri, const storage::FileRoots& roots) {
+  auto location = storage::OpenLocation(uri, roots);
+  if (!location.ok()) return Invalid("model", location.status().message());
+  const std::string key = location->Key("config.json");
+  auto info = location->store->Stat(key);
+  if (absl::IsNotFound(info.status())) {
+    auto listed = location->store->List(location->prefix.empty() ? "" : location->prefix + "/");
+    if (!listed.ok() || listed->empty()) {
+      return Invalid("model", absl::StrCat("model directory '", uri,
+                                           "' does not exist or holds no files (a model directory holds "
+                                           "config.json and its weights)"));
+    }
+    return Invalid("model", absl::StrCat("'", uri, "' has no config.json"));
+  }
+  if (!info.ok()) return Invalid("model", absl::StrCat(uri, "/config.json: ", info.status().message()));
+  if (info->size > kMaxConfigBytes) {
+    return Invalid("model", absl::StrCat(uri, "/config.json is ", info->size, " bytes; a model config is at most ",
+                                         kMaxConfigBytes));
+  }
+  auto text = location->store->Read(key);
+  if (!text.ok()) return Invalid("model", absl::StrCat(uri, "/config.json: ", text.status().message()));
+  return *std::move(text);
 }
 
 // Expands a preset into recipe steps, then checks every step against the
@@ -126,17 +155,9 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
   // so a config it would refuse (absurd sizes, a missing field) fails now,
   // not minutes later; its context bounds the sequence lengths below.
   int context = 0;
-  if (auto parsed = storage::ParseUri(spec->model()); parsed.ok() && parsed->scheme == "file") {
-    struct stat st;
-    const std::string config = parsed->path + "/config.json";
-    if (::stat(parsed->path.c_str(), &st) != 0) {
-      return Invalid("model", absl::StrCat("model directory '", spec->model(), "' does not exist"));
-    }
-    std::ifstream in(config);
-    if (!in) return Invalid("model", absl::StrCat("'", spec->model(), "' has no config.json"));
-    std::stringstream text;
-    text << in.rdbuf();
-    auto parsed_config = quant::ParseModelConfig(text.str());
+  if (absl::StartsWith(spec->model(), "file:")) {
+    QAAS_ASSIGN_OR_RETURN(const std::string text, ReadModelConfig(spec->model(), options.file_roots));
+    auto parsed_config = quant::ParseModelConfig(text);
     if (!parsed_config.ok()) return Annotate(parsed_config.status(), absl::StrCat("model: ", spec->model()));
     context = parsed_config->max_position_embeddings;
   }
@@ -155,12 +176,19 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
   // re-checks at use: it may change meanwhile).
   auto check_dataset = [&](const std::string& field, const std::string& uri) -> absl::Status {
     QAAS_RETURN_IF_ERROR(ValidateUri(field, uri, options.file_roots));
-    auto parsed = storage::ParseUri(uri);
-    if (!parsed.ok() || parsed->scheme != "file") return absl::OkStatus();
-    struct stat st;
-    if (::stat(parsed->path.c_str(), &st) != 0) return Invalid(field, absl::StrCat("'", uri, "' does not exist"));
-    if (!S_ISREG(st.st_mode)) return Invalid(field, absl::StrCat("'", uri, "' is not a regular file"));
-    if (st.st_size == 0) return Invalid(field, absl::StrCat("'", uri, "' is empty"));
+    if (!absl::StartsWith(uri, "file:")) return absl::OkStatus();
+    auto object = storage::OpenObject(uri, options.file_roots);
+    if (!object.ok()) return Invalid(field, object.status().message());
+    auto info = object->location.store->Stat(object->key);
+    if (absl::IsNotFound(info.status()) && absl::StrContains(info.status().message(), "a directory")) {
+      return Invalid(field, absl::StrCat("'", uri, "' is not a regular file (a directory)"));
+    }
+    if (absl::IsNotFound(info.status())) return Invalid(field, absl::StrCat("'", uri, "' does not exist"));
+    if (absl::IsFailedPrecondition(info.status())) {
+      return Invalid(field, absl::StrCat("'", uri, "' is not a regular file (", info.status().message(), ")"));
+    }
+    if (!info.ok()) return Annotate(info.status(), field);
+    if (info->size == 0) return Invalid(field, absl::StrCat("'", uri, "' is empty"));
     return absl::OkStatus();
   };
   std::vector<quant::RecipeStep> steps;
@@ -210,14 +238,11 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
   return absl::OkStatus();
 }
 
-uint64_t EstimateJobMemory(const v1::JobSpec& spec) {
-  auto model = storage::ParseUri(spec.model());
-  if (!model.ok() || model->scheme != "file") return 0;
-  std::ifstream in(model->path + "/config.json");
-  if (!in) return 0;
-  std::stringstream text;
-  text << in.rdbuf();
-  auto config = quant::ParseModelConfig(text.str());
+uint64_t EstimateJobMemory(const v1::JobSpec& spec, const std::vector<std::string>& roots) {
+  if (!absl::StartsWith(spec.model(), "file:")) return 0;
+  auto text = ReadModelConfig(spec.model(), roots);
+  if (!text.ok()) return 0;
+  auto config = quant::ParseModelConfig(*text);
   if (!config.ok()) return 0;
   const int context = config->max_position_embeddings > 0 ? config->max_position_embeddings : 2048;
   auto seq = [&](int requested) { return static_cast<int64_t>(requested > 0 ? requested : std::min(2048, context)); };
@@ -233,9 +258,12 @@ uint64_t EstimateJobMemory(const v1::JobSpec& spec) {
     const int64_t len = seq(e.seq_len());
     m.evaluation_seq_len = std::max(m.evaluation_seq_len, len);
     int64_t tokens = 0;
-    if (auto uri = storage::ParseUri(e.dataset()); uri.ok() && uri->scheme == "file") {
-      struct stat st;
-      if (::stat(uri->path.c_str(), &st) == 0) tokens = st.st_size / 4;
+    if (absl::StartsWith(e.dataset(), "file:")) {
+      auto object = storage::OpenObject(e.dataset(), roots);
+      if (object.ok()) {
+        auto info = object->location.store->Stat(object->key);
+        if (info.ok()) tokens = static_cast<int64_t>(info->size / 4);
+      }
     }
     if (e.max_windows() > 0) tokens = tokens > 0 ? std::min(tokens, e.max_windows() * len) : e.max_windows() * len;
     m.evaluation_tokens += tokens;

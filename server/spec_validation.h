@@ -30,9 +30,10 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
 // EstimatePipelineMemory (server/placement.h) for a validated spec: the
 // model's shape from its config.json and the evaluation sets' sizes (a file
 // of B bytes counted as B/4 tokens unless max_windows bounds it). 0 when the
-// config cannot be read here (an s3:// model, or one that does not parse:
-// the worker reports that).
-uint64_t EstimateJobMemory(const v1::JobSpec& spec);
+// config cannot be read here (an s3:// model, one outside `roots`, or one
+// that does not parse: the worker reports that). Files are read beneath the
+// roots, as the worker reads them.
+uint64_t EstimateJobMemory(const v1::JobSpec& spec, const std::vector<std::string>& roots);
 
 // Checks a file:// or s3:// uri; file uris must resolve inside `roots`.
 absl::Status ValidateUri(const std::string& field, const std::string& uri,

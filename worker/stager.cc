@@ -19,13 +19,6 @@
 namespace qaas::worker {
 namespace fs = std::filesystem;
 
-std::pair<std::string, std::string> SplitObjectUri(const std::string& uri) {
-  std::string u = uri;
-  while (u.size() > 1 && u.back() == '/') u.pop_back();
-  const size_t slash = u.rfind('/');
-  return {u.substr(0, slash), u.substr(slash + 1)};
-}
-
 namespace {
 
 absl::Status Materialize(const std::string& final_dir, const std::function<absl::Status(const std::string&)>& fill) {
@@ -51,40 +44,6 @@ absl::Status Materialize(const std::string& final_dir, const std::function<absl:
 
 }  // namespace
 
-std::string ObjectLocation::Key(const std::string& relative) const {
-  return prefix.empty() ? relative : absl::StrCat(prefix, "/", relative);
-}
-
-absl::StatusOr<ObjectLocation> OpenLocation(const std::string& uri, const FileRoots& roots) {
-  QAAS_ASSIGN_OR_RETURN(const storage::Uri parsed, storage::ParseUri(uri));
-  ObjectLocation location;
-  if (parsed.scheme != "file") {
-    QAAS_ASSIGN_OR_RETURN(location.store, storage::OpenObjectStore(uri));
-    return location;
-  }
-  QAAS_ASSIGN_OR_RETURN(const std::string path, storage::NormalizeLocalPath(parsed.path));
-  // The longest prefix of the path that is (or resolves to) a root. Only that
-  // prefix is resolved here; everything below it is resolved by the store,
-  // beneath the root, at each access.
-  std::vector<std::string> real_roots;
-  for (const std::string& root : roots) {
-    auto real = storage::RealPath(root, root);
-    if (real.ok()) real_roots.push_back(*real);
-  }
-  for (std::string prefix = path;; prefix = storage::DirName(prefix)) {
-    auto real = storage::RealPath(prefix, prefix);
-    if (real.ok() && std::find(real_roots.begin(), real_roots.end(), *real) != real_roots.end()) {
-      QAAS_ASSIGN_OR_RETURN(location.store, storage::OpenObjectStore("file://" + *real));
-      location.prefix = path.size() > prefix.size() ? path.substr(prefix == "/" ? 1 : prefix.size() + 1) : "";
-      return location;
-    }
-    if (prefix == "/") break;
-  }
-  return absl::PermissionDeniedError(absl::StrCat("uri '", uri, "' is under none of the allowed file roots (",
-                                                  roots.empty() ? "the server sent none" : absl::StrJoin(roots, ", "),
-                                                  ")"));
-}
-
 absl::StatusOr<std::string> StageDirectory(const std::string& uri, const FileRoots& roots,
                                            const std::string& cache_dir, uint64_t* bytes) {
   QAAS_ASSIGN_OR_RETURN(const ObjectLocation loc, OpenLocation(uri, roots));
@@ -109,16 +68,14 @@ absl::StatusOr<std::string> StageDirectory(const std::string& uri, const FileRoo
 
 absl::StatusOr<std::string> StageFile(const std::string& uri, const FileRoots& roots, const std::string& cache_dir,
                                       uint64_t* bytes) {
-  // s3: the store at the object's "directory", the object's name as key.
-  auto [parent, name] = SplitObjectUri(uri);
-  const bool file = absl::StartsWith(uri, "file:");
-  QAAS_ASSIGN_OR_RETURN(const ObjectLocation loc, OpenLocation(file ? uri : parent, roots));
-  const std::string key = file ? loc.prefix : name;
-  if (key.empty()) return absl::InvalidArgumentError(absl::StrCat("uri '", uri, "' names a root, not a file"));
+  QAAS_ASSIGN_OR_RETURN(const storage::ObjectRef object, storage::OpenObject(uri, roots));
+  const storage::ObjectLocation& loc = object.location;
+  const std::string& key = object.key;
+  const std::string name = SplitObjectUri(uri).second;
   QAAS_ASSIGN_OR_RETURN(const storage::ObjectInfo info, loc.store->Stat(key));
   const std::string dir = absl::StrCat(
       cache_dir, "/", storage::Sha256Hex(absl::StrCat(uri, " ", info.size, " ", info.mtime_unix_ms)).substr(0, 32));
-  QAAS_RETURN_IF_ERROR(Materialize(dir, [&, name = name](const std::string& tmp) -> absl::Status {
+  QAAS_RETURN_IF_ERROR(Materialize(dir, [&](const std::string& tmp) -> absl::Status {
     QAAS_RETURN_IF_ERROR(loc.store->ReadToFile(key, tmp + "/" + name));
     if (bytes) *bytes += info.size;
     return absl::OkStatus();

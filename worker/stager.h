@@ -12,30 +12,17 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "storage/location.h"
 #include "storage/object_store.h"
 
 namespace qaas::worker {
 
-// The server's allowed file roots (resolved paths), as a lease carries them.
-// A file:// uri is opened as a key below the root that holds it, never as a
-// store of its own: the file store then resolves every component beneath
-// that root at the moment of each access (storage/beneath.h), so a directory
-// inside the root swapped for a symlink after submit cannot redirect a read
-// or a write outside the roots.
-using FileRoots = std::vector<std::string>;
-
-// Where a uri's objects live: the store and the key they sit under in it.
-struct ObjectLocation {
-  std::unique_ptr<storage::ObjectStore> store;
-  std::string prefix;  // "" or a normalised key ("models/llama")
-  // prefix + "/" + relative (or `relative` when prefix is "").
-  std::string Key(const std::string& relative) const;
-};
-// s3:// uris: the store at the uri, prefix "". file:// uris: the store at
-// the root holding the path (a prefix of the path that resolves to one of
-// `roots`), the rest of the path as prefix. PermissionDenied naming the uri
-// when no root holds it.
-absl::StatusOr<ObjectLocation> OpenLocation(const std::string& uri, const FileRoots& roots);
+// The roots and locations are storage's (storage/location.h): every file://
+// access below resolves beneath the root that holds the uri.
+using storage::FileRoots;
+using storage::ObjectLocation;
+using storage::OpenLocation;
+using storage::SplitObjectUri;
 
 // Each function adds the bytes it moved to `*bytes` when given (a cache hit
 // moves none).
@@ -67,8 +54,6 @@ absl::StatusOr<int> DownloadPrefix(const std::string& uri, const FileRoots& root
 // same relative path under `local_dir` (what an overwritten output held
 // before); returns how many.
 absl::StatusOr<int> RemoveStale(const std::string& local_dir, const std::string& uri, const FileRoots& roots);
-// Splits "file:///a/b/c.txt" into ("file:///a/b", "c.txt").
-std::pair<std::string, std::string> SplitObjectUri(const std::string& uri);
 
 }  // namespace qaas::worker
 

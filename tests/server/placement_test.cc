@@ -183,14 +183,16 @@ TEST(MemoryEstimate, SubmitEstimatesFromTheModelConfig) {
   spec.mutable_calibration()->set_dataset("file://" + dir.path() + "/eval.txt");
   spec.mutable_calibration()->set_num_samples(4);
   spec.mutable_calibration()->set_seq_len(64);
-  const uint64_t calib_only = EstimateJobMemory(spec);
+  const uint64_t calib_only = EstimateJobMemory(spec, {dir.path()});
   EXPECT_GT(calib_only, 0u);
   auto* e = spec.add_evaluation();
   e->set_dataset("file://" + dir.path() + "/eval.txt");
   e->set_seq_len(64);
-  EXPECT_GT(EstimateJobMemory(spec), calib_only);
+  EXPECT_GT(EstimateJobMemory(spec, {dir.path()}), calib_only);
   spec.set_model("file://" + dir.path() + "/missing");
-  EXPECT_EQ(EstimateJobMemory(spec), 0u);  // unknown: placed anywhere; the worker reports the error
+  EXPECT_EQ(EstimateJobMemory(spec, {dir.path()}), 0u);  // unknown: placed anywhere; the worker reports the error
+  spec.set_model("file://" + dir.path() + "/m");
+  EXPECT_EQ(EstimateJobMemory(spec, {dir.path() + "/elsewhere"}), 0u);  // outside the roots: not read
 }
 
 // Through the scheduler and its store.
