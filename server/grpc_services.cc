@@ -3,6 +3,8 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "quant/util/status_macros.h"
+#include "storage/location.h"
 #include "storage/object_store.h"
 #include "storage/sha256.h"
 
@@ -142,12 +144,23 @@ grpc::Status JobServiceImpl::GetReport(grpc::ServerContext* ctx, const v1::GetRe
                         absl::StrCat("job '", req->id(), "' is ", v1::JobState_Name(job->state()),
                                      "; a report exists once it SUCCEEDED"));
   }
-  const std::string& uri = job->result().report_uri();
-  const size_t slash = uri.rfind('/');
-  auto store = storage::OpenObjectStore(uri.substr(0, slash));
-  if (!store.ok()) return ToGrpcStatus(store.status());
-  auto text = (*store)->Read(uri.substr(slash + 1));
-  if (!text.ok()) return ToGrpcStatus(text.status());
+  // Read beneath the server's roots, and only while the object is still the
+  // one this job wrote: a later job given `overwrite` on the same output
+  // replaces it, and its report is not this job's.
+  const v1::JobResult& result = job->result();
+  const std::string& uri = result.report_uri();
+  auto object = storage::OpenObject(uri, scheduler_->file_roots());
+  if (!object.ok()) return ToGrpcStatus(object.status());
+  auto text = object->location.store->Read(object->key);
+  if (!text.ok()) {
+    return ToGrpcStatus(Annotate(text.status(), absl::StrCat("report of job '", req->id(), "' at ", uri)));
+  }
+  if (!result.report_sha256().empty() && storage::Sha256Hex(*text) != result.report_sha256()) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat("the report at ", uri, " is no longer job '", req->id(),
+                                     "''s: its output was overwritten after the job finished (by a later job given "
+                                     "overwrite, or by hand)"));
+  }
   resp->set_report_json(*std::move(text));
   return grpc::Status::OK;
 }

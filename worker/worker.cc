@@ -15,6 +15,7 @@
 #include "quant/pipeline.h"
 #include "quant/util/device.h"
 #include "quant/util/status_macros.h"
+#include "storage/sha256.h"
 #include "worker/stager.h"
 
 namespace qaas::worker {
@@ -312,6 +313,8 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id, const FileR
     v1::JobResult* r = done.mutable_result();
     r->set_artifact_uri(spec.output() + "/artifact");
     r->set_report_uri(spec.output() + "/report.json");
+    QAAS_ASSIGN_OR_RETURN(const std::string report_sha256, storage::Sha256File(o.output_dir + "/report.json"));
+    r->set_report_sha256(report_sha256);
     if (!report->evaluations.empty()) {
       r->set_perplexity_original(report->evaluations[0].perplexity_original);
       r->set_perplexity_quantized(report->evaluations[0].perplexity_quantized);

@@ -473,6 +473,76 @@ TEST_F(EndToEndTest, QaasctlAppliesPresetOptionsAndRefusesConflicts) {
   EXPECT_EQ(run("--preset rtn --output " + root_ + "/taken", &out), 2);
   EXPECT_NE(out.find("already holds 1 objects"), std::string::npos) << out;
   EXPECT_EQ(run("--preset rtn --output " + root_ + "/taken --overwrite", &out), 0) << out;
+
+  // `list` pages with the token it prints, takes states in any case and
+  // shows each job's methods. Two jobs are queued here (no worker runs).
+  auto ctl = [&](const std::string& args, std::string* out) {
+    const std::string cmd = std::string(QAASCTL_BIN) + " --server=" + address_ + " " + args + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    char buf[4096];
+    out->clear();
+    while (size_t n = fread(buf, 1, sizeof buf, p)) out->append(buf, n);
+    return WEXITSTATUS(pclose(p));
+  };
+  ASSERT_EQ(ctl("list --state Queued,job_state_RUNNING --page_size 1", &out), 0) << out;
+  const std::string marker = "--page_token ";
+  const size_t token_at = out.find(marker);
+  ASSERT_NE(token_at, std::string::npos) << out;
+  const std::string token = out.substr(token_at + marker.size(), out.find(',', token_at) - token_at - marker.size());
+  const std::string first_page = out;
+  ASSERT_EQ(ctl("list --state queued --page_size 1 --page_token " + token, &out), 0) << out;
+  EXPECT_EQ(out.find(marker), std::string::npos) << out;  // the last page
+  const std::string both = first_page + out;
+  EXPECT_NE(both.find(id), std::string::npos) << both;
+  EXPECT_NE(both.find(" gptq "), std::string::npos) << both;
+  EXPECT_NE(both.find(" rtn "), std::string::npos) << both;
+  ASSERT_EQ(ctl("list --state failed", &out), 0) << out;
+  EXPECT_EQ(out.find("QUEUED"), std::string::npos) << out;
+  EXPECT_EQ(ctl("list --state finished", &out), 2) << out;
+  EXPECT_NE(out.find("unknown --state 'finished'"), std::string::npos) << out;
+}
+
+// An output replaced by a later job given `overwrite`: nothing the first job
+// left stays in it, and the first job's report is no longer returned as if
+// it were its own (it would be the second job's).
+TEST_F(EndToEndTest, OverwriteReplacesTheOutputAndReportsStayTheirJobs) {
+  const std::string model = MakeModel("m", 2, 64, 256);
+  const std::string out = root_ + "/shared-out";
+  auto report_of = [&](const std::string& id, std::string* json) {
+    grpc::ClientContext ctx;
+    v1::GetReportRequest req;
+    req.set_id(id);
+    v1::GetReportResponse resp;
+    grpc::Status s = jobs_->GetReport(&ctx, req, &resp);
+    *json = resp.report_json();
+    return s;
+  };
+  v1::JobSpec spec = Spec(model, "W4A16g128");
+  spec.set_output("file://" + out);
+  v1::Job first;
+  ASSERT_TRUE(Submit(spec, &first).ok());
+  StartWorker();
+  ASSERT_EQ(WaitFor(first.id(), Final).state(), v1::JOB_STATE_SUCCEEDED);
+  std::string json;
+  ASSERT_TRUE(report_of(first.id(), &json).ok());
+  EXPECT_EQ(json, ReadLocalFile(out + "/report.json"));
+  WriteLocalFile(out + "/artifact/left-over.bin", "from an earlier run");
+
+  spec.mutable_scheme()->set_shorthand("W8A16");
+  v1::Job second;
+  grpc::Status refused = Submit(spec, &second);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << refused.error_message();
+  spec.set_overwrite(true);
+  ASSERT_TRUE(Submit(spec, &second).ok());
+  ASSERT_EQ(WaitFor(second.id(), Final).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_FALSE(fs::exists(out + "/artifact/left-over.bin"));
+  ASSERT_TRUE(report_of(second.id(), &json).ok());
+  EXPECT_EQ(json, ReadLocalFile(out + "/report.json"));
+  EXPECT_NE(json.find("W8A16"), std::string::npos);
+  const grpc::Status gone = report_of(first.id(), &json);
+  EXPECT_EQ(gone.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(gone.error_message().find("no longer job '" + first.id() + "''s"), std::string::npos)
+      << gone.error_message();
 }
 
 // Live progress: WatchJob events carry layer i of N, the step, elapsed time
