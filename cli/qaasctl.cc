@@ -3,7 +3,7 @@
 //   qaasctl [--server HOST:PORT] submit --model URI --scheme W4A16g128 [--preset rtn]
 //           [--recipe smoothquant,gptq --alpha 0.8 --act_order ...]
 //           [--calib URI] [--eval URI,...] [--eval_seq_len N] [--wait] ...
-//   qaasctl get ID | list [--state S] | watch ID | cancel ID | report ID
+//   qaasctl get ID | list [--state S,S] [--page_token T] | watch ID | cancel ID | report ID
 //   qaasctl token tenant:NAME|worker[:NAME] --token_out FILE
 //
 // Credentials: --token_file (or $QAAS_TOKEN) sends a bearer token; --tls,
@@ -33,7 +33,9 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_join.h"
@@ -70,8 +72,10 @@ ABSL_FLAG(std::string, labels, "", "submit: k=v,k=v labels; list: filter");
 ABSL_FLAG(bool, overwrite, false, "submit: replace a non-empty --output (refused without it)");
 ABSL_FLAG(std::string, idempotency_key, "", "submit: returns the same job when repeated");
 ABSL_FLAG(bool, wait, false, "submit: watch until the job ends");
-ABSL_FLAG(std::string, state, "", "list: QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED");
-ABSL_FLAG(int32_t, page_size, 50, "list: jobs per page");
+ABSL_FLAG(std::string, state, "",
+          "list: comma-separated states, any case: queued, running, succeeded, failed, cancelled (default all)");
+ABSL_FLAG(int32_t, page_size, 50, "list: jobs per page (1..500)");
+ABSL_FLAG(std::string, page_token, "", "list: the page after the one that printed this token");
 ABSL_FLAG(std::string, reason, "", "cancel: why");
 
 namespace {
@@ -107,6 +111,24 @@ int RpcError(const grpc::Status& s) {
   return 2;
 }
 
+// --state "running,FAILED,job_state_queued" into the request's states: any
+// case, with or without the JOB_STATE_ prefix. False (after saying why) on
+// an unknown name.
+bool ParseStates(const std::string& flag, google::protobuf::RepeatedField<int>* states) {
+  for (absl::string_view name : absl::StrSplit(flag, ',', absl::SkipWhitespace())) {
+    std::string upper = absl::AsciiStrToUpper(absl::StripAsciiWhitespace(name));
+    if (!absl::StartsWith(upper, "JOB_STATE_")) upper = "JOB_STATE_" + upper;
+    v1::JobState st;
+    if (!v1::JobState_Parse(upper, &st) || st == v1::JOB_STATE_UNSPECIFIED) {
+      std::cerr << "qaasctl: unknown --state '" << name
+                << "' (known: queued, running, succeeded, failed, cancelled)\n";
+      return false;
+    }
+    states->Add(st);
+  }
+  return true;
+}
+
 bool Final(v1::JobState s) {
   return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
 }
@@ -120,12 +142,17 @@ int Watch(v1::JobService::Stub& stub, const std::string& id) {
   v1::JobEvent ev;
   v1::Job last;
   const bool tty = isatty(STDERR_FILENO);
+  std::string shown;  // state, step, layer and percent of the last line printed
   while (reader->Read(&ev)) {
     last = ev.job();
     const auto& p = last.progress();
     std::string line = absl::StrCat(v1::JobState_Name(last.state()).substr(10), " ", p.step());
     if (p.num_layers() > 0) absl::StrAppend(&line, " layer ", p.layer(), "/", p.num_layers());
     absl::StrAppend(&line, " ", static_cast<int>(p.fraction() * 100), "%");
+    // A line when something changed: a heartbeat that only moves the clock
+    // prints nothing (a log of a long job stays readable).
+    if (line == shown) continue;
+    shown = line;
     if (p.elapsed_ms() > 0) absl::StrAppend(&line, " elapsed ", p.elapsed_ms() / 1000, "s");
     if (p.eta_ms() > 0) absl::StrAppend(&line, " eta ", p.eta_ms() / 1000, "s");
     if (tty) {
@@ -276,25 +303,25 @@ int main(int argc, char** argv) {
   if (cmd == "submit") return Submit(*stub, *method_flags);
   if (cmd == "list") {
     v1::ListJobsRequest req;
-    if (!absl::GetFlag(FLAGS_state).empty()) {
-      v1::JobState st;
-      if (!v1::JobState_Parse("JOB_STATE_" + absl::GetFlag(FLAGS_state), &st)) {
-        std::cerr << "qaasctl: unknown --state '" << absl::GetFlag(FLAGS_state) << "'\n";
-        return 2;
-      }
-      req.add_states(st);
-    }
+    if (!ParseStates(absl::GetFlag(FLAGS_state), req.mutable_states())) return 2;
     ParseLabels(req.mutable_labels());
     req.set_page_size(absl::GetFlag(FLAGS_page_size));
+    req.set_page_token(absl::GetFlag(FLAGS_page_token));
     grpc::ClientContext ctx;
     v1::ListJobsResponse resp;
     grpc::Status s = stub->ListJobs(&ctx, req, &resp);
     if (!s.ok()) return RpcError(s);
+    std::printf("%-36s  %-9s  %-12s  %-24s  %s\n", "ID", "STATE", "SCHEME", "METHODS", "MODEL");
     for (const auto& j : resp.jobs()) {
-      std::printf("%s  %-20s %-10s %s\n", j.id().c_str(), v1::JobState_Name(j.state()).substr(10).c_str(),
-                  j.spec().scheme().shorthand().c_str(), j.spec().model().c_str());
+      std::vector<std::string> methods;
+      for (const auto& step : j.spec().recipe()) methods.push_back(step.method());
+      std::printf("%-36s  %-9s  %-12s  %-24s  %s\n", j.id().c_str(), v1::JobState_Name(j.state()).substr(10).c_str(),
+                  j.spec().scheme().shorthand().c_str(), absl::StrJoin(methods, "+").c_str(),
+                  j.spec().model().c_str());
     }
-    if (!resp.next_page_token().empty()) std::printf("(more: next page token %s)\n", resp.next_page_token().c_str());
+    if (!resp.next_page_token().empty()) {
+      std::printf("(more: qaasctl list --page_token %s, with the same filters)\n", resp.next_page_token().c_str());
+    }
     return 0;
   }
   if (id.empty()) {
