@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "storage/location.h"
 #include "storage/object_store.h"
 #include "storage/uri.h"
 #include "quant/util/status_macros.h"
@@ -195,20 +196,26 @@ absl::Status Scheduler::CheckOutput(const std::string& tenant, const v1::JobSpec
     active.page_token = page.next_page_token;
   } while (!active.page_token.empty());
   if (spec.overwrite()) return absl::OkStatus();
-  auto store = storage::OpenObjectStore(out);
-  if (!store.ok()) return absl::OkStatus();  // the worker reports what is wrong with it
-  auto objects = (*store)->List("");
+  // Listed beneath the roots, as the worker will write it.
+  auto location = storage::OpenLocation(out, options_.validation.file_roots);
+  if (!location.ok()) return absl::OkStatus();  // the worker reports what is wrong with it
+  auto objects = location->store->List(location->prefix.empty() ? "" : location->prefix + "/");
   if (!objects.ok() || objects->empty()) return absl::OkStatus();
   QAAS_ASSIGN_OR_RETURN(const bool is_retry, retry());
   if (is_retry) return absl::OkStatus();
-  return refuse(absl::StrCat("already holds ", objects->size(), " objects (", (*objects)[0].key,
+  const std::string first_key = (*objects)[0].key.substr(location->prefix.empty() ? 0 : location->prefix.size() + 1);
+  return refuse(absl::StrCat("already holds ", objects->size(), " objects (", first_key,
                              ", ...); set overwrite to replace them, or name an empty location"));
 }
 
 absl::StatusOr<v1::Job> Scheduler::Submit(const std::string& tenant, v1::JobSpec spec) {
   QAAS_RETURN_IF_ERROR(ValidateJobSpec(options_.validation, &spec));
   const bool default_output = spec.output().empty();
-  if (!default_output) QAAS_RETURN_IF_ERROR(CheckOutput(tenant, spec));
+  std::unique_lock<std::mutex> output_lock(submit_mu_, std::defer_lock);
+  if (!default_output) {
+    output_lock.lock();  // held until the job is stored
+    QAAS_RETURN_IF_ERROR(CheckOutput(tenant, spec));
+  }
   v1::Job job;
   job.set_id(RandomId("j-"));
   job.set_tenant(tenant);

@@ -119,6 +119,10 @@ class Scheduler {
   std::atomic<uint64_t> version_{0};
   std::atomic<bool> shutdown_{false};
   std::mutex mu_;  // guards workers_ and the condition variable
+  // Serializes an explicit output's checks with the job's insert, so two
+  // submits racing to one empty output cannot both pass (one server; several
+  // servers on one PostgreSQL would need the database to arbitrate).
+  std::mutex submit_mu_;
   std::condition_variable changed_;
   std::map<std::string, WorkerInfo> workers_;
   // When each tenant last got a job from this scheduler (fair share's round

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <map>
+#include <thread>
 #include <vector>
 
 #include "server/sqlite_job_store.h"
@@ -373,6 +374,30 @@ TEST_F(SchedulerTest, OutputsThatWouldClobberAreRefusedAtSubmit) {
   refused(s, "already holds 1 objects (artifact/config.json");
   s.set_overwrite(true);
   EXPECT_TRUE(scheduler_->Submit("t", s).ok());
+}
+
+// Submits racing to one empty output: exactly one is accepted (the check and
+// the insert are one step).
+TEST_F(SchedulerTest, SubmitsRacingToOneOutputAcceptOnlyOne) {
+  v1::JobSpec s = Spec();
+  s.set_output("file://" + dir_.path() + "/results/raced");
+  constexpr int kSubmits = 8;
+  std::vector<absl::Status> results(kSubmits);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kSubmits; ++i) {
+    threads.emplace_back([&, i] { results[i] = scheduler_->Submit("t", s).status(); });
+  }
+  for (auto& t : threads) t.join();
+  int accepted = 0;
+  for (const absl::Status& st : results) {
+    if (st.ok()) {
+      ++accepted;
+    } else {
+      EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+      EXPECT_NE(st.message().find("overlaps the output of job"), absl::string_view::npos) << st;
+    }
+  }
+  EXPECT_EQ(accepted, 1);
 }
 
 TEST_F(SchedulerTest, AnIdempotencyKeyIsBoundToItsSpec) {
