@@ -450,6 +450,9 @@ TEST_F(SpecValidationTest, WhatIsKnowableAtSubmitIsCheckedThere) {
   expect("'vocab_size' must be a positive integer");
   WriteLocalFile(root_ + "/model/config.json", R"({"model_type": "llama"})");
   expect("config.json: missing 'hidden_size'");
+  // A config.json no model has (read whole, it would sit in the server's memory).
+  WriteLocalFile(root_ + "/model/config.json", std::string(2 << 20, ' '));
+  expect("config.json is 2097152 bytes; a model config is at most 1048576");
   // A NaN option is out of every range.
   WriteLocalFile(root_ + "/model/config.json", ::qaas::testing::kTestModelConfig);
   spec_.clear_preset();
