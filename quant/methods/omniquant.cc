@@ -83,8 +83,6 @@ int LinearIndexOf(const DecoderModel& model, const std::string& name) {
   return -1;
 }
 
-bool Rotary(const DecoderModel& model) { return model.config().architecture == "llama"; }
-
 // Folds scale s and shift delta at the norm-fed point p.
 absl::Status FoldNormPoint(const DecoderModel& model, ActPoint p, const at::Tensor& s, const at::Tensor& delta,
                            DecoderLayer* layer) {
@@ -129,12 +127,26 @@ absl::StatusOr<DecoderLayer> ApplyLet(const DecoderModel& model, const DecoderLa
   QAAS_RETURN_IF_ERROR(FoldNormPoint(model, ActPoint::kMlpIn, let.mlp_scale, let.mlp_shift, &out));
   if (let.qk_scale.defined()) {
     const ModelConfig& c = model.config();
+    const QueryKeyLayout layout = model.QueryKey();
+    // Rotary models share one factor between channels i and i + d/2.
+    const at::Tensor s = layout.rotary ? at::cat({let.qk_scale, let.qk_scale}, -1) : let.qk_scale;
+    if (!layout.q_norm.empty()) {
+      // q/k RMSNorms sit between the projections and RoPE: the scale goes
+      // into their (head-shared) weights, [head_dim].
+      const at::Tensor qn = out.norm(layout.q_norm), kn = out.norm(layout.k_norm);
+      if (!qn.defined() || !kn.defined()) {
+        return absl::FailedPreconditionError(absl::StrCat("OmniQuant LET: the layer has no ", layout.q_norm, " / ",
+                                                          layout.k_norm));
+      }
+      out.set_norm(layout.q_norm, qn / s);
+      out.set_norm(layout.k_norm, kn * s);
+      return out;
+    }
     const int qi = LinearIndexOf(model, "self_attn.q_proj"), ki = LinearIndexOf(model, "self_attn.k_proj");
     if (qi < 0 || ki < 0) return absl::FailedPreconditionError("OmniQuant LET: the model has no q_proj/k_proj");
     const int64_t nkv = c.num_kv_heads, hd = c.head_dim, group = c.num_heads / c.num_kv_heads;
-    // Per K row; rotary models share one factor between channels i and i + d/2.
-    at::Tensor sk = Rotary(model) ? at::cat({let.qk_scale, let.qk_scale}, 1).reshape({nkv * hd})
-                                  : let.qk_scale.reshape({nkv * hd});
+    // Per K row, [kv_heads * head_dim]; each query head takes its KV head's.
+    at::Tensor sk = s.reshape({nkv * hd});
     at::Tensor sq = sk.view({nkv, hd}).repeat_interleave(group, 0).reshape({-1});
     Linear& q = out.linears[qi];
     Linear& k = out.linears[ki];
@@ -243,8 +255,10 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
     init(ActPoint::kAttnIn, attn_in, &params.attn_scale, &params.attn_shift);
     init(ActPoint::kMlpIn, mlp_in, &params.mlp_scale, &params.mlp_shift);
     const int64_t nkv = c.num_kv_heads, hd = c.head_dim;
-    params.qk_scale = Learnable(Rotary(model) ? at::zeros({nkv, hd / 2}, inputs.options())
-                                              : at::zeros({nkv * hd}, inputs.options()));
+    const QueryKeyLayout layout = model.QueryKey();
+    const int64_t per_head = layout.rotary ? hd / 2 : hd;
+    params.qk_scale = Learnable(layout.q_norm.empty() ? at::zeros({nkv, per_head}, inputs.options())
+                                                      : at::zeros({per_head}, inputs.options()));
   }
   // LWC: logits of gamma and beta per linear, sigmoid(4) ~ 0.982 to start.
   std::vector<at::Tensor> upper(names.size()), lower(names.size());

@@ -85,7 +85,9 @@ QuantizedLinear LwcQuantize(const at::Tensor& w, const TensorQuant& spec, const 
 struct LetParams {
   at::Tensor attn_scale, attn_shift;  // [hidden]: the attention norm -> q/k/v
   at::Tensor mlp_scale, mlp_shift;    // [hidden]: the MLP norm -> its input projections
-  at::Tensor qk_scale;  // rotary: [kv_heads, head_dim / 2]; otherwise [kv_heads * head_dim]
+  // q/k: [kv_heads, head_dim / 2] (rotary) or [kv_heads, head_dim]; with
+  // q/k norms (QueryKeyLayout) [head_dim / 2] or [head_dim], in their weights.
+  at::Tensor qk_scale;
 };
 
 // `layer` (float) with LET folded in: function-preserving in exact

@@ -1,5 +1,8 @@
 #include "quant/model/config.h"
 
+#include <cmath>
+#include <map>
+#include <set>
 #include <tuple>
 #include <utility>
 
@@ -107,6 +110,248 @@ absl::StatusOr<ModelConfig> ParseOptConfig(const json& j, ModelConfig c) {
   return c;
 }
 
+// Keys of any Transformers config that change no forward pass: token ids,
+// dropout (off at inference), generation settings, bookkeeping.
+bool HarmlessKey(const std::string& key) {
+  static const std::set<std::string> kKeys = {
+      "_name_or_path", "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype",
+      "model_type", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "unk_token_id",
+      "decoder_start_token_id", "initializer_range", "use_cache", "attention_dropout", "hidden_dropout",
+      "embd_pdrop", "resid_pdrop", "dropout", "tokenizer_class", "output_attentions", "output_hidden_states",
+      "return_dict", "torchscript", "use_return_dict", "id2label", "label2id", "problem_type",
+      "task_specific_params", "finetuning_task", "prefix", "max_length", "min_length", "do_sample",
+      "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty", "temperature", "top_k", "top_p",
+      "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+      "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
+      "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+      "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "chunk_size_feed_forward",
+      "pruned_heads", "tf_legacy_loss", "use_bfloat16", "_attn_implementation_autoset", "is_decoder",
+      "cross_attention_hidden_size",
+  };
+  return kKeys.count(key) > 0;
+}
+
+// Keys accepted only at the value that changes nothing; any other value is a
+// computation we do not run.
+const std::map<std::string, json>& NeutralKeys() {
+  static const auto* kKeys = new std::map<std::string, json>{
+      {"pretraining_tp", 1},  // Llama 2's sliced linears
+      {"use_mrope", false},   // Qwen2-VL's multimodal RoPE
+      {"add_cross_attention", false},
+      {"is_encoder_decoder", false},
+      {"tie_encoder_decoder", false},
+      {"attn_logit_softcapping", nullptr},
+      {"final_logit_softcapping", nullptr},
+      {"partial_rotary_factor", 1.0},
+      {"mlp_bias", false},  // families without a bias in the MLP
+  };
+  return *kKeys;
+}
+
+// Keys a LLaMA-like family reads (beyond HarmlessKey).
+const std::set<std::string>& FamilyKeys(const std::string& model_type) {
+  static const std::set<std::string> kCommon = {
+      "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+      "head_dim", "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
+      "rope_parameters", "tie_word_embeddings", "hidden_act"};
+  static const auto* kFamilies = new std::map<std::string, std::set<std::string>>{
+      {"llama", {"attention_bias", "mlp_bias"}},
+      {"mistral", {"sliding_window"}},
+      {"qwen2", {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}},
+      {"qwen3", {"attention_bias", "sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}},
+  };
+  static const auto* kMerged = [] {
+    auto* merged = new std::map<std::string, std::set<std::string>>;
+    for (const auto& [family, keys] : *kFamilies) {
+      auto& m = (*merged)[family];
+      m = kCommon;
+      m.insert(keys.begin(), keys.end());
+    }
+    return merged;
+  }();
+  return kMerged->at(model_type);
+}
+
+// Every key of `j` is read by the family, harmless, or at its neutral value.
+absl::Status CheckKeys(const json& j, const std::string& model_type) {
+  const auto& family = FamilyKeys(model_type);
+  for (const auto& [key, value] : j.items()) {
+    if (family.count(key) || HarmlessKey(key)) continue;
+    auto neutral = NeutralKeys().find(key);
+    if (neutral != NeutralKeys().end()) {
+      if (value == neutral->second) continue;
+      return absl::UnimplementedError(absl::StrCat("config.json: '", key, "' = ", value.dump(),
+                                                   " is not supported for model_type '", model_type, "' (only ",
+                                                   neutral->second.dump(), ")"));
+    }
+    return absl::UnimplementedError(absl::StrCat(
+        "config.json: key '", key, "' is not one qaas reads or knows to be harmless for model_type '", model_type,
+        "'; it may change the computation, so the model is refused rather than quantized wrongly"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PositiveNumber(const json& j, const std::string& where, const char* key, double& out) {
+  if (!j.contains(key) || j[key].is_null()) return absl::OkStatus();
+  if (!j[key].is_number() || !(j[key].get<double>() > 0) || !std::isfinite(j[key].get<double>())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: '", where, key, "' must be a positive number, got ", j[key].dump()));
+  }
+  out = j[key].get<double>();
+  return absl::OkStatus();
+}
+
+// rope_scaling (or Transformers 5's rope_parameters, which also carries
+// rope_theta) into c->rope_scaling / c->rope_theta.
+absl::Status ParseRope(const json& j, ModelConfig* c) {
+  for (const char* field : {"rope_scaling", "rope_parameters"}) {
+    if (!j.contains(field) || j[field].is_null()) continue;
+    const json& r = j[field];
+    const std::string where = absl::StrCat(field, ".");
+    if (!r.is_object()) return absl::InvalidArgumentError(absl::StrCat("config.json: '", field, "' must be an object"));
+    std::string type = "default";
+    for (const char* key : {"type", "rope_type"}) {
+      if (!r.contains(key)) continue;
+      if (!r[key].is_string()) {
+        return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, key, "' must be a string"));
+      }
+      type = r[key].get<std::string>();
+    }
+    static const std::map<std::string, std::set<std::string>> kTypeKeys = {
+        {"default", {}},
+        {"linear", {"factor"}},
+        {"dynamic", {"factor", "original_max_position_embeddings"}},
+        {"yarn", {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+                  "attention_factor", "truncate"}},
+        {"longrope", {"factor", "original_max_position_embeddings", "short_factor", "long_factor",
+                      "attention_factor"}},
+        {"llama3", {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"}},
+    };
+    auto known = kTypeKeys.find(type);
+    if (known == kTypeKeys.end()) {
+      return absl::UnimplementedError(absl::StrCat("config.json: ", field, " type '", type,
+                                                   "' is not supported (default, linear, dynamic, yarn, longrope, "
+                                                   "llama3)"));
+    }
+    for (const auto& [key, value] : r.items()) {
+      if (key == "type" || key == "rope_type" || known->second.count(key)) continue;
+      if (key == "rope_theta" && std::string(field) == "rope_parameters") continue;
+      return absl::UnimplementedError(
+          absl::StrCat("config.json: '", where, key, "' is not supported for rope type '", type, "'"));
+    }
+    RopeScaling& s = c->rope_scaling;
+    s.type = type;
+    if (std::string(field) == "rope_parameters") QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "rope_theta", c->rope_theta));
+    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "factor", s.factor));
+    if ((type == "linear" || type == "dynamic" || type == "llama3") && !r.contains("factor")) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, "factor' is required for rope type '",
+                                                     type, "'"));
+    }
+    if (type == "linear" || type == "dynamic" || type == "llama3") {
+      if (s.factor < 1.0) {
+        return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, "factor' must be >= 1, got ",
+                                                       s.factor));
+      }
+    }
+    double original = 0;
+    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "original_max_position_embeddings", original));
+    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "low_freq_factor", s.low_freq_factor));
+    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "high_freq_factor", s.high_freq_factor));
+    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "beta_fast", s.beta_fast));
+    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "beta_slow", s.beta_slow));
+    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "mscale", s.mscale));
+    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "mscale_all_dim", s.mscale_all_dim));
+    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "attention_factor", s.attention_factor));
+    if (r.contains("truncate")) {
+      if (!r["truncate"].is_boolean()) {
+        return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, "truncate' must be a boolean"));
+      }
+      s.truncate = r["truncate"].get<bool>();
+    }
+    if (type == "llama3" && !(s.high_freq_factor > s.low_freq_factor)) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: '", where,
+                                                     "high_freq_factor' must exceed low_freq_factor"));
+    }
+    // Phi-3 keeps original_max_position_embeddings at the top level, and
+    // Transformers prefers it there.
+    double top = 0;
+    QAAS_RETURN_IF_ERROR(PositiveNumber(j, "", "original_max_position_embeddings", top));
+    s.original_max_position_embeddings = static_cast<int>(top > 0 ? top : original);
+    if (type == "longrope") {
+      for (auto [key, out] : {std::pair<const char*, std::vector<double>*>{"short_factor", &s.short_factor},
+                              {"long_factor", &s.long_factor}}) {
+        if (!r.contains(key) || !r[key].is_array() || r[key].size() * 2 != static_cast<size_t>(c->head_dim)) {
+          return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, key,
+                                                         "' must be a list of head_dim / 2 = ", c->head_dim / 2,
+                                                         " positive numbers"));
+        }
+        for (const json& v : r[key]) {
+          if (!v.is_number() || !(v.get<double>() > 0)) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("config.json: '", where, key, "' holds ", v.dump(), ", not a positive number"));
+          }
+          out->push_back(v.get<double>());
+        }
+      }
+    }
+    if (s.original_max_position_embeddings == 0) s.original_max_position_embeddings = c->max_position_embeddings;
+  }
+  return absl::OkStatus();
+}
+
+// Which layers attend through a sliding window, per family.
+absl::Status ParseSlidingWindow(const json& j, ModelConfig* c) {
+  int window = 0;
+  if (j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+    QAAS_RETURN_IF_ERROR(GetInt(j, "sliding_window", true, window));
+  }
+  if (window == 0) {
+    if (j.contains("layer_types") && j["layer_types"].is_array()) {
+      for (const json& t : j["layer_types"]) {
+        if (t != "full_attention") {
+          return absl::InvalidArgumentError(
+              absl::StrCat("config.json: layer_types names ", t.dump(), " but sliding_window is not set"));
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+  std::vector<bool> sliding(c->num_layers, false);
+  if (c->model_type == "mistral") {
+    sliding.assign(c->num_layers, true);
+  } else if (j.contains("layer_types") && !j["layer_types"].is_null()) {
+    const json& types = j["layer_types"];
+    if (!types.is_array() || types.size() != static_cast<size_t>(c->num_layers)) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: 'layer_types' must list num_hidden_layers = ",
+                                                     c->num_layers, " entries"));
+    }
+    for (int i = 0; i < c->num_layers; ++i) {
+      if (types[i] == "sliding_attention") {
+        sliding[i] = true;
+      } else if (types[i] != "full_attention") {
+        return absl::UnimplementedError(absl::StrCat("config.json: layer_types[", i, "] ", types[i].dump(),
+                                                     " is not supported (full_attention, sliding_attention)"));
+      }
+    }
+  } else {
+    bool use = false;
+    QAAS_RETURN_IF_ERROR(GetBool(j, "use_sliding_window", use));
+    int from = c->num_layers;
+    if (j.contains("max_window_layers") && !j["max_window_layers"].is_null()) {
+      if (!j["max_window_layers"].is_number_integer() || j["max_window_layers"].get<int64_t>() < 0) {
+        return absl::InvalidArgumentError("config.json: 'max_window_layers' must be a non-negative integer");
+      }
+      from = static_cast<int>(std::min<int64_t>(j["max_window_layers"].get<int64_t>(), c->num_layers));
+    }
+    if (use) {
+      for (int i = from; i < c->num_layers; ++i) sliding[i] = true;
+    }
+  }
+  c->layer_window.assign(c->num_layers, 0);
+  for (int i = 0; i < c->num_layers; ++i) c->layer_window[i] = sliding[i] ? window : 0;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
@@ -121,10 +366,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   }
   c.model_type = j["model_type"].get<std::string>();
   if (c.model_type == "opt") return ParseOptConfig(j, std::move(c));
-  if (c.model_type != "llama" && c.model_type != "mistral") {
+  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3") {
     return absl::UnimplementedError(absl::StrCat("config.json: model_type '", c.model_type,
-                                                 "' is not supported (llama, mistral, opt)"));
+                                                 "' is not supported (llama, mistral, qwen2, qwen3, opt)"));
   }
+  QAAS_RETURN_IF_ERROR(CheckKeys(j, c.model_type));
   c.architecture = "llama";
   for (auto [key, out, required] :
        {std::tuple<const char*, int*, bool>{"hidden_size", &c.hidden_size, true},
@@ -154,34 +400,23 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
                                                    " is not a multiple of num_key_value_heads ",
                                                    c.num_kv_heads));
   }
-  auto get_number = [&](const char* key, double& out) -> absl::Status {
-    if (!j.contains(key) || j[key].is_null()) return absl::OkStatus();
-    if (!j[key].is_number() || j[key].get<double>() <= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("config.json: '", key, "' must be a positive number, got ", j[key].dump()));
-    }
-    out = j[key].get<double>();
-    return absl::OkStatus();
-  };
-  QAAS_RETURN_IF_ERROR(get_number("rms_norm_eps", c.rms_norm_eps));
-  QAAS_RETURN_IF_ERROR(get_number("rope_theta", c.rope_theta));
-  auto get_bool = [&](const char* key, bool& out) -> absl::Status {
-    if (!j.contains(key) || j[key].is_null()) return absl::OkStatus();
-    if (!j[key].is_boolean()) {
-      return absl::InvalidArgumentError(absl::StrCat("config.json: '", key, "' must be a boolean"));
-    }
-    out = j[key].get<bool>();
-    return absl::OkStatus();
-  };
-  QAAS_RETURN_IF_ERROR(get_bool("tie_word_embeddings", c.tie_word_embeddings));
-  QAAS_RETURN_IF_ERROR(get_bool("attention_bias", c.attention_bias));
-  QAAS_RETURN_IF_ERROR(get_bool("mlp_bias", c.mlp_bias));
+  QAAS_RETURN_IF_ERROR(PositiveNumber(j, "", "rms_norm_eps", c.rms_norm_eps));
+  QAAS_RETURN_IF_ERROR(PositiveNumber(j, "", "rope_theta", c.rope_theta));
+  QAAS_RETURN_IF_ERROR(ParseRope(j, &c));
+  QAAS_RETURN_IF_ERROR(GetBool(j, "tie_word_embeddings", c.tie_word_embeddings));
+  // Per family: which linears carry biases, q/k norms.
+  if (c.model_type == "qwen2") {
+    c.attention_bias = true;  // q/k/v; o_proj has none
+  } else {
+    QAAS_RETURN_IF_ERROR(GetBool(j, "attention_bias", c.attention_bias));
+    c.attention_out_bias = c.attention_bias;
+  }
+  QAAS_RETURN_IF_ERROR(GetBool(j, "mlp_bias", c.mlp_bias));
+  c.qk_norm = c.model_type == "qwen3";
+  QAAS_RETURN_IF_ERROR(ParseSlidingWindow(j, &c));
   if (j.contains("hidden_act") && j["hidden_act"] != "silu") {
     return absl::UnimplementedError(
         absl::StrCat("config.json: hidden_act ", j["hidden_act"].dump(), " is not supported (silu)"));
-  }
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-    return absl::UnimplementedError("config.json: rope_scaling is not supported yet");
   }
   if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer()) {
     c.bos_token_id = j["bos_token_id"].get<int>();
@@ -189,8 +424,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   if (j.contains("eos_token_id") && j["eos_token_id"].is_number_integer()) {
     c.eos_token_id = j["eos_token_id"].get<int>();
   }
-  if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) {
-    c.torch_dtype = j["torch_dtype"].get<std::string>();
+  // transformers 5 writes "dtype", earlier versions "torch_dtype" (preferred when both are there).
+  for (const char* key : {"dtype", "torch_dtype"}) {
+    if (j.contains(key) && j[key].is_string()) c.torch_dtype = j[key].get<std::string>();
   }
   return c;
 }

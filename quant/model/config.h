@@ -1,18 +1,55 @@
-// config.json of a Hugging Face causal LM we run: the LLaMA family (model_type
-// llama, mistral) and OPT.
+// config.json of a Hugging Face causal LM we run: the LLaMA-like families
+// (model_type llama, mistral, qwen2, qwen3: one forward with per-family
+// features) and OPT.
+//
+// Nothing in a config is silently ignored: every key is either read (and
+// changes the computation as Transformers' does), or on an explicit list of
+// keys known not to change a forward (token ids, dropout, generation
+// settings, bookkeeping), or accepted only at a neutral value. Any other key
+// is Unimplemented naming it, so a model whose computation we would get wrong
+// is refused rather than quantized.
 #ifndef QAAS_QUANT_MODEL_CONFIG_H_
 #define QAAS_QUANT_MODEL_CONFIG_H_
 
 #include <string>
-#include "absl/strings/string_view.h"
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace qaas::quant {
 
+// Rotary position embedding frequencies, as Transformers' rope_scaling (or
+// rope_parameters) defines them (modeling_rope_utils.py).
+struct RopeScaling {
+  // "default" (none), "linear", "dynamic", "yarn", "longrope" or "llama3".
+  std::string type = "default";
+  // The scaling factor; 0 when not given (yarn and longrope then use
+  // max_position_embeddings / original_max_position_embeddings).
+  double factor = 0.0;
+  // The context the model was pre-trained with (llama3, yarn, longrope): the
+  // config's top-level key (Phi-3), else rope_scaling's, else
+  // max_position_embeddings.
+  int original_max_position_embeddings = 0;
+  // llama3
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  // yarn
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  double mscale = 0.0;          // 0: absent
+  double mscale_all_dim = 0.0;  // 0: absent
+  bool truncate = true;
+  // yarn, longrope: the factor cos and sin are multiplied by; < 0: derived.
+  double attention_factor = -1.0;
+  // longrope: per-frequency divisors for short and long contexts.
+  std::vector<double> short_factor;
+  std::vector<double> long_factor;
+};
+
 struct ModelConfig {
-  std::string model_type;    // "llama", "mistral" or "opt"
-  std::string architecture;  // the forward to run: "llama" (llama, mistral) or "opt"
+  std::string model_type;    // "llama", "mistral", "qwen2", "qwen3" or "opt"
+  std::string architecture;  // the forward to run: "llama" (the LLaMA-like families) or "opt"
   int hidden_size = 0;
   int intermediate_size = 0;  // OPT: ffn_dim
   int num_layers = 0;
@@ -23,9 +60,19 @@ struct ModelConfig {
   int max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;      // OPT: enable_bias
+  bool attention_bias = false;      // q/k/v (and o unless attention_out_bias says otherwise); OPT: enable_bias
+  bool attention_out_bias = false;  // o_proj (Qwen2: q/k/v biased, o not)
   bool mlp_bias = false;            // OPT: enable_bias
+  // Per-head RMSNorm of q and k (over head_dim) before RoPE: Qwen3's
+  // self_attn.q_norm / k_norm.
+  bool qk_norm = false;
+  // Sliding-window attention: token i sees tokens j with i - window < j <= i
+  // on the layers where layer_window[layer] > 0 (Mistral's sliding_window on
+  // every layer; Qwen2/3's on layers >= max_window_layers when
+  // use_sliding_window). Empty: full attention everywhere.
+  std::vector<int> layer_window;
   std::string activation = "silu";  // hidden_act; OPT: activation_function ("relu")
   // OPT only. We run the pre-LayerNorm variant without embedding projections
   // (every OPT but opt-350m); the others are Unimplemented at parse time.
@@ -36,11 +83,17 @@ struct ModelConfig {
   int eos_token_id = 2;
   std::string torch_dtype = "float32";
   std::string raw_json;  // the file as read, for the artifact's config.json
+
+  // The sliding window of layer `index` (0: full attention).
+  int WindowOf(int index) const {
+    return index >= 0 && index < static_cast<int>(layer_window.size()) ? layer_window[index] : 0;
+  }
 };
 
 // Parses and validates config.json. InvalidArgument names the field; model
-// types and features we do not run (rope_scaling, other activations; for OPT
-// do_layer_norm_before=false, word_embed_proj_dim != hidden_size,
+// types, keys and values whose computation we do not run (an unknown
+// rope_scaling type, another activation, a key not known to be harmless; for
+// OPT do_layer_norm_before=false, word_embed_proj_dim != hidden_size,
 // _remove_final_layer_norm) are Unimplemented naming them.
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text);
 

@@ -28,6 +28,7 @@ void DecoderLayer::set_norm(const std::string& name, const at::Tensor& t) {
 
 DecoderLayer DecoderLayer::To(const at::Device& device) const {
   DecoderLayer out;
+  out.index = index;
   if (act) out.act = std::make_shared<const LayerActQuant>(act->To(device));
   for (const auto& [name, t] : norms) out.norms.emplace_back(name, t.to(device));
   for (const auto& l : linears) {
@@ -84,6 +85,15 @@ class LlamaModel : public DecoderModel {
     if (p == ActPoint::kAttnIn) return {"input_layernorm.weight", "", "input_layernorm.reorder_index"};
     return {"post_attention_layernorm.weight", "", "post_attention_layernorm.reorder_index"};
   }
+  QueryKeyLayout QueryKey() const override {
+    QueryKeyLayout layout;
+    layout.rotary = true;
+    if (config_.qk_norm) {
+      layout.q_norm = "self_attn.q_norm.weight";
+      layout.k_norm = "self_attn.k_norm.weight";
+    }
+    return layout;
+  }
   const ModelConfig& config() const override { return config_; }
   std::string LayerPrefix(int index) const override { return ::qaas::quant::LayerPrefix(index); }
   std::vector<std::string> HeadTensorNames() const override {
@@ -97,8 +107,13 @@ class LlamaModel : public DecoderModel {
   absl::StatusOr<DecoderLayer> LoadLayer(int index) const override {
     QAAS_ASSIGN_OR_RETURN(auto layer, LoadLlamaLayer(ck_, index));
     DecoderLayer out;
+    out.index = index;
     out.norms = {{"input_layernorm.weight", layer.input_norm},
                  {"post_attention_layernorm.weight", layer.post_norm}};
+    if (layer.q_norm.defined()) {
+      out.norms.emplace_back("self_attn.q_norm.weight", layer.q_norm);
+      out.norms.emplace_back("self_attn.k_norm.weight", layer.k_norm);
+    }
     out.linears = std::move(layer.linears);
     return out;
   }
@@ -125,7 +140,10 @@ class LlamaModel : public DecoderModel {
  private:
   static LlamaLayer AsLlama(const DecoderLayer& l) {
     LlamaLayer out;
+    out.index = l.index;
     out.input_norm = l.norm("input_layernorm.weight");
+    out.q_norm = l.norm("self_attn.q_norm.weight");
+    out.k_norm = l.norm("self_attn.k_norm.weight");
     out.post_norm = l.norm("post_attention_layernorm.weight");
     out.input_reorder = l.norm("input_layernorm.reorder_index");
     out.post_reorder = l.norm("post_attention_layernorm.reorder_index");
@@ -182,6 +200,7 @@ class OptModel : public DecoderModel {
     if (!config_.layer_norm_elementwise_affine) return {"", "", n + ".reorder_index"};
     return {n + ".weight", n + ".bias", n + ".reorder_index"};
   }
+  QueryKeyLayout QueryKey() const override { return {}; }  // learned positions: no rotary, no q/k norms
   const ModelConfig& config() const override { return config_; }
   std::string LayerPrefix(int index) const override { return OptLayerPrefix(ck_, index); }
   std::vector<std::string> HeadTensorNames() const override {
@@ -198,6 +217,7 @@ class OptModel : public DecoderModel {
   absl::StatusOr<DecoderLayer> LoadLayer(int index) const override {
     QAAS_ASSIGN_OR_RETURN(auto layer, LoadOptLayer(ck_, index));
     DecoderLayer out;
+    out.index = index;
     auto add = [&](const std::string& name, const LayerNormWeights& n) {
       if (n.weight.defined()) out.norms.emplace_back(name + ".weight", n.weight);
       if (n.bias.defined()) out.norms.emplace_back(name + ".bias", n.bias);

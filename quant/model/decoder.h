@@ -1,4 +1,5 @@
-// The decoder architectures the pipeline quantizes (LLaMA, OPT) behind one
+// The decoder architectures the pipeline quantizes (the LLaMA-like families,
+// OPT) behind one
 // interface: what a layer holds, how its linears are grouped, how a layer,
 // its attention block and its MLP block run, and which tensors of the
 // checkpoint form the unquantized head. The pipeline sees only this; the
@@ -22,6 +23,7 @@ namespace qaas::quant {
 
 // One decoder layer's weights, architecture-neutral.
 struct DecoderLayer {
+  int index = -1;  // the layer's place in the model (which sliding window it has)
   // The layer's norm parameters by their names relative to the layer prefix
   // (e.g. "input_layernorm.weight", "self_attn_layer_norm.bias"), in
   // checkpoint order; absent when the architecture has none (no affine).
@@ -53,6 +55,23 @@ struct BlockNorm {
   std::string reorder;  // where RPTQ's reorder index goes
 };
 
+// How attention's q and k channels are laid out, for transforms that scale
+// them in opposite directions (OmniQuant's LET: q / s, k * s leaves q k^T
+// unchanged only if s commutes with everything between the projections and
+// the product).
+struct QueryKeyLayout {
+  // RoPE rotates channel i with channel i + head_dim / 2 by one angle, so a
+  // scale must be equal on both (s of shape [kv_heads, head_dim / 2]).
+  bool rotary = false;
+  // Per-head RMSNorms of q and k before RoPE (Qwen3), by tensor names
+  // relative to the layer prefix; empty when there are none. A norm makes a
+  // row scale of q_proj / k_proj vanish, so the scale goes into the norms'
+  // weights instead, which are shared by the heads: s of shape
+  // [head_dim / 2] (rotary) or [head_dim].
+  std::string q_norm;
+  std::string k_norm;
+};
+
 // A decoder-only model read from a checkpoint. Holds the head (embeddings,
 // final norm, output head) on `device`; layers are loaded one at a time.
 // Not thread-safe; the checkpoint must outlive the model.
@@ -82,6 +101,7 @@ class DecoderModel {
   virtual const std::vector<int>& ProducersOf(ActPoint p) const = 0;
   // The norm feeding kAttnIn or kMlpIn.
   virtual BlockNorm NormOf(ActPoint p) const = 0;
+  virtual QueryKeyLayout QueryKey() const = 0;
   virtual const ModelConfig& config() const = 0;
   // "model.layers.<i>." (LLaMA), "model.decoder.layers.<i>." (OPT).
   virtual std::string LayerPrefix(int index) const = 0;

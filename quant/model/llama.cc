@@ -1,7 +1,9 @@
 #include "quant/model/llama.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -44,8 +46,11 @@ const Linear& LlamaLayer::linear(const std::string& name) const {
 
 LlamaLayer LlamaLayer::To(const at::Device& device) const {
   LlamaLayer out;
+  out.index = index;
   out.input_norm = input_norm.to(device);
   out.post_norm = post_norm.to(device);
+  if (q_norm.defined()) out.q_norm = q_norm.to(device);
+  if (k_norm.defined()) out.k_norm = k_norm.to(device);
   if (input_reorder.defined()) out.input_reorder = input_reorder.to(device);
   if (post_reorder.defined()) out.post_reorder = post_reorder.to(device);
   if (act) out.act = std::make_shared<const LayerActQuant>(act->To(device));
@@ -59,15 +64,22 @@ absl::StatusOr<LlamaLayer> LoadLlamaLayer(const Checkpoint& ck, int index) {
   const ModelConfig& c = ck.config();
   const std::string prefix = LayerPrefix(index);
   LlamaLayer layer;
+  layer.index = index;
   QAAS_ASSIGN_OR_RETURN(layer.input_norm, ck.Load(prefix + "input_layernorm.weight", {c.hidden_size}));
   QAAS_ASSIGN_OR_RETURN(layer.post_norm, ck.Load(prefix + "post_attention_layernorm.weight", {c.hidden_size}));
+  if (c.qk_norm) {
+    QAAS_ASSIGN_OR_RETURN(layer.q_norm, ck.Load(prefix + "self_attn.q_norm.weight", {c.head_dim}));
+    QAAS_ASSIGN_OR_RETURN(layer.k_norm, ck.Load(prefix + "self_attn.k_norm.weight", {c.head_dim}));
+  }
   const auto shapes = LinearShapes(c);
   for (size_t i = 0; i < LlamaLinearNames().size(); ++i) {
     const std::string& name = LlamaLinearNames()[i];
     Linear lin;
     QAAS_ASSIGN_OR_RETURN(lin.weight, ck.Load(prefix + name + ".weight", {shapes[i].first, shapes[i].second}));
-    const bool has_bias = name.rfind("self_attn.", 0) == 0 ? c.attention_bias : c.mlp_bias;
-    if (has_bias && !(name == "self_attn.o_proj" && !ck.Has(prefix + name + ".bias"))) {
+    const bool has_bias = name == "self_attn.o_proj"             ? c.attention_out_bias
+                          : name.rfind("self_attn.", 0) == 0 ? c.attention_bias
+                                                             : c.mlp_bias;
+    if (has_bias) {
       QAAS_ASSIGN_OR_RETURN(lin.bias, ck.Load(prefix + name + ".bias", {shapes[i].first}));
     }
     layer.linears.push_back(std::move(lin));
@@ -91,21 +103,134 @@ absl::StatusOr<LlamaHead> LoadLlamaHead(const Checkpoint& ck) {
   return head;
 }
 
-Rope::Rope(const ModelConfig& c, int64_t max_len, const at::Device& device) {
-  auto f64 = at::TensorOptions().dtype(at::kDouble);
-  // inv_freq_i = theta^(-2i/d); computed in float64, used in float32 as HF does.
-  at::Tensor inv_freq =
-      at::pow(c.rope_theta, -at::arange(0, c.head_dim, 2, f64) / static_cast<double>(c.head_dim))
-          .to(at::kFloat);
-  at::Tensor t = at::arange(max_len, at::TensorOptions().dtype(at::kFloat));
+std::pair<at::Tensor, double> Rope::InverseFrequencies(const ModelConfig& c, int64_t seq_len) {
+  // Each type as Transformers' modeling_rope_utils.py computes it: float32
+  // tensors, Python (double) scalars.
+  const RopeScaling& s = c.rope_scaling;
+  const int64_t dim = c.head_dim;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  const at::Tensor exponents = at::arange(0, dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / dim;
+  auto inverse = [&](double base) { return 1.0 / at::pow(base, exponents); };
+  double attention_factor = 1.0;
+  if (s.type == "default") return {inverse(c.rope_theta), 1.0};
+  if (s.type == "linear") return {inverse(c.rope_theta) / s.factor, 1.0};
+  if (s.type == "dynamic") {
+    // NTK-aware base, grown once the sequence outruns the original context.
+    // Transformers measures against max_position_embeddings here.
+    const double original = c.max_position_embeddings;
+    const double len = seq_len > original ? static_cast<double>(seq_len) : original;
+    const double base =
+        c.rope_theta * std::pow(s.factor * len / original - (s.factor - 1), static_cast<double>(dim) / (dim - 2));
+    return {inverse(base), 1.0};
+  }
+  if (s.type == "llama3") {
+    const at::Tensor inv = inverse(c.rope_theta);
+    const double old_context = s.original_max_position_embeddings;
+    const double low_wavelen = old_context / s.low_freq_factor, high_wavelen = old_context / s.high_freq_factor;
+    const at::Tensor wavelen = 2 * M_PI / inv;
+    at::Tensor scaled = at::where(wavelen > low_wavelen, inv / s.factor, inv);
+    const at::Tensor smooth = (old_context / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+    const at::Tensor smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+    const at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+    return {at::where(medium, smoothed, scaled), 1.0};
+  }
+  if (s.type == "yarn") {
+    auto get_mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+    const double factor = s.factor > 0 ? s.factor
+                                       : static_cast<double>(c.max_position_embeddings) /
+                                             s.original_max_position_embeddings;
+    attention_factor = s.attention_factor;
+    if (attention_factor < 0) {
+      attention_factor = s.mscale > 0 && s.mscale_all_dim > 0
+                             ? get_mscale(factor, s.mscale) / get_mscale(factor, s.mscale_all_dim)
+                             : get_mscale(factor, 1.0);
+    }
+    const double original = s.original_max_position_embeddings;
+    auto correction_dim = [&](double rotations) {
+      return dim * std::log(original / (rotations * 2 * M_PI)) / (2 * std::log(c.rope_theta));
+    };
+    double low = correction_dim(s.beta_fast), high = correction_dim(s.beta_slow);
+    if (s.truncate) {
+      low = std::floor(low);
+      high = std::ceil(high);
+    }
+    low = std::max(low, 0.0);
+    high = std::min(high, static_cast<double>(dim - 1));
+    if (low == high) high += 0.001;
+    const at::Tensor pos_freqs = at::pow(c.rope_theta, exponents);
+    const at::Tensor extrapolation = 1.0 / pos_freqs, interpolation = 1.0 / (factor * pos_freqs);
+    const at::Tensor ramp = at::clamp((at::arange(dim / 2, f32) - low) / (high - low), 0, 1);
+    const at::Tensor extrapolation_factor = 1 - ramp;
+    return {interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor, attention_factor};
+  }
+  if (s.type == "longrope") {
+    const double original = s.original_max_position_embeddings;
+    const double factor = s.factor > 0 ? s.factor : static_cast<double>(c.max_position_embeddings) / original;
+    attention_factor = s.attention_factor;
+    if (attention_factor < 0) {
+      attention_factor = factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(original));
+    }
+    const std::vector<double>& ext = seq_len > original ? s.long_factor : s.short_factor;
+    const at::Tensor ext_factors = at::tensor(ext, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat);
+    return {1.0 / (ext_factors * at::pow(c.rope_theta, exponents)), attention_factor};
+  }
+  return {inverse(c.rope_theta), 1.0};  // ParseModelConfig admits no other type
+}
+
+namespace {
+
+// cos and sin [T, head_dim] of positions 0..T-1 for `inv_freq`, as
+// Transformers' rotary forward: float32 products, scaled by the attention
+// factor.
+std::pair<at::Tensor, at::Tensor> RotaryTables(const at::Tensor& inv_freq, double attention_factor, int64_t T,
+                                               const at::Device& device) {
+  at::Tensor t = at::arange(T, at::TensorOptions().dtype(at::kFloat));
   at::Tensor freqs = at::outer(t, inv_freq);
   at::Tensor emb = at::cat({freqs, freqs}, -1);
-  cos = emb.cos().to(device);
-  sin = emb.sin().to(device);
+  at::Tensor cos = emb.cos(), sin = emb.sin();
+  if (attention_factor != 1.0) {
+    cos = cos * attention_factor;
+    sin = sin * attention_factor;
+  }
+  return {cos.to(device), sin.to(device)};
+}
+
+}  // namespace
+
+Rope::Rope(const ModelConfig& c, int64_t max_len, const at::Device& device) : config_(c), device_(device) {
+  config_.raw_json.clear();
+  length_dependent_ = c.rope_scaling.type == "dynamic" || c.rope_scaling.type == "longrope";
+  // The table every forward within the original context uses.
+  auto [inv_freq, factor] = InverseFrequencies(c, 0);
+  std::tie(cos, sin) = RotaryTables(inv_freq, factor, max_len, device);
   causal_mask = at::full({max_len, max_len}, -std::numeric_limits<float>::infinity(),
                          at::TensorOptions().dtype(at::kFloat))
                     .triu(1)
                     .to(device);
+}
+
+std::pair<at::Tensor, at::Tensor> Rope::Tables(int64_t T) const {
+  const int64_t original = config_.rope_scaling.type == "dynamic" ? config_.max_position_embeddings
+                                                                  : config_.rope_scaling.original_max_position_embeddings;
+  if (length_dependent_ && T > original) {
+    auto [inv_freq, factor] = InverseFrequencies(config_, T);
+    return RotaryTables(inv_freq, factor, T, device_);
+  }
+  if (T <= cos.size(0)) return {cos.narrow(0, 0, T), sin.narrow(0, 0, T)};
+  auto [inv_freq, factor] = InverseFrequencies(config_, T);
+  return RotaryTables(inv_freq, factor, T, device_);
+}
+
+at::Tensor Rope::Mask(int64_t T, int window) const {
+  at::Tensor mask = T <= causal_mask.size(0)
+                        ? causal_mask.narrow(0, 0, T).narrow(1, 0, T)
+                        : at::full({T, T}, -std::numeric_limits<float>::infinity(),
+                                   at::TensorOptions().dtype(at::kFloat).device(device_))
+                              .triu(1);
+  if (window <= 0 || window >= T) return mask;
+  // Also hidden: keys `window` or more positions behind the query.
+  return mask.masked_fill(at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(device_)).tril(-window),
+                          -std::numeric_limits<float>::infinity());
 }
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -150,10 +275,14 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
   observe("self_attn.q_proj", x);
   observe("self_attn.k_proj", x);
   observe("self_attn.v_proj", x);
-  at::Tensor q = ApplyLinear(layer.linears[0], x).view({B, T, nh, hd}).transpose(1, 2);
-  at::Tensor k = ApplyLinear(layer.linears[1], x).view({B, T, nkv, hd}).transpose(1, 2);
+  at::Tensor q = ApplyLinear(layer.linears[0], x).view({B, T, nh, hd});
+  at::Tensor k = ApplyLinear(layer.linears[1], x).view({B, T, nkv, hd});
   at::Tensor v = ApplyLinear(layer.linears[2], x).view({B, T, nkv, hd}).transpose(1, 2);
-  at::Tensor cos = rope.cos.narrow(0, 0, T), sin = rope.sin.narrow(0, 0, T);
+  if (layer.q_norm.defined()) q = RmsNorm(q, layer.q_norm, c.rms_norm_eps);  // per head, before RoPE
+  if (layer.k_norm.defined()) k = RmsNorm(k, layer.k_norm, c.rms_norm_eps);
+  q = q.transpose(1, 2);
+  k = k.transpose(1, 2);
+  auto [cos, sin] = rope.Tables(T);
   q = q * cos + RotateHalf(q) * sin;
   k = k * cos + RotateHalf(k) * sin;
   // The cache holds K after RoPE and V: both quantized per token and head.
@@ -164,7 +293,7 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
     v = v.repeat_interleave(nh / nkv, 1);
   }
   // scores = q k^T / sqrt(d) + causal mask, computed in one fused baddbmm.
-  at::Tensor mask = rope.causal_mask.narrow(0, 0, T).narrow(1, 0, T);
+  at::Tensor mask = rope.Mask(T, c.WindowOf(layer.index));
   at::Tensor scores = at::baddbmm(mask.expand({B * nh, T, T}), q.reshape({B * nh, T, hd}),
                                   k.reshape({B * nh, T, hd}).transpose(1, 2), /*beta=*/1.0,
                                   /*alpha=*/1.0 / std::sqrt(static_cast<double>(hd)));

@@ -1,6 +1,9 @@
-// The LLaMA decoder in libtorch, as Hugging Face's LlamaForCausalLM computes it:
-// pre-norm RMSNorm, rotary position embeddings in the rotate-half layout,
-// grouped-query attention with a causal mask, SwiGLU MLP, tied or separate
+// The LLaMA decoder in libtorch, as Hugging Face's LlamaForCausalLM computes it,
+// with the features of the families that share its layout (Mistral, Qwen2,
+// Qwen3): pre-norm RMSNorm, rotary position embeddings in the rotate-half
+// layout with Transformers' frequency scalings, grouped-query attention with
+// a causal mask (and a sliding window on the layers that have one), q/k/v
+// and o biases, Qwen3's per-head q/k RMSNorm, SwiGLU MLP, tied or separate
 // output head. All computation in float32 on the tensors' device.
 #ifndef QAAS_QUANT_MODEL_LLAMA_H_
 #define QAAS_QUANT_MODEL_LLAMA_H_
@@ -10,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -26,8 +30,13 @@ struct Linear {
 
 // One decoder layer's weights. `linears` follows LinearNames() order.
 struct LlamaLayer {
+  int index = -1;         // the layer's place in the model (its sliding window)
   at::Tensor input_norm;  // input_layernorm.weight
   at::Tensor post_norm;   // post_attention_layernorm.weight
+  // Qwen3: self_attn.q_norm.weight / k_norm.weight ([head_dim], shared by
+  // the heads); undefined elsewhere.
+  at::Tensor q_norm;
+  at::Tensor k_norm;
   std::vector<Linear> linears;
   // RPTQ's reordered norms: the norm reads its input channels in this order
   // (int64 [hidden]; its weight is stored permuted), so its output comes out
@@ -57,14 +66,33 @@ struct LlamaHead {
 };
 absl::StatusOr<LlamaHead> LoadLlamaHead(const Checkpoint& ck);
 
-// cos/sin tables for positions [0, max_len), and the additive causal mask.
-struct Rope {
+// Rotary tables and attention masks. cos/sin follow Transformers'
+// rope_init_fn for the config's rope type (default, linear, dynamic, yarn,
+// longrope, llama3), computed in float32 as Transformers computes them, cos
+// and sin already multiplied by the type's attention factor.
+class Rope {
+ public:
   Rope(const ModelConfig& config, int64_t max_len, const at::Device& device);
-  at::Tensor cos;  // [max_len, head_dim]
+  // cos and sin [T, head_dim] for a forward over positions 0..T-1. Dynamic
+  // NTK and LongRoPE change their frequencies with the sequence length (past
+  // the original context); the others are one table.
+  std::pair<at::Tensor, at::Tensor> Tables(int64_t T) const;
+  // The additive mask [T, T]: 0 where query i may see key j (j <= i, and
+  // i - j < window when window > 0), -inf elsewhere.
+  at::Tensor Mask(int64_t T, int window) const;
+  // The inverse frequencies [head_dim / 2] (float32) for a forward of
+  // `seq_len` positions, and the factor cos and sin are scaled by.
+  static std::pair<at::Tensor, double> InverseFrequencies(const ModelConfig& config, int64_t seq_len);
+
+  at::Tensor cos;  // [max_len, head_dim], for sequences up to the original context
   at::Tensor sin;
   at::Tensor causal_mask;  // [max_len, max_len]: 0 on and below the diagonal, -inf above
-};
 
+ private:
+  ModelConfig config_;
+  at::Device device_;
+  bool length_dependent_ = false;  // dynamic, longrope
+};
 // Sees the input of each linear layer as a 2-D [tokens, in] tensor, e.g. to
 // accumulate GPTQ Hessians. Called once per linear, q/k/v with the same input,
 // after activation quantization (what the linear computes with).

@@ -125,10 +125,11 @@ TEST(ModelConfigTest, UnsupportedModelsAndFeaturesAreUnimplemented) {
   EXPECT_TRUE(MessageHas(c, "gpt2"));
 
   json scaled = MinimalConfig();
-  scaled["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  scaled["rope_scaling"] = {{"type", "mrope"}, {"factor", 2.0}};
   c = ParseModelConfig(scaled.dump());
   QAAS_EXPECT_CODE(c, kUnimplemented);
   EXPECT_TRUE(MessageHas(c, "rope_scaling"));
+  EXPECT_TRUE(MessageHas(c, "mrope"));
 
   json null_scaling = MinimalConfig();
   null_scaling["rope_scaling"] = nullptr;  // what HF writes when there is none
@@ -139,6 +140,100 @@ TEST(ModelConfigTest, UnsupportedModelsAndFeaturesAreUnimplemented) {
   c = ParseModelConfig(gelu.dump());
   QAAS_EXPECT_CODE(c, kUnimplemented);
   EXPECT_TRUE(MessageHas(c, "gelu"));
+}
+
+// Every key that changes the computation is read or refused, naming it;
+// keys known not to matter pass (each was silently ignored once).
+TEST(ModelConfigTest, UnknownOrUnimplementedKeysAreRefusedNamingThem) {
+  struct Case {
+    const char* model_type;
+    const char* key;
+    json value;
+  };
+  for (const Case& k : {Case{"llama", "attn_logit_softcapping", 50.0}, Case{"llama", "partial_rotary_factor", 0.5},
+                        Case{"qwen2", "use_mrope", true}, Case{"llama", "pretraining_tp", 2},
+                        Case{"llama", "quantization_config", json{{"quant_method", "gptq"}}},
+                        Case{"mistral", "some_future_switch", true}, Case{"llama", "sliding_window", 8},
+                        Case{"qwen3", "rope_scaling", json{{"rope_type", "yarn"}, {"factor", 4.0}, {"mrope_section", {1}}}}}) {
+    SCOPED_TRACE(k.key);
+    json j = MinimalConfig();
+    j["model_type"] = k.model_type;
+    j[k.key] = k.value;
+    auto c = ParseModelConfig(j.dump());
+    QAAS_EXPECT_CODE(c, kUnimplemented);
+    EXPECT_TRUE(MessageHas(c, k.key == std::string("rope_scaling") ? "mrope_section" : k.key));
+  }
+  json harmless = MinimalConfig();
+  for (const char* key : {"architectures", "initializer_range", "use_cache", "attention_dropout", "transformers_version"}) {
+    harmless[key] = json::array();
+  }
+  harmless["pretraining_tp"] = 1;
+  harmless["eos_token_id"] = {128001, 128009};
+  QAAS_EXPECT_OK(ParseModelConfig(harmless.dump()));
+}
+
+TEST(ModelConfigTest, FamiliesReadTheirFeatures) {
+  json llama3 = MinimalConfig();
+  llama3["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                            {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
+  llama3["tie_word_embeddings"] = true;
+  auto c = ParseModelConfig(llama3.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->rope_scaling.type, "llama3");
+  EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 8.0);
+  EXPECT_EQ(c->rope_scaling.original_max_position_embeddings, 64);
+  EXPECT_TRUE(c->layer_window.empty());
+
+  json mistral = MinimalConfig();
+  mistral["model_type"] = "mistral";
+  mistral["sliding_window"] = 16;
+  c = ParseModelConfig(mistral.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->layer_window, (std::vector<int>{16, 16}));
+  mistral["sliding_window"] = nullptr;
+  c = ParseModelConfig(mistral.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->WindowOf(0), 0);
+
+  json qwen2 = MinimalConfig();
+  qwen2["model_type"] = "qwen2";
+  qwen2["num_hidden_layers"] = 3;
+  qwen2["sliding_window"] = 16;
+  qwen2["max_window_layers"] = 1;
+  qwen2["use_sliding_window"] = false;
+  c = ParseModelConfig(qwen2.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->layer_window, (std::vector<int>{0, 0, 0}));
+  EXPECT_TRUE(c->attention_bias);
+  EXPECT_FALSE(c->attention_out_bias);
+  qwen2["use_sliding_window"] = true;
+  c = ParseModelConfig(qwen2.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->layer_window, (std::vector<int>{0, 16, 16}));
+  qwen2["layer_types"] = {"sliding_attention", "full_attention", "sliding_attention"};
+  c = ParseModelConfig(qwen2.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->layer_window, (std::vector<int>{16, 0, 16}));
+
+  json qwen3 = MinimalConfig();
+  qwen3["model_type"] = "qwen3";
+  qwen3["head_dim"] = 16;
+  qwen3["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"rope_theta", 1e6},
+                              {"original_max_position_embeddings", 32}};
+  c = ParseModelConfig(qwen3.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_FALSE(c->attention_bias);
+  EXPECT_DOUBLE_EQ(c->rope_theta, 1e6);
+  EXPECT_EQ(c->rope_scaling.type, "yarn");
+
+  json bad = MinimalConfig();
+  bad["rope_scaling"] = {{"rope_type", "linear"}};
+  QAAS_EXPECT_CODE(ParseModelConfig(bad.dump()), kInvalidArgument);  // no factor
+  bad["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", {1.0}}, {"long_factor", {1.0}}};
+  c = ParseModelConfig(bad.dump());
+  QAAS_EXPECT_CODE(c, kInvalidArgument);  // head_dim 8 needs 4 factors
+  EXPECT_TRUE(MessageHas(c, "short_factor"));
 }
 
 TEST(ModelConfigTest, NotAnObjectIsInvalidArgument) {

@@ -1,0 +1,144 @@
+// The LLaMA-like families (Llama 3.x, Mistral, Qwen2, Qwen3) and every RoPE
+// scaling type against Transformers: tiny random models made by
+// Transformers' own classes with each feature ON at the test's length
+// (scripts/reference/make_family_references.py), our float32 logits within
+// 1e-5 (relative to the largest logit) of its float64 logits. Each case also
+// checks that switching its feature off moves the logits far beyond that,
+// so a feature silently ignored would fail.
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "quant/model/checkpoint.h"
+#include "quant/model/decoder.h"
+#include "quant/util/status_macros.h"
+#include "tests/quant/quant_test_util.h"
+#include "tests/test_util.h"
+
+namespace qaas::quant {
+namespace {
+
+using ::qaas::testing::ReadLocalFile;
+using ::qaas::testing::ScopedTempDir;
+using ::qaas::testing::WriteLocalFile;
+using nlohmann::json;
+
+// Our float32 logits [T, vocab] of the model in `dir` for `ids`.
+absl::StatusOr<at::Tensor> Logits(const std::string& dir, const std::vector<int64_t>& ids) {
+  QAAS_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir));
+  const int64_t T = static_cast<int64_t>(ids.size());
+  QAAS_ASSIGN_OR_RETURN(auto model, DecoderModel::Create(*ck, at::kCPU, T));
+  at::Tensor hidden = model->Embed(at::tensor(ids, at::TensorOptions().dtype(at::kLong)).view({1, T}));
+  for (int i = 0; i < ck->config().num_layers; ++i) {
+    QAAS_ASSIGN_OR_RETURN(const DecoderLayer layer, model->LoadLayer(i));
+    hidden = model->LayerForward(layer, hidden);
+  }
+  return model->Logits(hidden)[0];
+}
+
+double MaxRelDiff(const at::Tensor& ours, const at::Tensor& reference) {
+  return ((ours.to(at::kDouble) - reference).abs().max() / reference.abs().max()).item<double>();
+}
+
+json Reference() { return json::parse(ReadLocalFile(ReferencePath("family_reference.json"))); }
+
+class FamilyTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    const json reference = Reference();
+    for (const json& c : reference["cases"]) {
+      if (c["case"] == GetParam()) case_ = c;
+    }
+    ASSERT_FALSE(case_.is_null()) << "no case " << GetParam() << " in family_reference.json";
+    dir_ = ReferencePath("families/" + GetParam());
+    ids_ = case_["ids"].get<std::vector<int64_t>>();
+    std::vector<double> flat;
+    for (const json& row : case_["logits"]) {
+      for (const json& v : row) flat.push_back(v.get<double>());
+    }
+    reference_ = at::tensor(flat, at::TensorOptions().dtype(at::kDouble)).view({static_cast<int64_t>(ids_.size()), -1});
+  }
+
+  // The logits of this case's weights under `config` (a mutated config.json).
+  at::Tensor LogitsWith(const json& config) {
+    const std::string dir = tmp_.path() + "/m";
+    std::filesystem::create_directories(dir);
+    std::filesystem::copy_file(dir_ + "/model.safetensors", dir + "/model.safetensors",
+                               std::filesystem::copy_options::overwrite_existing);
+    WriteLocalFile(dir + "/config.json", config.dump());
+    auto logits = Logits(dir, ids_);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    return logits.ok() ? *logits : at::Tensor();
+  }
+
+  json case_;
+  std::string dir_;
+  std::vector<int64_t> ids_;
+  at::Tensor reference_;
+  ScopedTempDir tmp_;
+};
+
+TEST_P(FamilyTest, FloatLogitsMatchTransformersFloat64) {
+  auto ours = Logits(dir_, ids_);
+  QAAS_ASSERT_OK(ours);
+  ASSERT_EQ(ours->sizes(), reference_.sizes());
+  const double diff = MaxRelDiff(*ours, reference_);
+  std::printf("%-15s %s: max relative difference %.2e\n", GetParam().c_str(),
+              case_["features"].get<std::string>().c_str(), diff);
+  EXPECT_LE(diff, 1e-5) << case_["features"];
+}
+
+// With the case's feature switched off the logits move far beyond the
+// tolerance: the reference really exercises it.
+TEST_P(FamilyTest, TheFeatureChangesTheResult) {
+  const json config = json::parse(ReadLocalFile(dir_ + "/config.json"));
+  int mutated = 0;
+  if (config.contains("rope_parameters") && config["rope_parameters"].value("rope_type", "default") != "default") {
+    json off = config;
+    off["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", config["rope_parameters"]["rope_theta"]}};
+    EXPECT_GT(MaxRelDiff(LogitsWith(off), reference_), 1e-3) << "rope scaling off";
+    ++mutated;
+  }
+  if (config.contains("sliding_window") && !config["sliding_window"].is_null() &&
+      config.value("use_sliding_window", true)) {
+    json off = config;
+    off["sliding_window"] = nullptr;
+    off.erase("layer_types");
+    EXPECT_GT(MaxRelDiff(LogitsWith(off), reference_), 1e-3) << "sliding window off";
+    ++mutated;
+  }
+  if (config["model_type"] == "qwen3") {
+    // q/k norms: the same weights read as Qwen2 without biases (no norms).
+    json off = config;
+    off["model_type"] = "llama";
+    for (const char* key : {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}) off.erase(key);
+    json on = off;
+    on["model_type"] = "qwen3";
+    EXPECT_GT(MaxRelDiff(LogitsWith(off), LogitsWith(on).to(at::kDouble)), 1e-3) << "q/k norms off";
+    ++mutated;
+  }
+  if (config.value("attention_bias", false) || config.value("mlp_bias", false)) {
+    json off = config;
+    off["attention_bias"] = false;
+    off["mlp_bias"] = false;
+    EXPECT_GT(MaxRelDiff(LogitsWith(off), reference_), 1e-3) << "biases off";
+    ++mutated;
+  }
+  EXPECT_GT(mutated, 0) << "case " << GetParam() << " switches nothing off";
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, FamilyTest,
+                         ::testing::Values("llama3", "llama-linear", "llama-dynamic", "llama-yarn", "llama-longrope",
+                                           "mistral", "qwen2", "qwen3"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& c : name) c = c == '-' ? '_' : c;
+                           return name;
+                         });
+
+}  // namespace
+}  // namespace qaas::quant
