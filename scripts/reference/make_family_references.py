@@ -14,8 +14,10 @@ What it makes:
 
   tests/data/family_reference.json
       Per case: the input ids (T = 24 tokens) and Transformers' float64 logits
-      for every position ([T][vocab]), with the features the case exercises
-      and the package versions.
+      for positions 12..23 ([12][vocab]: past the sliding windows and the
+      original contexts of the RoPE scalings), with the features the case
+      exercises and the package versions. Vocabulary 320, so that a
+      byte-fallback tokenizer fits and the models also run whole jobs.
 
 Float64: the model is converted with .double() and run with
 attn_implementation="sdpa" (eager attention computes its softmax in float32).
@@ -40,7 +42,8 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 T = 24
-VOCAB = 64
+VOCAB = 320  # room for a byte-fallback tokenizer, so the models also run whole jobs
+FIRST = 12    # logits are stored for positions FIRST..T-1 (past the window and the original contexts)
 
 BASE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -131,7 +134,8 @@ def main():
             "model_type": model_type,
             "features": features,
             "ids": ids[0].tolist(),
-            "logits": [[float("%.10g" % v) for v in row] for row in logits64.tolist()],
+            "first_position": FIRST,
+            "logits": [[float("%.10g" % v) for v in row] for row in logits64[FIRST:].tolist()],
             "float32_max_rel_diff": float((logits32 - logits64).abs().max() / logits64.abs().max()),
         })
         print(f"{case}: logits span {logits64.min():.3f}..{logits64.max():.3f}, "

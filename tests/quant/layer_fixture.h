@@ -1,6 +1,7 @@
 // One decoder layer of each architecture, for layer-level tests: a random
-// LLaMA with grouped-query attention (4 heads, 2 KV heads) and the tiny OPT
-// checkpoint (LayerNorm and biases). Header-only.
+// LLaMA with grouped-query attention (4 heads, 2 KV heads), the tiny OPT
+// checkpoint (LayerNorm and biases), and the families' tiny models
+// (Llama 3, Mistral, Qwen2, Qwen3). Header-only.
 #ifndef QAAS_TESTS_QUANT_LAYER_FIXTURE_H_
 #define QAAS_TESTS_QUANT_LAYER_FIXTURE_H_
 
@@ -18,12 +19,14 @@
 
 namespace qaas::quant {
 
-// Parameterised by "llama" or "opt": layer 0 of the model, and inputs x_
+// Parameterised by "llama", "opt" or a family case name (tests/data/families):
+// layer 0 of the model (a family's last layer), and inputs x_
 // [4 windows, 16 tokens, hidden].
 class ArchitectureLayerTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     std::string dir = TinyOptDir();
+    if (family()) dir = ReferencePath("families/" + GetParam());
     if (GetParam() == "llama") {
       RandomModelOptions m;
       m.hidden_size = 64;
@@ -41,13 +44,18 @@ class ArchitectureLayerTest : public ::testing::TestWithParam<std::string> {
     auto model = DecoderModel::Create(*ck_, at::kCPU, 64);
     QAAS_ASSERT_OK(model);
     model_ = *std::move(model);
-    auto layer = model_->LoadLayer(0);
+    // The families' last layer: the one with a sliding window (8, shorter
+    // than x_'s 16 tokens) where the family has one.
+    auto layer = model_->LoadLayer(family() ? ck_->config().num_layers - 1 : 0);
     QAAS_ASSERT_OK(layer);
     layer_ = *std::move(layer);
     at::manual_seed(0);
     x_ = at::randn({4, 16, ck_->config().hidden_size});
   }
   const ModelConfig& config() const { return ck_->config(); }
+  // A checked-in model of a LLaMA-like family (tests/data/families), made by
+  // Transformers with the family's features on.
+  bool family() const { return GetParam() != "llama" && GetParam() != "opt"; }
 
   ::qaas::testing::ScopedTempDir tmp_;
   std::unique_ptr<Checkpoint> ck_;

@@ -100,7 +100,9 @@ class OmniQuantTest : public ArchitectureLayerTest {
     LetParams p;
     p.attn_scale = make(at::rand({h}) * 2 + 0.3);
     p.mlp_scale = make(at::rand({h}) * 2 + 0.3);
-    p.qk_scale = make(opt() ? at::rand({nkv * hd}) + 0.5 : at::rand({nkv, hd / 2}) + 0.5);
+    const QueryKeyLayout qk = model_->QueryKey();
+    const int64_t per_head = qk.rotary ? hd / 2 : hd;
+    p.qk_scale = make(qk.q_norm.empty() ? at::rand({nkv, per_head}) + 0.5 : at::rand({per_head}) + 0.5);
     if (opt()) {
       p.attn_shift = make(at::randn({h}) * 0.1);
       p.mlp_shift = make(at::randn({h}) * 0.1);
@@ -159,16 +161,25 @@ TEST_P(OmniQuantTest, FoldedLayerIsTheUnfoldedTransformation) {
       const Linear& f = folded->linears[j];
       at::Tensor out = f.bias.defined() ? at::linear(after[names[j]], f.weight, f.bias) : at::linear(after[names[j]], f.weight);
       at::Tensor reference = l.bias.defined() ? at::linear(X, l.weight, l.bias) : at::linear(X, l.weight);
-      if (names[j] == "self_attn.q_proj" || names[j] == "self_attn.k_proj") {
+      const QueryKeyLayout qk = model_->QueryKey();
+      if ((names[j] == "self_attn.q_proj" || names[j] == "self_attn.k_proj") && qk.q_norm.empty()) {
         // Rows scaled by s_qk (expanded per head and rotary pair).
         const int64_t nkv = config().num_kv_heads, hd = config().head_dim, group = config().num_heads / nkv;
-        at::Tensor sk = opt() ? let.qk_scale : at::cat({let.qk_scale, let.qk_scale}, 1).reshape({-1});
+        at::Tensor sk = qk.rotary ? at::cat({let.qk_scale, let.qk_scale}, -1).reshape({-1}) : let.qk_scale.reshape({-1});
         at::Tensor rows = names[j] == "self_attn.k_proj" ? sk : sk.view({nkv, hd}).repeat_interleave(group, 0).reshape({-1});
         out = names[j] == "self_attn.k_proj" ? out / rows : out * rows;
       }
       EXPECT_LT(RelErr(unfolded, out), 1e-5);
       EXPECT_LT(RelErr(reference, out), 1e-5);
     }
+  }
+  // With q/k norms (Qwen3) the scale is in their weights: q's divided, k's
+  // multiplied, one factor per rotary pair.
+  const QueryKeyLayout qk = model_->QueryKey();
+  if (!qk.q_norm.empty()) {
+    const at::Tensor s = at::cat({let.qk_scale, let.qk_scale}, -1);
+    EXPECT_LT(RelErr(layer_.norm(qk.q_norm) / s, folded->norm(qk.q_norm)), 1e-6);
+    EXPECT_LT(RelErr(layer_.norm(qk.k_norm) * s, folded->norm(qk.k_norm)), 1e-6);
   }
 }
 
@@ -336,7 +347,8 @@ TEST_P(OmniQuantTest, BadInputsAreNamed) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, OmniQuantTest, ::testing::Values("llama", "opt"));
+INSTANTIATE_TEST_SUITE_P(Architectures, OmniQuantTest,
+                         ::testing::Values("llama", "opt", "llama3", "mistral", "qwen2", "qwen3"));
 
 // The paper's claim on a real model, through the whole pipeline (few epochs
 // and windows to stay quick): OmniQuant beats RTN at 2-bit weights (LWC) and

@@ -179,7 +179,8 @@ TEST_P(TransformTest, RptqReorderKeepsTheLayersFunctionAndMakesClustersContiguou
   EXPECT_GT(err4, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, TransformTest, ::testing::Values("llama", "opt"));
+INSTANTIATE_TEST_SUITE_P(Architectures, TransformTest,
+                         ::testing::Values("llama", "opt", "llama3", "mistral", "qwen2", "qwen3"));
 
 TEST(OutlierModelTest, KeepsTheFunctionAndCreatesOutlierChannels) {
   ScopedTempDir tmp;
