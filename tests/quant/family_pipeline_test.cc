@@ -1,0 +1,134 @@
+// Every method on every LLaMA-like family: whole jobs on the tiny models of
+// tests/data/families (made by Transformers, features on), each with a
+// byte-fallback tokenizer trained here. Every job succeeds with finite
+// perplexities and an artifact under the checkpoint's own tensor names, and
+// GPTQ's block outputs are closer to the float model's than RTN's.
+#include <filesystem>
+#include <cmath>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "quant/model/sentencepiece_model.h"
+#include "quant/model/tokenizer.h"
+#include "quant/pipeline.h"
+#include "quant/report.h"
+#include "quant/scheme.h"
+#include "quant/util/status_macros.h"
+#include "tests/quant/quant_test_util.h"
+#include "tests/test_util.h"
+
+namespace qaas::quant {
+namespace {
+
+using ::qaas::testing::ReadLocalFile;
+using ::qaas::testing::ScopedTempDir;
+using ::qaas::testing::WriteLocalFile;
+using nlohmann::json;
+
+struct Job {
+  const char* scheme;
+  std::vector<RecipeStep> recipe;
+};
+
+std::string Name(const Job& job) {
+  std::string name = job.scheme;
+  for (const auto& s : job.recipe) name += "+" + s.method;
+  return name;
+}
+
+class FamilyPipelineTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    model_ = tmp_.path() + "/model";
+    std::filesystem::copy(ReferencePath("families/" + GetParam()), model_, std::filesystem::copy_options::recursive);
+    auto sp = TrainBpeModel(kTinyText, 320);
+    QAAS_ASSERT_OK(sp);
+    WriteLocalFile(model_ + "/tokenizer.model", SerializeSentencePieceModel(*sp));
+    WriteLocalFile(model_ + "/tokenizer_config.json",
+                   R"({"tokenizer_class": "LlamaTokenizer", "add_bos_token": true, "add_eos_token": false})");
+    text_ = tmp_.path() + "/text.txt";
+    std::string text;
+    for (int i = 0; i < 8; ++i) text += kTinyText;
+    WriteLocalFile(text_, text);
+  }
+
+  absl::StatusOr<Report> Run(const Job& job, const std::string& out) {
+    PipelineOptions o;
+    o.model_dir = model_;
+    o.output_dir = out;
+    QAAS_ASSIGN_OR_RETURN(o.scheme, ParseScheme(job.scheme));
+    o.recipe = job.recipe;
+    o.calibration = DatasetRef{text_, "text", 24, 0};
+    o.num_samples = 4;
+    o.evaluations = {DatasetRef{text_, "text", 24, 4}};
+    return RunPipeline(o);
+  }
+
+  static double BlockError(const Report& r) {
+    double sum = 0;
+    for (const auto& b : r.blocks) sum += b.output_relative_error;
+    return sum;
+  }
+
+  ScopedTempDir tmp_;
+  std::string model_, text_;
+};
+
+TEST_P(FamilyPipelineTest, EveryMethodRunsAndExportsUnderTheCheckpointsNames) {
+  const json config = json::parse(ReadLocalFile(model_ + "/config.json"));
+  std::vector<Job> jobs = {
+      {"W4A16g16", {{"rtn", {}}}},
+      {"W4A16g16", {{"gptq", {}}}},
+      {"W4A16g16", {{"adadim", {{"base", std::string("gptq")}}}}},
+      {"W8A8", {{"smoothquant", {}}, {"gptq", {}}}},
+      {"W4A4", {{"rptq", {}}, {"rtn", {}}}},
+      {"W4A16g16", {{"omniquant", {{"epochs", 2}}}}},
+      {"W4A4", {{"omniquant", {{"epochs", 2}}}}},  // LWC and LET
+      {"W4A8KV4", {{"rtn", {}}}},
+  };
+  // MX blocks of 32 need every input width to be a multiple of 32.
+  if (config["hidden_size"].get<int>() % 32 == 0) jobs.push_back({"Wmxint4A16", {{"rtn", {}}}});
+  std::map<std::string, Report> reports;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const std::string name = Name(jobs[i]);
+    SCOPED_TRACE(name);
+    const std::string out = tmp_.path() + "/out" + std::to_string(i);
+    auto report = Run(jobs[i], out);
+    ASSERT_TRUE(report.ok()) << GetParam() << " " << name << ": " << report.status();
+    ASSERT_EQ(report->evaluations.size(), 1u);
+    const double ppl = report->evaluations[0].perplexity_quantized;
+    EXPECT_TRUE(std::isfinite(ppl) && ppl > 1) << ppl;
+    std::printf("%-14s %-28s perplexity %.3f (float %.3f), block error %.4f\n", GetParam().c_str(), name.c_str(), ppl,
+                report->evaluations[0].perplexity_original, BlockError(*report));
+    // The artifact names every tensor as the checkpoint does: norms (q/k
+    // norms on Qwen3), biases, embeddings; linears as GPTQ packs them.
+    std::set<std::string> names;
+    for (const auto& [n, t] : ReadAll(out + "/artifact/model.safetensors")) names.insert(n);
+    const std::string last = "model.layers." + std::to_string(config["num_hidden_layers"].get<int>() - 1) + ".";
+    for (const std::string& n : {std::string("model.embed_tokens.weight"), std::string("model.norm.weight"),
+                                 last + "input_layernorm.weight", last + "post_attention_layernorm.weight"}) {
+      EXPECT_TRUE(names.count(n)) << n;
+    }
+    if (config["model_type"] == "qwen3") {
+      EXPECT_TRUE(names.count(last + "self_attn.q_norm.weight"));
+      EXPECT_TRUE(names.count(last + "self_attn.k_norm.weight"));
+    }
+    if (config["model_type"] == "qwen2" || config.value("attention_bias", false)) {
+      EXPECT_TRUE(names.count(last + "self_attn.q_proj.bias"));
+    }
+    EXPECT_EQ(names.count(last + "self_attn.o_proj.bias") > 0, config.value("attention_bias", false));
+    EXPECT_EQ(names.count("lm_head.weight") > 0, !config.value("tie_word_embeddings", false));
+    reports.emplace(name, *std::move(report));
+  }
+  const double rtn = BlockError(reports.at("W4A16g16+rtn")), gptq = BlockError(reports.at("W4A16g16+gptq"));
+  EXPECT_LT(gptq, rtn) << "GPTQ's block outputs should be nearer the float model's than RTN's";
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, FamilyPipelineTest, ::testing::Values("llama3", "mistral", "qwen2", "qwen3"));
+
+}  // namespace
+}  // namespace qaas::quant
