@@ -215,26 +215,62 @@ absl::Status ReadTokenizerJson(const std::string& p, BpeSpec* spec, std::string*
 
   if (j.contains("normalizer") && !j["normalizer"].is_null()) {
     const json& n = j["normalizer"];
-    return absl::UnimplementedError(absl::StrCat(
-        p, ": normalizer ", n.contains("type") ? n["type"].dump() : n.dump(), " is not supported"));
+    const bool nfc = n.is_object() && n.value("type", "") == "NFC";
+    if (!nfc) {
+      return absl::UnimplementedError(absl::StrCat(
+          p, ": normalizer ", n.contains("type") ? n["type"].dump() : n.dump(), " is not supported (NFC only)"));
+    }
+    spec->nfc = true;
   }
   const json pre = j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json();
   const std::string pre_type = pre.is_object() && pre.contains("type") && pre["type"].is_string()
                                    ? pre["type"].get<std::string>()
                                    : "none";
-  if (pre_type != "ByteLevel") {
+  const std::string supported =
+      "ByteLevel with GPT-2's regex, or Sequence[Split(Regex, Isolated), ByteLevel(use_regex=false)]";
+  json byte_level = pre;
+  if (pre_type == "Sequence") {
+    // Llama 3 / Qwen2: a Split with the family's regex, then ByteLevel
+    // mapping bytes only.
+    const json& steps = pre.contains("pretokenizers") ? pre["pretokenizers"] : json();
+    const bool shape = steps.is_array() && steps.size() == 2 && steps[0].is_object() && steps[1].is_object() &&
+                       steps[0].value("type", "") == "Split" && steps[1].value("type", "") == "ByteLevel";
+    if (!shape) {
+      return absl::UnimplementedError(
+          absl::StrCat(p, ": pre_tokenizer Sequence ", steps.dump(), " is not supported (", supported, ")"));
+    }
+    const json& split = steps[0];
+    const json pattern = split.contains("pattern") ? split["pattern"] : json();
+    if (!pattern.is_object() || !pattern.contains("Regex") || !pattern["Regex"].is_string()) {
+      return absl::UnimplementedError(absl::StrCat(p, ": pre_tokenizer Split pattern ", pattern.dump(),
+                                                   " is not supported (a Regex)"));
+    }
+    if (split.value("behavior", "") != "Isolated" || split.value("invert", false)) {
+      return absl::UnimplementedError(absl::StrCat(p, ": pre_tokenizer Split behavior ", split.value("behavior", ""),
+                                                   split.value("invert", false) ? " inverted" : "",
+                                                   " is not supported (Isolated)"));
+    }
+    spec->split_regex = pattern["Regex"].get<std::string>();
+    byte_level = steps[1];
+    bool use_regex = true;
+    QAAS_RETURN_IF_ERROR(GetBool(byte_level, "use_regex", p + ": pre_tokenizer ByteLevel", &use_regex));
+    if (use_regex) {
+      return absl::UnimplementedError(
+          absl::StrCat(p, ": pre_tokenizer Split then ByteLevel with use_regex=true is not supported"));
+    }
+  } else if (pre_type == "ByteLevel") {
+    bool use_regex = true;
+    QAAS_RETURN_IF_ERROR(GetBool(pre, "use_regex", p + ": pre_tokenizer", &use_regex));
+    if (!use_regex) {
+      return absl::UnimplementedError(
+          absl::StrCat(p, ": pre_tokenizer ByteLevel with use_regex=false alone is not supported"));
+    }
+  } else {
     return absl::UnimplementedError(
-        absl::StrCat(p, ": pre_tokenizer '", pre_type,
-                     "' is not supported (ByteLevel with GPT-2's regex only)"));
-  }
-  bool use_regex = true;
-  QAAS_RETURN_IF_ERROR(GetBool(pre, "use_regex", p + ": pre_tokenizer", &use_regex));
-  if (!use_regex) {
-    return absl::UnimplementedError(
-        absl::StrCat(p, ": pre_tokenizer ByteLevel with use_regex=false is not supported"));
+        absl::StrCat(p, ": pre_tokenizer '", pre_type, "' is not supported (", supported, ")"));
   }
   QAAS_RETURN_IF_ERROR(
-      GetBool(pre, "add_prefix_space", p + ": pre_tokenizer", &spec->add_prefix_space));
+      GetBool(byte_level, "add_prefix_space", p + ": pre_tokenizer", &spec->add_prefix_space));
   if (j.contains("post_processor")) *template_bos = TemplateBos(j["post_processor"]);
 
   if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {

@@ -32,6 +32,10 @@ struct BpeSpec {
   std::vector<std::pair<std::string, std::string>> merges;  // in rank order
   std::vector<BpeAddedToken> added_tokens;
   bool add_prefix_space = false;  // ByteLevel: " " before text that does not start with one
+  // Split(regex, Isolated) + ByteLevel(use_regex=false) (Llama 3, Qwen2):
+  // the regex; "" for ByteLevel's own GPT-2 regex.
+  std::string split_regex;
+  bool nfc = false;  // the NFC normalizer (Qwen2)
   bool ignore_merges = false;     // a word found whole in the vocabulary skips BPE
   std::string unk_token;          // "" when none: unknown characters are dropped
   bool fuse_unk = false;

@@ -1,5 +1,7 @@
 #include "quant/model/bpe_tokenizer.h"
 
+#include <deque>
+
 #include <algorithm>
 #include <queue>
 #include <tuple>
@@ -21,6 +23,11 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::FromSpec(BpeSpec spe
   std::unique_ptr<BpeTokenizer> t(new BpeTokenizer());
   t->spec_ = std::move(spec);
   const BpeSpec& s = t->spec_;
+  if (!s.split_regex.empty()) {
+    auto splitter = RegexSplitter::Compile(s.split_regex);
+    if (!splitter.ok()) return Annotate(splitter.status(), s.source);
+    t->splitter_ = *std::move(splitter);
+  }
   for (size_t rank = 0; rank < s.merges.size(); ++rank) {
     const auto& [left, right] = s.merges[rank];
     const std::string merged = left + right;
@@ -180,6 +187,16 @@ void BpeTokenizer::EncodeWord(absl::string_view word, std::vector<int>* ids) con
 std::vector<int> BpeTokenizer::Encode(absl::string_view text) const {
   std::vector<Segment> segments = {{text, -1}};
   segments = SplitAdded(std::move(segments), /*normalized=*/false);
+  // The normalizer sees the text around the unnormalized added tokens;
+  // normalized added tokens are then found in its output.
+  std::deque<std::string> normalized;
+  if (spec_.nfc) {
+    for (Segment& s : segments) {
+      if (s.added_id >= 0) continue;
+      normalized.push_back(NormalizeNfc(s.text));
+      s.text = normalized.back();
+    }
+  }
   segments = SplitAdded(std::move(segments), /*normalized=*/true);
   std::vector<int> ids;
   for (const Segment& s : segments) {
@@ -194,7 +211,9 @@ std::vector<int> BpeTokenizer::Encode(absl::string_view text) const {
       prefixed = absl::StrCat(" ", segment);
       segment = prefixed;
     }
-    for (absl::string_view word : SplitGpt2Words(segment)) EncodeWord(word, &ids);
+    for (absl::string_view word : splitter_ ? splitter_->Split(segment) : SplitGpt2Words(segment)) {
+      EncodeWord(word, &ids);
+    }
   }
   return ids;
 }

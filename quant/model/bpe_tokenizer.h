@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "quant/model/bpe_files.h"
+#include "quant/model/regex_split.h"
 #include "quant/model/tokenizer.h"
 
 namespace qaas::quant {
@@ -69,6 +70,7 @@ class BpeTokenizer : public Tokenizer {
   }
 
   BpeSpec spec_;
+  std::unique_ptr<RegexSplitter> splitter_;  // spec_.split_regex compiled; null for GPT-2's
   std::unordered_map<uint64_t, Merge> merges_;  // by PairKey(left id, right id)
   int byte_ids_[256] = {};  // id of each byte's character, -1 when not in the vocabulary
   int unk_id_ = -1;

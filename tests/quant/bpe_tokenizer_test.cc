@@ -318,5 +318,82 @@ TEST(BpeTokenizerTest, VocabWithoutMergesIsNotFound) {
   QAAS_EXPECT_CODE(BpeTokenizer::Load(dir.path()), kNotFound);
 }
 
+// Llama 3's and Qwen2's tokenizer.json pipelines (Split with the family's
+// regex + ByteLevel without regex; Qwen2's NFC normalizer; Llama 3's
+// ignore_merges), trained by the tokenizers package with those exact
+// settings (scripts/reference/make_family_tokenizers.py): ids equal to its
+// own on a Unicode torture list and on whole files of ../shared/data.
+class FamilyTokenizerTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    static const json* reference =
+        new json(json::parse(ReadLocalFile(ReferencePath("family_tokenizer_reference.json"))));
+    texts_ = &(*reference)["texts"];
+    ref_ = &(*reference)["families"][GetParam()];
+    auto tok = Tokenizer::Load(ReferencePath("tokenizers/" + GetParam()));
+    QAAS_ASSERT_OK(tok);
+    tok_ = *std::move(tok);
+    ASSERT_NE(dynamic_cast<const BpeTokenizer*>(tok_.get()), nullptr);
+  }
+  const json* texts_ = nullptr;
+  const json* ref_ = nullptr;
+  std::unique_ptr<Tokenizer> tok_;
+};
+
+TEST_P(FamilyTokenizerTest, TortureTextsEncodeAsTokenizersDoes) {
+  ASSERT_GE(texts_->size(), 15u);
+  EXPECT_EQ(tok_->bos_id(), (*ref_)["bos_id"].get<int>());
+  for (size_t i = 0; i < texts_->size(); ++i) {
+    const std::string text = (*texts_)[i].get<std::string>();
+    SCOPED_TRACE(text);
+    EXPECT_EQ(tok_->Encode(text), (*ref_)["texts"][i].get<std::vector<int>>());
+  }
+}
+
+TEST_P(FamilyTokenizerTest, WholeSharedFilesEncodeAsTokenizersDoes) {
+  QAAS_REQUIRE_SHARED();
+  for (const auto& [name, want] : (*ref_)["files"].items()) {
+    SCOPED_TRACE(name);
+    const std::vector<int> ids = tok_->Encode(ReadLocalFile(::qaas::testing::SharedDir() + "/data/" + name));
+    ASSERT_EQ(ids.size(), want["count"].get<size_t>());
+    const auto first = want["first"].get<std::vector<int>>();
+    const auto last = want["last"].get<std::vector<int>>();
+    EXPECT_EQ(std::vector<int>(ids.begin(), ids.begin() + first.size()), first);
+    EXPECT_EQ(std::vector<int>(ids.end() - last.size(), ids.end()), last);
+    EXPECT_EQ(Fnv1a64(ids), want["fnv1a64"].get<std::string>());
+  }
+}
+
+TEST(FamilyTokenizerFilesTest, OtherPipelinesAreRefusedNamingThem) {
+  const json base = json::parse(ReadLocalFile(ReferencePath("tokenizers/llama3/tokenizer.json")));
+  struct Case {
+    const char* what;
+    std::function<void(json&)> mutate;
+    const char* needle;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"NFKC", [](json& j) { j["normalizer"] = {{"type", "NFKC"}}; }, "NFKC"},
+           {"Split Removed", [](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed"; },
+            "Removed"},
+           {"ByteLevel with regex after Split",
+            [](json& j) { j["pre_tokenizer"]["pretokenizers"][1]["use_regex"] = true; }, "use_regex"},
+           {"Metaspace", [](json& j) { j["pre_tokenizer"] = {{"type", "Metaspace"}}; }, "Metaspace"},
+           {"bad regex", [](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(?<"; },
+            "does not compile"}}) {
+    SCOPED_TRACE(c.what);
+    ScopedTempDir dir;
+    json j = base;
+    c.mutate(j);
+    WriteLocalFile(dir.path() + "/tokenizer.json", j.dump());
+    WriteLocalFile(dir.path() + "/tokenizer_config.json",
+                   ReadLocalFile(ReferencePath("tokenizers/llama3/tokenizer_config.json")));
+    auto tok = Tokenizer::Load(dir.path());
+    EXPECT_FALSE(tok.ok());
+    EXPECT_TRUE(MessageHas(tok, c.needle)) << tok.status();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, FamilyTokenizerTest, ::testing::Values("llama3", "qwen2"));
+
 }  // namespace
 }  // namespace qaas::quant
