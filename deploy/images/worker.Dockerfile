@@ -25,7 +25,7 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DQAAS_BUILD_TESTS=
 FROM debian:12-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libabsl20220623 libgrpc++1.51 libgrpc29 libprotobuf32 \
-      libprometheus-cpp-core1.0 libsqlite3-0 libpq5 libcurl4 libssl3 libgomp1 ca-certificates curl \
+      libprometheus-cpp-core1.0 libsqlite3-0 libpq5 libcurl4 libssl3 libpcre2-8-0 libutf8proc2 libgomp1 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home --home-dir /scratch qaas
 # libtorch with its bundled CUDA runtime, cuBLAS and cuDNN.
