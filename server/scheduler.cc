@@ -199,12 +199,13 @@ absl::Status Scheduler::CheckOutput(const std::string& tenant, const v1::JobSpec
   // Listed beneath the roots, as the worker will write it.
   auto location = storage::OpenLocation(out, options_.validation.file_roots);
   if (!location.ok()) return absl::OkStatus();  // the worker reports what is wrong with it
-  auto objects = location->store->List(location->prefix.empty() ? "" : location->prefix + "/");
+  const std::string list_prefix = location->ListPrefix();
+  auto objects = location->store->List(list_prefix);
   if (!objects.ok() || objects->empty()) return absl::OkStatus();
   QAAS_ASSIGN_OR_RETURN(const bool is_retry, retry());
   if (is_retry) return absl::OkStatus();
-  const std::string first_key = (*objects)[0].key.substr(location->prefix.empty() ? 0 : location->prefix.size() + 1);
-  return refuse(absl::StrCat("already holds ", objects->size(), " objects (", first_key,
+  return refuse(absl::StrCat("already holds ", objects->size(), " objects (",
+                             (*objects)[0].key.substr(list_prefix.size()),
                              ", ...); set overwrite to replace them, or name an empty location"));
 }
 

@@ -49,7 +49,7 @@ absl::StatusOr<std::string> ReadModelConfig(const std::string& uri, const storag
   const std::string key = location->Key("config.json");
   auto info = location->store->Stat(key);
   if (absl::IsNotFound(info.status())) {
-    auto listed = location->store->List(location->prefix.empty() ? "" : location->prefix + "/");
+    auto listed = location->store->List(location->ListPrefix());
     if (!listed.ok() || listed->empty()) {
       return Invalid("model", absl::StrCat("model directory '", uri,
                                            "' does not exist or holds no files (a model directory holds "

@@ -15,6 +15,8 @@ std::string ObjectLocation::Key(const std::string& relative) const {
   return prefix.empty() ? relative : absl::StrCat(prefix, "/", relative);
 }
 
+std::string ObjectLocation::ListPrefix() const { return prefix.empty() ? "" : prefix + "/"; }
+
 std::pair<std::string, std::string> SplitObjectUri(const std::string& uri) {
   std::string u = uri;
   while (u.size() > 1 && u.back() == '/') u.pop_back();

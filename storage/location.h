@@ -28,6 +28,10 @@ struct ObjectLocation {
   std::string prefix;  // "" or a normalised key ("models/llama")
   // prefix + "/" + relative (or `relative` when prefix is "").
   std::string Key(const std::string& relative) const;
+  // What List takes for every object under the location: prefix + "/" (or
+  // "" when prefix is ""); a listed key minus it is the object's path
+  // relative to the location.
+  std::string ListPrefix() const;
 };
 
 // s3:// uris: the store at the uri, prefix "". file:// uris: the store at

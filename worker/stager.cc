@@ -47,7 +47,7 @@ absl::Status Materialize(const std::string& final_dir, const std::function<absl:
 absl::StatusOr<std::string> StageDirectory(const std::string& uri, const FileRoots& roots,
                                            const std::string& cache_dir, uint64_t* bytes) {
   QAAS_ASSIGN_OR_RETURN(const ObjectLocation loc, OpenLocation(uri, roots));
-  const std::string list_prefix = loc.prefix.empty() ? "" : loc.prefix + "/";
+  const std::string list_prefix = loc.ListPrefix();
   QAAS_ASSIGN_OR_RETURN(const std::vector<storage::ObjectInfo> objects, loc.store->List(list_prefix));
   if (objects.empty()) return absl::NotFoundError(absl::StrCat("'", uri, "' holds no files"));
   std::string fingerprint = uri;
@@ -117,7 +117,7 @@ absl::Status UploadFiles(const std::string& local_dir, const std::string& uri, c
 absl::StatusOr<int> DownloadPrefix(const std::string& uri, const FileRoots& roots, const std::string& prefix,
                                    const std::string& local_dir, uint64_t* bytes) {
   QAAS_ASSIGN_OR_RETURN(const ObjectLocation loc, OpenLocation(uri, roots));
-  const std::string base = loc.prefix.empty() ? "" : loc.prefix + "/";
+  const std::string base = loc.ListPrefix();
   auto objects = loc.store->List(base + prefix);
   if (!objects.ok()) {
     if (absl::IsNotFound(objects.status())) return 0;  // the output prefix does not exist yet
@@ -135,7 +135,7 @@ absl::StatusOr<int> DownloadPrefix(const std::string& uri, const FileRoots& root
 
 absl::StatusOr<int> RemoveStale(const std::string& local_dir, const std::string& uri, const FileRoots& roots) {
   QAAS_ASSIGN_OR_RETURN(const ObjectLocation loc, OpenLocation(uri, roots));
-  const std::string base = loc.prefix.empty() ? "" : loc.prefix + "/";
+  const std::string base = loc.ListPrefix();
   QAAS_ASSIGN_OR_RETURN(const std::vector<storage::ObjectInfo> objects, loc.store->List(base));
   int removed = 0;
   for (const auto& o : objects) {
