@@ -197,40 +197,47 @@ std::pair<at::Tensor, at::Tensor> RotaryTables(const at::Tensor& inv_freq, doubl
 
 }  // namespace
 
+namespace {
+
+// The additive causal mask [T, T]; with window > 0 keys `window` or more
+// positions behind the query are hidden too.
+at::Tensor AttentionMask(int64_t T, int window, const at::Device& device) {
+  const float inf = std::numeric_limits<float>::infinity();
+  at::Tensor mask = at::full({T, T}, -inf, at::TensorOptions().dtype(at::kFloat)).triu(1);
+  if (window > 0) mask = mask + at::full({T, T}, -inf, at::TensorOptions().dtype(at::kFloat)).tril(-window);
+  return mask.to(device);
+}
+
+}  // namespace
+
 Rope::Rope(const ModelConfig& c, int64_t max_len, const at::Device& device) : config_(c), device_(device) {
   config_.raw_json.clear();
-  length_dependent_ = c.rope_scaling.type == "dynamic" || c.rope_scaling.type == "longrope";
+  const RopeScaling& s = c.rope_scaling;
+  tables_serve_ = s.type == "dynamic"    ? std::min<int64_t>(max_len, c.max_position_embeddings)
+                  : s.type == "longrope" ? std::min<int64_t>(max_len, s.original_max_position_embeddings)
+                                         : max_len;
   // The table every forward within the original context uses.
   auto [inv_freq, factor] = InverseFrequencies(c, 0);
   std::tie(cos, sin) = RotaryTables(inv_freq, factor, max_len, device);
-  causal_mask = at::full({max_len, max_len}, -std::numeric_limits<float>::infinity(),
-                         at::TensorOptions().dtype(at::kFloat))
-                    .triu(1)
-                    .to(device);
+  causal_mask = AttentionMask(max_len, 0, device);
+  for (int window : c.layer_window) {
+    if (window > 0 && !window_masks_.count(window)) window_masks_[window] = AttentionMask(max_len, window, device);
+  }
 }
 
 std::pair<at::Tensor, at::Tensor> Rope::Tables(int64_t T) const {
-  const int64_t original = config_.rope_scaling.type == "dynamic" ? config_.max_position_embeddings
-                                                                  : config_.rope_scaling.original_max_position_embeddings;
-  if (length_dependent_ && T > original) {
-    auto [inv_freq, factor] = InverseFrequencies(config_, T);
-    return RotaryTables(inv_freq, factor, T, device_);
-  }
-  if (T <= cos.size(0)) return {cos.narrow(0, 0, T), sin.narrow(0, 0, T)};
+  if (T <= tables_serve_) return {cos.narrow(0, 0, T), sin.narrow(0, 0, T)};
   auto [inv_freq, factor] = InverseFrequencies(config_, T);
   return RotaryTables(inv_freq, factor, T, device_);
 }
 
 at::Tensor Rope::Mask(int64_t T, int window) const {
-  at::Tensor mask = T <= causal_mask.size(0)
-                        ? causal_mask.narrow(0, 0, T).narrow(1, 0, T)
-                        : at::full({T, T}, -std::numeric_limits<float>::infinity(),
-                                   at::TensorOptions().dtype(at::kFloat).device(device_))
-                              .triu(1);
-  if (window <= 0 || window >= T) return mask;
-  // Also hidden: keys `window` or more positions behind the query.
-  return mask.masked_fill(at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(device_)).tril(-window),
-                          -std::numeric_limits<float>::infinity());
+  if (T <= causal_mask.size(0)) {
+    if (window <= 0) return causal_mask.narrow(0, 0, T).narrow(1, 0, T);
+    auto it = window_masks_.find(window);
+    if (it != window_masks_.end()) return it->second.narrow(0, 0, T).narrow(1, 0, T);
+  }
+  return AttentionMask(T, window, device_);  // longer than max_len, or not one of the config's windows
 }
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {

@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -91,7 +92,11 @@ class Rope {
  private:
   ModelConfig config_;
   at::Device device_;
-  bool length_dependent_ = false;  // dynamic, longrope
+  // The longest forward cos/sin serve: max_len, or less where dynamic NTK
+  // and LongRoPE change their frequencies past the original context.
+  int64_t tables_serve_ = 0;
+  // causal_mask with each of the config's sliding windows applied, by window.
+  std::map<int, at::Tensor> window_masks_;
 };
 // Sees the input of each linear layer as a 2-D [tokens, in] tensor, e.g. to
 // accumulate GPTQ Hessians. Called once per linear, q/k/v with the same input,
