@@ -243,11 +243,11 @@ absl::Status ParseRope(const json& j, ModelConfig* c) {
     s.type = type;
     if (std::string(field) == "rope_parameters") QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "rope_theta", c->rope_theta));
     QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "factor", s.factor));
-    if ((type == "linear" || type == "dynamic" || type == "llama3") && !r.contains("factor")) {
-      return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, "factor' is required for rope type '",
-                                                     type, "'"));
-    }
     if (type == "linear" || type == "dynamic" || type == "llama3") {
+      if (!r.contains("factor")) {
+        return absl::InvalidArgumentError(absl::StrCat("config.json: '", where,
+                                                       "factor' is required for rope type '", type, "'"));
+      }
       if (s.factor < 1.0) {
         return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, "factor' must be >= 1, got ",
                                                        s.factor));

@@ -36,6 +36,16 @@ std::string Fnv1a64(const std::vector<int>& ids) {
   return hash;
 }
 
+// A whole file's ids against a reference's summary of them: their number,
+// the first and last ones, and the FNV-1a 64 hash of all.
+void ExpectSameIds(const std::vector<int>& ids, size_t count, const std::vector<int>& first,
+                   const std::vector<int>& last, const std::string& fnv1a64) {
+  ASSERT_EQ(ids.size(), count);
+  EXPECT_EQ(std::vector<int>(ids.begin(), ids.begin() + first.size()), first);
+  EXPECT_EQ(std::vector<int>(ids.end() - last.size(), ids.end()), last);
+  EXPECT_EQ(Fnv1a64(ids), fnv1a64);
+}
+
 void CopyFiles(const std::string& to, const std::vector<std::string>& names) {
   for (const auto& n : names) WriteLocalFile(to + "/" + n, ReadLocalFile(TinyOptDir() + "/" + n));
 }
@@ -87,13 +97,8 @@ TEST_P(ReferenceBpeTest, WholeTinyStoriesFileMatches) {
   const auto& full = (*ref_)["full_file"];
   const std::string text = ReadLocalFile(TinyStoriesPath());
   ASSERT_EQ(text.size(), full["file_utf8_bytes"].get<size_t>());
-  const std::vector<int> ids = tok_->Encode(text);
-  ASSERT_EQ(ids.size(), full["num_ids"].get<size_t>());
-  const auto first = full["first_ids"].get<std::vector<int>>();
-  const auto last = full["last_ids"].get<std::vector<int>>();
-  EXPECT_EQ(std::vector<int>(ids.begin(), ids.begin() + first.size()), first);
-  EXPECT_EQ(std::vector<int>(ids.end() - last.size(), ids.end()), last);
-  EXPECT_EQ(Fnv1a64(ids), full["fnv1a64"].get<std::string>());
+  ExpectSameIds(tok_->Encode(text), full["num_ids"].get<size_t>(), full["first_ids"].get<std::vector<int>>(),
+                full["last_ids"].get<std::vector<int>>(), full["fnv1a64"].get<std::string>());
 }
 
 INSTANTIATE_TEST_SUITE_P(BothFileForms, ReferenceBpeTest,
@@ -354,13 +359,9 @@ TEST_P(FamilyTokenizerTest, WholeSharedFilesEncodeAsTokenizersDoes) {
   QAAS_REQUIRE_SHARED();
   for (const auto& [name, want] : (*ref_)["files"].items()) {
     SCOPED_TRACE(name);
-    const std::vector<int> ids = tok_->Encode(ReadLocalFile(::qaas::testing::SharedDir() + "/data/" + name));
-    ASSERT_EQ(ids.size(), want["count"].get<size_t>());
-    const auto first = want["first"].get<std::vector<int>>();
-    const auto last = want["last"].get<std::vector<int>>();
-    EXPECT_EQ(std::vector<int>(ids.begin(), ids.begin() + first.size()), first);
-    EXPECT_EQ(std::vector<int>(ids.end() - last.size(), ids.end()), last);
-    EXPECT_EQ(Fnv1a64(ids), want["fnv1a64"].get<std::string>());
+    ExpectSameIds(tok_->Encode(ReadLocalFile(::qaas::testing::SharedDir() + "/data/" + name)),
+                  want["count"].get<size_t>(), want["first"].get<std::vector<int>>(),
+                  want["last"].get<std::vector<int>>(), want["fnv1a64"].get<std::string>());
   }
 }
 
