@@ -200,6 +200,7 @@ class DequantizedLayout : public ArtifactLayout {
   std::string name() const override { return "dequantized"; }
   std::string directory() const override { return "artifact-dequantized"; }
   std::string checkpoint_stem() const override { return "dequantized-layer"; }
+  bool PacksQuantized() const override { return false; }
 
   absl::StatusOr<std::vector<RawTensor>> PackLayer(const LayerToPack& layer) const override {
     std::vector<RawTensor> plain;
@@ -224,6 +225,92 @@ class DequantizedLayout : public ArtifactLayout {
 };
 
 }  // namespace
+
+namespace {
+
+// The parts' quantizations as one, concatenated by rows; nullopt when they
+// cannot be one stored tensor (see CheckpointFormLayer).
+std::optional<QuantizedLinear> FuseQuantized(const std::vector<const QuantizedLinear*>& parts) {
+  const QuantizedLinear& first = *parts.front();
+  std::vector<at::Tensor> codes, scales, zeros, dequantized;
+  for (const QuantizedLinear* q : parts) {
+    if (q->per_input_channel || q->mx != first.mx || (q->mx && q->element != first.element)) return std::nullopt;
+    if (!q->mx && (q->params.bits != first.params.bits || q->params.symmetric != first.params.symmetric ||
+                   q->params.group_size != first.params.group_size || !at::equal(q->g_idx, first.g_idx))) {
+      return std::nullopt;
+    }
+    dequantized.push_back(q->dequantized);
+    if (!q->mx) {
+      codes.push_back(q->codes);
+      scales.push_back(q->params.scale);
+      zeros.push_back(q->params.zero);
+    }
+  }
+  QuantizedLinear fused = first;
+  fused.dequantized = at::cat(dequantized, 0);
+  if (!first.mx) {
+    fused.codes = at::cat(codes, 0);
+    fused.params.scale = at::cat(scales, 0);
+    fused.params.zero = at::cat(zeros, 0);
+  }
+  return fused;
+}
+
+}  // namespace
+
+absl::StatusOr<CheckpointFormLayer> ToCheckpointForm(const DecoderModel& model, const LayerToPack& layer,
+                                                     bool packed) {
+  CheckpointFormLayer out;
+  out.transformed.index = out.quantized.index = layer.transformed->index;
+  out.transformed.act = layer.transformed->act;
+  out.quantized.act = layer.quantized->act;
+  for (const auto& [name, t] : layer.transformed->norms) out.transformed.norms.emplace_back(name, model.StoredNorm(name, t));
+  for (const auto& [name, t] : layer.quantized->norms) out.quantized.norms.emplace_back(name, model.StoredNorm(name, t));
+  const std::vector<std::string>& names = *layer.linear_names;
+  std::vector<int> fused_into(names.size(), -1);
+  for (size_t f = 0; f < model.Fusions().size(); ++f) {
+    for (int j : model.Fusions()[f].parts) fused_into[j] = static_cast<int>(f);
+  }
+  auto add_split = [&](int j) {
+    out.linear_names.push_back(names[j]);
+    out.transformed.linears.push_back(layer.transformed->linears[j]);
+    out.quantized.linears.push_back(layer.quantized->linears[j]);
+    out.linears.push_back((*layer.linears)[j]);
+  };
+  std::vector<bool> done(model.Fusions().size(), false);
+  for (size_t j = 0; j < names.size(); ++j) {
+    const int f = fused_into[j];
+    if (f < 0) {
+      add_split(static_cast<int>(j));
+      continue;
+    }
+    if (done[f]) continue;
+    done[f] = true;
+    const FusedLinear& fusion = model.Fusions()[f];
+    std::vector<const QuantizedLinear*> parts;
+    for (int p : fusion.parts) {
+      if ((*layer.linears)[p]) parts.push_back(&*(*layer.linears)[p]);
+    }
+    std::optional<QuantizedLinear> fused;
+    if (packed && !parts.empty()) {
+      fused = parts.size() == fusion.parts.size() ? FuseQuantized(parts) : std::nullopt;
+      if (!fused) {  // parts quantized differently: they stay split
+        for (int p : fusion.parts) add_split(p);
+        continue;
+      }
+    }
+    auto cat = [&](const DecoderLayer& l, bool bias) {
+      std::vector<at::Tensor> ts;
+      for (int p : fusion.parts) ts.push_back(bias ? l.linears[p].bias : l.linears[p].weight);
+      return ts.front().defined() ? at::cat(ts, 0) : at::Tensor();
+    };
+    out.linear_names.push_back(fusion.name);
+    out.transformed.linears.push_back({cat(*layer.transformed, false), cat(*layer.transformed, true)});
+    out.quantized.linears.push_back({cat(*layer.quantized, false), cat(*layer.quantized, true)});
+    out.linears.push_back(std::move(fused));
+  }
+  return out;
+}
 
 absl::StatusOr<std::unique_ptr<ArtifactLayout>> MakeArtifactLayout(const std::string& name) {
   if (name == "gptq") return std::make_unique<GptqLayout>();

@@ -61,6 +61,29 @@ struct LayerToPack {
   const Checkpoint* checkpoint = nullptr;  // the input model (its stored dtypes)
 };
 
+// A layer in the checkpoint's own form, what the layouts pack: norm weights
+// as the checkpoint stores them (DecoderModel::StoredNorm) and the fused
+// projections fused again (DecoderModel::Fusions) under their stored names.
+// A fused projection's parts are concatenated by rows: their codes, scales,
+// zeros and dequantized weights (their g_idx must agree: they share one
+// input, so GPTQ's act-order permutation is the same). Parts quantized
+// differently (one float, per-input-channel AdaDim groups, MX beside
+// integers) cannot be one packed tensor: for a layout that packs quantized
+// weights (`packed`) they stay split under their own names (such artifacts
+// are qaas-format already); float layouts always fuse.
+struct CheckpointFormLayer {
+  std::vector<std::string> linear_names;
+  DecoderLayer transformed;
+  DecoderLayer quantized;
+  std::vector<std::optional<QuantizedLinear>> linears;
+  // A LayerToPack over this layer (valid while it lives).
+  LayerToPack View(const std::string& prefix, const Checkpoint* checkpoint) const {
+    return {prefix, &linear_names, &transformed, &quantized, &linears, checkpoint};
+  }
+};
+absl::StatusOr<CheckpointFormLayer> ToCheckpointForm(const DecoderModel& model, const LayerToPack& layer,
+                                                     bool packed);
+
 // What config.json says of the quantization, known once every layer is done.
 struct ArtifactSummary {
   Scheme scheme;
@@ -81,6 +104,9 @@ class ArtifactLayout {
   // A quantized linear's bias as the layout stores it: what the quantized
   // model must evaluate.
   virtual at::Tensor StoredBias(const QuantizedLinear& q, const at::Tensor& bias) const { return bias; }
+  // Whether PackLayer packs the quantized linears (LayerToPack::linears) or
+  // stores float weights only (see CheckpointFormLayer).
+  virtual bool PacksQuantized() const { return true; }
   virtual absl::StatusOr<std::vector<RawTensor>> PackLayer(const LayerToPack& layer) const = 0;
   // config.json (from the input model's) and the format the manifest names.
   virtual std::pair<nlohmann::json, std::string> Config(const nlohmann::json& original,

@@ -137,6 +137,8 @@ class Pipeline {
   absl::Status ReplayLayer(int i);
   // Writes the layer's checkpoints (each layout's, then state-<i>, which marks
   // it complete) and hands them to on_layer_saved.
+  // Writes the layer's packed files (in the checkpoint's form) and its resume
+  // state (as the forward holds it).
   absl::Status SaveLayer(int i, const LayerToPack& layer, const LayerRecord& record);
   std::string OutputPath(const std::string& relative) const { return o_.output_dir + "/" + relative; }
   absl::Status Assemble();
@@ -474,12 +476,12 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
   // GPTQ's "true sequential": group by group, each group's inputs gathered
   // with the groups before it already quantized and the activations quantized
   // as the layer will see them. Without it, one group of every linear.
-  std::vector<std::vector<int>> groups = model.SequentialGroups();
+  std::vector<LinearGroup> groups = model.SequentialGroups();
   if (!quantizer_->Sequential()) {
-    groups = {std::vector<int>(names.size())};
-    for (size_t j = 0; j < names.size(); ++j) groups[0][j] = static_cast<int>(j);
+    groups = {{"all", std::vector<int>(names.size())}};
+    for (size_t j = 0; j < names.size(); ++j) groups[0].linears[j] = static_cast<int>(j);
   }
-  for (const auto& group : groups) {
+  for (const auto& [group_name, group] : groups) {
     std::map<std::string, int> in_group;
     for (int j : group) in_group[names[j]] = j;
     std::vector<LinearToQuantize> linears(names.size());
@@ -513,6 +515,7 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
       LayerReport& report = out.reports[j];
       report.name = layer_prefix + names[j];
       report.method = quantizer_->name();
+      report.group = group_name;
       auto tq = Clock::now();
       auto q = quantizer_->Quantize(layer, linear, &report.details);
       if (!q.ok()) return Annotate(q.status(), report.name);
@@ -536,7 +539,11 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
 absl::Status Pipeline::SaveLayer(int i, const LayerToPack& layer, const LayerRecord& record) {
   std::vector<std::string> files;
   for (const auto& layout : layouts_) {
-    QAAS_ASSIGN_OR_RETURN(std::vector<RawTensor> packed, layout->PackLayer(layer));
+    // Each layout packs the layer in the checkpoint's form (Gemma's stored
+    // norms, Phi-3's fused projections).
+    QAAS_ASSIGN_OR_RETURN(const CheckpointFormLayer stored,
+                          ToCheckpointForm(*model_, layer, layout->PacksQuantized()));
+    QAAS_ASSIGN_OR_RETURN(std::vector<RawTensor> packed, layout->PackLayer(stored.View(layer.prefix, layer.checkpoint)));
     files.push_back(CheckpointFile(layout->checkpoint_stem(), i));
     QAAS_RETURN_IF_ERROR(WriteSafetensors(OutputPath(files.back()), packed));
   }

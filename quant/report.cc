@@ -28,6 +28,7 @@ nlohmann::json ToJson(const Report& r) {
                             {"method", l.method},
                             {"seconds", l.seconds},
                             {"relative_weight_error", l.relative_weight_error}};
+    if (!l.group.empty()) layer["group"] = l.group;
     if (!l.details.is_null()) layer["details"] = l.details;
     j["layers"].push_back(layer);
   }

@@ -17,6 +17,9 @@ struct LayerReport {
   double seconds = 0;
   double relative_weight_error = 0;  // ||W - Q(W)||_F / ||W||_F
   nlohmann::json details = nullptr;  // method specifics (GPTQ: damp, cholesky_retries, dead_columns)
+  // The sequential group it was quantized in (DecoderModel::SequentialGroups:
+  // "qkv", "o", "gate_up", "down"; "all" without true-sequential).
+  std::string group;
 };
 
 struct BlockReport {

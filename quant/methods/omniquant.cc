@@ -128,8 +128,8 @@ absl::StatusOr<DecoderLayer> ApplyLet(const DecoderModel& model, const DecoderLa
   if (let.qk_scale.defined()) {
     const ModelConfig& c = model.config();
     const QueryKeyLayout layout = model.QueryKey();
-    // Rotary models share one factor between channels i and i + d/2.
-    const at::Tensor s = layout.rotary ? at::cat({let.qk_scale, let.qk_scale}, -1) : let.qk_scale;
+    // Rotary models share one factor between the two channels of a rotated pair.
+    const at::Tensor s = layout.Expand(let.qk_scale);
     if (!layout.q_norm.empty()) {
       // q/k RMSNorms sit between the projections and RoPE: the scale goes
       // into their (head-shared) weights, [head_dim].
@@ -256,7 +256,7 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
     init(ActPoint::kMlpIn, mlp_in, &params.mlp_scale, &params.mlp_shift);
     const int64_t nkv = c.num_kv_heads, hd = c.head_dim;
     const QueryKeyLayout layout = model.QueryKey();
-    const int64_t per_head = layout.rotary ? hd / 2 : hd;
+    const int64_t per_head = layout.Factors(hd);
     params.qk_scale = Learnable(layout.q_norm.empty() ? at::zeros({nkv, per_head}, inputs.options())
                                                       : at::zeros({per_head}, inputs.options()));
   }

@@ -126,7 +126,7 @@ bool HarmlessKey(const std::string& key) {
       "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
       "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "chunk_size_feed_forward",
       "pruned_heads", "tf_legacy_loss", "use_bfloat16", "_attn_implementation_autoset", "is_decoder",
-      "cross_attention_hidden_size",
+      "cross_attention_hidden_size", "cache_implementation",
   };
   return kKeys.count(key) > 0;
 }
@@ -143,7 +143,8 @@ const std::map<std::string, json>& NeutralKeys() {
       {"attn_logit_softcapping", nullptr},
       {"final_logit_softcapping", nullptr},
       {"partial_rotary_factor", 1.0},
-      {"mlp_bias", false},  // families without a bias in the MLP
+      {"mlp_bias", false},         // families without a bias in the MLP
+      {"attention_bias", false},   // families without attention biases (Phi-3)
   };
   return *kKeys;
 }
@@ -159,6 +160,15 @@ const std::set<std::string>& FamilyKeys(const std::string& model_type) {
       {"mistral", {"sliding_window"}},
       {"qwen2", {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}},
       {"qwen3", {"attention_bias", "sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}},
+      {"gemma2", {"attention_bias", "sliding_window", "layer_types", "query_pre_attn_scalar", "attn_logit_softcapping",
+                  "final_logit_softcapping", "hidden_activation", "use_bidirectional_attention"}},
+      {"gemma3_text", {"attention_bias", "sliding_window", "layer_types", "query_pre_attn_scalar",
+                       "attn_logit_softcapping", "final_logit_softcapping", "hidden_activation",
+                       "use_bidirectional_attention", "rope_local_base_freq", "sliding_window_pattern",
+                       // Transformers 5 saves it beside layer_types, which decide (it reads only
+                       // sliding_window_pattern, and only without layer_types).
+                       "_sliding_window_pattern"}},
+      {"phi3", {"sliding_window", "original_max_position_embeddings", "partial_rotary_factor"}},
   };
   static const auto* kMerged = [] {
     auto* merged = new std::map<std::string, std::set<std::string>>;
@@ -201,109 +211,186 @@ absl::Status PositiveNumber(const json& j, const std::string& where, const char*
   return absl::OkStatus();
 }
 
+// One RoPE parameter object (rope_scaling, rope_parameters, or one of Gemma
+// 3's per-layer-type entries) into *theta / *s. `where` prefixes the keys in
+// errors ("rope_scaling.").
+absl::Status ParseRopeObject(const json& j, const json& r, const std::string& where, bool has_theta,
+                             const ModelConfig& c, double* theta, RopeScaling* s) {
+  if (!r.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: '", where.substr(0, where.size() - 1),
+                                                   "' must be an object"));
+  }
+  std::string type = "default";
+  for (const char* key : {"type", "rope_type"}) {
+    if (!r.contains(key)) continue;
+    if (!r[key].is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, key, "' must be a string"));
+    }
+    type = r[key].get<std::string>();
+  }
+  // Phi-3's configs name LongRoPE "su" (and "yarn"), which Transformers runs as longrope.
+  if (c.model_type == "phi3" && (type == "su" || type == "yarn")) type = "longrope";
+  static const std::map<std::string, std::set<std::string>> kTypeKeys = {
+      {"default", {}},
+      {"linear", {"factor"}},
+      {"dynamic", {"factor", "original_max_position_embeddings"}},
+      {"yarn", {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+                "attention_factor", "truncate"}},
+      {"longrope", {"factor", "original_max_position_embeddings", "short_factor", "long_factor", "attention_factor"}},
+      {"llama3", {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"}},
+  };
+  auto known = kTypeKeys.find(type);
+  if (known == kTypeKeys.end()) {
+    return absl::UnimplementedError(absl::StrCat("config.json: ", where.substr(0, where.size() - 1), " type '", type,
+                                                 "' is not supported (default, linear, dynamic, yarn, longrope, llama3)"));
+  }
+  for (const auto& [key, value] : r.items()) {
+    if (key == "type" || key == "rope_type" || known->second.count(key)) continue;
+    if (key == "rope_theta" && has_theta) continue;
+    if (key == "partial_rotary_factor" && has_theta) continue;  // read with the top-level key
+    return absl::UnimplementedError(
+        absl::StrCat("config.json: '", where, key, "' is not supported for rope type '", type, "'"));
+  }
+  s->type = type;
+  if (has_theta) QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "rope_theta", *theta));
+  QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "factor", s->factor));
+  if (type == "linear" || type == "dynamic" || type == "llama3") {
+    if (!r.contains("factor")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.json: '", where, "factor' is required for rope type '", type, "'"));
+    }
+    if (s->factor < 1.0) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, "factor' must be >= 1, got ", s->factor));
+    }
+  }
+  double original = 0;
+  QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "original_max_position_embeddings", original));
+  QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "low_freq_factor", s->low_freq_factor));
+  QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "high_freq_factor", s->high_freq_factor));
+  QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "beta_fast", s->beta_fast));
+  QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "beta_slow", s->beta_slow));
+  QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "mscale", s->mscale));
+  QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "mscale_all_dim", s->mscale_all_dim));
+  QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "attention_factor", s->attention_factor));
+  if (r.contains("truncate")) {
+    if (!r["truncate"].is_boolean()) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, "truncate' must be a boolean"));
+    }
+    s->truncate = r["truncate"].get<bool>();
+  }
+  if (type == "llama3" && !(s->high_freq_factor > s->low_freq_factor)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: '", where, "high_freq_factor' must exceed low_freq_factor"));
+  }
+  // Phi-3 keeps original_max_position_embeddings at the top level, and
+  // Transformers prefers it there.
+  double top = 0;
+  QAAS_RETURN_IF_ERROR(PositiveNumber(j, "", "original_max_position_embeddings", top));
+  s->original_max_position_embeddings = static_cast<int>(top > 0 ? top : original);
+  if (type == "longrope") {
+    // One factor per rotated frequency: rotary_dim / 2 of them.
+    for (auto [key, out] : {std::pair<const char*, std::vector<double>*>{"short_factor", &s->short_factor},
+                            {"long_factor", &s->long_factor}}) {
+      if (!r.contains(key) || !r[key].is_array() || r[key].size() * 2 != static_cast<size_t>(c.rotary_dim)) {
+        return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, key,
+                                                       "' must be a list of rotary_dim / 2 = ", c.rotary_dim / 2,
+                                                       " positive numbers"));
+      }
+      for (const json& v : r[key]) {
+        if (!v.is_number() || !(v.get<double>() > 0)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("config.json: '", where, key, "' holds ", v.dump(), ", not a positive number"));
+        }
+        out->push_back(v.get<double>());
+      }
+    }
+  }
+  if (s->original_max_position_embeddings == 0) s->original_max_position_embeddings = c.max_position_embeddings;
+  return absl::OkStatus();
+}
+
+// The fraction of each head RoPE rotates (Phi-3's partial_rotary_factor, at
+// the top level or in rope_parameters) into c->rotary_dim.
+absl::Status ParseRotaryDim(const json& j, ModelConfig* c) {
+  double factor = 1.0;
+  QAAS_RETURN_IF_ERROR(PositiveNumber(j, "", "partial_rotary_factor", factor));
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+    QAAS_RETURN_IF_ERROR(PositiveNumber(j["rope_parameters"], "rope_parameters.", "partial_rotary_factor", factor));
+  }
+  if (factor != 1.0 && c->model_type != "phi3") {
+    return absl::UnimplementedError(absl::StrCat("config.json: 'partial_rotary_factor' = ", factor,
+                                                 " is not supported for model_type '", c->model_type, "' (only 1.0)"));
+  }
+  if (factor > 1.0) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: 'partial_rotary_factor' must be in (0, 1], got ", factor));
+  }
+  c->rotary_dim = static_cast<int>(c->head_dim * factor);  // Transformers: int(head_dim * factor)
+  if (c->rotary_dim < 2 || c->rotary_dim % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: partial_rotary_factor ", factor, " of head_dim ",
+                                                   c->head_dim, " rotates ", c->rotary_dim,
+                                                   " channels; RoPE needs a positive even number"));
+  }
+  return absl::OkStatus();
+}
+
 // rope_scaling (or Transformers 5's rope_parameters, which also carries
-// rope_theta) into c->rope_scaling / c->rope_theta.
+// rope_theta) into c->rope_scaling / c->rope_theta; for Gemma 3 also the
+// sliding layers' local RoPE.
 absl::Status ParseRope(const json& j, ModelConfig* c) {
-  for (const char* field : {"rope_scaling", "rope_parameters"}) {
-    if (!j.contains(field) || j[field].is_null()) continue;
-    const json& r = j[field];
-    const std::string where = absl::StrCat(field, ".");
-    if (!r.is_object()) return absl::InvalidArgumentError(absl::StrCat("config.json: '", field, "' must be an object"));
-    std::string type = "default";
-    for (const char* key : {"type", "rope_type"}) {
-      if (!r.contains(key)) continue;
-      if (!r[key].is_string()) {
-        return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, key, "' must be a string"));
-      }
-      type = r[key].get<std::string>();
+  QAAS_RETURN_IF_ERROR(ParseRotaryDim(j, c));
+  if (c->model_type == "gemma3_text") {
+    // Two RoPEs: the global layers' (rope_theta, rope_scaling) and the
+    // sliding layers' (rope_local_base_freq, unscaled); Transformers 5 writes
+    // both as rope_parameters.{full_attention, sliding_attention}.
+    c->local_rope = true;
+    c->rope_theta = 1e6;  // Gemma3TextConfig's defaults
+    c->local_rope_theta = 1e4;
+    QAAS_RETURN_IF_ERROR(PositiveNumber(j, "", "rope_theta", c->rope_theta));
+    QAAS_RETURN_IF_ERROR(PositiveNumber(j, "", "rope_local_base_freq", c->local_rope_theta));
+    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+      QAAS_RETURN_IF_ERROR(
+          ParseRopeObject(j, j["rope_scaling"], "rope_scaling.", false, *c, &c->rope_theta, &c->rope_scaling));
     }
-    static const std::map<std::string, std::set<std::string>> kTypeKeys = {
-        {"default", {}},
-        {"linear", {"factor"}},
-        {"dynamic", {"factor", "original_max_position_embeddings"}},
-        {"yarn", {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
-                  "attention_factor", "truncate"}},
-        {"longrope", {"factor", "original_max_position_embeddings", "short_factor", "long_factor",
-                      "attention_factor"}},
-        {"llama3", {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"}},
-    };
-    auto known = kTypeKeys.find(type);
-    if (known == kTypeKeys.end()) {
-      return absl::UnimplementedError(absl::StrCat("config.json: ", field, " type '", type,
-                                                   "' is not supported (default, linear, dynamic, yarn, longrope, "
-                                                   "llama3)"));
-    }
-    for (const auto& [key, value] : r.items()) {
-      if (key == "type" || key == "rope_type" || known->second.count(key)) continue;
-      if (key == "rope_theta" && std::string(field) == "rope_parameters") continue;
-      return absl::UnimplementedError(
-          absl::StrCat("config.json: '", where, key, "' is not supported for rope type '", type, "'"));
-    }
-    RopeScaling& s = c->rope_scaling;
-    s.type = type;
-    if (std::string(field) == "rope_parameters") QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "rope_theta", c->rope_theta));
-    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "factor", s.factor));
-    if (type == "linear" || type == "dynamic" || type == "llama3") {
-      if (!r.contains("factor")) {
-        return absl::InvalidArgumentError(absl::StrCat("config.json: '", where,
-                                                       "factor' is required for rope type '", type, "'"));
-      }
-      if (s.factor < 1.0) {
-        return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, "factor' must be >= 1, got ",
-                                                       s.factor));
-      }
-    }
-    double original = 0;
-    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "original_max_position_embeddings", original));
-    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "low_freq_factor", s.low_freq_factor));
-    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "high_freq_factor", s.high_freq_factor));
-    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "beta_fast", s.beta_fast));
-    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "beta_slow", s.beta_slow));
-    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "mscale", s.mscale));
-    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "mscale_all_dim", s.mscale_all_dim));
-    QAAS_RETURN_IF_ERROR(PositiveNumber(r, where, "attention_factor", s.attention_factor));
-    if (r.contains("truncate")) {
-      if (!r["truncate"].is_boolean()) {
-        return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, "truncate' must be a boolean"));
-      }
-      s.truncate = r["truncate"].get<bool>();
-    }
-    if (type == "llama3" && !(s.high_freq_factor > s.low_freq_factor)) {
-      return absl::InvalidArgumentError(absl::StrCat("config.json: '", where,
-                                                     "high_freq_factor' must exceed low_freq_factor"));
-    }
-    // Phi-3 keeps original_max_position_embeddings at the top level, and
-    // Transformers prefers it there.
-    double top = 0;
-    QAAS_RETURN_IF_ERROR(PositiveNumber(j, "", "original_max_position_embeddings", top));
-    s.original_max_position_embeddings = static_cast<int>(top > 0 ? top : original);
-    if (type == "longrope") {
-      for (auto [key, out] : {std::pair<const char*, std::vector<double>*>{"short_factor", &s.short_factor},
-                              {"long_factor", &s.long_factor}}) {
-        if (!r.contains(key) || !r[key].is_array() || r[key].size() * 2 != static_cast<size_t>(c->head_dim)) {
-          return absl::InvalidArgumentError(absl::StrCat("config.json: '", where, key,
-                                                         "' must be a list of head_dim / 2 = ", c->head_dim / 2,
-                                                         " positive numbers"));
-        }
-        for (const json& v : r[key]) {
-          if (!v.is_number() || !(v.get<double>() > 0)) {
-            return absl::InvalidArgumentError(
-                absl::StrCat("config.json: '", where, key, "' holds ", v.dump(), ", not a positive number"));
-          }
-          out->push_back(v.get<double>());
+    if (j.contains("rope_parameters") && !j["rope_parameters"].is_null()) {
+      const json& r = j["rope_parameters"];
+      if (!r.is_object()) return absl::InvalidArgumentError("config.json: 'rope_parameters' must be an object");
+      for (const auto& [key, value] : r.items()) {
+        if (key == "full_attention") {
+          QAAS_RETURN_IF_ERROR(ParseRopeObject(j, value, "rope_parameters.full_attention.", true, *c, &c->rope_theta,
+                                               &c->rope_scaling));
+        } else if (key == "sliding_attention") {
+          QAAS_RETURN_IF_ERROR(ParseRopeObject(j, value, "rope_parameters.sliding_attention.", true, *c,
+                                               &c->local_rope_theta, &c->local_rope_scaling));
+        } else {
+          return absl::UnimplementedError(absl::StrCat("config.json: 'rope_parameters.", key,
+                                                       "' is not supported (full_attention, sliding_attention)"));
         }
       }
     }
-    if (s.original_max_position_embeddings == 0) s.original_max_position_embeddings = c->max_position_embeddings;
+    if (c->local_rope_scaling.original_max_position_embeddings == 0) {
+      c->local_rope_scaling.original_max_position_embeddings = c->max_position_embeddings;
+    }
+  } else {
+    for (const char* field : {"rope_scaling", "rope_parameters"}) {
+      if (!j.contains(field) || j[field].is_null()) continue;
+      QAAS_RETURN_IF_ERROR(ParseRopeObject(j, j[field], absl::StrCat(field, "."),
+                                           std::string(field) == "rope_parameters", *c, &c->rope_theta,
+                                           &c->rope_scaling));
+    }
+  }
+  if (c->rope_scaling.original_max_position_embeddings == 0) {
+    c->rope_scaling.original_max_position_embeddings = c->max_position_embeddings;
   }
   return absl::OkStatus();
 }
 
 // Which layers attend through a sliding window, per family.
 absl::Status ParseSlidingWindow(const json& j, ModelConfig* c) {
-  int window = 0;
-  if (j.contains("sliding_window") && !j["sliding_window"].is_null()) {
-    QAAS_RETURN_IF_ERROR(GetInt(j, "sliding_window", true, window));
+  const bool gemma = c->model_type == "gemma2" || c->model_type == "gemma3_text";
+  int window = gemma ? 4096 : 0;  // Gemma2Config / Gemma3TextConfig default sliding_window
+  if (j.contains("sliding_window")) {
+    window = 0;
+    if (!j["sliding_window"].is_null()) QAAS_RETURN_IF_ERROR(GetInt(j, "sliding_window", true, window));
   }
   if (window == 0) {
     if (j.contains("layer_types") && j["layer_types"].is_array()) {
@@ -317,7 +404,7 @@ absl::Status ParseSlidingWindow(const json& j, ModelConfig* c) {
     return absl::OkStatus();
   }
   std::vector<bool> sliding(c->num_layers, false);
-  if (c->model_type == "mistral") {
+  if (c->model_type == "mistral" || c->model_type == "phi3") {
     sliding.assign(c->num_layers, true);
   } else if (j.contains("layer_types") && !j["layer_types"].is_null()) {
     const json& types = j["layer_types"];
@@ -333,6 +420,12 @@ absl::Status ParseSlidingWindow(const json& j, ModelConfig* c) {
                                                      " is not supported (full_attention, sliding_attention)"));
       }
     }
+  } else if (gemma) {
+    // Without layer_types: every `pattern`-th layer is global, the others
+    // slide (Gemma 2 alternates; Gemma 3's sliding_window_pattern, 6).
+    int pattern = c->model_type == "gemma2" ? 2 : 6;
+    if (c->model_type == "gemma3_text") QAAS_RETURN_IF_ERROR(GetInt(j, "sliding_window_pattern", false, pattern));
+    for (int i = 0; i < c->num_layers; ++i) sliding[i] = (i + 1) % pattern != 0;
   } else {
     bool use = false;
     QAAS_RETURN_IF_ERROR(GetBool(j, "use_sliding_window", use));
@@ -352,6 +445,51 @@ absl::Status ParseSlidingWindow(const json& j, ModelConfig* c) {
   return absl::OkStatus();
 }
 
+// A soft-cap value: absent -> `fallback`, null -> none (0), else positive.
+absl::Status GetSoftcap(const json& j, const char* key, double fallback, double& out) {
+  out = fallback;
+  if (!j.contains(key)) return absl::OkStatus();
+  out = 0;
+  return PositiveNumber(j, "", key, out);
+}
+
+// Gemma 2 / Gemma 3: (1 + w) norms, sandwich norms, GELU-tanh, embeddings
+// scaled by sqrt(hidden) in the model dtype, query_pre_attn_scalar, soft-caps.
+absl::Status ParseGemma(const json& j, ModelConfig* c) {
+  c->norm_weight_offset = 1.0;
+  c->sandwich_norms = true;
+  c->qk_norm = c->model_type == "gemma3_text";
+  c->activation = "gelu_pytorch_tanh";
+  if (j.contains("hidden_activation") && !j["hidden_activation"].is_null()) {
+    if (j["hidden_activation"] != "gelu_pytorch_tanh") {
+      return absl::UnimplementedError(absl::StrCat("config.json: hidden_activation ", j["hidden_activation"].dump(),
+                                                   " is not supported (gelu_pytorch_tanh)"));
+    }
+  }
+  double scalar = 256;  // query_pre_attn_scalar's default in both configs
+  QAAS_RETURN_IF_ERROR(PositiveNumber(j, "", "query_pre_attn_scalar", scalar));
+  c->attention_scale = 1.0 / std::sqrt(scalar);
+  const bool gemma2 = c->model_type == "gemma2";
+  QAAS_RETURN_IF_ERROR(GetSoftcap(j, "attn_logit_softcapping", gemma2 ? 50.0 : 0.0, c->attn_logit_softcap));
+  QAAS_RETURN_IF_ERROR(GetSoftcap(j, "final_logit_softcapping", gemma2 ? 30.0 : 0.0, c->final_logit_softcap));
+  if (j.contains("use_bidirectional_attention") && !j["use_bidirectional_attention"].is_null() &&
+      j["use_bidirectional_attention"] != false) {
+    return absl::UnimplementedError("config.json: 'use_bidirectional_attention' = true is not supported (causal only)");
+  }
+  // sqrt(hidden_size) as a float32 tensor cast to the model's dtype
+  // (Transformers' embed_scale.to(weight.dtype)): rounded to float32's 24
+  // significant bits, then bfloat16's 8 or float16's 11, to nearest even.
+  auto round_to_bits = [](double x, int bits) {
+    int e = 0;
+    const double m = std::frexp(x, &e);
+    return std::ldexp(std::nearbyint(std::ldexp(m, bits)), e - bits);
+  };
+  c->embed_scale = round_to_bits(std::sqrt(static_cast<double>(c->hidden_size)), 24);
+  if (c->torch_dtype == "bfloat16") c->embed_scale = round_to_bits(c->embed_scale, 8);
+  if (c->torch_dtype == "float16") c->embed_scale = round_to_bits(c->embed_scale, 11);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
@@ -366,12 +504,24 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   }
   c.model_type = j["model_type"].get<std::string>();
   if (c.model_type == "opt") return ParseOptConfig(j, std::move(c));
-  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3") {
-    return absl::UnimplementedError(absl::StrCat("config.json: model_type '", c.model_type,
-                                                 "' is not supported (llama, mistral, qwen2, qwen3, opt)"));
+  static const std::set<std::string> kLlamaLike = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text",
+                                                   "phi3"};
+  if (!kLlamaLike.count(c.model_type)) {
+    std::string hint;
+    if (c.model_type == "gemma3") hint = " (the multimodal Gemma 3; its text model, model_type gemma3_text, is)";
+    return absl::UnimplementedError(absl::StrCat(
+        "config.json: model_type '", c.model_type,
+        "' is not supported (llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, opt)", hint));
   }
   QAAS_RETURN_IF_ERROR(CheckKeys(j, c.model_type));
   c.architecture = "llama";
+  const bool gemma = c.model_type == "gemma2" || c.model_type == "gemma3_text";
+  // transformers 5 writes "dtype", earlier versions "torch_dtype" (preferred when both are there).
+  for (const char* key : {"dtype", "torch_dtype"}) {
+    if (j.contains(key) && j[key].is_string()) c.torch_dtype = j[key].get<std::string>();
+  }
+  if (gemma) c.head_dim = 256;  // the configs' default
+  if (c.model_type == "phi3") c.rms_norm_eps = 1e-5;
   for (auto [key, out, required] :
        {std::tuple<const char*, int*, bool>{"hidden_size", &c.hidden_size, true},
         {"intermediate_size", &c.intermediate_size, true},
@@ -403,30 +553,31 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   QAAS_RETURN_IF_ERROR(PositiveNumber(j, "", "rms_norm_eps", c.rms_norm_eps));
   QAAS_RETURN_IF_ERROR(PositiveNumber(j, "", "rope_theta", c.rope_theta));
   QAAS_RETURN_IF_ERROR(ParseRope(j, &c));
+  c.tie_word_embeddings = gemma;  // Gemma ties by default, the others do not
   QAAS_RETURN_IF_ERROR(GetBool(j, "tie_word_embeddings", c.tie_word_embeddings));
   // Per family: which linears carry biases, q/k norms.
   if (c.model_type == "qwen2") {
     c.attention_bias = true;  // q/k/v; o_proj has none
-  } else {
+  } else if (c.model_type != "phi3" && c.model_type != "mistral") {
     QAAS_RETURN_IF_ERROR(GetBool(j, "attention_bias", c.attention_bias));
     c.attention_out_bias = c.attention_bias;
   }
   QAAS_RETURN_IF_ERROR(GetBool(j, "mlp_bias", c.mlp_bias));
   c.qk_norm = c.model_type == "qwen3";
+  c.fused_qkv = c.fused_gate_up = c.model_type == "phi3";
   QAAS_RETURN_IF_ERROR(ParseSlidingWindow(j, &c));
-  if (j.contains("hidden_act") && j["hidden_act"] != "silu") {
+  if (gemma) {
+    QAAS_RETURN_IF_ERROR(ParseGemma(j, &c));  // Gemma's MLP reads hidden_activation, not hidden_act
+  } else if (j.contains("hidden_act") && j["hidden_act"] != "silu") {
     return absl::UnimplementedError(
         absl::StrCat("config.json: hidden_act ", j["hidden_act"].dump(), " is not supported (silu)"));
   }
+  if (c.attention_scale == 0) c.attention_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
   if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer()) {
     c.bos_token_id = j["bos_token_id"].get<int>();
   }
   if (j.contains("eos_token_id") && j["eos_token_id"].is_number_integer()) {
     c.eos_token_id = j["eos_token_id"].get<int>();
-  }
-  // transformers 5 writes "dtype", earlier versions "torch_dtype" (preferred when both are there).
-  for (const char* key : {"dtype", "torch_dtype"}) {
-    if (j.contains(key) && j[key].is_string()) c.torch_dtype = j[key].get<std::string>();
   }
   return c;
 }

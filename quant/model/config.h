@@ -1,6 +1,6 @@
 // config.json of a Hugging Face causal LM we run: the LLaMA-like families
-// (model_type llama, mistral, qwen2, qwen3: one forward with per-family
-// features) and OPT.
+// (model_type llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3: one
+// forward with per-family features) and OPT.
 //
 // Nothing in a config is silently ignored: every key is either read (and
 // changes the computation as Transformers' does), or on an explicit list of
@@ -48,7 +48,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string model_type;    // "llama", "mistral", "qwen2", "qwen3" or "opt"
+  std::string model_type;    // "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3" or "opt"
   std::string architecture;  // the forward to run: "llama" (the LLaMA-like families) or "opt"
   int hidden_size = 0;
   int intermediate_size = 0;  // OPT: ffn_dim
@@ -61,6 +61,15 @@ struct ModelConfig {
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
+  // The channels of a head RoPE rotates: the first rotary_dim (pairs i and
+  // i + rotary_dim / 2); the rest pass through (Phi-3's partial_rotary_factor).
+  // head_dim unless the config says otherwise.
+  int rotary_dim = 0;
+  // Gemma 3: the sliding-window layers' own RoPE (rope_local_base_freq, or
+  // rope_parameters.sliding_attention); the global layers use the above.
+  bool local_rope = false;
+  double local_rope_theta = 10000.0;
+  RopeScaling local_rope_scaling;
   bool tie_word_embeddings = false;
   bool attention_bias = false;      // q/k/v (and o unless attention_out_bias says otherwise); OPT: enable_bias
   bool attention_out_bias = false;  // o_proj (Qwen2: q/k/v biased, o not)
@@ -73,7 +82,32 @@ struct ModelConfig {
   // every layer; Qwen2/3's on layers >= max_window_layers when
   // use_sliding_window). Empty: full attention everywhere.
   std::vector<int> layer_window;
-  std::string activation = "silu";  // hidden_act; OPT: activation_function ("relu")
+  std::string activation = "silu";  // hidden_act ("silu"; Gemma: hidden_activation "gelu_pytorch_tanh"); OPT: "relu"
+  // Gemma: every RMSNorm multiplies by (1 + w) where the checkpoint stores w.
+  // Layers hold the factor 1 + w (norm_weight_offset = 1); export subtracts it.
+  double norm_weight_offset = 0.0;
+  // Gemma 2/3: the attention and MLP outputs are normalized before their
+  // residuals (post_attention_layernorm, post_feedforward_layernorm) and the
+  // MLP reads pre_feedforward_layernorm.
+  bool sandwich_norms = false;
+  // Embeddings are multiplied by this (Gemma: sqrt(hidden_size), rounded to
+  // the model's dtype as Transformers computes it).
+  double embed_scale = 1.0;
+  // Attention scores are q k^T * attention_scale (head_dim^-0.5; Gemma:
+  // query_pre_attn_scalar^-0.5).
+  double attention_scale = 0.0;
+  // Soft-capping cap * tanh(x / cap) of the attention scores and of the
+  // output logits (Gemma 2); 0: none.
+  double attn_logit_softcap = 0.0;
+  double final_logit_softcap = 0.0;
+  // Phi-3 stores q/k/v as one self_attn.qkv_proj and gate/up as one
+  // mlp.gate_up_proj. They are split on load (each part quantized as its own
+  // linear: rows are independent for every quantizer we run, and the parts
+  // share their input, so the result equals quantizing the fused matrix) and
+  // re-fused on export under the checkpoint's names (with per-tensor weight
+  // scales each part keeps its own scale).
+  bool fused_qkv = false;
+  bool fused_gate_up = false;
   // OPT only. We run the pre-LayerNorm variant without embedding projections
   // (every OPT but opt-350m); the others are Unimplemented at parse time.
   bool do_layer_norm_before = true;

@@ -37,6 +37,13 @@ DecoderLayer DecoderLayer::To(const at::Device& device) const {
   return out;
 }
 
+at::Tensor QueryKeyLayout::Expand(const at::Tensor& s) const {
+  if (rotary_dim == 0) return s;
+  const int64_t half = rotary_dim / 2;
+  const at::Tensor pairs = s.narrow(-1, 0, half);
+  return at::cat({pairs, pairs, s.narrow(-1, half, s.size(-1) - half)}, -1);
+}
+
 at::Tensor ForwardBatched(const DecoderModel& model, const DecoderLayer& layer, const at::Tensor& hidden, int batch,
                           const LinearInputHook& hook) {
   std::vector<at::Tensor> outs;
@@ -64,9 +71,14 @@ class LlamaModel : public DecoderModel {
   }
 
   const std::vector<std::string>& LinearNames() const override { return LlamaLinearNames(); }
-  const std::vector<std::vector<int>>& SequentialGroups() const override {
-    static const std::vector<std::vector<int>> kGroups = {{0, 1, 2}, {3}, {4, 5}, {6}};
+  const std::vector<LinearGroup>& SequentialGroups() const override {
+    static const std::vector<LinearGroup> kGroups = {{"qkv", {0, 1, 2}}, {"o", {3}}, {"gate_up", {4, 5}}, {"down", {6}}};
     return kGroups;
+  }
+  const std::vector<FusedLinear>& Fusions() const override {
+    static const std::vector<FusedLinear> kNone, kPhi3 = {{"self_attn.qkv_proj", {0, 1, 2}},
+                                                          {"mlp.gate_up_proj", {4, 5}}};
+    return config_.fused_qkv ? kPhi3 : kNone;  // ParseModelConfig sets both or neither
   }
   AdaDimBlock DecidingBlock(int j) const override {
     if (j <= 2) return AdaDimBlock::kAttention;
@@ -82,12 +94,18 @@ class LlamaModel : public DecoderModel {
     return kProducers[static_cast<int>(p)];
   }
   BlockNorm NormOf(ActPoint p) const override {
-    if (p == ActPoint::kAttnIn) return {"input_layernorm.weight", "", "input_layernorm.reorder_index"};
-    return {"post_attention_layernorm.weight", "", "post_attention_layernorm.reorder_index"};
+    const LlamaNormNames n = NormNamesOf(config_);
+    const std::string& weight = p == ActPoint::kAttnIn ? n.attn_in : n.mlp_in;
+    return {weight, "", ReorderName(weight)};
+  }
+  at::Tensor StoredNorm(const std::string& name, const at::Tensor& t) const override {
+    const double offset = config_.norm_weight_offset;
+    const bool weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
+    return offset != 0 && weight && at::is_floating_point(t) ? t - offset : t;
   }
   QueryKeyLayout QueryKey() const override {
     QueryKeyLayout layout;
-    layout.rotary = true;
+    layout.rotary_dim = config_.rotary_dim;
     if (config_.qk_norm) {
       layout.q_norm = "self_attn.q_norm.weight";
       layout.k_norm = "self_attn.k_norm.weight";
@@ -106,10 +124,13 @@ class LlamaModel : public DecoderModel {
 
   absl::StatusOr<DecoderLayer> LoadLayer(int index) const override {
     QAAS_ASSIGN_OR_RETURN(auto layer, LoadLlamaLayer(ck_, index));
+    const LlamaNormNames n = NormNamesOf(config_);
     DecoderLayer out;
     out.index = index;
-    out.norms = {{"input_layernorm.weight", layer.input_norm},
-                 {"post_attention_layernorm.weight", layer.post_norm}};
+    out.norms = {{n.attn_in, layer.input_norm}};
+    if (layer.attn_out_norm.defined()) out.norms.emplace_back(n.attn_out, layer.attn_out_norm);
+    out.norms.emplace_back(n.mlp_in, layer.post_norm);
+    if (layer.mlp_out_norm.defined()) out.norms.emplace_back(n.mlp_out, layer.mlp_out_norm);
     if (layer.q_norm.defined()) {
       out.norms.emplace_back("self_attn.q_norm.weight", layer.q_norm);
       out.norms.emplace_back("self_attn.k_norm.weight", layer.k_norm);
@@ -119,7 +140,8 @@ class LlamaModel : public DecoderModel {
   }
 
   at::Tensor Embed(const at::Tensor& ids) const override {
-    return at::embedding(head_.embed, ids.to(head_.embed.device()));
+    at::Tensor e = at::embedding(head_.embed, ids.to(head_.embed.device()));
+    return config_.embed_scale != 1.0 ? e * config_.embed_scale : e;  // Gemma: x sqrt(hidden)
   }
   at::Tensor AttentionForward(const DecoderLayer& l, const at::Tensor& hidden,
                               const LinearInputHook& hook) const override {
@@ -134,19 +156,33 @@ class LlamaModel : public DecoderModel {
     return LlamaLayerForward(AsLlama(l), config_, rope_, hidden, hook);
   }
   at::Tensor Logits(const at::Tensor& hidden) const override {
-    return at::matmul(RmsNorm(hidden, head_.final_norm, config_.rms_norm_eps), head_.lm_head.t());
+    at::Tensor logits = at::matmul(RmsNorm(hidden, head_.final_norm, config_.rms_norm_eps), head_.lm_head.t());
+    if (config_.final_logit_softcap > 0) {  // Gemma 2: cap * tanh(logits / cap)
+      logits = at::tanh(logits / config_.final_logit_softcap) * config_.final_logit_softcap;
+    }
+    return logits;
   }
 
  private:
-  static LlamaLayer AsLlama(const DecoderLayer& l) {
+  // "input_layernorm.weight" -> "input_layernorm.reorder_index"
+  static std::string ReorderName(const std::string& weight) {
+    return weight.substr(0, weight.rfind('.')) + ".reorder_index";
+  }
+
+  LlamaLayer AsLlama(const DecoderLayer& l) const {
+    const LlamaNormNames n = NormNamesOf(config_);
     LlamaLayer out;
     out.index = l.index;
-    out.input_norm = l.norm("input_layernorm.weight");
+    out.input_norm = l.norm(n.attn_in);
     out.q_norm = l.norm("self_attn.q_norm.weight");
     out.k_norm = l.norm("self_attn.k_norm.weight");
-    out.post_norm = l.norm("post_attention_layernorm.weight");
-    out.input_reorder = l.norm("input_layernorm.reorder_index");
-    out.post_reorder = l.norm("post_attention_layernorm.reorder_index");
+    out.post_norm = l.norm(n.mlp_in);
+    if (config_.sandwich_norms) {
+      out.attn_out_norm = l.norm(n.attn_out);
+      out.mlp_out_norm = l.norm(n.mlp_out);
+    }
+    out.input_reorder = l.norm(ReorderName(n.attn_in));
+    out.post_reorder = l.norm(ReorderName(n.mlp_in));
     out.linears = l.linears;
     out.act = l.act;
     return out;
@@ -178,9 +214,13 @@ class OptModel : public DecoderModel {
   }
 
   const std::vector<std::string>& LinearNames() const override { return OptLinearNames(); }
-  const std::vector<std::vector<int>>& SequentialGroups() const override {
-    static const std::vector<std::vector<int>> kGroups = {{0, 1, 2}, {3}, {4}, {5}};
+  const std::vector<LinearGroup>& SequentialGroups() const override {
+    static const std::vector<LinearGroup> kGroups = {{"qkv", {0, 1, 2}}, {"out", {3}}, {"fc1", {4}}, {"fc2", {5}}};
     return kGroups;
+  }
+  const std::vector<FusedLinear>& Fusions() const override {
+    static const std::vector<FusedLinear> kNone;
+    return kNone;
   }
   AdaDimBlock DecidingBlock(int j) const override {
     if (j <= 2) return AdaDimBlock::kAttention;
@@ -200,6 +240,7 @@ class OptModel : public DecoderModel {
     if (!config_.layer_norm_elementwise_affine) return {"", "", n + ".reorder_index"};
     return {n + ".weight", n + ".bias", n + ".reorder_index"};
   }
+  at::Tensor StoredNorm(const std::string&, const at::Tensor& t) const override { return t; }
   QueryKeyLayout QueryKey() const override { return {}; }  // learned positions: no rotary, no q/k norms
   const ModelConfig& config() const override { return config_; }
   std::string LayerPrefix(int index) const override { return OptLayerPrefix(ck_, index); }

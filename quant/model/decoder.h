@@ -60,16 +60,40 @@ struct BlockNorm {
 // unchanged only if s commutes with everything between the projections and
 // the product).
 struct QueryKeyLayout {
-  // RoPE rotates channel i with channel i + head_dim / 2 by one angle, so a
-  // scale must be equal on both (s of shape [kv_heads, head_dim / 2]).
-  bool rotary = false;
-  // Per-head RMSNorms of q and k before RoPE (Qwen3), by tensor names
-  // relative to the layer prefix; empty when there are none. A norm makes a
-  // row scale of q_proj / k_proj vanish, so the scale goes into the norms'
-  // weights instead, which are shared by the heads: s of shape
-  // [head_dim / 2] (rotary) or [head_dim].
+  // RoPE rotates channel i with channel i + rotary_dim / 2 (i < rotary_dim /
+  // 2) by one angle, so a scale must be equal on both; channels from
+  // rotary_dim on (Phi-3's partial rotary) pass unrotated and take their own.
+  // 0: no RoPE.
+  int64_t rotary_dim = 0;
+  // Per-head RMSNorms of q and k before RoPE (Qwen3, Gemma 3), by tensor
+  // names relative to the layer prefix; empty when there are none. A norm
+  // makes a row scale of q_proj / k_proj vanish, so the scale goes into the
+  // norms' weights instead, which are shared by the heads: s of shape
+  // [Factors(head_dim)] rather than [kv_heads, Factors(head_dim)].
   std::string q_norm;
   std::string k_norm;
+
+  // Independent factors per head of head_dim channels.
+  int64_t Factors(int64_t head_dim) const { return head_dim - rotary_dim / 2; }
+  // s [..., Factors(head_dim)] -> [..., head_dim]: each rotated pair's factor
+  // on both its channels, then the unrotated channels' own.
+  at::Tensor Expand(const at::Tensor& s) const;
+};
+
+// A group of a layer's linears quantized together (GPTQ's "true
+// sequential"): they share one input, and the groups run in the order the
+// layer's forward consumes them.
+struct LinearGroup {
+  std::string name;          // "qkv", "o", "gate_up", "down" (OPT: "fc1", "fc2")
+  std::vector<int> linears;  // indices into LinearNames()
+};
+
+// A projection the checkpoint stores fused (Phi-3's qkv_proj, gate_up_proj):
+// its name relative to the layer prefix and the linears it concatenates by
+// rows, in order.
+struct FusedLinear {
+  std::string name;       // "self_attn.qkv_proj"
+  std::vector<int> parts;  // indices into LinearNames()
 };
 
 // A decoder-only model read from a checkpoint. Holds the head (embeddings,
@@ -89,9 +113,12 @@ class DecoderModel {
 
   // The linears of a layer by their Hugging Face names relative to LayerPrefix().
   virtual const std::vector<std::string>& LinearNames() const = 0;
-  // GPTQ's "true sequential" groups: indices into LinearNames(), in the order
-  // a layer's forward consumes them; linears of a group share one input.
-  virtual const std::vector<std::vector<int>>& SequentialGroups() const = 0;
+  // GPTQ's "true sequential" groups, in the order a layer's forward
+  // consumes them.
+  virtual const std::vector<LinearGroup>& SequentialGroups() const = 0;
+  // The checkpoint's fused projections (empty: every linear is stored as
+  // LinearNames() names it).
+  virtual const std::vector<FusedLinear>& Fusions() const = 0;
   virtual AdaDimBlock DecidingBlock(int linear) const = 0;
   // The linears whose input is activation point p (indices into LinearNames()).
   virtual const std::vector<int>& ConsumersOf(ActPoint p) const = 0;
@@ -99,8 +126,14 @@ class DecoderModel {
   // kAttnOut (per head), the MLP's input projections for kMlpHidden; empty for
   // the norm-fed points.
   virtual const std::vector<int>& ProducersOf(ActPoint p) const = 0;
-  // The norm feeding kAttnIn or kMlpIn.
+  // The norm feeding kAttnIn or kMlpIn. Layers hold norm weights as the
+  // factors the norms multiply by, so folding a scale into one is the same
+  // for every family; StoredNorm() turns a factor back into the checkpoint's
+  // form.
   virtual BlockNorm NormOf(ActPoint p) const = 0;
+  // A layer norm tensor (a DecoderLayer::norms entry) as the checkpoint
+  // stores it: Gemma's w = factor - 1; the others as they are.
+  virtual at::Tensor StoredNorm(const std::string& name, const at::Tensor& t) const = 0;
   virtual QueryKeyLayout QueryKey() const = 0;
   virtual const ModelConfig& config() const = 0;
   // "model.layers.<i>." (LLaMA), "model.decoder.layers.<i>." (OPT).

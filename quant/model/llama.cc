@@ -47,34 +47,77 @@ const Linear& LlamaLayer::linear(const std::string& name) const {
 LlamaLayer LlamaLayer::To(const at::Device& device) const {
   LlamaLayer out;
   out.index = index;
-  out.input_norm = input_norm.to(device);
-  out.post_norm = post_norm.to(device);
-  if (q_norm.defined()) out.q_norm = q_norm.to(device);
-  if (k_norm.defined()) out.k_norm = k_norm.to(device);
-  if (input_reorder.defined()) out.input_reorder = input_reorder.to(device);
-  if (post_reorder.defined()) out.post_reorder = post_reorder.to(device);
+  auto to = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
+  out.input_norm = to(input_norm);
+  out.post_norm = to(post_norm);
+  out.attn_out_norm = to(attn_out_norm);
+  out.mlp_out_norm = to(mlp_out_norm);
+  out.q_norm = to(q_norm);
+  out.k_norm = to(k_norm);
+  out.input_reorder = to(input_reorder);
+  out.post_reorder = to(post_reorder);
   if (act) out.act = std::make_shared<const LayerActQuant>(act->To(device));
-  for (const auto& l : linears) {
-    out.linears.push_back({l.weight.to(device), l.bias.defined() ? l.bias.to(device) : l.bias});
-  }
+  for (const auto& l : linears) out.linears.push_back({to(l.weight), to(l.bias)});
   return out;
 }
+
+LlamaNormNames NormNamesOf(const ModelConfig& c) {
+  if (c.sandwich_norms) {
+    return {"input_layernorm.weight", "pre_feedforward_layernorm.weight", "post_attention_layernorm.weight",
+            "post_feedforward_layernorm.weight"};
+  }
+  return {"input_layernorm.weight", "post_attention_layernorm.weight", "", ""};
+}
+
+namespace {
+
+// A norm's weight as the forward multiplies by it: Gemma stores w for 1 + w.
+absl::StatusOr<at::Tensor> LoadNorm(const Checkpoint& ck, const std::string& name, int64_t size) {
+  QAAS_ASSIGN_OR_RETURN(at::Tensor w, ck.Load(name, {size}));
+  const double offset = ck.config().norm_weight_offset;
+  return offset != 0 ? w + offset : w;
+}
+
+}  // namespace
 
 absl::StatusOr<LlamaLayer> LoadLlamaLayer(const Checkpoint& ck, int index) {
   const ModelConfig& c = ck.config();
   const std::string prefix = LayerPrefix(index);
+  const LlamaNormNames norms = NormNamesOf(c);
   LlamaLayer layer;
   layer.index = index;
-  QAAS_ASSIGN_OR_RETURN(layer.input_norm, ck.Load(prefix + "input_layernorm.weight", {c.hidden_size}));
-  QAAS_ASSIGN_OR_RETURN(layer.post_norm, ck.Load(prefix + "post_attention_layernorm.weight", {c.hidden_size}));
+  QAAS_ASSIGN_OR_RETURN(layer.input_norm, LoadNorm(ck, prefix + norms.attn_in, c.hidden_size));
+  QAAS_ASSIGN_OR_RETURN(layer.post_norm, LoadNorm(ck, prefix + norms.mlp_in, c.hidden_size));
+  if (c.sandwich_norms) {
+    QAAS_ASSIGN_OR_RETURN(layer.attn_out_norm, LoadNorm(ck, prefix + norms.attn_out, c.hidden_size));
+    QAAS_ASSIGN_OR_RETURN(layer.mlp_out_norm, LoadNorm(ck, prefix + norms.mlp_out, c.hidden_size));
+  }
   if (c.qk_norm) {
-    QAAS_ASSIGN_OR_RETURN(layer.q_norm, ck.Load(prefix + "self_attn.q_norm.weight", {c.head_dim}));
-    QAAS_ASSIGN_OR_RETURN(layer.k_norm, ck.Load(prefix + "self_attn.k_norm.weight", {c.head_dim}));
+    QAAS_ASSIGN_OR_RETURN(layer.q_norm, LoadNorm(ck, prefix + "self_attn.q_norm.weight", c.head_dim));
+    QAAS_ASSIGN_OR_RETURN(layer.k_norm, LoadNorm(ck, prefix + "self_attn.k_norm.weight", c.head_dim));
   }
   const auto shapes = LinearShapes(c);
+  layer.linears.resize(LlamaLinearNames().size());
+  // Phi-3's fused projections, split by rows into their parts (q, k, v;
+  // gate, up) in LinearNames() order.
+  auto load_fused = [&](const std::string& name, size_t first, size_t count) -> absl::Status {
+    int64_t rows = 0;
+    std::vector<int64_t> sizes;
+    for (size_t i = first; i < first + count; ++i) {
+      sizes.push_back(shapes[i].first);
+      rows += shapes[i].first;
+    }
+    QAAS_ASSIGN_OR_RETURN(at::Tensor w, ck.Load(prefix + name + ".weight", {rows, shapes[first].second}));
+    auto parts = w.split_with_sizes(sizes, 0);
+    for (size_t i = 0; i < count; ++i) layer.linears[first + i].weight = parts[i].contiguous();
+    return absl::OkStatus();
+  };
+  if (c.fused_qkv) QAAS_RETURN_IF_ERROR(load_fused("self_attn.qkv_proj", 0, 3));
+  if (c.fused_gate_up) QAAS_RETURN_IF_ERROR(load_fused("mlp.gate_up_proj", 4, 2));
   for (size_t i = 0; i < LlamaLinearNames().size(); ++i) {
     const std::string& name = LlamaLinearNames()[i];
-    Linear lin;
+    Linear& lin = layer.linears[i];
+    if (lin.weight.defined()) continue;  // a part of a fused projection
     QAAS_ASSIGN_OR_RETURN(lin.weight, ck.Load(prefix + name + ".weight", {shapes[i].first, shapes[i].second}));
     const bool has_bias = name == "self_attn.o_proj"             ? c.attention_out_bias
                           : name.rfind("self_attn.", 0) == 0 ? c.attention_bias
@@ -82,7 +125,6 @@ absl::StatusOr<LlamaLayer> LoadLlamaLayer(const Checkpoint& ck, int index) {
     if (has_bias) {
       QAAS_ASSIGN_OR_RETURN(lin.bias, ck.Load(prefix + name + ".bias", {shapes[i].first}));
     }
-    layer.linears.push_back(std::move(lin));
   }
   return layer;
 }
@@ -91,7 +133,7 @@ absl::StatusOr<LlamaHead> LoadLlamaHead(const Checkpoint& ck) {
   const ModelConfig& c = ck.config();
   LlamaHead head;
   QAAS_ASSIGN_OR_RETURN(head.embed, ck.Load("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
-  QAAS_ASSIGN_OR_RETURN(head.final_norm, ck.Load("model.norm.weight", {c.hidden_size}));
+  QAAS_ASSIGN_OR_RETURN(head.final_norm, LoadNorm(ck, "model.norm.weight", c.hidden_size));
   if (ck.Has("lm_head.weight")) {
     QAAS_ASSIGN_OR_RETURN(head.lm_head, ck.Load("lm_head.weight", {c.vocab_size, c.hidden_size}));
   } else if (c.tie_word_embeddings) {
@@ -107,7 +149,7 @@ std::pair<at::Tensor, double> Rope::InverseFrequencies(const ModelConfig& c, int
   // Each type as Transformers' modeling_rope_utils.py computes it: float32
   // tensors, Python (double) scalars.
   const RopeScaling& s = c.rope_scaling;
-  const int64_t dim = c.head_dim;
+  const int64_t dim = c.rotary_dim > 0 ? c.rotary_dim : c.head_dim;
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   const at::Tensor exponents = at::arange(0, dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / dim;
   auto inverse = [&](double base) { return 1.0 / at::pow(base, exponents); };
@@ -210,25 +252,44 @@ at::Tensor AttentionMask(int64_t T, int window, const at::Device& device) {
 
 }  // namespace
 
-Rope::Rope(const ModelConfig& c, int64_t max_len, const at::Device& device) : config_(c), device_(device) {
-  config_.raw_json.clear();
+Rope::Variant Rope::MakeVariant(const ModelConfig& c, int64_t max_len) const {
+  Variant v;
+  v.config = c;
+  v.config.raw_json.clear();
   const RopeScaling& s = c.rope_scaling;
-  tables_serve_ = s.type == "dynamic"    ? std::min<int64_t>(max_len, c.max_position_embeddings)
-                  : s.type == "longrope" ? std::min<int64_t>(max_len, s.original_max_position_embeddings)
-                                         : max_len;
+  v.serve = s.type == "dynamic"    ? std::min<int64_t>(max_len, c.max_position_embeddings)
+            : s.type == "longrope" ? std::min<int64_t>(max_len, s.original_max_position_embeddings)
+                                   : max_len;
   // The table every forward within the original context uses.
   auto [inv_freq, factor] = InverseFrequencies(c, 0);
-  std::tie(cos, sin) = RotaryTables(inv_freq, factor, max_len, device);
+  std::tie(v.cos, v.sin) = RotaryTables(inv_freq, factor, max_len, device_);
+  return v;
+}
+
+Rope::Rope(const ModelConfig& c, int64_t max_len, const at::Device& device) : device_(device) {
+  global_ = MakeVariant(c, max_len);
+  cos = global_.cos;
+  sin = global_.sin;
+  if (c.local_rope) {
+    ModelConfig local = c;
+    local.rope_theta = c.local_rope_theta;
+    local.rope_scaling = c.local_rope_scaling;
+    local_ = std::make_shared<const Variant>(MakeVariant(local, max_len));
+  }
   causal_mask = AttentionMask(max_len, 0, device);
   for (int window : c.layer_window) {
     if (window > 0 && !window_masks_.count(window)) window_masks_[window] = AttentionMask(max_len, window, device);
   }
 }
 
-std::pair<at::Tensor, at::Tensor> Rope::Tables(int64_t T) const {
-  if (T <= tables_serve_) return {cos.narrow(0, 0, T), sin.narrow(0, 0, T)};
-  auto [inv_freq, factor] = InverseFrequencies(config_, T);
+std::pair<at::Tensor, at::Tensor> Rope::TablesOf(const Variant& v, int64_t T) const {
+  if (T <= v.serve) return {v.cos.narrow(0, 0, T), v.sin.narrow(0, 0, T)};
+  auto [inv_freq, factor] = InverseFrequencies(v.config, T);
   return RotaryTables(inv_freq, factor, T, device_);
+}
+
+std::pair<at::Tensor, at::Tensor> Rope::Tables(int64_t T, bool local) const {
+  return TablesOf(local && local_ ? *local_ : global_, T);
 }
 
 at::Tensor Rope::Mask(int64_t T, int window) const {
@@ -243,6 +304,10 @@ at::Tensor Rope::Mask(int64_t T, int window) const {
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   at::Tensor var = x.pow(2).mean(-1, /*keepdim=*/true);
   return weight * (x * at::rsqrt(var + eps));
+}
+
+at::Tensor Activation(const std::string& name, const at::Tensor& x) {
+  return name == "gelu_pytorch_tanh" ? at::gelu(x, "tanh") : at::silu(x);  // ParseModelConfig admits no other
 }
 
 at::Tensor QuantizeActivation(const std::shared_ptr<const LayerActQuant>& act, ActPoint p, const at::Tensor& x) {
@@ -268,6 +333,14 @@ at::Tensor ApplyLinear(const Linear& l, const at::Tensor& x) {
   return l.bias.defined() ? at::linear(x, l.weight, l.bias) : at::linear(x, l.weight);
 }
 
+// RoPE on the first rotary_dim channels of x [..., head_dim]; the rest pass.
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t r = cos.size(-1), hd = x.size(-1);
+  if (r == hd) return x * cos + RotateHalf(x) * sin;
+  const at::Tensor rot = x.narrow(-1, 0, r);
+  return at::cat({rot * cos + RotateHalf(rot) * sin, x.narrow(-1, r, hd - r)}, -1);
+}
+
 }  // namespace
 
 at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, const Rope& rope,
@@ -289,9 +362,10 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
   if (layer.k_norm.defined()) k = RmsNorm(k, layer.k_norm, c.rms_norm_eps);
   q = q.transpose(1, 2);
   k = k.transpose(1, 2);
-  auto [cos, sin] = rope.Tables(T);
-  q = q * cos + RotateHalf(q) * sin;
-  k = k * cos + RotateHalf(k) * sin;
+  const int window = c.WindowOf(layer.index);
+  auto [cos, sin] = rope.Tables(T, /*local=*/window > 0);
+  q = ApplyRope(q, cos, sin);
+  k = ApplyRope(k, cos, sin);
   // The cache holds K after RoPE and V: both quantized per token and head.
   k = QuantizeKv(layer.act, k);
   v = QuantizeKv(layer.act, v);
@@ -299,11 +373,18 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
     k = k.repeat_interleave(nh / nkv, 1);
     v = v.repeat_interleave(nh / nkv, 1);
   }
-  // scores = q k^T / sqrt(d) + causal mask, computed in one fused baddbmm.
-  at::Tensor mask = rope.Mask(T, c.WindowOf(layer.index));
-  at::Tensor scores = at::baddbmm(mask.expand({B * nh, T, T}), q.reshape({B * nh, T, hd}),
-                                  k.reshape({B * nh, T, hd}).transpose(1, 2), /*beta=*/1.0,
-                                  /*alpha=*/1.0 / std::sqrt(static_cast<double>(hd)));
+  at::Tensor mask = rope.Mask(T, window);
+  at::Tensor scores;
+  if (c.attn_logit_softcap > 0) {
+    // Gemma 2: cap * tanh(s / cap) on the scaled scores, then the mask.
+    const double cap = c.attn_logit_softcap;
+    scores = at::bmm(q.reshape({B * nh, T, hd}), k.reshape({B * nh, T, hd}).transpose(1, 2)) * c.attention_scale;
+    scores = at::tanh(scores / cap) * cap + mask;
+  } else {
+    // scores = q k^T * scale + causal mask, computed in one fused baddbmm.
+    scores = at::baddbmm(mask.expand({B * nh, T, T}), q.reshape({B * nh, T, hd}),
+                         k.reshape({B * nh, T, hd}).transpose(1, 2), /*beta=*/1.0, /*alpha=*/c.attention_scale);
+  }
   if (scores.requires_grad()) {
     scores = at::softmax(scores, -1);  // learning (OmniQuant): autograd cannot see in-place outputs
   } else {
@@ -312,7 +393,9 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
   at::Tensor attn = at::bmm(scores, v.reshape({B * nh, T, hd})).view({B, nh, T, hd});
   attn = QuantizeActivation(layer.act, ActPoint::kAttnOut, attn.transpose(1, 2).reshape({B, T, nh * hd}));
   observe("self_attn.o_proj", attn);
-  return ApplyLinear(layer.linears[3], attn);
+  at::Tensor out = ApplyLinear(layer.linears[3], attn);
+  // Gemma: the block's output is normalized before the residual.
+  return layer.attn_out_norm.defined() ? RmsNorm(out, layer.attn_out_norm, c.rms_norm_eps) : out;
 }
 
 at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& c, const at::Tensor& hidden,
@@ -324,10 +407,12 @@ at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& c, const 
       layer.act, ActPoint::kMlpIn, RmsNorm(Reorder(hidden, layer.post_reorder), layer.post_norm, c.rms_norm_eps));
   observe("mlp.gate_proj", x);
   observe("mlp.up_proj", x);
-  at::Tensor mlp = QuantizeActivation(
-      layer.act, ActPoint::kMlpHidden, at::silu(ApplyLinear(layer.linears[4], x)) * ApplyLinear(layer.linears[5], x));
+  at::Tensor mlp =
+      QuantizeActivation(layer.act, ActPoint::kMlpHidden,
+                         Activation(c.activation, ApplyLinear(layer.linears[4], x)) * ApplyLinear(layer.linears[5], x));
   observe("mlp.down_proj", mlp);
-  return ApplyLinear(layer.linears[6], mlp);
+  at::Tensor out = ApplyLinear(layer.linears[6], mlp);
+  return layer.mlp_out_norm.defined() ? RmsNorm(out, layer.mlp_out_norm, c.rms_norm_eps) : out;
 }
 
 at::Tensor LlamaLayerForward(const LlamaLayer& layer, const ModelConfig& c, const Rope& rope,

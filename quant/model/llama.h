@@ -1,10 +1,14 @@
 // The LLaMA decoder in libtorch, as Hugging Face's LlamaForCausalLM computes it,
 // with the features of the families that share its layout (Mistral, Qwen2,
-// Qwen3): pre-norm RMSNorm, rotary position embeddings in the rotate-half
-// layout with Transformers' frequency scalings, grouped-query attention with
-// a causal mask (and a sliding window on the layers that have one), q/k/v
-// and o biases, Qwen3's per-head q/k RMSNorm, SwiGLU MLP, tied or separate
-// output head. All computation in float32 on the tensors' device.
+// Qwen3, Gemma 2/3, Phi-3): pre-norm RMSNorm (Gemma: (1 + w), and sandwich
+// norms around both blocks), rotary position embeddings in the rotate-half
+// layout with Transformers' frequency scalings (on all or the first
+// rotary_dim channels of a head; Gemma 3: a local RoPE on sliding layers),
+// grouped-query attention with a causal mask (and a sliding window on the
+// layers that have one, and a soft-cap on the scores), q/k/v and o biases,
+// per-head q/k RMSNorm (Qwen3, Gemma 3), gated MLP (SiLU or GELU-tanh), tied
+// or separate output head. Phi-3's fused qkv_proj / gate_up_proj are split
+// on load. All computation in float32 on the tensors' device.
 #ifndef QAAS_QUANT_MODEL_LLAMA_H_
 #define QAAS_QUANT_MODEL_LLAMA_H_
 
@@ -29,13 +33,20 @@ struct Linear {
   at::Tensor bias;    // [out] or undefined
 };
 
-// One decoder layer's weights. `linears` follows LinearNames() order.
+// One decoder layer's weights. `linears` follows LinearNames() order. Norm
+// weights are the factors the norms multiply by (Gemma: 1 + the stored w).
 struct LlamaLayer {
   int index = -1;         // the layer's place in the model (its sliding window)
   at::Tensor input_norm;  // input_layernorm.weight
-  at::Tensor post_norm;   // post_attention_layernorm.weight
-  // Qwen3: self_attn.q_norm.weight / k_norm.weight ([head_dim], shared by
-  // the heads); undefined elsewhere.
+  // The MLP's input norm: post_attention_layernorm.weight (Gemma:
+  // pre_feedforward_layernorm.weight).
+  at::Tensor post_norm;
+  // Gemma 2/3: post_attention_layernorm / post_feedforward_layernorm on the
+  // blocks' outputs, before the residuals; undefined elsewhere.
+  at::Tensor attn_out_norm;
+  at::Tensor mlp_out_norm;
+  // Qwen3, Gemma 3: self_attn.q_norm.weight / k_norm.weight ([head_dim],
+  // shared by the heads); undefined elsewhere.
   at::Tensor q_norm;
   at::Tensor k_norm;
   std::vector<Linear> linears;
@@ -53,8 +64,17 @@ struct LlamaLayer {
 
 // The linear layers of a decoder layer, by their Hugging Face names relative
 // to "model.layers.<i>.": self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj.
+// (Phi-3 stores q/k/v and gate/up fused; the layer holds them split.)
 const std::vector<std::string>& LlamaLinearNames();
 std::string LayerPrefix(int index);  // "model.layers.<i>."
+
+// The norms of a layer by their checkpoint names relative to LayerPrefix():
+// the attention's input norm, the MLP's input norm, and (Gemma) the norms on
+// the blocks' outputs (empty elsewhere).
+struct LlamaNormNames {
+  std::string attn_in, mlp_in, attn_out, mlp_out;
+};
+LlamaNormNames NormNamesOf(const ModelConfig& config);
 
 // Reads layer `index`, checking every shape against config.json.
 absl::StatusOr<LlamaLayer> LoadLlamaLayer(const Checkpoint& ck, int index);
@@ -62,7 +82,7 @@ absl::StatusOr<LlamaLayer> LoadLlamaLayer(const Checkpoint& ck, int index);
 // Embedding, final norm and output head.
 struct LlamaHead {
   at::Tensor embed;       // [vocab, hidden]
-  at::Tensor final_norm;  // [hidden]
+  at::Tensor final_norm;  // [hidden], the factor (Gemma: 1 + w)
   at::Tensor lm_head;     // [vocab, hidden]; the embedding when tied
 };
 absl::StatusOr<LlamaHead> LoadLlamaHead(const Checkpoint& ck);
@@ -74,27 +94,37 @@ absl::StatusOr<LlamaHead> LoadLlamaHead(const Checkpoint& ck);
 class Rope {
  public:
   Rope(const ModelConfig& config, int64_t max_len, const at::Device& device);
-  // cos and sin [T, head_dim] for a forward over positions 0..T-1. Dynamic
-  // NTK and LongRoPE change their frequencies with the sequence length (past
-  // the original context); the others are one table.
-  std::pair<at::Tensor, at::Tensor> Tables(int64_t T) const;
+  // cos and sin [T, rotary_dim] for a forward over positions 0..T-1; `local`:
+  // the sliding layers' RoPE where the model has one (Gemma 3). Dynamic NTK
+  // and LongRoPE change their frequencies with the sequence length (past the
+  // original context); the others are one table.
+  std::pair<at::Tensor, at::Tensor> Tables(int64_t T, bool local = false) const;
   // The additive mask [T, T]: 0 where query i may see key j (j <= i, and
   // i - j < window when window > 0), -inf elsewhere.
   at::Tensor Mask(int64_t T, int window) const;
-  // The inverse frequencies [head_dim / 2] (float32) for a forward of
+  // The inverse frequencies [rotary_dim / 2] (float32) for a forward of
   // `seq_len` positions, and the factor cos and sin are scaled by.
   static std::pair<at::Tensor, double> InverseFrequencies(const ModelConfig& config, int64_t seq_len);
 
-  at::Tensor cos;  // [max_len, head_dim], for sequences up to the original context
+  at::Tensor cos;  // [max_len, rotary_dim], for sequences up to the original context
   at::Tensor sin;
   at::Tensor causal_mask;  // [max_len, max_len]: 0 on and below the diagonal, -inf above
 
  private:
-  ModelConfig config_;
+  // One RoPE's frequencies: its config (theta and scaling) and the longest
+  // forward its cached tables serve (max_len, or less where dynamic NTK and
+  // LongRoPE change their frequencies past the original context).
+  struct Variant {
+    ModelConfig config;
+    at::Tensor cos, sin;
+    int64_t serve = 0;
+  };
+  Variant MakeVariant(const ModelConfig& config, int64_t max_len) const;
+  std::pair<at::Tensor, at::Tensor> TablesOf(const Variant& v, int64_t T) const;
+
   at::Device device_;
-  // The longest forward cos/sin serve: max_len, or less where dynamic NTK
-  // and LongRoPE change their frequencies past the original context.
-  int64_t tables_serve_ = 0;
+  Variant global_;
+  std::shared_ptr<const Variant> local_;  // Gemma 3's sliding layers; null elsewhere
   // causal_mask with each of the config's sliding windows applied, by window.
   std::map<int, at::Tensor> window_masks_;
 };
@@ -104,6 +134,8 @@ class Rope {
 using LinearInputHook = std::function<void(const std::string& name, const at::Tensor& x)>;
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// The MLP's activation by config.activation's name: silu, gelu_pytorch_tanh.
+at::Tensor Activation(const std::string& name, const at::Tensor& x);
 
 // x through `act`'s quantizer for point p; x itself when act is null.
 at::Tensor QuantizeActivation(const std::shared_ptr<const LayerActQuant>& act, ActPoint p, const at::Tensor& x);

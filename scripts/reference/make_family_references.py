@@ -20,7 +20,9 @@ What it makes:
       byte-fallback tokenizer fits and the models also run whole jobs.
 
 Float64: the model is converted with .double() and run with
-attn_implementation="sdpa" (eager attention computes its softmax in float32).
+attn_implementation="sdpa" (eager attention computes its softmax in float32);
+Gemma 2 has no sdpa path (its soft-cap), so it runs eager: its reference
+carries float32 softmax rounding (~1e-7 relative), far inside the test's 1e-5.
 RoPE's cos/sin are computed in float32 by Transformers even then, as qaas
 computes them.
 
@@ -86,17 +88,45 @@ CASES = [
           sliding_window=8, max_window_layers=1,
           rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16)),
      "q/k RMSNorm per head before RoPE, head_dim 16, tied, sliding window 8 on layer 1, rope yarn x4"),
+    ("gemma2", "gemma2",
+     dict(num_hidden_layers=3, head_dim=16, max_position_embeddings=128, hidden_activation="gelu_pytorch_tanh",
+          query_pre_attn_scalar=24, sliding_window=8, attn_logit_softcapping=1.0, final_logit_softcapping=1.5,
+          tie_word_embeddings=True),
+     "(1+w) RMSNorms, post-attention and pre/post-feedforward norms, GELU-tanh, embeddings x sqrt(32), "
+     "query_pre_attn_scalar 24 != head_dim 16, attention soft-cap 1.0 and final soft-cap 1.5 (both bind), "
+     "sliding window 8 on layers 0 and 2 (the default alternation), tied"),
+    ("gemma3", "gemma3_text",
+     dict(num_hidden_layers=3, head_dim=16, max_position_embeddings=128, hidden_activation="gelu_pytorch_tanh",
+          query_pre_attn_scalar=16, sliding_window=8,
+          layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+          rope_parameters={"full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e6),
+                           "sliding_attention": dict(rope_type="default", rope_theta=1e4)},
+          tie_word_embeddings=True),
+     "(1+w) RMSNorms incl. per-head q/k norms, sandwich norms, GELU-tanh, embeddings x sqrt(32), local RoPE "
+     "(theta 1e4) on the sliding layers 0 and 2 (window 8), global RoPE (theta 1e6, linear x4) on layer 1, tied"),
+    ("phi3", "phi3",
+     dict(hidden_size=64, max_position_embeddings=64, original_max_position_embeddings=16, pad_token_id=0,
+          partial_rotary_factor=0.75, sliding_window=8, tie_word_embeddings=True,
+          rope_scaling=dict(rope_type="longrope", short_factor=[1.0, 1.2, 1.5, 2.0, 2.5, 3.0],
+                            long_factor=[1.0, 2.0, 3.0, 5.0, 8.0, 12.0])),
+     "fused qkv_proj and gate_up_proj, partial rotary 0.75 of head_dim 16 (12 channels), longrope with the "
+     "top-level original context 16 < T, sliding window 8, tied (as Phi-4-mini)"),
+    ("phi3-mini", "phi3",
+     dict(max_position_embeddings=64, original_max_position_embeddings=64, sliding_window=8, pad_token_id=0,
+          tie_word_embeddings=False),
+     "fused qkv_proj and gate_up_proj, full rotary, sliding window 8, untied (as Phi-3-mini)"),
 ]
 
 
-def randomize(model, seed):
+def randomize(model, seed, norm_offset):
     """Draws every parameter so that it matters: weights ~N(0, 0.15), norm
-    weights 1 + U(-0.5, 0.5), biases ~N(0, 0.3)."""
+    factors 1 + U(-0.5, 0.5) (Gemma stores w for the factor 1 + w), biases
+    ~N(0, 0.3)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.copy_(1 + (torch.rand(p.shape, generator=g) - 0.5))
+                p.copy_(1 - norm_offset + (torch.rand(p.shape, generator=g) - 0.5))
             elif name.endswith(".bias"):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
             else:
@@ -115,18 +145,19 @@ def main():
         cfg.update(overrides)
         config = AutoConfig.for_model(model_type, **cfg)
         torch.manual_seed(1000 + i)
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
-        randomize(model, 2000 + i)
+        attn = "eager" if model_type == "gemma2" else "sdpa"
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
+        randomize(model, 2000 + i, 1.0 if model_type.startswith("gemma") else 0.0)
         model.eval()
         out_dir = os.path.join(root, case)
         model.save_pretrained(out_dir, safe_serialization=True)
         ids = torch.randint(3, VOCAB, (1, T), generator=torch.Generator().manual_seed(3000 + i))
         # Load back what was saved (the test reads the same files), in float64.
-        loaded = AutoModelForCausalLM.from_pretrained(out_dir, attn_implementation="sdpa", dtype=torch.float64)
+        loaded = AutoModelForCausalLM.from_pretrained(out_dir, attn_implementation=attn, dtype=torch.float64)
         loaded.eval()
         with torch.no_grad():
             logits64 = loaded(ids).logits[0]
-            model32 = AutoModelForCausalLM.from_pretrained(out_dir, attn_implementation="sdpa",
+            model32 = AutoModelForCausalLM.from_pretrained(out_dir, attn_implementation=attn,
                                                            dtype=torch.float32).eval()
             logits32 = model32(ids).logits[0].double()
         results.append({

@@ -1,6 +1,8 @@
 #include "quant/model/config.h"
 
+#include <cmath>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -234,6 +236,135 @@ TEST(ModelConfigTest, FamiliesReadTheirFeatures) {
   c = ParseModelConfig(bad.dump());
   QAAS_EXPECT_CODE(c, kInvalidArgument);  // head_dim 8 needs 4 factors
   EXPECT_TRUE(MessageHas(c, "short_factor"));
+}
+
+// Gemma 2 / Gemma 3 / Phi-3: their configs' defaults where a key is absent,
+// both spellings of Gemma 3's two RoPEs, Phi-3's RoPE names.
+TEST(ModelConfigTest, GemmaAndPhiReadTheirFeaturesAndDefaults) {
+  json gemma2 = MinimalConfig();
+  gemma2["model_type"] = "gemma2";
+  gemma2["num_hidden_layers"] = 4;
+  auto c = ParseModelConfig(gemma2.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->head_dim, 256);  // Gemma2Config's defaults
+  EXPECT_DOUBLE_EQ(c->attn_logit_softcap, 50.0);
+  EXPECT_DOUBLE_EQ(c->final_logit_softcap, 30.0);
+  EXPECT_DOUBLE_EQ(c->attention_scale, 1.0 / 16);  // query_pre_attn_scalar 256
+  EXPECT_EQ(c->layer_window, (std::vector<int>{4096, 0, 4096, 0}));
+  EXPECT_TRUE(c->tie_word_embeddings);
+  EXPECT_TRUE(c->sandwich_norms);
+  EXPECT_DOUBLE_EQ(c->norm_weight_offset, 1.0);
+  EXPECT_EQ(c->activation, "gelu_pytorch_tanh");
+  EXPECT_FALSE(c->qk_norm);
+  EXPECT_DOUBLE_EQ(c->embed_scale, 8.0);  // sqrt(64)
+  gemma2["attn_logit_softcapping"] = nullptr;
+  gemma2["final_logit_softcapping"] = nullptr;
+  gemma2["query_pre_attn_scalar"] = 144;
+  gemma2["hidden_size"] = 3072;
+  gemma2["dtype"] = "bfloat16";
+  c = ParseModelConfig(gemma2.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->attn_logit_softcap, 0.0);
+  EXPECT_EQ(c->final_logit_softcap, 0.0);
+  EXPECT_DOUBLE_EQ(c->attention_scale, 1.0 / 12);
+  EXPECT_DOUBLE_EQ(c->embed_scale, 55.5);  // sqrt(3072) = 55.43 in bfloat16, as Transformers multiplies
+  gemma2["dtype"] = "float32";
+  c = ParseModelConfig(gemma2.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_DOUBLE_EQ(c->embed_scale, static_cast<float>(std::sqrt(3072.0)));
+
+  // Gemma 3 as its released configs spell it, and as Transformers 5 saves it.
+  json gemma3 = MinimalConfig();
+  gemma3["model_type"] = "gemma3_text";
+  gemma3["num_hidden_layers"] = 7;
+  gemma3["head_dim"] = 16;
+  gemma3["rope_theta"] = 1e6;
+  gemma3["rope_local_base_freq"] = 1e4;
+  gemma3["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 8.0}};
+  gemma3["sliding_window"] = 512;
+  gemma3["sliding_window_pattern"] = 6;
+  c = ParseModelConfig(gemma3.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_TRUE(c->local_rope);
+  EXPECT_DOUBLE_EQ(c->rope_theta, 1e6);
+  EXPECT_EQ(c->rope_scaling.type, "linear");
+  EXPECT_DOUBLE_EQ(c->local_rope_theta, 1e4);
+  EXPECT_EQ(c->local_rope_scaling.type, "default");
+  EXPECT_EQ(c->layer_window, (std::vector<int>{512, 512, 512, 512, 512, 0, 512}));
+  EXPECT_EQ(c->attn_logit_softcap, 0.0);  // Gemma 3 has none
+  json saved = gemma3;
+  for (const char* key : {"rope_theta", "rope_local_base_freq", "rope_scaling", "sliding_window_pattern"}) {
+    saved.erase(key);
+  }
+  saved["rope_parameters"] = {{"full_attention", {{"rope_type", "linear"}, {"factor", 8.0}, {"rope_theta", 1e6}}},
+                              {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 1e4}}}};
+  saved["_sliding_window_pattern"] = 6;
+  saved["layer_types"] = {"sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention",
+                          "sliding_attention", "full_attention", "sliding_attention"};
+  auto same = ParseModelConfig(saved.dump());
+  QAAS_ASSERT_OK(same);
+  EXPECT_DOUBLE_EQ(same->rope_theta, c->rope_theta);
+  EXPECT_DOUBLE_EQ(same->rope_scaling.factor, 8.0);
+  EXPECT_DOUBLE_EQ(same->local_rope_theta, c->local_rope_theta);
+  EXPECT_EQ(same->layer_window, c->layer_window);
+
+  // Phi-3: "su" is LongRoPE; the partial rotary factor sizes its factor lists.
+  json phi3 = MinimalConfig();
+  phi3["model_type"] = "phi3";
+  phi3["original_max_position_embeddings"] = 64;
+  phi3["partial_rotary_factor"] = 0.75;  // head_dim 8 -> 6 channels, 3 factors
+  phi3["rope_scaling"] = {{"type", "su"}, {"short_factor", {1.0, 1.0, 1.0}}, {"long_factor", {2.0, 3.0, 4.0}}};
+  phi3["sliding_window"] = 32;
+  c = ParseModelConfig(phi3.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->rope_scaling.type, "longrope");
+  EXPECT_EQ(c->rope_scaling.original_max_position_embeddings, 64);
+  EXPECT_EQ(c->rotary_dim, 6);
+  EXPECT_EQ(c->layer_window, (std::vector<int>{32, 32}));
+  EXPECT_DOUBLE_EQ(c->rms_norm_eps, 1e-5);  // Phi3Config's default
+  EXPECT_TRUE(c->fused_qkv);
+  EXPECT_TRUE(c->fused_gate_up);
+  EXPECT_FALSE(c->tie_word_embeddings);
+  phi3["rope_scaling"]["short_factor"] = {1.0, 1.0, 1.0, 1.0};  // sized for the whole head
+  c = ParseModelConfig(phi3.dump());
+  QAAS_EXPECT_CODE(c, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(c, "rotary_dim / 2 = 3"));
+}
+
+// Each computation-changing setting of these families that qaas does not run
+// is refused naming it.
+TEST(ModelConfigTest, GemmaAndPhiRefuseWhatTheyDoNotRun) {
+  struct Case {
+    const char* model_type;
+    const char* key;
+    json value;
+    const char* named;
+  };
+  for (const Case& k :
+       {Case{"gemma3_text", "use_bidirectional_attention", true, "use_bidirectional_attention"},
+        Case{"gemma2", "hidden_activation", "gelu", "hidden_activation"},
+        Case{"gemma2", "rope_parameters", json{{"sliding_attention", {{"rope_type", "default"}}}}, "sliding_attention"},
+        Case{"gemma3_text", "rope_parameters", json{{"chunked_attention", {{"rope_type", "default"}}}},
+             "chunked_attention"},
+        Case{"phi3", "attention_bias", true, "attention_bias"},
+        Case{"phi3", "lm_head_bias", true, "lm_head_bias"},
+        Case{"phi3", "hidden_act", "gelu", "gelu"},
+        Case{"gemma2", "layer_types", json{"sliding_attention", "chunked_attention"}, "chunked_attention"},
+        Case{"mistral", "partial_rotary_factor", 0.5, "partial_rotary_factor"}}) {
+    SCOPED_TRACE(std::string(k.model_type) + " " + k.key);
+    json j = MinimalConfig();
+    j["model_type"] = k.model_type;
+    j[k.key] = k.value;
+    auto c = ParseModelConfig(j.dump());
+    QAAS_EXPECT_CODE(c, kUnimplemented);
+    EXPECT_TRUE(MessageHas(c, k.named));
+  }
+  json multimodal = MinimalConfig();
+  multimodal["model_type"] = "gemma3";
+  auto c = ParseModelConfig(multimodal.dump());
+  QAAS_EXPECT_CODE(c, kUnimplemented);
+  EXPECT_TRUE(MessageHas(c, "gemma3_text"));
 }
 
 TEST(ModelConfigTest, NotAnObjectIsInvalidArgument) {

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -22,6 +23,14 @@ at::Tensor Ids(int64_t batch, int64_t seq, int64_t vocab) {
   return at::arange(batch * seq, at::TensorOptions().dtype(at::kLong)).remainder(vocab).view({batch, seq});
 }
 
+void ExpectGroups(const DecoderModel& m, const std::vector<std::pair<std::string, std::vector<int>>>& want) {
+  ASSERT_EQ(m.SequentialGroups().size(), want.size());
+  for (size_t g = 0; g < want.size(); ++g) {
+    EXPECT_EQ(m.SequentialGroups()[g].name, want[g].first);
+    EXPECT_EQ(m.SequentialGroups()[g].linears, want[g].second);
+  }
+}
+
 // The adapter runs exactly the architecture's own forward.
 TEST(DecoderModelTest, OptIsTheOptForward) {
   auto ck = Checkpoint::Open(TinyOptDir());
@@ -30,7 +39,8 @@ TEST(DecoderModelTest, OptIsTheOptForward) {
   QAAS_ASSERT_OK(model);
   const DecoderModel& m = **model;
   EXPECT_EQ(m.LinearNames(), OptLinearNames());
-  EXPECT_EQ(m.SequentialGroups(), (std::vector<std::vector<int>>{{0, 1, 2}, {3}, {4}, {5}}));
+  ExpectGroups(m, {{"qkv", {0, 1, 2}}, {"out", {3}}, {"fc1", {4}}, {"fc2", {5}}});
+  EXPECT_TRUE(m.Fusions().empty());
   EXPECT_EQ(m.DecidingBlock(1), AdaDimBlock::kAttention);
   EXPECT_EQ(m.DecidingBlock(3), AdaDimBlock::kOwnOutput);
   EXPECT_EQ(m.DecidingBlock(4), AdaDimBlock::kMlp);
@@ -73,7 +83,8 @@ TEST(DecoderModelTest, LlamaIsTheLlamaForward) {
   QAAS_ASSERT_OK(model);
   const DecoderModel& m = **model;
   EXPECT_EQ(m.LinearNames(), LlamaLinearNames());
-  EXPECT_EQ(m.SequentialGroups(), (std::vector<std::vector<int>>{{0, 1, 2}, {3}, {4, 5}, {6}}));
+  ExpectGroups(m, {{"qkv", {0, 1, 2}}, {"o", {3}}, {"gate_up", {4, 5}}, {"down", {6}}});
+  EXPECT_TRUE(m.Fusions().empty());
   EXPECT_EQ(m.DecidingBlock(5), AdaDimBlock::kMlp);
   EXPECT_EQ(m.DecidingBlock(6), AdaDimBlock::kOwnOutput);
   EXPECT_EQ(m.LayerPrefix(0), "model.layers.0.");

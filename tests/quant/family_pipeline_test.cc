@@ -1,4 +1,5 @@
-// Every method on every LLaMA-like family: whole jobs on the tiny models of
+// Every method on every LLaMA-like family (Llama 3, Mistral, Qwen2, Qwen3,
+// Gemma 2, Gemma 3, Phi-3): whole jobs on the tiny models of
 // tests/data/families (made by Transformers, features on), each with a
 // byte-fallback tokenizer trained here. Every job succeeds with finite
 // perplexities and an artifact under the checkpoint's own tensor names, and
@@ -12,6 +13,9 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "quant/export.h"
+#include "quant/model/checkpoint.h"
+#include "quant/model/decoder.h"
 #include "quant/model/sentencepiece_model.h"
 #include "quant/model/tokenizer.h"
 #include "quant/pipeline.h"
@@ -97,7 +101,8 @@ TEST_P(FamilyPipelineTest, EveryMethodRunsAndExportsUnderTheCheckpointsNames) {
     const std::string name = Name(jobs[i]);
     SCOPED_TRACE(name);
     const std::string out = tmp_.path() + "/out" + std::to_string(i);
-    auto report = Run(jobs[i], out);
+    const Job& job = jobs[i];
+    auto report = Run(job, out);
     ASSERT_TRUE(report.ok()) << GetParam() << " " << name << ": " << report.status();
     ASSERT_EQ(report->evaluations.size(), 1u);
     const double ppl = report->evaluations[0].perplexity_quantized;
@@ -105,20 +110,89 @@ TEST_P(FamilyPipelineTest, EveryMethodRunsAndExportsUnderTheCheckpointsNames) {
     std::printf("%-14s %-28s perplexity %.3f (float %.3f), block error %.4f\n", GetParam().c_str(), name.c_str(), ppl,
                 report->evaluations[0].perplexity_original, BlockError(*report));
     // The artifact names every tensor as the checkpoint does: norms (q/k
-    // norms on Qwen3), biases, embeddings; linears as GPTQ packs them.
+    // norms on Qwen3 and Gemma 3, Gemma's four per layer), biases,
+    // embeddings; linears as GPTQ packs them (Phi-3's fused again).
     std::set<std::string> names;
-    for (const auto& [n, t] : ReadAll(out + "/artifact/model.safetensors")) names.insert(n);
+    const auto artifact = ReadAll(out + "/artifact/model.safetensors");
+    for (const auto& [n, t] : artifact) names.insert(n);
     const std::string last = "model.layers." + std::to_string(config["num_hidden_layers"].get<int>() - 1) + ".";
     for (const std::string& n : {std::string("model.embed_tokens.weight"), std::string("model.norm.weight"),
                                  last + "input_layernorm.weight", last + "post_attention_layernorm.weight"}) {
       EXPECT_TRUE(names.count(n)) << n;
     }
-    if (config["model_type"] == "qwen3") {
+    const std::string type = config["model_type"];
+    if (type == "qwen3" || type == "gemma3_text") {
       EXPECT_TRUE(names.count(last + "self_attn.q_norm.weight"));
       EXPECT_TRUE(names.count(last + "self_attn.k_norm.weight"));
     }
-    if (config["model_type"] == "qwen2" || config.value("attention_bias", false)) {
-      EXPECT_TRUE(names.count(last + "self_attn.q_proj.bias"));
+    if (type.rfind("gemma", 0) == 0) {
+      EXPECT_TRUE(names.count(last + "pre_feedforward_layernorm.weight"));
+      EXPECT_TRUE(names.count(last + "post_feedforward_layernorm.weight"));
+    }
+    if (type == "phi3" && Name(job) != "W4A16g16+adadim") {
+      // (AdaDim's per-input-channel parts cannot share one packed tensor:
+      // that qaas-format artifact keeps them split; its float copy fuses.)
+      for (const char* fused : {"self_attn.qkv_proj", "mlp.gate_up_proj"}) {
+        EXPECT_TRUE(names.count(last + fused + ".weight") || names.count(last + fused + ".qweight") ||
+                    names.count(last + fused + ".mx_codes"))
+            << fused;
+      }
+      for (const auto& n : names) EXPECT_EQ(n.find("q_proj"), std::string::npos) << n;
+      EXPECT_FALSE(names.count(last + "mlp.gate_proj.qweight"));
+    }
+    // Where the recipe folds nothing into the norms they are the input's as
+    // stored (Gemma's w, not the factor 1 + w the forward multiplies by).
+    auto input = Checkpoint::Open(model_);
+    QAAS_ASSERT_OK(input);
+    const int64_t hidden = config["hidden_size"].get<int64_t>();
+    if (job.recipe.front().method == "rtn" || job.recipe.front().method == "gptq") {
+      for (const std::string& norm : {last + "input_layernorm.weight", std::string("model.norm.weight")}) {
+        auto stored = (*input)->Load(norm, {hidden});
+        QAAS_ASSERT_OK(stored);
+        EXPECT_LT((*stored - RawToTensor(artifact.at(norm)).to(at::kFloat)).abs().max().item<double>(), 1e-6) << norm;
+      }
+    }
+    // The dequantized copy (AdaDim writes one) is a checkpoint of the
+    // input's own family: it opens and runs as one.
+    if (std::filesystem::exists(out + "/artifact-dequantized/model.safetensors")) {
+      auto plain = Checkpoint::Open(out + "/artifact-dequantized");
+      QAAS_ASSERT_OK(plain);
+      auto model = DecoderModel::Create(**plain, at::kCPU, 24);
+      QAAS_ASSERT_OK(model);
+      QAAS_EXPECT_OK((*model)->LoadLayer(config["num_hidden_layers"].get<int>() - 1));
+    }
+    // GPTQ quantizes in the model's named true-sequential groups, and each
+    // linear's report line says which.
+    if (Name(job) == "W4A16g16+gptq") {
+      const std::map<std::string, std::string> group_of = {
+          {"self_attn.q_proj", "qkv"}, {"self_attn.k_proj", "qkv"},   {"self_attn.v_proj", "qkv"},
+          {"self_attn.o_proj", "o"},   {"mlp.gate_proj", "gate_up"}, {"mlp.up_proj", "gate_up"},
+          {"mlp.down_proj", "down"}};
+      ASSERT_FALSE(report->layers.empty());
+      for (const auto& l : report->layers) {
+        const std::string linear = l.name.substr(l.name.find('.', l.name.find("layers.") + 7) + 1);
+        EXPECT_EQ(l.group, group_of.at(linear)) << l.name;
+      }
+    }
+    // GPTQ's packed fused projection unpacks, part by part in q, k, v order,
+    // to weights as far from the input's as the report says each part is.
+    if (type == "phi3" && Name(job) == "W4A16g16+gptq") {
+      const std::string qkv = last + "self_attn.qkv_proj";
+      const int64_t rows = hidden + 2 * (hidden / 2);  // q: 4 heads, k and v: 2 KV heads of 16
+      auto original = (*input)->Load(qkv + ".weight", {rows, hidden});
+      QAAS_ASSERT_OK(original);
+      auto unpacked = UnpackGptqLinear(artifact, qkv, 4, hidden, rows);
+      QAAS_ASSERT_OK(unpacked);
+      const std::vector<int64_t> sizes = {hidden, hidden / 2, hidden / 2};
+      const auto w = original->split_with_sizes(sizes, 0), q = unpacked->split_with_sizes(sizes, 0);
+      const char* parts[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
+      for (int p = 0; p < 3; ++p) {
+        double reported = -1;
+        for (const auto& l : report->layers) {
+          if (l.name == last + parts[p]) reported = l.relative_weight_error;
+        }
+        EXPECT_NEAR(RelativeError(w[p], q[p]), reported, 1e-5) << parts[p];
+      }
     }
     EXPECT_EQ(names.count(last + "self_attn.o_proj.bias") > 0, config.value("attention_bias", false));
     EXPECT_EQ(names.count("lm_head.weight") > 0, !config.value("tie_word_embeddings", false));
@@ -128,7 +202,8 @@ TEST_P(FamilyPipelineTest, EveryMethodRunsAndExportsUnderTheCheckpointsNames) {
   EXPECT_LT(gptq, rtn) << "GPTQ's block outputs should be nearer the float model's than RTN's";
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, FamilyPipelineTest, ::testing::Values("llama3", "mistral", "qwen2", "qwen3"));
+INSTANTIATE_TEST_SUITE_P(Families, FamilyPipelineTest,
+                         ::testing::Values("llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"));
 
 }  // namespace
 }  // namespace qaas::quant

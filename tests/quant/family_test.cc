@@ -1,4 +1,4 @@
-// The LLaMA-like families (Llama 3.x, Mistral, Qwen2, Qwen3) and every RoPE
+// The LLaMA-like families (Llama 3.x, Mistral, Qwen2, Qwen3, Gemma 2/3, Phi-3) and every RoPE
 // scaling type against Transformers: tiny random models made by
 // Transformers' own classes with each feature ON at the test's length
 // (scripts/reference/make_family_references.py), our float32 logits within
@@ -133,12 +133,43 @@ TEST_P(FamilyTest, TheFeatureChangesTheResult) {
     EXPECT_GT(MaxRelDiff(LogitsWith(off), reference_), 1e-3) << "biases off";
     ++mutated;
   }
+  for (const char* cap : {"attn_logit_softcapping", "final_logit_softcapping"}) {
+    if (config.contains(cap) && !config[cap].is_null()) {
+      json off = config;
+      off[cap] = nullptr;
+      EXPECT_GT(MaxRelDiff(LogitsWith(off), reference_), 1e-3) << cap << " off";
+      ++mutated;
+    }
+  }
+  if (config.contains("query_pre_attn_scalar") && config["query_pre_attn_scalar"] != config["head_dim"]) {
+    json off = config;
+    off["query_pre_attn_scalar"] = config["head_dim"];
+    EXPECT_GT(MaxRelDiff(LogitsWith(off), reference_), 1e-3) << "query_pre_attn_scalar off";
+    ++mutated;
+  }
+  if (config.contains("rope_parameters") && config["rope_parameters"].contains("sliding_attention")) {
+    // Gemma 3's local RoPE: the sliding layers on the global one's theta.
+    json off = config;
+    off["rope_parameters"]["sliding_attention"]["rope_theta"] = config["rope_parameters"]["full_attention"]["rope_theta"];
+    EXPECT_GT(MaxRelDiff(LogitsWith(off), reference_), 1e-3) << "local RoPE off";
+    ++mutated;
+  }
+  if (config.value("partial_rotary_factor", 1.0) != 1.0) {
+    json off = config;
+    off["partial_rotary_factor"] = 1.0;
+    off["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", config["rope_parameters"]["rope_theta"]}};
+    json on = config;  // the same RoPE, rotating part of each head
+    on["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", config["rope_parameters"]["rope_theta"]},
+                             {"partial_rotary_factor", config["partial_rotary_factor"]}};
+    EXPECT_GT(MaxRelDiff(LogitsWith(off), LogitsWith(on).to(at::kDouble)), 1e-3) << "partial rotary off";
+    ++mutated;
+  }
   EXPECT_GT(mutated, 0) << "case " << GetParam() << " switches nothing off";
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, FamilyTest,
                          ::testing::Values("llama3", "llama-linear", "llama-dynamic", "llama-yarn", "llama-longrope",
-                                           "mistral", "qwen2", "qwen3"),
+                                           "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "phi3-mini"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& c : name) c = c == '-' ? '_' : c;

@@ -1,7 +1,7 @@
 // One decoder layer of each architecture, for layer-level tests: a random
 // LLaMA with grouped-query attention (4 heads, 2 KV heads), the tiny OPT
 // checkpoint (LayerNorm and biases), and the families' tiny models
-// (Llama 3, Mistral, Qwen2, Qwen3). Header-only.
+// (Llama 3, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3, Phi-3). Header-only.
 #ifndef QAAS_TESTS_QUANT_LAYER_FIXTURE_H_
 #define QAAS_TESTS_QUANT_LAYER_FIXTURE_H_
 

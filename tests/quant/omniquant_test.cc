@@ -101,7 +101,7 @@ class OmniQuantTest : public ArchitectureLayerTest {
     p.attn_scale = make(at::rand({h}) * 2 + 0.3);
     p.mlp_scale = make(at::rand({h}) * 2 + 0.3);
     const QueryKeyLayout qk = model_->QueryKey();
-    const int64_t per_head = qk.rotary ? hd / 2 : hd;
+    const int64_t per_head = qk.Factors(hd);
     p.qk_scale = make(qk.q_norm.empty() ? at::rand({nkv, per_head}) + 0.5 : at::rand({per_head}) + 0.5);
     if (opt()) {
       p.attn_shift = make(at::randn({h}) * 0.1);
@@ -165,7 +165,7 @@ TEST_P(OmniQuantTest, FoldedLayerIsTheUnfoldedTransformation) {
       if ((names[j] == "self_attn.q_proj" || names[j] == "self_attn.k_proj") && qk.q_norm.empty()) {
         // Rows scaled by s_qk (expanded per head and rotary pair).
         const int64_t nkv = config().num_kv_heads, hd = config().head_dim, group = config().num_heads / nkv;
-        at::Tensor sk = qk.rotary ? at::cat({let.qk_scale, let.qk_scale}, -1).reshape({-1}) : let.qk_scale.reshape({-1});
+        at::Tensor sk = qk.Expand(let.qk_scale).reshape({-1});
         at::Tensor rows = names[j] == "self_attn.k_proj" ? sk : sk.view({nkv, hd}).repeat_interleave(group, 0).reshape({-1});
         out = names[j] == "self_attn.k_proj" ? out / rows : out * rows;
       }
@@ -177,7 +177,7 @@ TEST_P(OmniQuantTest, FoldedLayerIsTheUnfoldedTransformation) {
   // multiplied, one factor per rotary pair.
   const QueryKeyLayout qk = model_->QueryKey();
   if (!qk.q_norm.empty()) {
-    const at::Tensor s = at::cat({let.qk_scale, let.qk_scale}, -1);
+    const at::Tensor s = qk.Expand(let.qk_scale);
     EXPECT_LT(RelErr(layer_.norm(qk.q_norm) / s, folded->norm(qk.q_norm)), 1e-6);
     EXPECT_LT(RelErr(layer_.norm(qk.k_norm) * s, folded->norm(qk.k_norm)), 1e-6);
   }
@@ -348,7 +348,8 @@ TEST_P(OmniQuantTest, BadInputsAreNamed) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, OmniQuantTest,
-                         ::testing::Values("llama", "opt", "llama3", "mistral", "qwen2", "qwen3"));
+                         ::testing::Values("llama", "opt", "llama3", "mistral", "qwen2", "qwen3", "gemma2",
+                                           "gemma3", "phi3"));
 
 // The paper's claim on a real model, through the whole pipeline (few epochs
 // and windows to stay quick): OmniQuant beats RTN at 2-bit weights (LWC) and

@@ -180,7 +180,8 @@ TEST_P(TransformTest, RptqReorderKeepsTheLayersFunctionAndMakesClustersContiguou
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, TransformTest,
-                         ::testing::Values("llama", "opt", "llama3", "mistral", "qwen2", "qwen3"));
+                         ::testing::Values("llama", "opt", "llama3", "mistral", "qwen2", "qwen3", "gemma2",
+                                           "gemma3", "phi3"));
 
 TEST(OutlierModelTest, KeepsTheFunctionAndCreatesOutlierChannels) {
   ScopedTempDir tmp;
