@@ -156,6 +156,47 @@ absl::Status SplitMerge(absl::string_view s, const std::string& where, BpeSpec* 
   return absl::OkStatus();
 }
 
+// A normalizer (or a Sequence of them) into spec->normalizer: NFC,
+// Prepend, Replace with a string pattern.
+absl::Status ParseNormalizer(const json& n, const std::string& p, BpeSpec* spec) {
+  const std::string type = n.is_object() && n.contains("type") && n["type"].is_string() ? n["type"].get<std::string>()
+                                                                                       : n.dump();
+  const std::string supported = "NFC, Prepend, Replace of a string, or a Sequence of them";
+  if (type == "Sequence") {
+    if (!n.contains("normalizers") || !n["normalizers"].is_array()) {
+      return absl::InvalidArgumentError(absl::StrCat(p, ": normalizer Sequence has no 'normalizers' list"));
+    }
+    for (const json& step : n["normalizers"]) QAAS_RETURN_IF_ERROR(ParseNormalizer(step, p, spec));
+    return absl::OkStatus();
+  }
+  if (type == "NFC") {
+    spec->normalizer.push_back({BpeSpec::NormalizerStep::kNfc, "", ""});
+    return absl::OkStatus();
+  }
+  if (type == "Prepend") {
+    if (!n.contains("prepend") || !n["prepend"].is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat(p, ": normalizer Prepend has no 'prepend' string"));
+    }
+    spec->normalizer.push_back({BpeSpec::NormalizerStep::kPrepend, n["prepend"].get<std::string>(), ""});
+    return absl::OkStatus();
+  }
+  if (type == "Replace") {
+    const json pattern = n.contains("pattern") ? n["pattern"] : json();
+    if (!pattern.is_object() || !pattern.contains("String") || !pattern["String"].is_string() ||
+        pattern["String"].get<std::string>().empty()) {
+      return absl::UnimplementedError(absl::StrCat(p, ": normalizer Replace pattern ", pattern.dump(),
+                                                   " is not supported (a non-empty String)"));
+    }
+    if (!n.contains("content") || !n["content"].is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat(p, ": normalizer Replace has no 'content' string"));
+    }
+    spec->normalizer.push_back(
+        {BpeSpec::NormalizerStep::kReplace, pattern["String"].get<std::string>(), n["content"].get<std::string>()});
+    return absl::OkStatus();
+  }
+  return absl::UnimplementedError(absl::StrCat(p, ": normalizer ", type, " is not supported (", supported, ")"));
+}
+
 // tokenizer.json: the model, the pipeline around it, the added tokens.
 absl::Status ReadTokenizerJson(const std::string& p, BpeSpec* spec, std::string* template_bos) {
   QAAS_ASSIGN_OR_RETURN(auto j, ReadJson(p));
@@ -180,11 +221,7 @@ absl::Status ReadTokenizerJson(const std::string& p, BpeSpec* spec, std::string*
       return absl::UnimplementedError(absl::StrCat(p, ": model.", key, " is not supported"));
     }
   }
-  bool byte_fallback = false;
-  QAAS_RETURN_IF_ERROR(GetBool(m, "byte_fallback", p + ": model", &byte_fallback));
-  if (byte_fallback) {
-    return absl::UnimplementedError(absl::StrCat(p, ": model.byte_fallback is not supported"));
-  }
+  QAAS_RETURN_IF_ERROR(GetBool(m, "byte_fallback", p + ": model", &spec->byte_fallback));
   QAAS_RETURN_IF_ERROR(GetBool(m, "ignore_merges", p + ": model", &spec->ignore_merges));
   QAAS_RETURN_IF_ERROR(GetBool(m, "fuse_unk", p + ": model", &spec->fuse_unk));
   if (m.contains("unk_token") && !m["unk_token"].is_null()) {
@@ -214,22 +251,47 @@ absl::Status ReadTokenizerJson(const std::string& p, BpeSpec* spec, std::string*
   }
 
   if (j.contains("normalizer") && !j["normalizer"].is_null()) {
-    const json& n = j["normalizer"];
-    const bool nfc = n.is_object() && n.value("type", "") == "NFC";
-    if (!nfc) {
-      return absl::UnimplementedError(absl::StrCat(
-          p, ": normalizer ", n.contains("type") ? n["type"].dump() : n.dump(), " is not supported (NFC only)"));
-    }
-    spec->nfc = true;
+    QAAS_RETURN_IF_ERROR(ParseNormalizer(j["normalizer"], p, spec));
   }
   const json pre = j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json();
   const std::string pre_type = pre.is_object() && pre.contains("type") && pre["type"].is_string()
                                    ? pre["type"].get<std::string>()
-                                   : "none";
+                                   : pre.is_null() ? "none" : pre.dump();
   const std::string supported =
-      "ByteLevel with GPT-2's regex, or Sequence[Split(Regex, Isolated), ByteLevel(use_regex=false)]";
+      "ByteLevel with GPT-2's regex, Sequence[Split(Regex, Isolated), ByteLevel(use_regex=false)], "
+      "Metaspace(split=false) or none";
   json byte_level = pre;
-  if (pre_type == "Sequence") {
+  if (pre_type == "none" || pre_type == "Metaspace") {
+    // SentencePiece-style (Llama 2, Gemma conversions): no byte-level
+    // alphabet; each text segment is one BPE word.
+    spec->byte_level = false;
+    if (pre_type == "Metaspace") {
+      spec->metaspace = true;
+      if (pre.contains("replacement")) {
+        if (!pre["replacement"].is_string() || pre["replacement"].get<std::string>().empty()) {
+          return absl::InvalidArgumentError(absl::StrCat(p, ": pre_tokenizer Metaspace replacement is not a string"));
+        }
+        spec->metaspace_replacement = pre["replacement"].get<std::string>();
+      }
+      bool split = true;
+      QAAS_RETURN_IF_ERROR(GetBool(pre, "split", p + ": pre_tokenizer Metaspace", &split));
+      if (split) {
+        return absl::UnimplementedError(absl::StrCat(p, ": pre_tokenizer Metaspace with split=true is not supported"));
+      }
+      // Older files say add_prefix_space instead of prepend_scheme.
+      bool add_prefix_space = true;
+      QAAS_RETURN_IF_ERROR(GetBool(pre, "add_prefix_space", p + ": pre_tokenizer Metaspace", &add_prefix_space));
+      spec->metaspace_prepend = add_prefix_space ? "always" : "never";
+      if (pre.contains("prepend_scheme")) {
+        const json& scheme = pre["prepend_scheme"];
+        if (scheme != "always" && scheme != "first" && scheme != "never") {
+          return absl::UnimplementedError(absl::StrCat(p, ": pre_tokenizer Metaspace prepend_scheme ", scheme.dump(),
+                                                       " is not supported (always, first, never)"));
+        }
+        spec->metaspace_prepend = scheme.get<std::string>();
+      }
+    }
+  } else if (pre_type == "Sequence") {
     // Llama 3 / Qwen2: a Split with the family's regex, then ByteLevel
     // mapping bytes only.
     const json& steps = pre.contains("pretokenizers") ? pre["pretokenizers"] : json();
@@ -269,8 +331,22 @@ absl::Status ReadTokenizerJson(const std::string& p, BpeSpec* spec, std::string*
     return absl::UnimplementedError(
         absl::StrCat(p, ": pre_tokenizer '", pre_type, "' is not supported (", supported, ")"));
   }
-  QAAS_RETURN_IF_ERROR(
-      GetBool(byte_level, "add_prefix_space", p + ": pre_tokenizer", &spec->add_prefix_space));
+  if (spec->byte_fallback && spec->byte_level) {
+    return absl::UnimplementedError(
+        absl::StrCat(p, ": model.byte_fallback with a ByteLevel pre-tokenizer is not supported"));
+  }
+  if (spec->byte_level) {
+    for (const auto& step : spec->normalizer) {
+      if (step.kind != BpeSpec::NormalizerStep::kNfc) {
+        return absl::UnimplementedError(absl::StrCat(
+            p, ": normalizer Prepend/Replace with a ByteLevel pre-tokenizer is not supported (NFC only)"));
+      }
+    }
+  }
+  if (spec->byte_level) {
+    QAAS_RETURN_IF_ERROR(
+        GetBool(byte_level, "add_prefix_space", p + ": pre_tokenizer", &spec->add_prefix_space));
+  }
   if (j.contains("post_processor")) *template_bos = TemplateBos(j["post_processor"]);
 
   if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {

@@ -35,7 +35,26 @@ struct BpeSpec {
   // Split(regex, Isolated) + ByteLevel(use_regex=false) (Llama 3, Qwen2):
   // the regex; "" for ByteLevel's own GPT-2 regex.
   std::string split_regex;
-  bool nfc = false;  // the NFC normalizer (Qwen2)
+  // The normalizer's steps, in order: NFC (Qwen2); SentencePiece-style
+  // conversions' Prepend("▁") (Llama 2, legacy) and Replace(" ", "▁").
+  struct NormalizerStep {
+    enum Kind { kNfc, kPrepend, kReplace } kind;
+    std::string text;     // kPrepend: what is prepended; kReplace: the pattern
+    std::string content;  // kReplace: its replacement
+  };
+  std::vector<NormalizerStep> normalizer;
+  // false for SentencePiece-style tokenizer.json (no ByteLevel step): BPE
+  // runs on the text's characters as written, one word per text segment.
+  bool byte_level = true;
+  // A character not in the vocabulary becomes its UTF-8 bytes' <0xXX>
+  // tokens (SentencePiece's byte fallback); without, <unk>.
+  bool byte_fallback = false;
+  // The Metaspace pre-tokenizer (split=false): spaces become `replacement`,
+  // which is prepended to a segment that does not start with it: every
+  // segment ("always"), the text's first ("first"), or none ("never").
+  bool metaspace = false;
+  std::string metaspace_replacement = "\xe2\x96\x81";  // "▁"
+  std::string metaspace_prepend = "always";
   bool ignore_merges = false;     // a word found whole in the vocabulary skips BPE
   std::string unk_token;          // "" when none: unknown characters are dropped
   bool fuse_unk = false;

@@ -9,6 +9,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "quant/model/byte_level.h"
 #include "quant/util/status_macros.h"
 
@@ -55,7 +57,10 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::FromSpec(BpeSpec spe
     }
   }
   const auto& alphabet = ByteLevelAlphabet();
-  for (int b = 0; b < 256; ++b) t->byte_ids_[b] = t->TokenId(alphabet[b]);
+  for (int b = 0; b < 256; ++b) {
+    t->byte_ids_[b] = t->TokenId(alphabet[b]);
+    t->fallback_ids_[b] = t->TokenId(absl::StrFormat("<0x%02X>", b));
+  }
   for (const auto& [token, id] : s.vocab) t->vocab_size_ = std::max(t->vocab_size_, id + 1);
   for (const auto& a : s.added_tokens) t->vocab_size_ = std::max(t->vocab_size_, a.id + 1);
   return t;
@@ -106,12 +111,12 @@ std::vector<BpeTokenizer::Segment> BpeTokenizer::SplitAdded(std::vector<Segment>
         ++pos;
         continue;
       }
-      if (pos > start) out.push_back({text.substr(start, pos - start), -1});
+      if (pos > start) out.push_back({text.substr(start, pos - start), -1, s.at_start && start == 0});
       out.push_back({text.substr(pos, best->content.size()), best->id});
       pos += best->content.size();
       start = pos;
     }
-    if (start < text.size()) out.push_back({text.substr(start), -1});
+    if (start < text.size()) out.push_back({text.substr(start), -1, s.at_start && start == 0});
   }
   return out;
 }
@@ -127,12 +132,8 @@ void BpeTokenizer::EncodeWord(absl::string_view word, std::vector<int>* ids) con
       return;
     }
   }
-  struct Symbol {
-    int id;  // -1 once merged into its left neighbour
-    int prev, next;
-  };
-  std::vector<Symbol> sym;
-  sym.reserve(word.size());
+  std::vector<int> initial;
+  initial.reserve(word.size());
   bool last_was_unk = false;
   for (char c : word) {
     int id = byte_ids_[static_cast<uint8_t>(c)];
@@ -145,6 +146,52 @@ void BpeTokenizer::EncodeWord(absl::string_view word, std::vector<int>* ids) con
     } else {
       last_was_unk = false;
     }
+    initial.push_back(id);
+  }
+  MergeSymbols(initial, ids);
+}
+
+std::vector<int> BpeTokenizer::CharacterSymbols(absl::string_view word) const {
+  std::vector<int> initial;
+  initial.reserve(word.size());
+  bool last_was_unk = false;
+  for (size_t i = 0; i < word.size();) {
+    // One UTF-8 character (a malformed byte stands alone).
+    const uint8_t lead = static_cast<uint8_t>(word[i]);
+    size_t n = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 1;
+    n = std::min(n, word.size() - i);
+    const absl::string_view ch = word.substr(i, n);
+    i += n;
+    auto it = spec_.vocab.find(std::string(ch));
+    if (it != spec_.vocab.end()) {
+      initial.push_back(it->second);
+      last_was_unk = false;
+      continue;
+    }
+    if (spec_.byte_fallback) {
+      bool all = true;
+      for (char b : ch) all = all && fallback_ids_[static_cast<uint8_t>(b)] >= 0;
+      if (all) {
+        for (char b : ch) initial.push_back(fallback_ids_[static_cast<uint8_t>(b)]);
+        last_was_unk = false;
+        continue;
+      }
+    }
+    if (unk_id_ < 0 || (spec_.fuse_unk && last_was_unk)) continue;
+    initial.push_back(unk_id_);
+    last_was_unk = true;
+  }
+  return initial;
+}
+
+void BpeTokenizer::MergeSymbols(const std::vector<int>& initial, std::vector<int>* ids) const {
+  struct Symbol {
+    int id;  // -1 once merged into its left neighbour
+    int prev, next;
+  };
+  std::vector<Symbol> sym;
+  sym.reserve(initial.size());
+  for (int id : initial) {
     const int n = static_cast<int>(sym.size());
     sym.push_back({id, n - 1, n + 1});
   }
@@ -185,15 +232,29 @@ void BpeTokenizer::EncodeWord(absl::string_view word, std::vector<int>* ids) con
 }
 
 std::vector<int> BpeTokenizer::Encode(absl::string_view text) const {
-  std::vector<Segment> segments = {{text, -1}};
+  std::vector<Segment> segments = {{text, -1, true}};
   segments = SplitAdded(std::move(segments), /*normalized=*/false);
   // The normalizer sees the text around the unnormalized added tokens;
   // normalized added tokens are then found in its output.
   std::deque<std::string> normalized;
-  if (spec_.nfc) {
+  if (!spec_.normalizer.empty()) {
     for (Segment& s : segments) {
       if (s.added_id >= 0) continue;
-      normalized.push_back(NormalizeNfc(s.text));
+      std::string t(s.text);
+      for (const auto& step : spec_.normalizer) {
+        switch (step.kind) {
+          case BpeSpec::NormalizerStep::kNfc:
+            t = NormalizeNfc(t);
+            break;
+          case BpeSpec::NormalizerStep::kPrepend:
+            if (!t.empty()) t = step.text + t;
+            break;
+          case BpeSpec::NormalizerStep::kReplace:
+            t = absl::StrReplaceAll(t, {{step.text, step.content}});
+            break;
+        }
+      }
+      normalized.push_back(std::move(t));
       s.text = normalized.back();
     }
   }
@@ -205,6 +266,29 @@ std::vector<int> BpeTokenizer::Encode(absl::string_view text) const {
       continue;
     }
     if (s.text.empty()) continue;
+    if (!spec_.byte_level) {
+      // SentencePiece-style: the segment is one word of characters.
+      absl::string_view word = s.text;
+      std::string spaced;
+      if (spec_.metaspace) {
+        const std::string& r = spec_.metaspace_replacement;
+        spaced = absl::StrReplaceAll(word, {{" ", r}});
+        // "first": only the segment the text starts with (its offset 0).
+        const bool prepend = spec_.metaspace_prepend == "always" ||
+                             (spec_.metaspace_prepend == "first" && s.at_start);
+        if (prepend && spaced.compare(0, r.size(), r) != 0) spaced = r + spaced;
+        word = spaced;
+      }
+      if (spec_.ignore_merges) {
+        auto it = spec_.vocab.find(std::string(word));
+        if (it != spec_.vocab.end()) {
+          ids.push_back(it->second);
+          continue;
+        }
+      }
+      MergeSymbols(CharacterSymbols(word), &ids);
+      continue;
+    }
     std::string prefixed;
     absl::string_view segment = s.text;
     if (spec_.add_prefix_space && segment[0] != ' ') {

@@ -8,6 +8,11 @@
 //   3. within each word, adjacent symbols are merged by the rank of their
 //      pair in the merge list (lowest rank first, leftmost on ties) until no
 //      listed pair is left; the symbols are then vocabulary ids.
+// SentencePiece-style tokenizer.json (Llama 2 and Gemma conversions) runs the
+// same merges without the byte-level alphabet: the normalizer (Prepend "▁",
+// Replace " " by "▁") or the Metaspace pre-tokenizer writes spaces as "▁",
+// each text segment is one word whose symbols start as its characters, and a
+// character missing from the vocabulary becomes its bytes' <0xXX> tokens.
 #ifndef QAAS_QUANT_MODEL_BPE_TOKENIZER_H_
 #define QAAS_QUANT_MODEL_BPE_TOKENIZER_H_
 
@@ -58,12 +63,18 @@ class BpeTokenizer : public Tokenizer {
   // A segment of the input: either an added token's id or text for BPE.
   struct Segment {
     absl::string_view text;
-    int added_id;  // -1 for text
+    int added_id;           // -1 for text
+    bool at_start = false;  // text that begins the input (Metaspace's "first")
   };
 
   BpeTokenizer() = default;
   std::vector<Segment> SplitAdded(std::vector<Segment> segments, bool normalized) const;
   void EncodeWord(absl::string_view word, std::vector<int>* ids) const;
+  // BPE over initial symbols (ids, -1 never): merges by rank, appended to ids.
+  void MergeSymbols(const std::vector<int>& initial, std::vector<int>* ids) const;
+  // The initial symbols of a SentencePiece-style word: its characters' ids,
+  // byte fallback or <unk> for the others.
+  std::vector<int> CharacterSymbols(absl::string_view word) const;
   static uint64_t PairKey(int left, int right) {
     return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) |
            static_cast<uint32_t>(right);
@@ -73,6 +84,7 @@ class BpeTokenizer : public Tokenizer {
   std::unique_ptr<RegexSplitter> splitter_;  // spec_.split_regex compiled; null for GPT-2's
   std::unordered_map<uint64_t, Merge> merges_;  // by PairKey(left id, right id)
   int byte_ids_[256] = {};  // id of each byte's character, -1 when not in the vocabulary
+  int fallback_ids_[256] = {};  // id of each byte's <0xXX> token, -1 when not in the vocabulary
   int unk_id_ = -1;
   int bos_id_ = -1;
   int eos_id_ = -1;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Byte-level BPE tokenizers with Llama 3's and Qwen2's exact pipelines, and their ids.
+"""BPE tokenizers with Llama 3's, Qwen2's and the SentencePiece conversions' exact pipelines, and their ids.
 
 What it makes:
 
@@ -16,6 +16,17 @@ What it makes:
                 no BOS.
       Both have the special tokens <|begin_of_text|>/<|endoftext|>,
       <|end_of_text|>/<|im_end|> and <|special|>.
+      SentencePiece-style tokenizer.json files, as Transformers converts a
+      SentencePiece BPE model (merges learnt within words, then the words'
+      split removed; an alphabet of the 120 commonest characters, so that
+      CJK, emoji and the rarer letters go through byte fallback to the 256
+      <0xXX> tokens; fuse_unk):
+        llama2:    normalizer Sequence[Prepend("▁"), Replace(" ", "▁")], no
+                   pre-tokenizer (Llama 2's legacy conversion); <s> prepended.
+        gemma:     normalizer Replace(" ", "▁"), no pre-tokenizer (Gemma's);
+                   <bos> prepended.
+        metaspace: no normalizer; Metaspace("▁", prepend_scheme="first",
+                   split=False) (the non-legacy conversion); <s> prepended.
 
   tests/data/family_tokenizer_reference.json
       Per family: for each torture text, `tokenizers`' ids
@@ -66,6 +77,9 @@ FAMILIES = {
                    add_bos=True),
     "qwen2": dict(pattern=QWEN2, nfc=True, ignore_merges=False, bos="<|endoftext|>", eos="<|im_end|>",
                   add_bos=False),
+    "llama2": dict(spm="legacy", bos="<s>", eos="</s>", add_bos=True),
+    "gemma": dict(spm="gemma", bos="<bos>", eos="<eos>", add_bos=True),
+    "metaspace": dict(spm="metaspace", bos="<s>", eos="</s>", add_bos=True),
 }
 
 
@@ -78,7 +92,40 @@ def fnv1a64_ids(ids):
     return "0x%016x" % h
 
 
+def build_spm(spec, corpus):
+    """A SentencePiece-style BPE: trained on "▁"-joined words, then given the
+    conversion's normalizer / pre-tokenizer and the 256 byte-fallback tokens."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    specials = ["<unk>", spec["bos"], spec["eos"], "<|special|>"]
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=specials, limit_alphabet=120, show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    j = json.loads(tok.to_str())
+    vocab = j["model"]["vocab"]
+    for b in range(256):
+        vocab.setdefault("<0x%02X>" % b, len(vocab))
+    if spec["spm"] == "legacy":
+        j["normalizer"] = {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u2581"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+        j["pre_tokenizer"] = None
+    elif spec["spm"] == "gemma":
+        j["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+        j["pre_tokenizer"] = None
+    else:
+        j["normalizer"] = None
+        j["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first",
+                              "split": False}
+    j["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+        {"type": "ByteFallback"}, {"type": "Fuse"}]}
+    return Tokenizer.from_str(json.dumps(j))
+
+
 def build(family, spec, corpus):
+    if "spm" in spec:
+        return build_spm(spec, corpus)
     tok = Tokenizer(models.BPE(ignore_merges=spec["ignore_merges"]))
     if spec["nfc"]:
         tok.normalizer = normalizers.NFC()

@@ -250,7 +250,8 @@ TEST(BpeTokenizerTest, FeaturesWeDoNotRunAreUnimplementedNamingThem) {
        [](json& j) {
          j["pre_tokenizer"] = {{"type", "Metaspace"}};
        }},
-      {"none", [](json& j) { j["pre_tokenizer"] = nullptr; }},
+      {"Whitespace", [](json& j) { j["pre_tokenizer"] = {{"type", "Whitespace"}}; }},
+      {"Replace", [](json& j) { j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"Regex", " +"}}}, {"content", "_"}}; }},
       {"use_regex", [](json& j) { j["pre_tokenizer"]["use_regex"] = false; }},
       {"lstrip", [](json& j) { j["added_tokens"][1]["lstrip"] = true; }},
   };
@@ -325,7 +326,9 @@ TEST(BpeTokenizerTest, VocabWithoutMergesIsNotFound) {
 
 // Llama 3's and Qwen2's tokenizer.json pipelines (Split with the family's
 // regex + ByteLevel without regex; Qwen2's NFC normalizer; Llama 3's
-// ignore_merges), trained by the tokenizers package with those exact
+// ignore_merges) and the SentencePiece-style ones of Llama 2 (Prepend +
+// Replace normalizer), Gemma (Replace) and the Metaspace conversion (prepend
+// "first"), all with byte fallback, trained by the tokenizers package with those exact
 // settings (scripts/reference/make_family_tokenizers.py): ids equal to its
 // own on a Unicode torture list and on whole files of ../shared/data.
 class FamilyTokenizerTest : public ::testing::TestWithParam<std::string> {
@@ -394,7 +397,8 @@ TEST(FamilyTokenizerFilesTest, OtherPipelinesAreRefusedNamingThem) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, FamilyTokenizerTest, ::testing::Values("llama3", "qwen2"));
+INSTANTIATE_TEST_SUITE_P(Families, FamilyTokenizerTest,
+                         ::testing::Values("llama3", "qwen2", "llama2", "gemma", "metaspace"));
 
 }  // namespace
 }  // namespace qaas::quant
