@@ -145,6 +145,11 @@ const std::map<std::string, json>& NeutralKeys() {
       {"partial_rotary_factor", 1.0},
       {"mlp_bias", false},         // families without a bias in the MLP
       {"attention_bias", false},   // families without attention biases (Phi-3)
+      // Phi-4-mini's config carries these; Phi3Config reads none of them,
+      // and at these values they describe what Transformers computes.
+      {"lm_head_bias", false},
+      {"full_attn_mod", 1},
+      {"interpolate_factor", 1},
   };
   return *kKeys;
 }
@@ -161,7 +166,9 @@ const std::set<std::string>& FamilyKeys(const std::string& model_type) {
       {"qwen2", {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}},
       {"qwen3", {"attention_bias", "sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}},
       {"gemma2", {"attention_bias", "sliding_window", "layer_types", "query_pre_attn_scalar", "attn_logit_softcapping",
-                  "final_logit_softcapping", "hidden_activation", "use_bidirectional_attention"}},
+                  "final_logit_softcapping", "hidden_activation", "use_bidirectional_attention",
+                  // Released Gemma 2 configs repeat the window here; Transformers reads sliding_window.
+                  "sliding_window_size"}},
       {"gemma3_text", {"attention_bias", "sliding_window", "layer_types", "query_pre_attn_scalar",
                        "attn_logit_softcapping", "final_logit_softcapping", "hidden_activation",
                        "use_bidirectional_attention", "rope_local_base_freq", "sliding_window_pattern",

@@ -332,6 +332,69 @@ TEST(ModelConfigTest, GemmaAndPhiReadTheirFeaturesAndDefaults) {
   EXPECT_TRUE(MessageHas(c, "rotary_dim / 2 = 3"));
 }
 
+// Configs with the keys the released checkpoints carry (gemma-2-9b,
+// gemma-3-1b-it, Phi-3.5-mini-instruct, Phi-4-mini-instruct; long factor
+// lists shortened with the head) parse, with their features read.
+TEST(ModelConfigTest, ReleasedGemmaAndPhiConfigsParse) {
+  json gemma2 = json::parse(R"({"architectures": ["Gemma2ForCausalLM"], "attention_bias": false,
+    "attention_dropout": 0.0, "attn_logit_softcapping": 50.0, "bos_token_id": 2, "cache_implementation": "hybrid",
+    "eos_token_id": 1, "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 3584, "initializer_range": 0.02,
+    "intermediate_size": 14336, "max_position_embeddings": 8192, "model_type": "gemma2",
+    "num_attention_heads": 16, "num_hidden_layers": 42, "num_key_value_heads": 8, "pad_token_id": 0,
+    "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096,
+    "sliding_window_size": 4096, "torch_dtype": "float32", "transformers_version": "4.42.0.dev0",
+    "use_cache": true, "vocab_size": 256000})");
+  auto c = ParseModelConfig(gemma2.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->WindowOf(0), 4096);
+  EXPECT_EQ(c->WindowOf(1), 0);
+  json gemma3 = json::parse(R"({"architectures": ["Gemma3ForCausalLM"], "attention_bias": false,
+    "attention_dropout": 0.0, "attn_logit_softcapping": null, "bos_token_id": 2, "cache_implementation": "hybrid",
+    "eos_token_id": [1, 106], "final_logit_softcapping": null, "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152, "initializer_range": 0.02,
+    "intermediate_size": 6912, "max_position_embeddings": 32768, "model_type": "gemma3_text",
+    "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1, "pad_token_id": 0,
+    "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": null,
+    "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6, "torch_dtype": "bfloat16",
+    "transformers_version": "4.50.0.dev0", "use_cache": true, "vocab_size": 262144})");
+  c = ParseModelConfig(gemma3.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->WindowOf(5), 0);
+  EXPECT_EQ(c->WindowOf(6), 512);
+  EXPECT_DOUBLE_EQ(c->embed_scale, 34.0);  // sqrt(1152) = 33.94 in bfloat16
+  json phi35 = json::parse(R"({"architectures": ["Phi3ForCausalLM"], "attention_bias": false,
+    "attention_dropout": 0.0, "bos_token_id": 1, "embd_pdrop": 0.0, "eos_token_id": 32000, "hidden_act": "silu",
+    "hidden_size": 3072, "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 131072,
+    "model_type": "phi3", "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32,
+    "original_max_position_embeddings": 4096, "pad_token_id": 32000, "resid_pdrop": 0.0, "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0, "sliding_window": 262144, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+    "transformers_version": "4.43.3", "use_cache": true, "vocab_size": 32064})");
+  phi35["rope_scaling"] = {{"type", "longrope"}, {"long_factor", std::vector<double>(48, 1.5)},
+                           {"short_factor", std::vector<double>(48, 1.0)}};
+  c = ParseModelConfig(phi35.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->rope_scaling.type, "longrope");
+  EXPECT_EQ(c->rotary_dim, 96);
+  json phi4mini = phi35;
+  phi4mini["partial_rotary_factor"] = 0.75;
+  phi4mini["hidden_size"] = 3072;
+  phi4mini["num_attention_heads"] = 24;
+  phi4mini["num_key_value_heads"] = 8;
+  phi4mini["tie_word_embeddings"] = true;
+  phi4mini["lm_head_bias"] = false;
+  phi4mini["mlp_bias"] = false;
+  phi4mini["full_attn_mod"] = 1;
+  phi4mini["interpolate_factor"] = 1;
+  phi4mini["sliding_window"] = 262144;
+  phi4mini["rope_scaling"] = {{"type", "longrope"}, {"long_factor", std::vector<double>(48, 1.5)},
+                              {"short_factor", std::vector<double>(48, 1.0)}};
+  c = ParseModelConfig(phi4mini.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->head_dim, 128);
+  EXPECT_EQ(c->rotary_dim, 96);
+}
+
 // Each computation-changing setting of these families that qaas does not run
 // is refused naming it.
 TEST(ModelConfigTest, GemmaAndPhiRefuseWhatTheyDoNotRun) {
