@@ -264,8 +264,19 @@ absl::StatusOr<CheckpointFormLayer> ToCheckpointForm(const DecoderModel& model, 
   out.transformed.index = out.quantized.index = layer.transformed->index;
   out.transformed.act = layer.transformed->act;
   out.quantized.act = layer.quantized->act;
-  for (const auto& [name, t] : layer.transformed->norms) out.transformed.norms.emplace_back(name, model.StoredNorm(name, t));
-  for (const auto& [name, t] : layer.quantized->norms) out.quantized.norms.emplace_back(name, model.StoredNorm(name, t));
+  // A norm whose factor is still the one loaded is written as the checkpoint
+  // stores it: (1 + w) - 1 gives back the factor exactly, but not always w's
+  // last bits.
+  const double offset = model.config().norm_weight_offset;
+  auto stored = [&](const std::string& name, const at::Tensor& t) {
+    if (offset != 0 && layer.checkpoint != nullptr && at::is_floating_point(t) && t.dim() == 1) {
+      auto original = layer.checkpoint->Load(layer.prefix + name, {t.size(0)});
+      if (original.ok() && at::equal(*original + offset, t.cpu())) return *original;
+    }
+    return model.StoredNorm(name, t);
+  };
+  for (const auto& [name, t] : layer.transformed->norms) out.transformed.norms.emplace_back(name, stored(name, t));
+  for (const auto& [name, t] : layer.quantized->norms) out.quantized.norms.emplace_back(name, stored(name, t));
   const std::vector<std::string>& names = *layer.linear_names;
   std::vector<int> fused_into(names.size(), -1);
   for (size_t f = 0; f < model.Fusions().size(); ++f) {
