@@ -23,7 +23,9 @@ What it checks, for one artifact directory (OUT/artifact written by
     next channel; AutoGPTQ-style per-element "+1" reads 2^b).  The script
     predicts, with a NumPy model of GPTQModel's packed add, which channels
     such a loader will misread.
- 3. Reference model: a plain float32 `LlamaForCausalLM` built from the
+ 3. Reference model: a plain float32 Transformers model of the artifact's
+    family (`AutoModelForCausalLM`: Llama, Qwen, Mistral, Gemma 2/3, Phi-3
+    with its fused qkv_proj / gate_up_proj) built from the
     ORIGINAL model directory with every quantized linear's weight replaced by
     the NumPy dequantization, so the reference owes nothing to our C++.
  4. Third-party loads of the artifact itself, on CPU, in float16 (and in
@@ -64,7 +66,8 @@ gptq_torch_aten with group_size -1); LOAD_FAILED / FORWARD_FAILED otherwise.
 Exit status: 0 if every layout check passes and every run is OK, REFUSED,
 UNSUPPORTED_BY_KERNEL or LOADER_BUG (LOADER_BUG counts as a failure with
 --strict); 1 otherwise.  The bound is on max|d|/max|ref| against the float32
-reference: --rel-bound, default 5e-3 for float16 runs (observed 4e-4..7e-4,
+reference: --rel-bound, default the larger of twice the dense same-dtype
+copy's own deviation and 5e-3 for float16 runs (observed 4e-4..7e-4,
 about the dense float16 figure) and 3e-2 for bfloat16 runs (observed
 3e-3..7e-3).  GPTQModel.load refuses sym=False checkpoints with
 checkpoint_format "gptq" unless quantization_config.meta.quantizer names
@@ -314,11 +317,18 @@ def make_token_windows(data_path, tokenizer_path, nseq, seqlen):
 # Torch side
 # ----------------------------------------------------------------------------
 
+def random_token_windows(seed, nseq, seqlen, vocab):
+    """Ids drawn uniformly from [3, vocab): for models whose vocabulary is
+    smaller than the tokenizer's (the tiny family models of tests/data)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(3, vocab, size=(nseq, seqlen), dtype=np.int64), vocab
+
+
 def build_reference(model_dir, layers, dtype):
     import torch
-    from transformers import LlamaForCausalLM
-    m = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                         attn_implementation="eager")
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                             attn_implementation="eager")
     mods = dict(m.named_modules())
     with torch.no_grad():
         for p, L in layers.items():
@@ -496,6 +506,9 @@ def main():
     ap.add_argument("--model", required=True, help="original float model directory")
     ap.add_argument("--data", default=os.path.join(DEFAULT_SHARED, "data/tinystories/valid-sample.txt"))
     ap.add_argument("--tokenizer", default=os.path.join(DEFAULT_SHARED, "models/stories260k/tokenizer.model"))
+    ap.add_argument("--random-ids", type=int, default=None, metavar="SEED",
+                    help="windows of uniformly random ids instead of the tokenized --data "
+                         "(models with a smaller vocabulary than the tokenizer's)")
     ap.add_argument("--nseq", type=int, default=4)
     ap.add_argument("--seqlen", type=int, default=64)
     ap.add_argument("--runs", default=None,
@@ -555,7 +568,10 @@ def main():
         print("  LAYOUT ERROR:", e)
 
     # -- 3: tokens + reference
-    ids, vocab = make_token_windows(args.data, args.tokenizer, args.nseq, args.seqlen)
+    if args.random_ids is not None:
+        ids, vocab = random_token_windows(args.random_ids, args.nseq, args.seqlen, cfg["vocab_size"])
+    else:
+        ids, vocab = make_token_windows(args.data, args.tokenizer, args.nseq, args.seqlen)
     report["tokens"] = {"nseq": args.nseq, "seqlen": args.seqlen,
                         "first_ids": ids[0, :12].tolist(), "tokenizer_vocab": vocab}
     with quiet(not args.verbose):
@@ -578,7 +594,11 @@ def main():
         DEFAULT_RUNS_4BIT if bits == 4 and gs in (32, 64, 128, 256) else "")
     for spec in [s for s in runs.split(",") if s]:
         loader, backend, dn = spec.split(":")
-        bound = args.rel_bound if args.rel_bound is not None else REL_BOUND[dn]
+        # The default bound is never below twice what a dense copy of the
+        # reference in the same dtype deviates by: reduced-precision
+        # arithmetic alone (soft-capped Gemma 2 logits, tiny hidden sizes).
+        bound = (args.rel_bound if args.rel_bound is not None
+                 else max(REL_BOUND[dn], 2 * report[f"dense_{dn}_vs_ref"]["rel_max"]))
         attempts = [(args.artifact, False)]
         run_results = []
         while attempts:
@@ -684,7 +704,7 @@ def main():
                   f"zeros {wc['zeros_equal']}/{wc['zeros_checked']} exact, "
                   f"dequant {wc['dequant_equal']}/{wc['dequant_checked']} exact; logits vs fp32 ref: "
                   f"max|d| {v['max_abs_diff']:.3e} rel_max {v['rel_max']:.3e} "
-                  f"rel_fro {v['rel_fro']:.3e} top1 {v['top1_agree']:.4f} (bound {bound:.0e}); "
+                  f"rel_fro {v['rel_fro']:.3e} top1 {v['top1_agree']:.4f} (bound {bound:.1e}); "
                   f"vs dense {dn}: max|d| {r['vs_dense_same_dtype']['max_abs_diff']:.3e}")
             if isinstance(probe, dict) and "error" not in probe:
                 worst = max(probe.items(), key=lambda kv: kv[1]["rel_vs_ours"])
