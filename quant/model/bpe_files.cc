@@ -259,9 +259,21 @@ absl::Status ReadTokenizerJson(const std::string& p, BpeSpec* spec, std::string*
                                    : pre.is_null() ? "none" : pre.dump();
   const std::string supported =
       "ByteLevel with GPT-2's regex, Sequence[Split(Regex, Isolated), ByteLevel(use_regex=false)], "
-      "Metaspace(split=false) or none";
+      "Metaspace(split=false), Split(String, MergedWithPrevious) or none";
   json byte_level = pre;
-  if (pre_type == "none" || pre_type == "Metaspace") {
+  if (pre_type == "Split") {
+    // Gemma's converter: Split(" ", MergedWithPrevious) after a normalizer
+    // that replaced the spaces; SentencePiece-style.
+    const json pattern = pre.contains("pattern") ? pre["pattern"] : json();
+    if (!pattern.is_object() || !pattern.contains("String") || !pattern["String"].is_string() ||
+        pattern["String"].get<std::string>().empty() || pre.value("behavior", "") != "MergedWithPrevious" ||
+        pre.value("invert", false)) {
+      return absl::UnimplementedError(absl::StrCat(p, ": pre_tokenizer Split ", pre.dump(),
+                                                   " is not supported alone (a String, MergedWithPrevious)"));
+    }
+    spec->byte_level = false;
+    spec->split_string = pattern["String"].get<std::string>();
+  } else if (pre_type == "none" || pre_type == "Metaspace") {
     // SentencePiece-style (Llama 2, Gemma conversions): no byte-level
     // alphabet; each text segment is one BPE word.
     spec->byte_level = false;

@@ -53,6 +53,9 @@ struct BpeSpec {
   // which is prepended to a segment that does not start with it: every
   // segment ("always"), the text's first ("first"), or none ("never").
   bool metaspace = false;
+  // Split(String pattern, MergedWithPrevious) (Gemma's converter): words end
+  // after each occurrence of the pattern; "" none.
+  std::string split_string;
   std::string metaspace_replacement = "\xe2\x96\x81";  // "▁"
   std::string metaspace_prepend = "always";
   bool ignore_merges = false;     // a word found whole in the vocabulary skips BPE

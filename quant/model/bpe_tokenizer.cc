@@ -279,14 +279,28 @@ std::vector<int> BpeTokenizer::Encode(absl::string_view text) const {
         if (prepend && spaced.compare(0, r.size(), r) != 0) spaced = r + spaced;
         word = spaced;
       }
-      if (spec_.ignore_merges) {
-        auto it = spec_.vocab.find(std::string(word));
-        if (it != spec_.vocab.end()) {
-          ids.push_back(it->second);
-          continue;
+      // Split(pattern, MergedWithPrevious): each word ends after the pattern.
+      std::vector<absl::string_view> words;
+      if (spec_.split_string.empty()) {
+        words.push_back(word);
+      } else {
+        size_t start = 0;
+        for (size_t at; (at = word.find(spec_.split_string, start)) != absl::string_view::npos;) {
+          words.push_back(word.substr(start, at + spec_.split_string.size() - start));
+          start = at + spec_.split_string.size();
         }
+        if (start < word.size()) words.push_back(word.substr(start));
       }
-      MergeSymbols(CharacterSymbols(word), &ids);
+      for (absl::string_view w : words) {
+        if (spec_.ignore_merges) {
+          auto it = spec_.vocab.find(std::string(w));
+          if (it != spec_.vocab.end()) {
+            ids.push_back(it->second);
+            continue;
+          }
+        }
+        MergeSymbols(CharacterSymbols(w), &ids);
+      }
       continue;
     }
     std::string prefixed;

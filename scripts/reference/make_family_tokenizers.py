@@ -23,10 +23,17 @@ What it makes:
       <0xXX> tokens; fuse_unk):
         llama2:    normalizer Sequence[Prepend("▁"), Replace(" ", "▁")], no
                    pre-tokenizer (Llama 2's legacy conversion); <s> prepended.
-        gemma:     normalizer Replace(" ", "▁"), no pre-tokenizer (Gemma's);
+        gemma:     normalizer Replace(" ", "▁"), pre-tokenizer Split(" ",
+                   MergedWithPrevious) (Transformers' GemmaConverter);
                    <bos> prepended.
         metaspace: no normalizer; Metaspace("▁", prepend_scheme="first",
                    split=False) (the non-legacy conversion); <s> prepended.
+        spacesplit: gemma's Split(" ", MergedWithPrevious) without its
+                   normalizer, so that the split acts (spaces fall back to
+                   <0x20>).
+      The trainer breaks some ties differently from run to run, so the
+      SentencePiece-style vocabularies can change when this is re-run; the
+      reference ids are always made from the files written with them.
 
   tests/data/family_tokenizer_reference.json
       Per family: for each torture text, `tokenizers`' ids
@@ -80,6 +87,7 @@ FAMILIES = {
     "llama2": dict(spm="legacy", bos="<s>", eos="</s>", add_bos=True),
     "gemma": dict(spm="gemma", bos="<bos>", eos="<eos>", add_bos=True),
     "metaspace": dict(spm="metaspace", bos="<s>", eos="</s>", add_bos=True),
+    "spacesplit": dict(spm="spacesplit", bos="<bos>", eos="<eos>", add_bos=True),
 }
 
 
@@ -111,8 +119,17 @@ def build_spm(spec, corpus):
             {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
         j["pre_tokenizer"] = None
     elif spec["spm"] == "gemma":
+        # Transformers' GemmaConverter: the Split on " " after the normalizer
+        # replaced every space.
         j["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
-        j["pre_tokenizer"] = None
+        j["pre_tokenizer"] = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
+                              "invert": False}
+    elif spec["spm"] == "spacesplit":
+        # The same Split without the normalizer, so that it really splits
+        # (spaces then fall back to <0x20>): exercises the split itself.
+        j["normalizer"] = None
+        j["pre_tokenizer"] = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
+                              "invert": False}
     else:
         j["normalizer"] = None
         j["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first",

@@ -327,8 +327,9 @@ TEST(BpeTokenizerTest, VocabWithoutMergesIsNotFound) {
 // Llama 3's and Qwen2's tokenizer.json pipelines (Split with the family's
 // regex + ByteLevel without regex; Qwen2's NFC normalizer; Llama 3's
 // ignore_merges) and the SentencePiece-style ones of Llama 2 (Prepend +
-// Replace normalizer), Gemma (Replace) and the Metaspace conversion (prepend
-// "first"), all with byte fallback, trained by the tokenizers package with those exact
+// Replace normalizer), Gemma (Replace, Split(" ", MergedWithPrevious)), the
+// Metaspace conversion (prepend "first") and that Split acting alone, all
+// with byte fallback, trained by the tokenizers package with those exact
 // settings (scripts/reference/make_family_tokenizers.py): ids equal to its
 // own on a Unicode torture list and on whole files of ../shared/data.
 class FamilyTokenizerTest : public ::testing::TestWithParam<std::string> {
@@ -398,7 +399,7 @@ TEST(FamilyTokenizerFilesTest, OtherPipelinesAreRefusedNamingThem) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, FamilyTokenizerTest,
-                         ::testing::Values("llama3", "qwen2", "llama2", "gemma", "metaspace"));
+                         ::testing::Values("llama3", "qwen2", "llama2", "gemma", "metaspace", "spacesplit"));
 
 }  // namespace
 }  // namespace qaas::quant
