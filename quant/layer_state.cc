@@ -154,7 +154,8 @@ nlohmann::json ToJson(const LayerRecord& r) {
                       {"blocks", nlohmann::json::array()},
                       {"seconds", {r.seconds_calibration, r.seconds_quantization, r.seconds_evaluation}}};
   for (const LayerReport& l : r.linears) {
-    j["layers"].push_back({l.name, l.method, l.seconds, l.relative_weight_error, l.details, l.group});
+    j["layers"].push_back({l.name, l.method, l.seconds, l.relative_weight_error, l.details, l.group,
+                           l.calibration_tokens});
   }
   for (const BlockReport& b : r.blocks) j["blocks"].push_back({b.index, b.output_relative_error, b.transforms});
   return j;
@@ -167,7 +168,8 @@ absl::StatusOr<LayerRecord> LayerRecordFromJson(const nlohmann::json& j) {
     r.layer = j.at("layer").get<int>();
     for (const auto& l : j.at("layers")) {
       r.linears.push_back({l.at(0).get<std::string>(), l.at(1).get<std::string>(), l.at(2).get<double>(),
-                           l.at(3).get<double>(), l.at(4), l.size() > 5 ? l.at(5).get<std::string>() : ""});
+                           l.at(3).get<double>(), l.at(4), l.size() > 5 ? l.at(5).get<std::string>() : "",
+                           l.size() > 6 ? l.at(6).get<int64_t>() : -1});
     }
     for (const auto& b : j.at("blocks")) r.blocks.push_back({b.at(0).get<int>(), b.at(1).get<double>(), b.at(2)});
     const auto& seconds = j.at("seconds");

@@ -163,6 +163,7 @@ class Pipeline {
   std::vector<RecipeStep> transforms_;  // the recipe's transforms, in order
   RecipeStep weight_step_;  // the recipe's weight quantizer (its last step; RTN when none)
   std::unique_ptr<WeightQuantizer> quantizer_;
+  std::unique_ptr<WeightQuantizer> fallback_;  // RTN, for linears that saw too few calibration tokens
   // The artifact's layouts: the job's, and a plain dequantized copy where the
   // quantizer wants one. The first is the artifact the report sizes.
   std::vector<std::unique_ptr<ArtifactLayout>> layouts_;
@@ -204,6 +205,11 @@ absl::Status Pipeline::CheckRecipeAndScheme() {
                                                  " is not implemented (integer or MX weights)"));
   }
   QAAS_ASSIGN_OR_RETURN(quantizer_, MakeWeightQuantizer(weight_step_, sc));
+  QAAS_ASSIGN_OR_RETURN(fallback_, MakeWeightQuantizer(RecipeStep{"rtn", {}}, sc));
+  if (o_.min_calibration_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("min_calibration_tokens must be at least 1, got ",
+                                                   o_.min_calibration_tokens));
+  }
   QAAS_ASSIGN_OR_RETURN(auto layout, MakeArtifactLayout(o_.artifact_layout));
   layouts_.push_back(std::move(layout));
   if (quantizer_->WantsDequantizedCopy()) {
@@ -219,6 +225,22 @@ absl::Status Pipeline::Prepare() {
   QAAS_RETURN_IF_ERROR(CheckRecipeAndScheme());
   QAAS_ASSIGN_OR_RETURN(ck_, Checkpoint::Open(o_.model_dir));
   config_ = ck_->config();
+  if (config_.moe.num_experts > 0) {
+    // A mixture of experts' router reads the MLP's normed input too: folds
+    // into that norm (SmoothQuant, RPTQ, OmniQuant's LET) would have to fold
+    // into the router as well, and per-expert activation statistics are not
+    // gathered yet. Weight-only recipes run.
+    for (const auto& step : transforms_) {
+      return absl::UnimplementedError(absl::StrCat("recipe step '", step.method, "' on a mixture-of-experts model (",
+                                                   config_.model_type, ") is not supported yet: weight-only "
+                                                   "quantizers (rtn, gptq, adadim, omniquant) run"));
+    }
+    if (!o_.scheme.weight_only()) {
+      return absl::UnimplementedError(absl::StrCat("scheme ", o_.scheme.ToString(), " on a mixture-of-experts model (",
+                                                   config_.model_type, "): activation and KV-cache quantization are "
+                                                   "not supported yet (weight-only schemes are)"));
+    }
+  }
   QAAS_ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Load(o_.model_dir));
   if (tokenizer_->vocab_size() > config_.vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", tokenizer_->vocab_size(),
@@ -228,6 +250,7 @@ absl::Status Pipeline::Prepare() {
   fingerprint_ = {{"config", Fnv1a(config_.raw_json)}, {"scheme", o_.scheme.ToString()},
                   {"seed", o_.seed}, {"num_samples", o_.num_samples}, {"device", device_.str()},
                   {"batch_size", o_.batch_size}, {"model_bytes", ck_->total_bytes()},
+                  {"min_calibration_tokens", o_.min_calibration_tokens},
                   {"inputs", o_.inputs_fingerprint}};
   for (const auto& step : o_.recipe) fingerprint_["recipe"].push_back(RecipeStepJson(step));
   for (const auto& name : ck_->TensorNames()) {
@@ -516,8 +539,25 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
       report.name = layer_prefix + names[j];
       report.method = quantizer_->name();
       report.group = group_name;
+      // The tokens its statistics come from: all of them for a dense linear,
+      // the routed ones for an expert. Too few: RTN, and the report says so.
+      WeightQuantizer* quantizer = quantizer_.get();
+      if (hessians.count(j) || layer.sample.defined()) {
+        report.calibration_tokens = hessians.count(j)                 ? hessians[j]->samples()
+                                    : linear.sample_inputs.defined() ? linear.sample_inputs.size(0)
+                                                                     : 0;
+        if (report.calibration_tokens < o_.min_calibration_tokens) {
+          quantizer = fallback_.get();
+          report.method = fallback_->name();
+          report.details = {{"fallback",
+                             absl::StrCat(quantizer_->name(), " needs calibration tokens; this linear saw ",
+                                          report.calibration_tokens, " (fewer than min_calibration_tokens ",
+                                          o_.min_calibration_tokens, ")")}};
+        }
+      }
       auto tq = Clock::now();
-      auto q = quantizer_->Quantize(layer, linear, &report.details);
+      nlohmann::json fallback_details;
+      auto q = quantizer->Quantize(layer, linear, quantizer == fallback_.get() ? &fallback_details : &report.details);
       if (!q.ok()) return Annotate(q.status(), report.name);
       QAAS_RETURN_IF_ERROR(CheckFinite(q->dequantized, absl::StatusCode::kFailedPrecondition,
                                        absl::StrCat(report.name, ": the quantized weight")));

@@ -77,6 +77,12 @@ struct PipelineOptions {
   std::vector<DatasetRef> evaluations;
   std::string device = "cpu";
   int batch_size = 8;            // windows per forward call
+  // A linear whose calibration saw fewer tokens than this (a mixture of
+  // experts' rarely routed expert) is quantized with RTN instead of the
+  // recipe's calibrating quantizer, whose statistics (a Hessian of a few
+  // tokens) would be ill-conditioned; the report says so. Part of the
+  // fingerprint.
+  int min_calibration_tokens = 16;
   nlohmann::json manifest_extra;  // recorded in qaas_manifest.json (e.g. the job spec)
   // How artifact/ stores the quantized layers (export.h's MakeArtifactLayout).
   std::string artifact_layout = "gptq";

@@ -29,6 +29,7 @@ nlohmann::json ToJson(const Report& r) {
                             {"seconds", l.seconds},
                             {"relative_weight_error", l.relative_weight_error}};
     if (!l.group.empty()) layer["group"] = l.group;
+    if (l.calibration_tokens >= 0) layer["calibration_tokens"] = l.calibration_tokens;
     if (!l.details.is_null()) layer["details"] = l.details;
     j["layers"].push_back(layer);
   }

@@ -20,6 +20,9 @@ struct LayerReport {
   // The sequential group it was quantized in (DecoderModel::SequentialGroups:
   // "qkv", "o", "gate_up", "down"; "all" without true-sequential).
   std::string group;
+  // Calibration tokens its statistics came from (a MoE expert: the tokens
+  // routed to it); -1 when the quantizer calibrates nothing.
+  int64_t calibration_tokens = -1;
 };
 
 struct BlockReport {

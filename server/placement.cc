@@ -115,11 +115,17 @@ PlacementResult Place(const PlacementPolicy& policy, const PlacementInput& in) {
 uint64_t EstimatePipelineMemory(const MemoryEstimateInput& in) {
   const double f32 = 4;
   const double h = in.hidden_size, ffn = in.intermediate_size > 0 ? in.intermediate_size : 4 * in.hidden_size;
-  // Attention (q, k, v, o: at most 4 h^2) and MLP (at most 3 h ffn) weights.
-  const double layer_weights = (4 * h * h + 3 * h * ffn) * f32;
+  // Attention (q, k, v, o: at most 4 h^2) and MLP (at most 3 h ffn) weights;
+  // a mixture of experts holds every expert's.
+  double mlp_width = ffn, hessian_width = ffn;
+  if (in.num_experts > 0) {
+    mlp_width = double(in.num_experts) * in.expert_intermediate_size + in.shared_expert_intermediate_size;
+    hessian_width = double(std::max(in.expert_intermediate_size, in.shared_expert_intermediate_size));
+  }
+  const double layer_weights = (4 * h * h + 3 * h * mlp_width) * f32;
   // GPTQ Hessians, one per distinct linear input (h for q/k/v and gate/up, h
-  // for o, ffn for down).
-  const double hessians = (2 * h * h + ffn * ffn) * f32;
+  // for o, ffn for down); experts are quantized one at a time.
+  const double hessians = (2 * h * h + hessian_width * hessian_width) * f32;
   const double embeddings = 2 * static_cast<double>(in.vocab_size) * h * f32;  // input table and head
   const double calibration = (in.omniquant ? 3 : 2) * static_cast<double>(in.calibration_tokens) * h * f32;
   const double evaluation = 2 * static_cast<double>(in.evaluation_tokens) * h * f32;

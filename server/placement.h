@@ -81,6 +81,11 @@ PlacementResult Place(const PlacementPolicy& policy, const PlacementInput& input
 struct MemoryEstimateInput {
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
+  // A mixture of experts: its experts' MLP width each, and the shared
+  // expert's (0: none); num_experts 0: dense.
+  int64_t num_experts = 0;
+  int64_t expert_intermediate_size = 0;
+  int64_t shared_expert_intermediate_size = 0;
   int64_t vocab_size = 0;
   int64_t calibration_tokens = 0;  // num_samples x seq_len
   int64_t evaluation_tokens = 0;   // over every evaluation set

@@ -249,6 +249,9 @@ uint64_t EstimateJobMemory(const v1::JobSpec& spec, const std::vector<std::strin
   MemoryEstimateInput m;
   m.hidden_size = config->hidden_size;
   m.intermediate_size = config->intermediate_size;
+  m.num_experts = config->moe.num_experts;
+  m.expert_intermediate_size = config->moe.expert_intermediate_size;
+  m.shared_expert_intermediate_size = config->moe.shared_expert_intermediate_size;
   m.vocab_size = config->vocab_size;
   if (!spec.calibration().dataset().empty()) {
     const int samples = spec.calibration().num_samples() > 0 ? spec.calibration().num_samples() : 128;

@@ -127,6 +127,8 @@ bool HarmlessKey(const std::string& key) {
       "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "chunk_size_feed_forward",
       "pruned_heads", "tf_legacy_loss", "use_bfloat16", "_attn_implementation_autoset", "is_decoder",
       "cross_attention_hidden_size", "cache_implementation",
+      // MoE training only: the auxiliary load-balancing loss, router noise.
+      "output_router_logits", "router_aux_loss_coef", "router_jitter_noise",
   };
   return kKeys.count(key) > 0;
 }
@@ -176,6 +178,13 @@ const std::set<std::string>& FamilyKeys(const std::string& model_type) {
                        // sliding_window_pattern, and only without layer_types).
                        "_sliding_window_pattern"}},
       {"phi3", {"sliding_window", "original_max_position_embeddings", "partial_rotary_factor"}},
+      {"mixtral", {"sliding_window", "num_local_experts", "num_experts_per_tok"}},
+      {"qwen2_moe", {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types", "num_experts",
+                     "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size",
+                     "norm_topk_prob", "decoder_sparse_step", "mlp_only_layers", "qkv_bias"}},
+      {"qwen3_moe", {"attention_bias", "sliding_window", "use_sliding_window", "max_window_layers", "layer_types",
+                     "num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
+                     "decoder_sparse_step", "mlp_only_layers"}},
   };
   static const auto* kMerged = [] {
     auto* merged = new std::map<std::string, std::set<std::string>>;
@@ -397,7 +406,11 @@ absl::Status ParseSlidingWindow(const json& j, ModelConfig* c) {
   int window = gemma ? 4096 : 0;  // Gemma2Config / Gemma3TextConfig default sliding_window
   if (j.contains("sliding_window")) {
     window = 0;
-    if (!j["sliding_window"].is_null()) QAAS_RETURN_IF_ERROR(GetInt(j, "sliding_window", true, window));
+    // null or 0 (Qwen2-MoE saves 0 without use_sliding_window): no window.
+    const json& w = j["sliding_window"];
+    if (!w.is_null() && !(w.is_number_integer() && w.get<int64_t>() == 0)) {
+      QAAS_RETURN_IF_ERROR(GetInt(j, "sliding_window", true, window));
+    }
   }
   if (window == 0) {
     if (j.contains("layer_types") && j["layer_types"].is_array()) {
@@ -411,7 +424,7 @@ absl::Status ParseSlidingWindow(const json& j, ModelConfig* c) {
     return absl::OkStatus();
   }
   std::vector<bool> sliding(c->num_layers, false);
-  if (c->model_type == "mistral" || c->model_type == "phi3") {
+  if (c->model_type == "mistral" || c->model_type == "phi3" || c->model_type == "mixtral") {
     sliding.assign(c->num_layers, true);
   } else if (j.contains("layer_types") && !j["layer_types"].is_null()) {
     const json& types = j["layer_types"];
@@ -497,6 +510,50 @@ absl::Status ParseGemma(const json& j, ModelConfig* c) {
   return absl::OkStatus();
 }
 
+// The mixture-of-experts keys of Mixtral / Qwen2-MoE / Qwen3-MoE.
+absl::Status ParseMoe(const json& j, ModelConfig* c) {
+  MoeConfig& m = c->moe;
+  const bool mixtral = c->model_type == "mixtral";
+  m.block = mixtral ? "block_sparse_moe" : "mlp";
+  m.mixtral_names = mixtral;
+  // Each config class's defaults where a key is absent.
+  m.num_experts = mixtral ? 8 : c->model_type == "qwen2_moe" ? 60 : 128;
+  m.top_k = mixtral ? 2 : c->model_type == "qwen2_moe" ? 4 : 8;
+  // Released Qwen3-MoE configs say num_experts; Transformers 5 saves num_local_experts.
+  QAAS_RETURN_IF_ERROR(GetInt(j, mixtral ? "num_local_experts" : "num_experts", false, m.num_experts));
+  if (c->model_type == "qwen3_moe") QAAS_RETURN_IF_ERROR(GetInt(j, "num_local_experts", false, m.num_experts));
+  QAAS_RETURN_IF_ERROR(GetInt(j, "num_experts_per_tok", false, m.top_k));
+  if (m.top_k > m.num_experts) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: num_experts_per_tok ", m.top_k, " exceeds the ",
+                                                   m.num_experts, " experts"));
+  }
+  if (mixtral) {
+    m.expert_intermediate_size = c->intermediate_size;
+    m.norm_topk_prob = true;  // Mixtral always renormalizes the top k
+    return absl::OkStatus();
+  }
+  m.expert_intermediate_size = c->model_type == "qwen2_moe" ? 1408 : 768;
+  QAAS_RETURN_IF_ERROR(GetInt(j, "moe_intermediate_size", false, m.expert_intermediate_size));
+  QAAS_RETURN_IF_ERROR(GetBool(j, "norm_topk_prob", m.norm_topk_prob));
+  if (c->model_type == "qwen2_moe") {
+    m.shared_expert_intermediate_size = 5632;
+    QAAS_RETURN_IF_ERROR(GetInt(j, "shared_expert_intermediate_size", false, m.shared_expert_intermediate_size));
+  }
+  // Dense layers among the sparse ones are not run yet.
+  int step = 1;
+  QAAS_RETURN_IF_ERROR(GetInt(j, "decoder_sparse_step", false, step));
+  if (step != 1) {
+    return absl::UnimplementedError(absl::StrCat("config.json: 'decoder_sparse_step' = ", step,
+                                                 " (dense layers between the MoE layers) is not supported (only 1)"));
+  }
+  if (j.contains("mlp_only_layers") && !j["mlp_only_layers"].is_null() &&
+      !(j["mlp_only_layers"].is_array() && j["mlp_only_layers"].empty())) {
+    return absl::UnimplementedError(absl::StrCat("config.json: 'mlp_only_layers' = ", j["mlp_only_layers"].dump(),
+                                                 " (dense layers among the MoE layers) is not supported (only [])"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
@@ -511,14 +568,18 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   }
   c.model_type = j["model_type"].get<std::string>();
   if (c.model_type == "opt") return ParseOptConfig(j, std::move(c));
-  static const std::set<std::string> kLlamaLike = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text",
-                                                   "phi3"};
+  static const std::set<std::string> kLlamaLike = {"llama", "mistral",   "qwen2",   "qwen3",    "gemma2",
+                                                   "gemma3_text", "phi3", "mixtral", "qwen2_moe", "qwen3_moe"};
   if (!kLlamaLike.count(c.model_type)) {
     std::string hint;
     if (c.model_type == "gemma3") hint = " (the multimodal Gemma 3; its text model, model_type gemma3_text, is)";
-    return absl::UnimplementedError(absl::StrCat(
-        "config.json: model_type '", c.model_type,
-        "' is not supported (llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, opt)", hint));
+    if (c.model_type.rfind("deepseek_v", 0) == 0) {
+      hint = " (DeepSeek-V2/V3: multi-head latent attention and grouped sigmoid routing are not implemented)";
+    }
+    return absl::UnimplementedError(absl::StrCat("config.json: model_type '", c.model_type,
+                                                 "' is not supported (llama, mistral, qwen2, qwen3, gemma2, "
+                                                 "gemma3_text, phi3, mixtral, qwen2_moe, qwen3_moe, opt)",
+                                                 hint));
   }
   QAAS_RETURN_IF_ERROR(CheckKeys(j, c.model_type));
   c.architecture = "llama";
@@ -528,7 +589,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
     if (j.contains(key) && j[key].is_string()) c.torch_dtype = j[key].get<std::string>();
   }
   if (gemma) c.head_dim = 256;  // the configs' default
-  if (c.model_type == "phi3") c.rms_norm_eps = 1e-5;
+  if (c.model_type == "phi3" || c.model_type == "mixtral") c.rms_norm_eps = 1e-5;  // their configs' default
   for (auto [key, out, required] :
        {std::tuple<const char*, int*, bool>{"hidden_size", &c.hidden_size, true},
         {"intermediate_size", &c.intermediate_size, true},
@@ -565,12 +626,18 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   // Per family: which linears carry biases, q/k norms.
   if (c.model_type == "qwen2") {
     c.attention_bias = true;  // q/k/v; o_proj has none
-  } else if (c.model_type != "phi3" && c.model_type != "mistral") {
+  } else if (c.model_type == "qwen2_moe") {
+    c.attention_bias = true;  // q/k/v unless qkv_bias says otherwise; o_proj has none
+    QAAS_RETURN_IF_ERROR(GetBool(j, "qkv_bias", c.attention_bias));
+  } else if (c.model_type != "phi3" && c.model_type != "mistral" && c.model_type != "mixtral") {
     QAAS_RETURN_IF_ERROR(GetBool(j, "attention_bias", c.attention_bias));
     c.attention_out_bias = c.attention_bias;
   }
   QAAS_RETURN_IF_ERROR(GetBool(j, "mlp_bias", c.mlp_bias));
-  c.qk_norm = c.model_type == "qwen3";
+  c.qk_norm = c.model_type == "qwen3" || c.model_type == "qwen3_moe";
+  if (c.model_type == "mixtral" || c.model_type == "qwen2_moe" || c.model_type == "qwen3_moe") {
+    QAAS_RETURN_IF_ERROR(ParseMoe(j, &c));
+  }
   c.fused_qkv = c.fused_gate_up = c.model_type == "phi3";
   QAAS_RETURN_IF_ERROR(ParseSlidingWindow(j, &c));
   if (gemma) {

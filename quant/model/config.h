@@ -1,6 +1,7 @@
 // config.json of a Hugging Face causal LM we run: the LLaMA-like families
-// (model_type llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3: one
-// forward with per-family features) and OPT.
+// (model_type llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, and
+// the mixtures of experts mixtral, qwen2_moe, qwen3_moe: one forward with
+// per-family features) and OPT.
 //
 // Nothing in a config is silently ignored: every key is either read (and
 // changes the computation as Transformers' does), or on an explicit list of
@@ -45,6 +46,24 @@ struct RopeScaling {
   // longrope: per-frequency divisors for short and long contexts.
   std::vector<double> short_factor;
   std::vector<double> long_factor;
+};
+
+// A mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE): a router picks
+// top_k of num_experts SwiGLU experts per token (softmax over all, then the
+// top k, renormalized when norm_topk_prob); Qwen2-MoE adds a shared expert
+// behind a sigmoid gate. Every layer is sparse (models mixing dense layers
+// are refused).
+struct MoeConfig {
+  int num_experts = 0;  // 0: a dense model
+  int top_k = 0;
+  int expert_intermediate_size = 0;
+  bool norm_topk_prob = false;
+  int shared_expert_intermediate_size = 0;  // 0: no shared expert
+  // Tensor names relative to the layer prefix: "block_sparse_moe" with
+  // experts.<j>.w1 / w3 / w2 (Mixtral), or "mlp" with experts.<j>.gate_proj /
+  // up_proj / down_proj (Qwen); the router is <block>.gate.weight.
+  std::string block;
+  bool mixtral_names = false;
 };
 
 struct ModelConfig {
@@ -108,6 +127,7 @@ struct ModelConfig {
   // scales each part keeps its own scale).
   bool fused_qkv = false;
   bool fused_gate_up = false;
+  MoeConfig moe;  // num_experts 0: dense
   // OPT only. We run the pre-LayerNorm variant without embedding projections
   // (every OPT but opt-350m); the others are Unimplemented at parse time.
   bool do_layer_norm_before = true;

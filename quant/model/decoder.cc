@@ -68,13 +68,32 @@ class LlamaModel : public DecoderModel {
     head_.embed = head_.embed.to(device);
     head_.final_norm = head_.final_norm.to(device);
     head_.lm_head = tied ? head_.embed : head_.lm_head.to(device);
+    names_ = LinearNamesOf(config_);
+    // The MLP's linears in threes (gate, up, down): one MLP when dense, else
+    // each expert's, then the shared expert's. A MoE layer's experts are
+    // quantized one after another, so no two hold Hessians at once.
+    groups_ = {{"qkv", {0, 1, 2}}, {"o", {3}}};
+    consumers_ = {{0, 1, 2}, {3}, {}, {}};
+    producers_ = {{}, {2}, {}, {}};
+    const int mlps = static_cast<int>(names_.size() - 4) / 3;
+    for (int e = 0; e < mlps; ++e) {
+      const int g = 4 + 3 * e;
+      std::string stem = config_.moe.num_experts == 0      ? ""
+                         : e < config_.moe.num_experts ? absl::StrCat("expert.", e, ".")
+                                                       : "shared_expert.";
+      groups_.push_back({stem + "gate_up", {g, g + 1}});
+      groups_.push_back({stem + "down", {g + 2}});
+      consumers_[static_cast<int>(ActPoint::kMlpIn)].insert(consumers_[static_cast<int>(ActPoint::kMlpIn)].end(),
+                                                            {g, g + 1});
+      consumers_[static_cast<int>(ActPoint::kMlpHidden)].push_back(g + 2);
+    }
+    // MLP-hidden channels come one to one from gate/up rows only when there
+    // is one MLP (RPTQ's reorder); experts each have their own.
+    if (mlps == 1) producers_[static_cast<int>(ActPoint::kMlpHidden)] = {4, 5};
   }
 
-  const std::vector<std::string>& LinearNames() const override { return LlamaLinearNames(); }
-  const std::vector<LinearGroup>& SequentialGroups() const override {
-    static const std::vector<LinearGroup> kGroups = {{"qkv", {0, 1, 2}}, {"o", {3}}, {"gate_up", {4, 5}}, {"down", {6}}};
-    return kGroups;
-  }
+  const std::vector<std::string>& LinearNames() const override { return names_; }
+  const std::vector<LinearGroup>& SequentialGroups() const override { return groups_; }
   const std::vector<FusedLinear>& Fusions() const override {
     static const std::vector<FusedLinear> kNone, kPhi3 = {{"self_attn.qkv_proj", {0, 1, 2}},
                                                           {"mlp.gate_up_proj", {4, 5}}};
@@ -82,17 +101,11 @@ class LlamaModel : public DecoderModel {
   }
   AdaDimBlock DecidingBlock(int j) const override {
     if (j <= 2) return AdaDimBlock::kAttention;
-    if (j == 4 || j == 5) return AdaDimBlock::kMlp;
+    if (j >= 4 && (j - 4) % 3 != 2) return AdaDimBlock::kMlp;  // an MLP's gate or up
     return AdaDimBlock::kOwnOutput;
   }
-  const std::vector<int>& ConsumersOf(ActPoint p) const override {
-    static const std::vector<std::vector<int>> kConsumers = {{0, 1, 2}, {3}, {4, 5}, {6}};
-    return kConsumers[static_cast<int>(p)];
-  }
-  const std::vector<int>& ProducersOf(ActPoint p) const override {
-    static const std::vector<std::vector<int>> kProducers = {{}, {2}, {}, {4, 5}};
-    return kProducers[static_cast<int>(p)];
-  }
+  const std::vector<int>& ConsumersOf(ActPoint p) const override { return consumers_[static_cast<int>(p)]; }
+  const std::vector<int>& ProducersOf(ActPoint p) const override { return producers_[static_cast<int>(p)]; }
   BlockNorm NormOf(ActPoint p) const override {
     const LlamaNormNames n = NormNamesOf(config_);
     const std::string& weight = p == ActPoint::kAttnIn ? n.attn_in : n.mlp_in;
@@ -134,6 +147,11 @@ class LlamaModel : public DecoderModel {
     if (layer.q_norm.defined()) {
       out.norms.emplace_back("self_attn.q_norm.weight", layer.q_norm);
       out.norms.emplace_back("self_attn.k_norm.weight", layer.k_norm);
+    }
+    // The router and the shared-expert gate stay float, as the norms do.
+    if (layer.router.defined()) out.norms.emplace_back(RouterName(config_), layer.router);
+    if (layer.shared_expert_gate.defined()) {
+      out.norms.emplace_back(SharedExpertGateName(config_), layer.shared_expert_gate);
     }
     out.linears = std::move(layer.linears);
     return out;
@@ -181,6 +199,10 @@ class LlamaModel : public DecoderModel {
       out.attn_out_norm = l.norm(n.attn_out);
       out.mlp_out_norm = l.norm(n.mlp_out);
     }
+    if (config_.moe.num_experts > 0) {
+      out.router = l.norm(RouterName(config_));
+      out.shared_expert_gate = l.norm(SharedExpertGateName(config_));
+    }
     out.input_reorder = l.norm(ReorderName(n.attn_in));
     out.post_reorder = l.norm(ReorderName(n.mlp_in));
     out.linears = l.linears;
@@ -192,6 +214,9 @@ class LlamaModel : public DecoderModel {
   const ModelConfig& config_;
   LlamaHead head_;
   Rope rope_;
+  std::vector<std::string> names_;
+  std::vector<LinearGroup> groups_;
+  std::vector<std::vector<int>> consumers_, producers_;  // by ActPoint
 };
 
 class OptModel : public DecoderModel {

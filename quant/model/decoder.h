@@ -24,9 +24,11 @@ namespace qaas::quant {
 // One decoder layer's weights, architecture-neutral.
 struct DecoderLayer {
   int index = -1;  // the layer's place in the model (which sliding window it has)
-  // The layer's norm parameters by their names relative to the layer prefix
-  // (e.g. "input_layernorm.weight", "self_attn_layer_norm.bias"), in
-  // checkpoint order; absent when the architecture has none (no affine).
+  // The layer's float tensors no method quantizes, by their names relative
+  // to the layer prefix: the norm parameters (e.g. "input_layernorm.weight",
+  // "self_attn_layer_norm.bias"), in checkpoint order, absent when the
+  // architecture has none (no affine); a mixture of experts' router
+  // ("block_sparse_moe.gate.weight") and shared-expert gate.
   // RPTQ adds "<norm>.reorder_index" (int64): the order the norm reads its
   // input channels in (LlamaLayer::input_reorder).
   std::vector<std::pair<std::string, at::Tensor>> norms;

@@ -20,6 +20,26 @@ const std::vector<std::string>& LlamaLinearNames() {
 
 std::string LayerPrefix(int index) { return absl::StrCat("model.layers.", index, "."); }
 
+std::vector<std::string> LinearNamesOf(const ModelConfig& c) {
+  if (c.moe.num_experts == 0) return LlamaLinearNames();
+  std::vector<std::string> names(LlamaLinearNames().begin(), LlamaLinearNames().begin() + 4);
+  for (int j = 0; j < c.moe.num_experts; ++j) {
+    const std::string e = absl::StrCat(c.moe.block, ".experts.", j, ".");
+    if (c.moe.mixtral_names) {
+      names.insert(names.end(), {e + "w1", e + "w3", e + "w2"});
+    } else {
+      names.insert(names.end(), {e + "gate_proj", e + "up_proj", e + "down_proj"});
+    }
+  }
+  if (c.moe.shared_expert_intermediate_size > 0) {
+    names.insert(names.end(), {"mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj"});
+  }
+  return names;
+}
+
+std::string RouterName(const ModelConfig& c) { return c.moe.block + ".gate.weight"; }
+std::string SharedExpertGateName(const ModelConfig&) { return "mlp.shared_expert_gate.weight"; }
+
 namespace {
 
 size_t LinearIndex(const std::string& name) {
@@ -30,11 +50,16 @@ size_t LinearIndex(const std::string& name) {
   throw std::out_of_range("no linear " + name);
 }
 
-// [out, in] of each linear, from the config.
+// [out, in] of each linear (LinearNamesOf order), from the config.
 std::vector<std::pair<int64_t, int64_t>> LinearShapes(const ModelConfig& c) {
   const int64_t h = c.hidden_size, q = int64_t{c.num_heads} * c.head_dim,
                 kv = int64_t{c.num_kv_heads} * c.head_dim, m = c.intermediate_size;
-  return {{q, h}, {kv, h}, {kv, h}, {h, q}, {m, h}, {m, h}, {h, m}};
+  if (c.moe.num_experts == 0) return {{q, h}, {kv, h}, {kv, h}, {h, q}, {m, h}, {m, h}, {h, m}};
+  std::vector<std::pair<int64_t, int64_t>> shapes = {{q, h}, {kv, h}, {kv, h}, {h, q}};
+  auto mlp = [&](int64_t inter) { shapes.insert(shapes.end(), {{inter, h}, {inter, h}, {h, inter}}); };
+  for (int j = 0; j < c.moe.num_experts; ++j) mlp(c.moe.expert_intermediate_size);
+  if (c.moe.shared_expert_intermediate_size > 0) mlp(c.moe.shared_expert_intermediate_size);
+  return shapes;
 }
 
 }  // namespace
@@ -54,6 +79,8 @@ LlamaLayer LlamaLayer::To(const at::Device& device) const {
   out.mlp_out_norm = to(mlp_out_norm);
   out.q_norm = to(q_norm);
   out.k_norm = to(k_norm);
+  out.router = to(router);
+  out.shared_expert_gate = to(shared_expert_gate);
   out.input_reorder = to(input_reorder);
   out.post_reorder = to(post_reorder);
   if (act) out.act = std::make_shared<const LayerActQuant>(act->To(device));
@@ -97,7 +124,14 @@ absl::StatusOr<LlamaLayer> LoadLlamaLayer(const Checkpoint& ck, int index) {
     QAAS_ASSIGN_OR_RETURN(layer.k_norm, LoadNorm(ck, prefix + "self_attn.k_norm.weight", c.head_dim));
   }
   const auto shapes = LinearShapes(c);
-  layer.linears.resize(LlamaLinearNames().size());
+  const std::vector<std::string> names = LinearNamesOf(c);
+  layer.linears.resize(names.size());
+  if (c.moe.num_experts > 0) {
+    QAAS_ASSIGN_OR_RETURN(layer.router, ck.Load(prefix + RouterName(c), {c.moe.num_experts, c.hidden_size}));
+    if (c.moe.shared_expert_intermediate_size > 0) {
+      QAAS_ASSIGN_OR_RETURN(layer.shared_expert_gate, ck.Load(prefix + SharedExpertGateName(c), {1, c.hidden_size}));
+    }
+  }
   // Phi-3's fused projections, split by rows into their parts (q, k, v;
   // gate, up) in LinearNames() order.
   auto load_fused = [&](const std::string& name, size_t first, size_t count) -> absl::Status {
@@ -114,8 +148,8 @@ absl::StatusOr<LlamaLayer> LoadLlamaLayer(const Checkpoint& ck, int index) {
   };
   if (c.fused_qkv) QAAS_RETURN_IF_ERROR(load_fused("self_attn.qkv_proj", 0, 3));
   if (c.fused_gate_up) QAAS_RETURN_IF_ERROR(load_fused("mlp.gate_up_proj", 4, 2));
-  for (size_t i = 0; i < LlamaLinearNames().size(); ++i) {
-    const std::string& name = LlamaLinearNames()[i];
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::string& name = names[i];
     Linear& lin = layer.linears[i];
     if (lin.weight.defined()) continue;  // a part of a fused projection
     QAAS_ASSIGN_OR_RETURN(lin.weight, ck.Load(prefix + name + ".weight", {shapes[i].first, shapes[i].second}));
@@ -398,6 +432,55 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
   return layer.attn_out_norm.defined() ? RmsNorm(out, layer.attn_out_norm, c.rms_norm_eps) : out;
 }
 
+std::pair<at::Tensor, at::Tensor> RouteTokens(const LlamaLayer& layer, const ModelConfig& c,
+                                              const at::Tensor& hidden) {
+  // As Transformers' routers: softmax over the experts in float32, the top
+  // k (ties to the lower index, as torch.topk), renormalized if asked.
+  const at::Tensor logits = at::linear(hidden.reshape({-1, c.hidden_size}), layer.router);
+  auto [weights, experts] = at::topk(at::softmax(logits.to(at::kFloat), -1), c.moe.top_k, -1);
+  if (c.moe.norm_topk_prob) weights = weights / weights.sum(-1, /*keepdim=*/true);
+  return {experts, weights};
+}
+
+namespace {
+
+// A mixture-of-experts MLP over the normed input x [..., hidden]: each
+// expert sees only the tokens routed to it (what the hook observes, so
+// calibration statistics are the routed tokens'), its output weighted by
+// the router and summed; plus Qwen2-MoE's gated shared expert.
+at::Tensor MoeForward(const LlamaLayer& layer, const ModelConfig& c, const at::Tensor& x,
+                      const std::vector<std::string>& names, const LinearInputHook& hook) {
+  const at::Tensor flat = x.reshape({-1, c.hidden_size});
+  auto [experts, weights] = RouteTokens(layer, c, flat);
+  at::Tensor out = at::zeros_like(flat);
+  auto expert_mlp = [&](size_t first, const at::Tensor& in) {
+    if (hook) {
+      hook(names[first], in);
+      hook(names[first + 1], in);
+    }
+    at::Tensor h = QuantizeActivation(layer.act, ActPoint::kMlpHidden,
+                                      Activation(c.activation, ApplyLinear(layer.linears[first], in)) *
+                                          ApplyLinear(layer.linears[first + 1], in));
+    if (hook) hook(names[first + 2], h);
+    return ApplyLinear(layer.linears[first + 2], h);
+  };
+  for (int j = 0; j < c.moe.num_experts; ++j) {
+    const at::Tensor chosen = experts == j;  // [tokens, top_k]
+    const at::Tensor tokens = chosen.any(-1).nonzero().squeeze(-1);
+    if (tokens.numel() == 0) continue;  // no token for this expert
+    const at::Tensor w = (weights * chosen).sum(-1).index_select(0, tokens);
+    const at::Tensor y = expert_mlp(4 + 3 * static_cast<size_t>(j), flat.index_select(0, tokens));
+    out = out.index_add(0, tokens, y * w.unsqueeze(-1).to(y.scalar_type()));
+  }
+  if (layer.shared_expert_gate.defined()) {
+    const at::Tensor shared = expert_mlp(4 + 3 * static_cast<size_t>(c.moe.num_experts), flat);
+    out = out + at::sigmoid(at::linear(flat, layer.shared_expert_gate)) * shared;
+  }
+  return out.view(x.sizes());
+}
+
+}  // namespace
+
 at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& c, const at::Tensor& hidden,
                            const LinearInputHook& hook) {
   auto observe = [&](const char* name, const at::Tensor& x) {
@@ -405,6 +488,10 @@ at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& c, const 
   };
   at::Tensor x = QuantizeActivation(
       layer.act, ActPoint::kMlpIn, RmsNorm(Reorder(hidden, layer.post_reorder), layer.post_norm, c.rms_norm_eps));
+  if (c.moe.num_experts > 0) {
+    at::Tensor out = MoeForward(layer, c, x, hook ? LinearNamesOf(c) : std::vector<std::string>(), hook);
+    return layer.mlp_out_norm.defined() ? RmsNorm(out, layer.mlp_out_norm, c.rms_norm_eps) : out;
+  }
   observe("mlp.gate_proj", x);
   observe("mlp.up_proj", x);
   at::Tensor mlp =

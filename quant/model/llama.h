@@ -49,6 +49,12 @@ struct LlamaLayer {
   // shared by the heads); undefined elsewhere.
   at::Tensor q_norm;
   at::Tensor k_norm;
+  // Mixture of experts: the router [num_experts, hidden] and Qwen2-MoE's
+  // shared-expert gate [1, hidden] (never quantized); undefined when dense.
+  // The experts' linears follow the attention's in `linears`
+  // (LinearNamesOf).
+  at::Tensor router;
+  at::Tensor shared_expert_gate;
   std::vector<Linear> linears;
   // RPTQ's reordered norms: the norm reads its input channels in this order
   // (int64 [hidden]; its weight is stored permuted), so its output comes out
@@ -67,6 +73,15 @@ struct LlamaLayer {
 // (Phi-3 stores q/k/v and gate/up fused; the layer holds them split.)
 const std::vector<std::string>& LlamaLinearNames();
 std::string LayerPrefix(int index);  // "model.layers.<i>."
+// The linears of a layer of this config: LlamaLinearNames() when dense; for
+// a mixture of experts the attention's four, then each expert's gate, up
+// and down (Mixtral: block_sparse_moe.experts.<j>.w1 / w3 / w2; Qwen:
+// mlp.experts.<j>.gate_proj / up_proj / down_proj), then the shared
+// expert's (mlp.shared_expert.*).
+std::vector<std::string> LinearNamesOf(const ModelConfig& config);
+// The router's and the shared-expert gate's tensor names.
+std::string RouterName(const ModelConfig& config);
+std::string SharedExpertGateName(const ModelConfig& config);
 
 // The norms of a layer by their checkpoint names relative to LayerPrefix():
 // the attention's input norm, the MLP's input norm, and (Gemma) the norms on
@@ -151,6 +166,11 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& con
                                  const at::Tensor& hidden, const LinearInputHook& hook = nullptr);
 at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& config, const at::Tensor& hidden,
                            const LinearInputHook& hook = nullptr);
+// The experts each token of `hidden` [..., hidden] is routed to: int64
+// [tokens, top_k] and their weights float [tokens, top_k], as the family's
+// router computes them.
+std::pair<at::Tensor, at::Tensor> RouteTokens(const LlamaLayer& layer, const ModelConfig& config,
+                                              const at::Tensor& hidden);
 
 // hidden: [batch, seq, hidden] -> same shape.
 at::Tensor LlamaLayerForward(const LlamaLayer& layer, const ModelConfig& config, const Rope& rope,

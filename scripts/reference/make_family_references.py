@@ -115,6 +115,18 @@ CASES = [
      dict(max_position_embeddings=64, original_max_position_embeddings=64, sliding_window=8, pad_token_id=0,
           tie_word_embeddings=False),
      "fused qkv_proj and gate_up_proj, full rotary, sliding window 8, untied (as Phi-3-mini)"),
+    ("mixtral", "mixtral",
+     dict(intermediate_size=48, max_position_embeddings=128, sliding_window=8, num_local_experts=4,
+          num_experts_per_tok=2),
+     "mixture of 4 experts, top-2 renormalized (block_sparse_moe.experts.<j>.w1/w3/w2), sliding window 8"),
+    ("qwen2-moe", "qwen2_moe",
+     dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+          norm_topk_prob=False, max_position_embeddings=128, tie_word_embeddings=False),
+     "mixture of 4 experts, top-2 not renormalized, shared expert behind a sigmoid gate, q/k/v biases"),
+    ("qwen3-moe", "qwen3_moe",
+     dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+          max_position_embeddings=128),
+     "mixture of 4 experts, top-2 renormalized (norm_topk_prob), q/k norms, head_dim 16"),
 ]
 
 
@@ -153,15 +165,30 @@ def main():
         model.save_pretrained(out_dir, safe_serialization=True)
         ids = torch.randint(3, VOCAB, (1, T), generator=torch.Generator().manual_seed(3000 + i))
         # Load back what was saved (the test reads the same files), in float64.
-        loaded = AutoModelForCausalLM.from_pretrained(out_dir, attn_implementation=attn, dtype=torch.float64)
+        # MoE experts through the eager loop (the grouped-mm path has no float64).
+        extra = dict(experts_implementation="eager") if "experts" in features else {}
+        loaded = AutoModelForCausalLM.from_pretrained(out_dir, attn_implementation=attn, dtype=torch.float64, **extra)
         loaded.eval()
         with torch.no_grad():
-            logits64 = loaded(ids).logits[0]
+            out64 = loaded(ids, output_router_logits=True) if "experts" in features else loaded(ids)
+            logits64 = out64.logits[0]
             model32 = AutoModelForCausalLM.from_pretrained(out_dir, attn_implementation=attn,
-                                                           dtype=torch.float32).eval()
+                                                           dtype=torch.float32, **extra).eval()
             logits32 = model32(ids).logits[0].double()
+        routing = None
+        if "experts" in features:
+            # Per layer, each token's top-k experts (as the router orders
+            # them); every expert must be chosen by some token.
+            k = config.num_experts_per_tok
+            routing = [torch.topk(torch.softmax(r.double(), -1), k, -1).indices.tolist()
+                       for r in out64.router_logits]
+            for layer in routing:
+                used = {e for token in layer for e in token}
+                n = getattr(config, "num_local_experts", None) or config.num_experts
+                assert used == set(range(n)), f"{case}: experts {used} of {n} used"
         results.append({
             "case": case,
+            "routing": routing,
             "model_type": model_type,
             "features": features,
             "ids": ids[0].tolist(),

@@ -430,6 +430,72 @@ TEST(ModelConfigTest, GemmaAndPhiRefuseWhatTheyDoNotRun) {
   EXPECT_TRUE(MessageHas(c, "gemma3_text"));
 }
 
+// Mixtral / Qwen2-MoE / Qwen3-MoE: experts, top k, renormalization, the
+// shared expert, their configs' defaults; what is not run is refused by name.
+TEST(ModelConfigTest, MixturesOfExpertsReadTheirRouting) {
+  json mixtral = MinimalConfig();
+  mixtral["model_type"] = "mixtral";
+  mixtral["router_jitter_noise"] = 0.0;
+  mixtral["output_router_logits"] = false;
+  auto c = ParseModelConfig(mixtral.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->moe.num_experts, 8);  // MixtralConfig's defaults
+  EXPECT_EQ(c->moe.top_k, 2);
+  EXPECT_TRUE(c->moe.norm_topk_prob);
+  EXPECT_EQ(c->moe.expert_intermediate_size, 172);
+  EXPECT_EQ(c->moe.block, "block_sparse_moe");
+  EXPECT_DOUBLE_EQ(c->rms_norm_eps, 1e-5);
+
+  json qwen2 = MinimalConfig();
+  qwen2["model_type"] = "qwen2_moe";
+  qwen2["num_experts"] = 60;
+  qwen2["num_experts_per_tok"] = 4;
+  qwen2["moe_intermediate_size"] = 32;
+  qwen2["shared_expert_intermediate_size"] = 96;
+  qwen2["sliding_window"] = 0;  // what Transformers saves without use_sliding_window
+  c = ParseModelConfig(qwen2.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_FALSE(c->moe.norm_topk_prob);
+  EXPECT_EQ(c->moe.shared_expert_intermediate_size, 96);
+  EXPECT_TRUE(c->attention_bias);  // qkv_bias defaults on
+  EXPECT_FALSE(c->attention_out_bias);
+  EXPECT_TRUE(c->layer_window.empty() || c->WindowOf(0) == 0);
+
+  json qwen3 = MinimalConfig();
+  qwen3["model_type"] = "qwen3_moe";
+  qwen3["num_local_experts"] = 16;  // as Transformers 5 saves num_experts
+  qwen3["num_experts_per_tok"] = 4;
+  qwen3["norm_topk_prob"] = true;
+  c = ParseModelConfig(qwen3.dump());
+  QAAS_ASSERT_OK(c);
+  EXPECT_EQ(c->moe.num_experts, 16);
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_EQ(c->moe.shared_expert_intermediate_size, 0);
+
+  struct Case {
+    const char* model_type;
+    const char* key;
+    json value;
+    const char* named;
+  };
+  for (const Case& k : {Case{"qwen3_moe", "decoder_sparse_step", 2, "decoder_sparse_step"},
+                        Case{"qwen2_moe", "mlp_only_layers", json::array({0}), "mlp_only_layers"},
+                        Case{"deepseek_v3", "q_lora_rank", 1536, "latent attention"},
+                        Case{"mixtral", "num_local_experts_groups", 2, "num_local_experts_groups"}}) {
+    SCOPED_TRACE(k.key);
+    json j = MinimalConfig();
+    j["model_type"] = k.model_type;
+    j[k.key] = k.value;
+    auto r = ParseModelConfig(j.dump());
+    QAAS_EXPECT_CODE(r, kUnimplemented);
+    EXPECT_TRUE(MessageHas(r, k.named));
+  }
+  mixtral["num_experts_per_tok"] = 9;
+  auto r = ParseModelConfig(mixtral.dump());
+  QAAS_EXPECT_CODE(r, kInvalidArgument);
+  EXPECT_TRUE(MessageHas(r, "num_experts_per_tok"));
+}
+
 TEST(ModelConfigTest, NotAnObjectIsInvalidArgument) {
   QAAS_EXPECT_CODE(ParseModelConfig("not json"), kInvalidArgument);
   QAAS_EXPECT_CODE(ParseModelConfig("[1, 2]"), kInvalidArgument);

@@ -5,17 +5,20 @@
 // perplexities and an artifact under the checkpoint's own tensor names, and
 // GPTQ's block outputs are closer to the float model's than RTN's.
 #include <filesystem>
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "quant/export.h"
 #include "quant/model/checkpoint.h"
 #include "quant/model/decoder.h"
+#include "quant/model/llama.h"
 #include "quant/model/sentencepiece_model.h"
 #include "quant/model/tokenizer.h"
 #include "quant/pipeline.h"
@@ -202,6 +205,116 @@ TEST_P(FamilyPipelineTest, EveryMethodRunsAndExportsUnderTheCheckpointsNames) {
   const double rtn = BlockError(reports.at("W4A16g16+rtn")), gptq = BlockError(reports.at("W4A16g16+gptq"));
   EXPECT_LT(gptq, rtn) << "GPTQ's block outputs should be nearer the float model's than RTN's";
 }
+
+// Mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE): weight-only jobs run;
+// each expert is its own set of linears, calibrated on the tokens routed to
+// it (their counts add up to tokens x top_k per layer); the router stays
+// float; an expert that saw fewer than min_calibration_tokens is quantized
+// with RTN and the report says so; transforms and activation quantization
+// are refused by name.
+class MoePipelineTest : public FamilyPipelineTest {};
+
+TEST_P(MoePipelineTest, WeightOnlyMethodsRunAndExpertsCalibrateOnTheirTokens) {
+  const json config = json::parse(ReadLocalFile(model_ + "/config.json"));
+  auto ck = Checkpoint::Open(model_);
+  QAAS_ASSERT_OK(ck);
+  const ModelConfig& c = (*ck)->config();
+  ASSERT_GT(c.moe.num_experts, 0);
+  std::map<std::string, Report> reports;
+  for (const Job& job : std::vector<Job>{{"W4A16g16", {{"rtn", {}}}},
+                                         {"W4A16g16", {{"gptq", {}}}},
+                                         {"W4A16g16", {{"adadim", {{"base", std::string("gptq")}}}}},
+                                         {"W4A16g16", {{"omniquant", {{"epochs", 2}}}}}}) {
+    const std::string name = Name(job);
+    SCOPED_TRACE(name);
+    const std::string out = tmp_.path() + "/" + name;
+    auto report = Run(job, out);
+    ASSERT_TRUE(report.ok()) << GetParam() << " " << name << ": " << report.status();
+    const double ppl = report->evaluations[0].perplexity_quantized;
+    EXPECT_TRUE(std::isfinite(ppl) && ppl > 1) << ppl;
+    std::printf("%-10s %-22s perplexity %.3f (float %.3f), block error %.4f\n", GetParam().c_str(), name.c_str(), ppl,
+                report->evaluations[0].perplexity_original, BlockError(*report));
+    const auto artifact = ReadAll(out + "/artifact/model.safetensors");
+    const std::string l0 = "model.layers.0.";
+    EXPECT_TRUE(artifact.count(l0 + RouterName(c))) << "the router is stored float";
+    const std::vector<std::string> names = LinearNamesOf(c);
+    for (size_t j = 0; j < names.size(); ++j) {  // (AdaDim's per-input-channel ones under .ic)
+      EXPECT_TRUE(artifact.count(l0 + names[j] + ".qweight") || artifact.count(l0 + names[j] + ".ic.qweight"))
+          << names[j];
+    }
+    for (const auto& l : report->layers) EXPECT_EQ(l.name.find(".gate.weight"), std::string::npos) << l.name;
+    reports.emplace(name, *report);
+  }
+  // GPTQ's Hessians: each expert's from its routed tokens; the routed
+  // counts of a layer's experts add up to tokens x top_k.
+  const Report& gptq = reports.at("W4A16g16+gptq");
+  const int64_t tokens = 4 * 24;  // num_samples x seq_len
+  std::map<std::string, int64_t> per_expert;
+  for (int i = 0; i < c.num_layers; ++i) {
+    int64_t routed = 0;
+    for (int e = 0; e < c.moe.num_experts; ++e) {
+      const std::string gate = absl::StrCat("model.layers.", i, ".", LinearNamesOf(c)[4 + 3 * e]);
+      for (const auto& l : gptq.layers) {
+        if (l.name != gate) continue;
+        EXPECT_GE(l.calibration_tokens, 0);
+        routed += l.calibration_tokens;
+        per_expert[gate] = l.calibration_tokens;
+      }
+    }
+    EXPECT_EQ(routed, tokens * c.moe.top_k) << "layer " << i;
+  }
+  for (const auto& l : gptq.layers) {
+    if (l.name.find("self_attn.") != std::string::npos || l.name.find("shared_expert") != std::string::npos) {
+      EXPECT_EQ(l.calibration_tokens, tokens) << l.name;  // dense linears see every token
+    }
+  }
+  EXPECT_LT(BlockError(gptq), BlockError(reports.at("W4A16g16+rtn")));
+
+  // A threshold between the experts' counts: exactly the experts below it
+  // fall back to RTN, with the reason in the report. (The counts of later
+  // layers are the run's own: routing there follows the quantized stream,
+  // which the fallbacks of earlier layers change.)
+  std::vector<int64_t> counts;
+  for (const auto& [n, k] : per_expert) counts.push_back(k);
+  std::sort(counts.begin(), counts.end());
+  const int64_t threshold = counts[counts.size() / 2];
+  ASSERT_GT(threshold, counts.front()) << "the experts' counts should differ";
+  PipelineOptions o;
+  o.model_dir = model_;
+  o.output_dir = tmp_.path() + "/threshold";
+  o.scheme = *ParseScheme("W4A16g16");
+  o.recipe = {{"gptq", {}}};
+  o.calibration = DatasetRef{text_, "text", 24, 0};
+  o.num_samples = 4;
+  o.min_calibration_tokens = static_cast<int>(threshold);
+  auto report = RunPipeline(o);
+  QAAS_ASSERT_OK(report);
+  int fell_back = 0;
+  for (const auto& l : report->layers) {
+    if (!per_expert.count(l.name)) continue;
+    ASSERT_GE(l.calibration_tokens, 0) << l.name;
+    const bool below = l.calibration_tokens < threshold;
+    EXPECT_EQ(l.method, below ? "rtn" : "gptq") << l.name << " saw " << l.calibration_tokens;
+    EXPECT_EQ(l.details.contains("fallback"), below) << l.name;
+    fell_back += below;
+  }
+  EXPECT_GT(fell_back, 0);
+  o.min_calibration_tokens = 0;
+  QAAS_EXPECT_CODE(RunPipeline(o), kInvalidArgument);
+}
+
+TEST_P(MoePipelineTest, TransformsAndActivationQuantizationAreRefusedByName) {
+  for (const Job& job : std::vector<Job>{{"W8A8", {{"smoothquant", {}}, {"gptq", {}}}},
+                                         {"W4A4", {{"rptq", {}}, {"rtn", {}}}},
+                                         {"W4A8KV4", {{"rtn", {}}}}}) {
+    SCOPED_TRACE(Name(job));
+    auto report = Run(job, tmp_.path() + "/refused");
+    QAAS_EXPECT_CODE(report, kUnimplemented);
+    EXPECT_TRUE(MessageHas(report, "mixture-of-experts"));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Moe, MoePipelineTest, ::testing::Values("mixtral", "qwen2-moe", "qwen3-moe"));
 
 INSTANTIATE_TEST_SUITE_P(Families, FamilyPipelineTest,
                          ::testing::Values("llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"));

@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 
 #include <filesystem>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "nlohmann/json.hpp"
 #include "quant/model/checkpoint.h"
 #include "quant/model/decoder.h"
+#include "quant/model/llama.h"
 #include "quant/util/status_macros.h"
 #include "tests/quant/quant_test_util.h"
 #include "tests/test_util.h"
@@ -133,6 +135,19 @@ TEST_P(FamilyTest, TheFeatureChangesTheResult) {
     EXPECT_GT(MaxRelDiff(LogitsWith(off), reference_), 1e-3) << "biases off";
     ++mutated;
   }
+  if (config.contains("num_experts_per_tok")) {
+    // The router's top k, and whether it renormalizes them.
+    json off = config;
+    off["num_experts_per_tok"] = 1;
+    EXPECT_GT(MaxRelDiff(LogitsWith(off), reference_), 1e-3) << "top-1 routing";
+    ++mutated;
+    if (config.contains("norm_topk_prob")) {
+      off = config;
+      off["norm_topk_prob"] = !config["norm_topk_prob"].get<bool>();
+      EXPECT_GT(MaxRelDiff(LogitsWith(off), reference_), 1e-3) << "norm_topk_prob flipped";
+      ++mutated;
+    }
+  }
   for (const char* cap : {"attn_logit_softcapping", "final_logit_softcapping"}) {
     if (config.contains(cap) && !config[cap].is_null()) {
       json off = config;
@@ -167,9 +182,46 @@ TEST_P(FamilyTest, TheFeatureChangesTheResult) {
   EXPECT_GT(mutated, 0) << "case " << GetParam() << " switches nothing off";
 }
 
+// Mixtures of experts: every token's router picks, layer by layer through
+// the float model, are Transformers' (the same experts in the same order).
+TEST_P(FamilyTest, RouterPicksTheExpertsTransformersPicks) {
+  if (!case_.contains("routing") || case_["routing"].is_null()) GTEST_SKIP() << GetParam() << " is dense";
+  auto ck = Checkpoint::Open(dir_);
+  QAAS_ASSERT_OK(ck);
+  const ModelConfig& c = (*ck)->config();
+  const int64_t T = static_cast<int64_t>(ids_.size());
+  auto model = DecoderModel::Create(**ck, at::kCPU, T);
+  QAAS_ASSERT_OK(model);
+  at::Tensor hidden = (*model)->Embed(at::tensor(ids_, at::TensorOptions().dtype(at::kLong)).view({1, T}));
+  ASSERT_EQ(case_["routing"].size(), static_cast<size_t>(c.num_layers));
+  for (int i = 0; i < c.num_layers; ++i) {
+    auto layer = (*model)->LoadLayer(i);
+    QAAS_ASSERT_OK(layer);
+    // The router reads the MLP's normed input: the post-attention state.
+    const at::Tensor h = hidden + (*model)->AttentionForward(*layer, hidden);
+    LlamaLayer l;
+    l.router = layer->norm(RouterName(c));
+    const LlamaNormNames n = NormNamesOf(c);
+    const at::Tensor x = RmsNorm(h, layer->norm(n.mlp_in), c.rms_norm_eps);
+    auto [experts, weights] = RouteTokens(l, c, x);
+    const auto want = case_["routing"][i].get<std::vector<std::vector<int64_t>>>();
+    ASSERT_EQ(experts.size(0), static_cast<int64_t>(want.size()));
+    std::set<int64_t> used;
+    for (size_t t = 0; t < want.size(); ++t) {
+      for (size_t k = 0; k < want[t].size(); ++k) {
+        EXPECT_EQ(experts[t][k].item<int64_t>(), want[t][k]) << "layer " << i << " token " << t;
+        used.insert(want[t][k]);
+      }
+    }
+    EXPECT_EQ(static_cast<int>(used.size()), c.moe.num_experts) << "every expert is used in layer " << i;
+    hidden = (*model)->LayerForward(*layer, hidden);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, FamilyTest,
                          ::testing::Values("llama3", "llama-linear", "llama-dynamic", "llama-yarn", "llama-longrope",
-                                           "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "phi3-mini"),
+                                           "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "phi3-mini",
+                                           "mixtral", "qwen2-moe", "qwen3-moe"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& c : name) c = c == '-' ? '_' : c;

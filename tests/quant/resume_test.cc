@@ -9,6 +9,8 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "quant/layer_state.h"
+#include "quant/model/sentencepiece_model.h"
+#include "quant/model/tokenizer.h"
 #include "quant/pipeline.h"
 #include "tests/quant/quant_test_util.h"
 #include "tests/test_util.h"
@@ -141,6 +143,19 @@ TEST_P(ResumeTest, TinyOptArtifactIsByteIdentical) { CheckResume(TinyOptDir(), 2
 TEST_P(ResumeTest, Stories260kArtifactIsByteIdentical) {
   if (!std::filesystem::exists(Stories260kDir())) GTEST_SKIP() << "no ../shared: " << Stories260kDir();
   CheckResume(Stories260kDir(), 5);
+}
+
+// A mixture of experts (Qwen2-MoE: routed experts and a shared one),
+// killed after its first layer, for the weight-only recipes it runs.
+TEST_P(ResumeTest, MoeArtifactIsByteIdentical) {
+  const Case& c = GetParam();
+  if (!MustParse(c.scheme).weight_only() || c.recipe.size() > 1) GTEST_SKIP() << "MoE runs weight-only recipes";
+  const std::string model = dir_.path() + "/moe";
+  std::filesystem::copy(ReferencePath("families/qwen2-moe"), model, std::filesystem::copy_options::recursive);
+  auto sp = TrainBpeModel(kTinyText, 320);
+  QAAS_ASSERT_OK(sp);
+  WriteLocalFile(model + "/tokenizer.model", SerializeSentencePieceModel(*sp));
+  CheckResume(model, 2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, ResumeTest, ::testing::ValuesIn(Cases()),

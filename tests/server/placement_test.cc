@@ -171,6 +171,15 @@ TEST(MemoryEstimate, FollowsTheStreamsThePipelineKeeps) {
   eval.evaluation_tokens = 300'000;
   eval.evaluation_seq_len = 2048;
   EXPECT_GT(EstimatePipelineMemory(eval), base + 2 * 300'000ull * 4096 * 4);
+  // Mixtral-8x7B's layer: 8 experts of 14336 (weights 8x one MLP's), their
+  // Hessians one expert at a time.
+  MemoryEstimateInput mixtral = llama7b;
+  mixtral.intermediate_size = 14336;
+  MemoryEstimateInput dense = mixtral;
+  mixtral.num_experts = 8;
+  mixtral.expert_intermediate_size = 14336;
+  EXPECT_NEAR(double(EstimatePipelineMemory(mixtral) - EstimatePipelineMemory(dense)),
+              1.25 * 7 * 3 * 4096.0 * 14336 * 4, 1e3);
 }
 
 TEST(MemoryEstimate, SubmitEstimatesFromTheModelConfig) {
