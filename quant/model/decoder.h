@@ -86,7 +86,9 @@ struct QueryKeyLayout {
 // sequential"): they share one input, and the groups run in the order the
 // layer's forward consumes them.
 struct LinearGroup {
-  std::string name;          // "qkv", "o", "gate_up", "down" (OPT: "fc1", "fc2")
+  // "qkv", "o", "gate_up", "down" (OPT: "out", "fc1", "fc2"; a mixture of
+  // experts: "expert.<j>.gate_up", "expert.<j>.down", "shared_expert.*")
+  std::string name;
   std::vector<int> linears;  // indices into LinearNames()
 };
 

@@ -63,6 +63,7 @@ struct LlamaLayer {
   at::Tensor post_reorder;
   // Activation / KV-cache quantization; null: the float layer.
   std::shared_ptr<const LayerActQuant> act;
+  // By LlamaLinearNames() (a dense layer's names; a MoE layer's attention).
   Linear& linear(const std::string& name);
   const Linear& linear(const std::string& name) const;
   LlamaLayer To(const at::Device& device) const;
