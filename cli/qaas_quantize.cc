@@ -33,6 +33,9 @@ ABSL_FLAG(int, calib_seq_len, 0, "calibration window length (0 = min(2048, conte
 ABSL_FLAG(uint64_t, seed, 0, "calibration sampling seed");
 ABSL_FLAG(int, min_calibration_tokens, 16,
           "a linear whose calibration saw fewer tokens (a rarely routed MoE expert) is quantized with RTN");
+ABSL_FLAG(std::string, expert_calibration, "routed",
+          "MoE experts' calibration statistics: routed (their routed tokens) or all_tokens (every token, "
+          "statistics only)");
 ABSL_FLAG(std::string, eval, "", "comma-separated evaluation text files");
 ABSL_FLAG(int, eval_seq_len, 0, "evaluation window length (0 = min(2048, context))");
 ABSL_FLAG(int, max_windows, 0, "evaluation windows per dataset (0 = all)");
@@ -79,6 +82,7 @@ int main(int argc, char** argv) {
   }
   o.num_samples = absl::GetFlag(FLAGS_num_samples);
   o.min_calibration_tokens = absl::GetFlag(FLAGS_min_calibration_tokens);
+  o.expert_calibration = absl::GetFlag(FLAGS_expert_calibration);
   o.seed = absl::GetFlag(FLAGS_seed);
   for (const auto& path : absl::StrSplit(absl::GetFlag(FLAGS_eval), ',', absl::SkipEmpty())) {
     o.evaluations.push_back({std::string(path), std::string(path), absl::GetFlag(FLAGS_eval_seq_len),

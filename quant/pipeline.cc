@@ -206,6 +206,10 @@ absl::Status Pipeline::CheckRecipeAndScheme() {
   }
   QAAS_ASSIGN_OR_RETURN(quantizer_, MakeWeightQuantizer(weight_step_, sc));
   QAAS_ASSIGN_OR_RETURN(fallback_, MakeWeightQuantizer(RecipeStep{"rtn", {}}, sc));
+  if (o_.expert_calibration != "routed" && o_.expert_calibration != "all_tokens") {
+    return absl::InvalidArgumentError(absl::StrCat("expert_calibration '", o_.expert_calibration,
+                                                   "' is not one of routed, all_tokens"));
+  }
   if (o_.min_calibration_tokens < 1) {
     return absl::InvalidArgumentError(absl::StrCat("min_calibration_tokens must be at least 1, got ",
                                                    o_.min_calibration_tokens));
@@ -251,6 +255,7 @@ absl::Status Pipeline::Prepare() {
                   {"seed", o_.seed}, {"num_samples", o_.num_samples}, {"device", device_.str()},
                   {"batch_size", o_.batch_size}, {"model_bytes", ck_->total_bytes()},
                   {"min_calibration_tokens", o_.min_calibration_tokens},
+                  {"expert_calibration", o_.expert_calibration},
                   {"inputs", o_.inputs_fingerprint}};
   for (const auto& step : o_.recipe) fingerprint_["recipe"].push_back(RecipeStepJson(step));
   for (const auto& name : ck_->TensorNames()) {
@@ -292,6 +297,7 @@ absl::Status Pipeline::Prepare() {
     max_len = std::max(max_len, seq_len);
   }
   QAAS_ASSIGN_OR_RETURN(model_, DecoderModel::Create(*ck_, device_, max_len));
+  model_->set_experts_observe_all_tokens(o_.expert_calibration == "all_tokens");
   if (calib_windows.defined()) {
     calib_ = model_->Embed(calib_windows);
     QAAS_RETURN_IF_ERROR(CheckFinite(calib_, absl::StatusCode::kDataLoss,

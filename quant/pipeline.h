@@ -83,6 +83,11 @@ struct PipelineOptions {
   // tokens) would be ill-conditioned; the report says so. Part of the
   // fingerprint.
   int min_calibration_tokens = 16;
+  // A mixture of experts' calibration statistics: "routed" (each expert's
+  // from the tokens routed to it) or "all_tokens" (every calibration token
+  // through every expert, for statistics only: routing is unchanged). Part
+  // of the fingerprint.
+  std::string expert_calibration = "routed";
   nlohmann::json manifest_extra;  // recorded in qaas_manifest.json (e.g. the job spec)
   // How artifact/ stores the quantized layers (export.h's MakeArtifactLayout).
   std::string artifact_layout = "gptq";

@@ -92,6 +92,7 @@ class LlamaModel : public DecoderModel {
     if (mlps == 1) producers_[static_cast<int>(ActPoint::kMlpHidden)] = {4, 5};
   }
 
+  void set_experts_observe_all_tokens(bool all) override { experts_observe_all_tokens_ = all; }
   const std::vector<std::string>& LinearNames() const override { return names_; }
   const std::vector<LinearGroup>& SequentialGroups() const override { return groups_; }
   const std::vector<FusedLinear>& Fusions() const override {
@@ -200,6 +201,7 @@ class LlamaModel : public DecoderModel {
       out.mlp_out_norm = l.norm(n.mlp_out);
     }
     if (config_.moe.num_experts > 0) {
+      out.experts_observe_all_tokens = experts_observe_all_tokens_;
       out.router = l.norm(RouterName(config_));
       out.shared_expert_gate = l.norm(SharedExpertGateName(config_));
     }
@@ -217,6 +219,7 @@ class LlamaModel : public DecoderModel {
   std::vector<std::string> names_;
   std::vector<LinearGroup> groups_;
   std::vector<std::vector<int>> consumers_, producers_;  // by ActPoint
+  bool experts_observe_all_tokens_ = false;
 };
 
 class OptModel : public DecoderModel {

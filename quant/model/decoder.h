@@ -165,6 +165,13 @@ class DecoderModel {
   // Final hidden states [..., hidden] -> float32 logits [..., vocab]: the
   // final norm, then the output head.
   virtual at::Tensor Logits(const at::Tensor& hidden) const = 0;
+
+  // A mixture of experts' calibration: with `all` a forward given a hook
+  // shows every expert every token (its statistics only: routing and outputs
+  // are unchanged; each expert computes on all tokens, top_k/num_experts of
+  // which it keeps); else each expert observes the tokens routed to it.
+  // Dense models ignore it.
+  virtual void set_experts_observe_all_tokens(bool /*all*/) {}
 };
 
 // Runs `layer` over `hidden` [n, T, hidden] in batches of `batch` windows

@@ -464,12 +464,22 @@ at::Tensor MoeForward(const LlamaLayer& layer, const ModelConfig& c, const at::T
     if (hook) hook(names[first + 2], h);
     return ApplyLinear(layer.linears[first + 2], h);
   };
+  const bool all_tokens = hook && layer.experts_observe_all_tokens;
   for (int j = 0; j < c.moe.num_experts; ++j) {
     const at::Tensor chosen = experts == j;  // [tokens, top_k]
     const at::Tensor tokens = chosen.any(-1).nonzero().squeeze(-1);
-    if (tokens.numel() == 0) continue;  // no token for this expert
+    const size_t first = 4 + 3 * static_cast<size_t>(j);
+    at::Tensor y;
+    if (all_tokens) {
+      // Statistics from every token; the output keeps the routed rows (the
+      // expert is row-wise, so they are what routing alone computes).
+      y = expert_mlp(first, flat).index_select(0, tokens);
+    } else {
+      if (tokens.numel() == 0) continue;  // no token for this expert
+      y = expert_mlp(first, flat.index_select(0, tokens));
+    }
+    if (tokens.numel() == 0) continue;
     const at::Tensor w = (weights * chosen).sum(-1).index_select(0, tokens);
-    const at::Tensor y = expert_mlp(4 + 3 * static_cast<size_t>(j), flat.index_select(0, tokens));
     out = out.index_add(0, tokens, y * w.unsqueeze(-1).to(y.scalar_type()));
   }
   if (layer.shared_expert_gate.defined()) {

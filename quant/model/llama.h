@@ -55,6 +55,9 @@ struct LlamaLayer {
   // (LinearNamesOf).
   at::Tensor router;
   at::Tensor shared_expert_gate;
+  // With a hook: every expert observes every token (DecoderModel::
+  // set_experts_observe_all_tokens); else its routed ones.
+  bool experts_observe_all_tokens = false;
   std::vector<Linear> linears;
   // RPTQ's reordered norms: the norm reads its input channels in this order
   // (int64 [hidden]; its weight is stored permuted), so its output comes out

@@ -299,7 +299,29 @@ TEST_P(MoePipelineTest, WeightOnlyMethodsRunAndExpertsCalibrateOnTheirTokens) {
     fell_back += below;
   }
   EXPECT_GT(fell_back, 0);
+
+  // all_tokens: every expert's statistics from every calibration token (no
+  // fallback at that threshold), the float model's routing and outputs
+  // unchanged (the original perplexity is the same).
+  o.output_dir = tmp_.path() + "/all_tokens";
+  o.expert_calibration = "all_tokens";
+  o.evaluations = {DatasetRef{text_, "text", 24, 4}};
+  auto all = RunPipeline(o);
+  QAAS_ASSERT_OK(all);
+  int experts = 0;
+  for (const auto& l : all->layers) {
+    if (!per_expert.count(l.name)) continue;
+    EXPECT_EQ(l.calibration_tokens, tokens) << l.name;
+    EXPECT_EQ(l.method, "gptq") << l.name;
+    ++experts;
+  }
+  EXPECT_EQ(experts, c.num_layers * c.moe.num_experts);
+  EXPECT_DOUBLE_EQ(all->evaluations[0].perplexity_original, gptq.evaluations[0].perplexity_original);
+
   o.min_calibration_tokens = 0;
+  QAAS_EXPECT_CODE(RunPipeline(o), kInvalidArgument);
+  o.min_calibration_tokens = 16;
+  o.expert_calibration = "some";
   QAAS_EXPECT_CODE(RunPipeline(o), kInvalidArgument);
 }
 
