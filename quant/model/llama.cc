@@ -469,15 +469,11 @@ at::Tensor MoeForward(const LlamaLayer& layer, const ModelConfig& c, const at::T
     const at::Tensor chosen = experts == j;  // [tokens, top_k]
     const at::Tensor tokens = chosen.any(-1).nonzero().squeeze(-1);
     const size_t first = 4 + 3 * static_cast<size_t>(j);
-    at::Tensor y;
-    if (all_tokens) {
-      // Statistics from every token; the output keeps the routed rows (the
-      // expert is row-wise, so they are what routing alone computes).
-      y = expert_mlp(first, flat).index_select(0, tokens);
-    } else {
-      if (tokens.numel() == 0) continue;  // no token for this expert
-      y = expert_mlp(first, flat.index_select(0, tokens));
-    }
+    if (tokens.numel() == 0 && !all_tokens) continue;  // no token for this expert
+    // all_tokens: statistics from every token; the output keeps the routed
+    // rows (the expert is row-wise, so they are what routing alone computes).
+    const at::Tensor y = all_tokens ? expert_mlp(first, flat).index_select(0, tokens)
+                                    : expert_mlp(first, flat.index_select(0, tokens));
     if (tokens.numel() == 0) continue;
     const at::Tensor w = (weights * chosen).sum(-1).index_select(0, tokens);
     out = out.index_add(0, tokens, y * w.unsqueeze(-1).to(y.scalar_type()));
