@@ -230,19 +230,15 @@ absl::Status Pipeline::Prepare() {
   QAAS_ASSIGN_OR_RETURN(ck_, Checkpoint::Open(o_.model_dir));
   config_ = ck_->config();
   if (config_.moe.num_experts > 0) {
-    // A mixture of experts' router reads the MLP's normed input too: folds
-    // into that norm (SmoothQuant, RPTQ, OmniQuant's LET) would have to fold
-    // into the router as well, and per-expert activation statistics are not
-    // gathered yet. Weight-only recipes run.
+    // SmoothQuant and OmniQuant's LET fold into the router too; RPTQ would
+    // need one hidden-channel reorder per expert (rptq.cc says so at the
+    // layer; here before anything is loaded).
     for (const auto& step : transforms_) {
-      return absl::UnimplementedError(absl::StrCat("recipe step '", step.method, "' on a mixture-of-experts model (",
-                                                   config_.model_type, ") is not supported yet: weight-only "
-                                                   "quantizers (rtn, gptq, adadim, omniquant) run"));
-    }
-    if (!o_.scheme.weight_only()) {
-      return absl::UnimplementedError(absl::StrCat("scheme ", o_.scheme.ToString(), " on a mixture-of-experts model (",
-                                                   config_.model_type, "): activation and KV-cache quantization are "
-                                                   "not supported yet (weight-only schemes are)"));
+      if (step.method == "rptq") {
+        return absl::UnimplementedError(absl::StrCat("recipe step 'rptq' on a mixture-of-experts model (",
+                                                     config_.model_type, ") is not supported: its reorder of the "
+                                                     "MLP's hidden channels would be one per expert"));
+      }
     }
   }
   QAAS_ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Load(o_.model_dir));
@@ -293,7 +289,9 @@ absl::Status Pipeline::Prepare() {
     QAAS_ASSIGN_OR_RETURN(calib_windows,
                           SampleCalibrationWindows(tokenizer_->Encode(*text), o_.num_samples, seq_len, o_.seed));
     report_.calibration = {{"dataset", o_.calibration->name}, {"num_samples", o_.num_samples},
-                           {"seq_len", seq_len}, {"seed", o_.seed}, {"tokens", calib_windows.numel()}};
+                           {"seq_len", seq_len}, {"seed", o_.seed}, {"tokens", calib_windows.numel()},
+                           {"min_calibration_tokens", o_.min_calibration_tokens},
+                           {"expert_calibration", o_.expert_calibration}};
     max_len = std::max(max_len, seq_len);
   }
   QAAS_ASSIGN_OR_RETURN(model_, DecoderModel::Create(*ck_, device_, max_len));
@@ -316,25 +314,60 @@ absl::Status Pipeline::Prepare() {
 absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* details) {
   const DecoderModel& model = *model_;
   const std::vector<std::string>& names = model.LinearNames();
-  // Each activation point is seen through its first consumer's input.
+  // Each activation point is seen through its observers' inputs (its first
+  // consumer's; a mixture of experts' every expert's, together every token).
   std::map<std::string, ActPoint> point_of;
   for (int p = 0; p < kNumActPoints; ++p) {
-    point_of[names[model.ConsumersOf(static_cast<ActPoint>(p))[0]]] = static_cast<ActPoint>(p);
+    for (int j : model.ObserversOf(static_cast<ActPoint>(p))) point_of[names[j]] = static_cast<ActPoint>(p);
   }
   // Per-channel ranges of every point (and of V for RPTQ) on the calibration
-  // stream through the float `layer`.
+  // stream through the float `layer`. An expert's ranges are always its
+  // routed tokens' (what it computes on when serving), whatever
+  // expert_calibration says for the weight quantizer's statistics.
+  std::array<at::Tensor, kNumActPoints> point_lo, point_hi;  // each point's scalar range, by collect
   auto collect = [&](ChannelRange* v_out) {
     std::array<ChannelRange, kNumActPoints> ranges;
+    std::array<bool, kNumActPoints> mixed_widths{};
+    point_lo = {};
+    point_hi = {};
     const int v_index = model.ProducersOf(ActPoint::kAttnOut)[0];
     const std::string& v_name = names[v_index];
+    model_->set_experts_observe_all_tokens(false);
+    struct Restore {
+      DecoderModel* model;
+      bool all;
+      ~Restore() { model->set_experts_observe_all_tokens(all); }
+    } restore{model_.get(), o_.expert_calibration == "all_tokens"};
+    // By observer: a point's observers may differ in width (Qwen2-MoE's
+    // shared expert's hidden state is wider than a routed expert's).
+    std::map<std::string, ChannelRange> observed;
     ForwardBatched(model, *layer, calib_, o_.batch_size, [&](const std::string& name, const at::Tensor& x) {
-      auto it = point_of.find(name);
-      if (it != point_of.end()) ranges[static_cast<int>(it->second)].Add(x);
+      if (point_of.count(name)) observed[name].Add(x);
       if (v_out && name == v_name) {
         const Linear& v = layer->linears[v_index];
         v_out->Add(v.bias.defined() ? at::linear(x, v.weight, v.bias) : at::linear(x, v.weight));
       }
     });
+    // Per channel where the observers agree in width; the scalar range of
+    // the whole point always.
+    for (const auto& [name, r] : observed) {
+      const int p = static_cast<int>(point_of.at(name));
+      const at::Tensor lo = r.min.min(), hi = r.max.max();
+      point_lo[p] = point_lo[p].defined() ? at::minimum(point_lo[p], lo) : lo;
+      point_hi[p] = point_hi[p].defined() ? at::maximum(point_hi[p], hi) : hi;
+      ChannelRange& merged = ranges[p];
+      if (!merged.min.defined()) {
+        merged = r;
+      } else if (merged.min.numel() == r.min.numel()) {
+        merged.min = at::minimum(merged.min, r.min);
+        merged.max = at::maximum(merged.max, r.max);
+      } else {
+        mixed_widths[p] = true;
+      }
+    }
+    for (int p = 0; p < kNumActPoints; ++p) {
+      if (mixed_widths[p]) ranges[p] = ChannelRange{};
+    }
     return ranges;
   };
   LayerActQuant act;
@@ -373,7 +406,7 @@ absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* detai
       nlohmann::json j = nlohmann::json::object();
       for (int p = 0; p < kNumActPoints; ++p) {
         if (set_by_transform[p]) continue;
-        const double lo = ranges[p].min.min().item<double>(), hi = ranges[p].max.max().item<double>();
+        const double lo = point_lo[p].item<double>(), hi = point_hi[p].item<double>();
         act.inputs[p] = StaticPerTensorQuantizer(a, lo, hi);
         j[ActPointName(static_cast<ActPoint>(p))] = {lo, hi};
       }
@@ -510,13 +543,28 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
     groups = {{"all", std::vector<int>(names.size())}};
     for (size_t j = 0; j < names.size(); ++j) groups[0].linears[j] = static_cast<int>(j);
   }
-  for (const auto& [group_name, group] : groups) {
+  int expert_reported = -1;
+  for (const auto& [group_name, group, expert] : groups) {
+    if (expert >= 0 && expert != expert_reported && o_.on_progress) {
+      PipelineProgress progress{i, config_.num_layers, "quantizing"};
+      progress.expert = expert + 1;
+      progress.num_experts = config_.moe.num_experts;
+      o_.on_progress(progress);
+      expert_reported = expert;
+    }
     std::map<std::string, int> in_group;
     for (int j : group) in_group[names[j]] = j;
     std::vector<LinearToQuantize> linears(names.size());
     std::map<int, std::unique_ptr<HessianAccumulator>> hessians;
     if (quantizer_->NeedsHessians() || layer.sample.defined()) {
       auto tc = Clock::now();
+      // A routed expert's group: its inputs need the router and that expert
+      // only (the forwards' outputs are discarded).
+      model_->set_observed_expert(expert);
+      struct Reset {
+        DecoderModel* model;
+        ~Reset() { model->set_observed_expert(-1); }
+      } reset{model_.get()};
       if (quantizer_->NeedsHessians()) {
         for (int j : group) {
           hessians[j] = std::make_unique<HessianAccumulator>(original.linears[j].weight.size(1), device_);

@@ -61,6 +61,10 @@ struct PipelineProgress {
   int epoch = 0;
   int epochs = 0;
   double loss = 0;
+  // "quantizing" a mixture of experts' layer reports as each routed expert
+  // starts: expert (1-based) of num_experts. num_experts 0: not an expert.
+  int expert = 0;
+  int num_experts = 0;
 };
 
 struct PipelineOptions {

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <string>
 
 #include "absl/status/status.h"
@@ -115,6 +116,19 @@ absl::Status FoldNormPoint(const DecoderModel& model, ActPoint p, const at::Tens
       l.bias = l.bias + at::mv(l.weight, delta);  // with the columns as they were
     }
     l.weight = l.weight * s;
+  }
+  // A mixture of experts' router and shared-expert gate read p too (no bias:
+  // FoldNormPoint's callers give MoE models no shift).
+  for (const std::string& name : model.FloatReadersOf(p)) {
+    const at::Tensor reader = layer->norm(name);
+    if (!reader.defined()) {
+      return absl::FailedPreconditionError(absl::StrCat("OmniQuant LET: the layer has no ", name));
+    }
+    if (delta.defined()) {
+      return absl::InvalidArgumentError(absl::StrCat("OmniQuant LET: a shift at ", ActPointName(p), " would need ",
+                                                     name, " to have a bias"));
+    }
+    layer->set_norm(name, reader * s);
   }
   return absl::OkStatus();
 }
@@ -228,13 +242,14 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
   LetParams params;
   if (let) {
     ChannelRange attn_in, mlp_in;
-    const std::string& attn_name = names[model.ConsumersOf(ActPoint::kAttnIn)[0]];
-    const std::string& mlp_name = names[model.ConsumersOf(ActPoint::kMlpIn)[0]];
+    std::map<std::string, ChannelRange*> observed;
+    for (int j : model.ObserversOf(ActPoint::kAttnIn)) observed[names[j]] = &attn_in;
+    for (int j : model.ObserversOf(ActPoint::kMlpIn)) observed[names[j]] = &mlp_in;
     DecoderLayer plain = layer;
     plain.act = nullptr;
     ForwardBatched(model, plain, inputs, 8, [&](const std::string& name, const at::Tensor& x) {
-      if (name == attn_name) attn_in.Add(x);
-      if (name == mlp_name) mlp_in.Add(x);
+      auto it = observed.find(name);
+      if (it != observed.end()) it->second->Add(x);
     });
     auto init = [&](ActPoint p, const ChannelRange& r, at::Tensor* scale, at::Tensor* shift) {
       const BlockNorm norm = model.NormOf(p);

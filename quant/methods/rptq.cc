@@ -186,6 +186,13 @@ absl::Status ApplyRptq(const DecoderModel& model, const RptqStats& stats, const 
         absl::StrCat("RPTQ quantizes activations to integers with static per-cluster parameters; the scheme's "
                      "activations are ", NumberFormatName(act_spec.format)));
   }
+  if (model.ProducersOf(ActPoint::kMlpHidden).empty() || !model.FloatReadersOf(ActPoint::kMlpIn).empty()) {
+    // A mixture of experts: each expert has its own hidden channels (no one
+    // reorder of the MLP's hidden state) and the router reads the MLP input.
+    return absl::UnimplementedError(absl::StrCat("RPTQ on a mixture-of-experts model (", model.config().model_type,
+                                                 ") is not supported: its reorder of the MLP's hidden channels "
+                                                 "would be one per expert"));
+  }
   if (o.clusters.size() != 5) {
     return absl::InvalidArgumentError(
         absl::StrCat("RPTQ needs 5 cluster counts (R1..R5), got ", o.clusters.size()));

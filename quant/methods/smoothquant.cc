@@ -39,6 +39,14 @@ absl::StatusOr<at::Tensor> SmoothLayer(const DecoderModel& model, ActPoint p, co
     if (bias.defined()) layer->set_norm(norm.bias, bias / s);
   }
   for (int j : consumers) layer->linears[j].weight = layer->linears[j].weight * s;
+  // A mixture of experts' router (and shared-expert gate) reads the smoothed
+  // input too: its columns take s, so routing is unchanged. (They stay float:
+  // their ranges do not enter s.)
+  for (const std::string& name : model.FloatReadersOf(p)) {
+    const at::Tensor reader = layer->norm(name);
+    if (!reader.defined()) return absl::FailedPreconditionError(absl::StrCat("SmoothQuant: the layer has no ", name));
+    layer->set_norm(name, reader * s.to(reader.scalar_type()));
+  }
   return s;
 }
 

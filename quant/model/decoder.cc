@@ -74,6 +74,7 @@ class LlamaModel : public DecoderModel {
     // quantized one after another, so no two hold Hessians at once.
     groups_ = {{"qkv", {0, 1, 2}}, {"o", {3}}};
     consumers_ = {{0, 1, 2}, {3}, {}, {}};
+    observers_ = {{0}, {3}, {}, {}};
     producers_ = {{}, {2}, {}, {}};
     const int mlps = static_cast<int>(names_.size() - 4) / 3;
     for (int e = 0; e < mlps; ++e) {
@@ -81,11 +82,14 @@ class LlamaModel : public DecoderModel {
       std::string stem = config_.moe.num_experts == 0      ? ""
                          : e < config_.moe.num_experts ? absl::StrCat("expert.", e, ".")
                                                        : "shared_expert.";
-      groups_.push_back({stem + "gate_up", {g, g + 1}});
-      groups_.push_back({stem + "down", {g + 2}});
+      const int expert = e < config_.moe.num_experts ? e : -1;
+      groups_.push_back({stem + "gate_up", {g, g + 1}, expert});
+      groups_.push_back({stem + "down", {g + 2}, expert});
       consumers_[static_cast<int>(ActPoint::kMlpIn)].insert(consumers_[static_cast<int>(ActPoint::kMlpIn)].end(),
                                                             {g, g + 1});
       consumers_[static_cast<int>(ActPoint::kMlpHidden)].push_back(g + 2);
+      observers_[static_cast<int>(ActPoint::kMlpIn)].push_back(g);
+      observers_[static_cast<int>(ActPoint::kMlpHidden)].push_back(g + 2);
     }
     // MLP-hidden channels come one to one from gate/up rows only when there
     // is one MLP (RPTQ's reorder); experts each have their own.
@@ -93,6 +97,7 @@ class LlamaModel : public DecoderModel {
   }
 
   void set_experts_observe_all_tokens(bool all) override { experts_observe_all_tokens_ = all; }
+  void set_observed_expert(int expert) override { observed_expert_ = expert; }
   const std::vector<std::string>& LinearNames() const override { return names_; }
   const std::vector<LinearGroup>& SequentialGroups() const override { return groups_; }
   const std::vector<FusedLinear>& Fusions() const override {
@@ -107,6 +112,13 @@ class LlamaModel : public DecoderModel {
   }
   const std::vector<int>& ConsumersOf(ActPoint p) const override { return consumers_[static_cast<int>(p)]; }
   const std::vector<int>& ProducersOf(ActPoint p) const override { return producers_[static_cast<int>(p)]; }
+  std::vector<int> ObserversOf(ActPoint p) const override { return observers_[static_cast<int>(p)]; }
+  std::vector<std::string> FloatReadersOf(ActPoint p) const override {
+    if (p != ActPoint::kMlpIn || config_.moe.num_experts == 0) return {};
+    std::vector<std::string> readers = {RouterName(config_)};
+    if (config_.moe.shared_expert_intermediate_size > 0) readers.push_back(SharedExpertGateName(config_));
+    return readers;
+  }
   BlockNorm NormOf(ActPoint p) const override {
     const LlamaNormNames n = NormNamesOf(config_);
     const std::string& weight = p == ActPoint::kAttnIn ? n.attn_in : n.mlp_in;
@@ -202,6 +214,7 @@ class LlamaModel : public DecoderModel {
     }
     if (config_.moe.num_experts > 0) {
       out.experts_observe_all_tokens = experts_observe_all_tokens_;
+      out.observe_only_expert = observed_expert_;
       out.router = l.norm(RouterName(config_));
       out.shared_expert_gate = l.norm(SharedExpertGateName(config_));
     }
@@ -218,8 +231,9 @@ class LlamaModel : public DecoderModel {
   Rope rope_;
   std::vector<std::string> names_;
   std::vector<LinearGroup> groups_;
-  std::vector<std::vector<int>> consumers_, producers_;  // by ActPoint
+  std::vector<std::vector<int>> consumers_, observers_, producers_;  // by ActPoint
   bool experts_observe_all_tokens_ = false;
+  int observed_expert_ = -1;
 };
 
 class OptModel : public DecoderModel {

@@ -90,6 +90,7 @@ struct LinearGroup {
   // experts: "expert.<j>.gate_up", "expert.<j>.down", "shared_expert.*")
   std::string name;
   std::vector<int> linears;  // indices into LinearNames()
+  int expert = -1;  // a mixture of experts' routed expert the group belongs to; -1: none
 };
 
 // A projection the checkpoint stores fused (Phi-3's qkv_proj, gate_up_proj):
@@ -130,6 +131,16 @@ class DecoderModel {
   // kAttnOut (per head), the MLP's input projections for kMlpHidden; empty for
   // the norm-fed points.
   virtual const std::vector<int>& ProducersOf(ActPoint p) const = 0;
+  // The consumers of p whose observed inputs together show every value of
+  // p: the first consumer where they all share one input; on a mixture of
+  // experts each MLP's first (an expert observes the tokens routed to it;
+  // together they observe every token, and each expert's hidden state).
+  virtual std::vector<int> ObserversOf(ActPoint p) const { return {ConsumersOf(p).front()}; }
+  // The layer's float tensors ([out, in], DecoderLayer::norms names) that
+  // read p besides its consumers: a mixture of experts' router and
+  // shared-expert gate read kMlpIn. A transform that scales or reorders p's
+  // channels does the same to their columns, or routing would change.
+  virtual std::vector<std::string> FloatReadersOf(ActPoint /*p*/) const { return {}; }
   // The norm feeding kAttnIn or kMlpIn. Layers hold norm weights as the
   // factors the norms multiply by, so folding a scale into one is the same
   // for every family; StoredNorm() turns a factor back into the checkpoint's
@@ -172,6 +183,12 @@ class DecoderModel {
   // which it keeps); else each expert observes the tokens routed to it.
   // Dense models ignore it.
   virtual void set_experts_observe_all_tokens(bool /*all*/) {}
+  // For gathering one routed expert's statistics: with `expert` >= 0 a
+  // forward given a hook runs the router and only that expert's MLP (what
+  // it observes is what the full forward shows it; the forward's output is
+  // NOT the layer's); -1 (the default) runs the whole layer. Dense models
+  // ignore it.
+  virtual void set_observed_expert(int /*expert*/) {}
 };
 
 // Runs `layer` over `hidden` [n, T, hidden] in batches of `batch` windows

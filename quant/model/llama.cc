@@ -448,10 +448,14 @@ namespace {
 // expert sees only the tokens routed to it (what the hook observes, so
 // calibration statistics are the routed tokens'), its output weighted by
 // the router and summed; plus Qwen2-MoE's gated shared expert.
-at::Tensor MoeForward(const LlamaLayer& layer, const ModelConfig& c, const at::Tensor& x,
+// The router and the shared-expert gate are float linears: they read the
+// norm's output `normed` as it is; the experts read x, `normed` through the
+// MLP input's activation quantizer (the same tensor when there is none).
+at::Tensor MoeForward(const LlamaLayer& layer, const ModelConfig& c, const at::Tensor& normed, const at::Tensor& x,
                       const std::vector<std::string>& names, const LinearInputHook& hook) {
   const at::Tensor flat = x.reshape({-1, c.hidden_size});
-  auto [experts, weights] = RouteTokens(layer, c, flat);
+  const at::Tensor flat_normed = normed.reshape({-1, c.hidden_size});
+  auto [experts, weights] = RouteTokens(layer, c, flat_normed);
   at::Tensor out = at::zeros_like(flat);
   auto expert_mlp = [&](size_t first, const at::Tensor& in) {
     if (hook) {
@@ -469,6 +473,7 @@ at::Tensor MoeForward(const LlamaLayer& layer, const ModelConfig& c, const at::T
     const at::Tensor chosen = experts == j;  // [tokens, top_k]
     const at::Tensor tokens = chosen.any(-1).nonzero().squeeze(-1);
     const size_t first = 4 + 3 * static_cast<size_t>(j);
+    if (hook && layer.observe_only_expert >= 0 && j != layer.observe_only_expert) continue;
     if (tokens.numel() == 0 && !all_tokens) continue;  // no token for this expert
     // all_tokens: statistics from every token; the output keeps the routed
     // rows (the expert is row-wise, so they are what routing alone computes).
@@ -478,9 +483,9 @@ at::Tensor MoeForward(const LlamaLayer& layer, const ModelConfig& c, const at::T
     const at::Tensor w = (weights * chosen).sum(-1).index_select(0, tokens);
     out = out.index_add(0, tokens, y * w.unsqueeze(-1).to(y.scalar_type()));
   }
-  if (layer.shared_expert_gate.defined()) {
+  if (layer.shared_expert_gate.defined() && !(hook && layer.observe_only_expert >= 0)) {
     const at::Tensor shared = expert_mlp(4 + 3 * static_cast<size_t>(c.moe.num_experts), flat);
-    out = out + at::sigmoid(at::linear(flat, layer.shared_expert_gate)) * shared;
+    out = out + at::sigmoid(at::linear(flat_normed, layer.shared_expert_gate)) * shared;
   }
   return out.view(x.sizes());
 }
@@ -492,10 +497,10 @@ at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& c, const 
   auto observe = [&](const char* name, const at::Tensor& x) {
     if (hook) hook(name, x.reshape({-1, x.size(-1)}));
   };
-  at::Tensor x = QuantizeActivation(
-      layer.act, ActPoint::kMlpIn, RmsNorm(Reorder(hidden, layer.post_reorder), layer.post_norm, c.rms_norm_eps));
+  const at::Tensor normed = RmsNorm(Reorder(hidden, layer.post_reorder), layer.post_norm, c.rms_norm_eps);
+  at::Tensor x = QuantizeActivation(layer.act, ActPoint::kMlpIn, normed);
   if (c.moe.num_experts > 0) {
-    at::Tensor out = MoeForward(layer, c, x, hook ? LinearNamesOf(c) : std::vector<std::string>(), hook);
+    at::Tensor out = MoeForward(layer, c, normed, x, hook ? LinearNamesOf(c) : std::vector<std::string>(), hook);
     return layer.mlp_out_norm.defined() ? RmsNorm(out, layer.mlp_out_norm, c.rms_norm_eps) : out;
   }
   observe("mlp.gate_proj", x);

@@ -58,6 +58,11 @@ struct LlamaLayer {
   // With a hook: every expert observes every token (DecoderModel::
   // set_experts_observe_all_tokens); else its routed ones.
   bool experts_observe_all_tokens = false;
+  // With a hook and >= 0: only this routed expert runs (the others, and a
+  // shared expert, are skipped), so gathering one expert's statistics costs
+  // the router and that expert, not the whole MLP; the output is then not
+  // the layer's (DecoderModel::set_observed_expert).
+  int observe_only_expert = -1;
   std::vector<Linear> linears;
   // RPTQ's reordered norms: the norm reads its input channels in this order
   // (int64 [hidden]; its weight is stored permuted), so its output comes out

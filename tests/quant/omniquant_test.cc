@@ -349,7 +349,7 @@ TEST_P(OmniQuantTest, BadInputsAreNamed) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, OmniQuantTest,
                          ::testing::Values("llama", "opt", "llama3", "mistral", "qwen2", "qwen3", "gemma2",
-                                           "gemma3", "phi3"));
+                                           "gemma3", "phi3", "mixtral", "qwen2-moe", "qwen3-moe"));
 
 // The paper's claim on a real model, through the whole pipeline (few epochs
 // and windows to stay quick): OmniQuant beats RTN at 2-bit weights (LWC) and

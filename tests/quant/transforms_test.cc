@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "quant/methods/smoothquant.h"
 #include "quant/model/checkpoint.h"
 #include "quant/model/decoder.h"
+#include "quant/model/llama.h"
 #include "quant/model/outliers.h"
 #include "quant/model/random_model.h"
 #include "tests/quant/layer_fixture.h"
@@ -107,6 +109,11 @@ TEST_P(TransformTest, SmoothQuantKeepsTheLayersFunction) {
     EXPECT_GT((*s - 1).abs().max().item<double>(), 0.1);  // it did scale
   }
   EXPECT_FALSE(smoothed.linears[0].weight.equal(layer_.linears[0].weight));
+  // A mixture of experts' router and shared-expert gate take the MLP input's
+  // scales (routing unchanged, so the function is).
+  for (const std::string& reader : model_->FloatReadersOf(ActPoint::kMlpIn)) {
+    EXPECT_FALSE(smoothed.norm(reader).equal(layer_.norm(reader))) << reader;
+  }
   EXPECT_LT(RelErr(ref, model_->LayerForward(smoothed, x_)), 1e-5);
   // The original layer's tensors are untouched.
   EXPECT_TRUE(model_->LayerForward(layer_, x_).equal(ref));
@@ -122,6 +129,16 @@ TEST(SmoothQuantTest, ScalesFollowThePaperAndSkipDeadChannels) {
 }
 
 TEST_P(TransformTest, RptqReorderKeepsTheLayersFunctionAndMakesClustersContiguous) {
+  if (config().moe.num_experts > 0) {
+    // Each expert has its own hidden channels: no one reorder serves them.
+    DecoderLayer layer = layer_;
+    LayerActQuant act;
+    nlohmann::json details;
+    auto st = ApplyRptq(*model_, RptqStats{}, RptqOptions{}, MustParse("W4A4").activations, &layer, &act, &details);
+    QAAS_EXPECT_CODE(st, kUnimplemented);
+    EXPECT_TRUE(MessageHas(st, "mixture-of-experts"));
+    return;
+  }
   const at::Tensor ref = model_->LayerForward(layer_, x_);
   const std::vector<std::string>& names = model_->LinearNames();
   RptqStats stats;
@@ -181,7 +198,84 @@ TEST_P(TransformTest, RptqReorderKeepsTheLayersFunctionAndMakesClustersContiguou
 
 INSTANTIATE_TEST_SUITE_P(Architectures, TransformTest,
                          ::testing::Values("llama", "opt", "llama3", "mistral", "qwen2", "qwen3", "gemma2",
-                                           "gemma3", "phi3"));
+                                           "gemma3", "phi3", "mixtral", "qwen2-moe", "qwen3-moe"));
+
+// Gathering one expert's statistics runs the router and that expert only:
+// it observes exactly what the whole layer's forward shows it, and no other
+// expert's linear is observed.
+TEST(MoeObservedExpertTest, OneExpertSeesWhatTheWholeForwardShowsIt) {
+  for (const char* family : {"mixtral", "qwen2-moe", "qwen3-moe"}) {
+    SCOPED_TRACE(family);
+    auto ck = Checkpoint::Open(ReferencePath(std::string("families/") + family));
+    QAAS_ASSERT_OK(ck);
+    auto model = DecoderModel::Create(**ck, at::kCPU, 64);
+    QAAS_ASSERT_OK(model);
+    auto layer = (*model)->LoadLayer(0);
+    QAAS_ASSERT_OK(layer);
+    at::manual_seed(0);
+    const at::Tensor x = at::randn({4, 16, (*ck)->config().hidden_size});
+    auto observe = [&]() {
+      std::map<std::string, at::Tensor> seen;
+      (*model)->LayerForward(*layer, x, [&](const std::string& name, const at::Tensor& in) { seen[name] = in; });
+      return seen;
+    };
+    const auto all = observe();
+    const int experts = (*ck)->config().moe.num_experts;
+    for (int e = 0; e < experts; ++e) {
+      (*model)->set_observed_expert(e);
+      const auto one = observe();
+      (*model)->set_observed_expert(-1);
+      const std::string stem = LinearNamesOf((*ck)->config())[4 + 3 * e];  // the expert's gate
+      const std::string expert_prefix = stem.substr(0, stem.rfind('.') + 1);
+      int own = 0;
+      for (const auto& [name, in] : one) {
+        if (name.rfind("self_attn.", 0) == 0) continue;  // attention runs as always
+        EXPECT_EQ(name.rfind(expert_prefix, 0), 0u) << name << " observed while gathering expert " << e;
+        ASSERT_TRUE(all.count(name)) << name;
+        EXPECT_TRUE(in.equal(all.at(name))) << name;
+        ++own;
+      }
+      EXPECT_EQ(own, 3) << "expert " << e << ": gate, up and down";
+    }
+    EXPECT_TRUE(observe().size() == all.size()) << "-1 runs the whole layer again";
+  }
+}
+
+// A mixture of experts' router (and Qwen2-MoE's shared-expert gate) is a
+// float linear: with the MLP input's activations quantized, the experts read
+// the quantized input but routing reads the norm's output as it is, so
+// every token goes to the experts the float layer sends it to.
+TEST(MoeActivationTest, RoutingReadsTheUnquantizedInput) {
+  for (const char* family : {"mixtral", "qwen2-moe", "qwen3-moe"}) {
+    SCOPED_TRACE(family);
+    auto ck = Checkpoint::Open(ReferencePath(std::string("families/") + family));
+    QAAS_ASSERT_OK(ck);
+    auto model = DecoderModel::Create(**ck, at::kCPU, 64);
+    QAAS_ASSERT_OK(model);
+    auto layer = (*model)->LoadLayer(0);
+    QAAS_ASSERT_OK(layer);
+    at::manual_seed(0);
+    const at::Tensor x = at::randn({4, 16, (*ck)->config().hidden_size});
+    const std::vector<std::string>& names = (*model)->LinearNames();
+    // The tokens (rows of the MLP input) each expert's gate observes.
+    auto routed = [&](const DecoderLayer& l) {
+      std::map<std::string, int64_t> rows;
+      (*model)->LayerForward(l, x, [&](const std::string& name, const at::Tensor& in) {
+        for (int j : (*model)->ObserversOf(ActPoint::kMlpIn)) {
+          if (name == names[j]) rows[name] = in.size(0);
+        }
+      });
+      return rows;
+    };
+    DecoderLayer quantized = *layer;
+    auto act = std::make_shared<LayerActQuant>();
+    act->at(ActPoint::kMlpIn) = DynamicQuantizer(MustParse("W4A4").activations);  // coarse: routing would move
+    quantized.act = act;
+    EXPECT_EQ(routed(quantized), routed(*layer));
+    EXPECT_GT(RelErr((*model)->LayerForward(*layer, x), (*model)->LayerForward(quantized, x)), 1e-3)
+        << "the experts compute on the quantized input";
+  }
+}
 
 TEST(OutlierModelTest, KeepsTheFunctionAndCreatesOutlierChannels) {
   ScopedTempDir tmp;
