@@ -96,7 +96,12 @@ int main(int argc, char** argv) {
                      p.epochs, p.loss);
         return;
       }
-      std::fprintf(stderr, "\r[%d/%d] %-12s", p.layer, p.num_layers, p.step.c_str());
+      if (p.num_experts > 0) {
+        std::fprintf(stderr, "\r[%d/%d] %s expert %d/%d   ", p.layer, p.num_layers, p.step.c_str(), p.expert,
+                     p.num_experts);
+        return;
+      }
+      std::fprintf(stderr, "\r[%d/%d] %-24s", p.layer, p.num_layers, p.step.c_str());
       if (p.step == "exporting") std::fprintf(stderr, "\n");
     };
   }

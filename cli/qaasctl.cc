@@ -63,6 +63,10 @@ ABSL_FLAG(std::string, calib, "", "submit: calibration text uri");
 ABSL_FLAG(int32_t, num_samples, 0, "submit: calibration windows (0 = 128)");
 ABSL_FLAG(int32_t, calib_seq_len, 0, "submit: calibration window length (0 = min(2048, context))");
 ABSL_FLAG(uint64_t, seed, 0, "submit: calibration seed");
+ABSL_FLAG(std::string, expert_calibration, "",
+          "submit: mixture-of-experts statistics, routed (default) or all_tokens (every token through every expert)");
+ABSL_FLAG(int32_t, min_calibration_tokens, 0,
+          "submit: a linear that saw fewer calibration tokens is quantized with RTN (0 = 16)");
 ABSL_FLAG(std::string, eval, "", "submit: comma-separated evaluation text uris");
 ABSL_FLAG(int32_t, eval_seq_len, 0, "submit: evaluation window length (0 = min(2048, context))");
 ABSL_FLAG(int32_t, max_windows, 0, "submit: evaluation windows per dataset (0 = all)");
@@ -209,6 +213,8 @@ int Submit(v1::JobService::Stub& stub, const qaas::cli::MethodFlags& method_flag
   calib->set_num_samples(absl::GetFlag(FLAGS_num_samples));
   calib->set_seq_len(absl::GetFlag(FLAGS_calib_seq_len));
   calib->set_seed(absl::GetFlag(FLAGS_seed));
+  calib->set_expert_calibration(absl::GetFlag(FLAGS_expert_calibration));
+  calib->set_min_calibration_tokens(absl::GetFlag(FLAGS_min_calibration_tokens));
   for (auto d : absl::StrSplit(absl::GetFlag(FLAGS_eval), ',', absl::SkipEmpty())) {
     auto* e = spec->add_evaluation();
     e->set_dataset(ToUri(std::string(d)));

@@ -208,6 +208,16 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
     return Invalid("calibration.num_samples", absl::StrCat("must be 1..", kMaxSamples, ", got ", calib->num_samples()));
   }
   QAAS_RETURN_IF_ERROR(check_seq_len("calibration.seq_len", calib->seq_len()));
+  if (calib->expert_calibration().empty()) calib->set_expert_calibration("routed");
+  if (calib->expert_calibration() != "routed" && calib->expert_calibration() != "all_tokens") {
+    return Invalid("calibration.expert_calibration",
+                   absl::StrCat("must be \"routed\" or \"all_tokens\", got '", calib->expert_calibration(), "'"));
+  }
+  if (calib->min_calibration_tokens() == 0) calib->set_min_calibration_tokens(16);
+  if (calib->min_calibration_tokens() < 0) {
+    return Invalid("calibration.min_calibration_tokens",
+                   absl::StrCat("must be positive (0 = 16), got ", calib->min_calibration_tokens()));
+  }
   for (int i = 0; i < spec->evaluation_size(); ++i) {
     const auto& e = spec->evaluation(i);
     const std::string field = absl::StrCat("evaluation[", i, "]");

@@ -59,6 +59,13 @@ absl::Status StageInputs(const v1::JobSpec& spec, const FileRoots& roots, const 
     o->num_samples = spec.calibration().num_samples();
     o->seed = spec.calibration().seed();
   }
+  // (The server normalizes both; a spec that bypassed it gets the defaults.)
+  if (!spec.calibration().expert_calibration().empty()) {
+    o->expert_calibration = spec.calibration().expert_calibration();
+  }
+  if (spec.calibration().min_calibration_tokens() > 0) {
+    o->min_calibration_tokens = spec.calibration().min_calibration_tokens();
+  }
   for (const auto& e : spec.evaluation()) {
     auto path = StageFile(e.dataset(), roots, cache_dir, bytes);
     if (!path.ok()) return Annotate(path.status(), "evaluation dataset");
@@ -68,6 +75,26 @@ absl::Status StageInputs(const v1::JobSpec& spec, const FileRoots& roots, const 
 }
 
 }  // namespace
+
+v1::Progress DescribeProgress(const quant::PipelineProgress& pp) {
+  v1::Progress out;
+  double layer = pp.layer;
+  std::string step = pp.step;
+  if (pp.epochs > 0) {
+    layer += static_cast<double>(pp.epoch) / pp.epochs;
+    step = absl::StrFormat("%s (epoch %d/%d, loss %.3g)", pp.step, pp.epoch, pp.epochs, pp.loss);
+  } else if (pp.num_experts > 0) {
+    layer += static_cast<double>(pp.expert - 1) / pp.num_experts;
+    step = absl::StrFormat("%s (expert %d/%d)", pp.step, pp.expert, pp.num_experts);
+    out.set_expert(pp.expert);
+    out.set_num_experts(pp.num_experts);
+  }
+  out.set_fraction(pp.num_layers > 0 ? 0.05 + 0.85 * layer / pp.num_layers : 0.05);
+  out.set_step(step);
+  out.set_layer(pp.layer);
+  out.set_num_layers(pp.num_layers);
+  return out;
+}
 
 Worker::Metrics::Metrics(prometheus::Registry& r)
     : running(prometheus::BuildGauge()
@@ -167,13 +194,16 @@ absl::StatusOr<bool> Worker::RunOnce() {
 void Worker::RunJob(const v1::Job& job, const std::string& lease_id, const FileRoots& file_roots) {
   const auto start = Clock::now();
   JobProgress p;
-  auto set_progress = [&](double fraction, const std::string& step, int layer, int num_layers) {
+  auto set_progress = [&](double fraction, const std::string& step, int layer, int num_layers, int expert = 0,
+                          int num_experts = 0) {
     std::lock_guard<std::mutex> lock(p.mu);
     v1::Progress& pr = p.progress;
     pr.set_fraction(fraction);
     pr.set_step(step);
     pr.set_layer(layer);
     pr.set_num_layers(num_layers);
+    pr.set_expert(expert);
+    pr.set_num_experts(num_experts);
     const int64_t elapsed =
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
     pr.set_elapsed_ms(elapsed);
@@ -266,12 +296,8 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id, const FileR
       return absl::OkStatus();
     };
     o.on_progress = [&](const quant::PipelineProgress& pp) {
-      // OmniQuant's epochs advance the fraction within the layer.
-      const double layer = pp.layer + (pp.epochs > 0 ? static_cast<double>(pp.epoch) / pp.epochs : 0.0);
-      const double f = pp.num_layers > 0 ? 0.05 + 0.85 * layer / pp.num_layers : 0.05;
-      set_progress(f, pp.epochs > 0 ? absl::StrFormat("%s (epoch %d/%d, loss %.3g)", pp.step, pp.epoch, pp.epochs, pp.loss)
-                                    : pp.step,
-                   pp.layer, pp.num_layers);
+      const v1::Progress d = DescribeProgress(pp);
+      set_progress(d.fraction(), d.step(), d.layer(), d.num_layers(), d.expert(), d.num_experts());
     };
     o.should_stop = [&] { return p.cancel.load() || p.lost.load() || stop_.load(); };
     auto report = quant::RunPipeline(o);

@@ -25,7 +25,18 @@
 #include "qaas/v1/worker_service.grpc.pb.h"
 #include "worker/stager.h"
 
+namespace qaas::quant {
+struct PipelineProgress;
+}  // namespace qaas::quant
+
 namespace qaas::worker {
+
+// A pipeline progress report as the job's Progress shows it (fraction,
+// step, layer, expert; not the clock fields): the layers span 5% to 90% of
+// the job (staging before, uploading after), and OmniQuant's epochs or a
+// mixture of experts' experts advance it within a layer and name
+// themselves in the step, e.g. "quantizing (expert 3/8)".
+v1::Progress DescribeProgress(const quant::PipelineProgress& p);
 
 struct WorkerOptions {
   std::string name = "worker";

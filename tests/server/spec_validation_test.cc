@@ -50,6 +50,26 @@ TEST_F(SpecValidationTest, FillsDefaults) {
   EXPECT_EQ(spec_.scheme().weights().bits(), 4);
   EXPECT_EQ(spec_.scheme().weights().group_size(), 128);
   EXPECT_EQ(spec_.scheme().shorthand(), "W4A16g128");
+  EXPECT_EQ(spec_.calibration().expert_calibration(), "routed");
+  EXPECT_EQ(spec_.calibration().min_calibration_tokens(), 16);
+}
+
+TEST_F(SpecValidationTest, ExpertCalibrationOptionsAreChecked) {
+  spec_.mutable_calibration()->set_expert_calibration("all_tokens");
+  spec_.mutable_calibration()->set_min_calibration_tokens(64);
+  QAAS_ASSERT_OK(Validate());
+  EXPECT_EQ(spec_.calibration().expert_calibration(), "all_tokens");
+  EXPECT_EQ(spec_.calibration().min_calibration_tokens(), 64);
+  spec_.mutable_calibration()->set_expert_calibration("everything");
+  absl::Status st = Validate();
+  QAAS_EXPECT_CODE(st, kInvalidArgument);
+  EXPECT_NE(st.message().find("calibration.expert_calibration"), absl::string_view::npos) << st;
+  EXPECT_NE(st.message().find("everything"), absl::string_view::npos) << st;
+  spec_.mutable_calibration()->set_expert_calibration("routed");
+  spec_.mutable_calibration()->set_min_calibration_tokens(-3);
+  st = Validate();
+  QAAS_EXPECT_CODE(st, kInvalidArgument);
+  EXPECT_NE(st.message().find("calibration.min_calibration_tokens"), absl::string_view::npos) << st;
 }
 
 TEST_F(SpecValidationTest, UnknownSchemeTokenIsNamed) {

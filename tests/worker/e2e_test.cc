@@ -28,6 +28,7 @@
 #include <prometheus/registry.h>
 #include "qaas/v1/job_service.grpc.pb.h"
 #include "quant/model/random_model.h"
+#include "quant/pipeline.h"
 #include "server/server.h"
 #include "storage/sha256.h"
 #include "tests/test_util.h"
@@ -339,6 +340,47 @@ TEST_F(EndToEndTest, OmniQuantWithOptionsRunsOverTheApi) {
     EXPECT_TRUE(omni.contains("let")) << omni;  // activations are quantized: LET ran
   }
   EXPECT_EQ(report["layers"][0]["method"], "omniquant");
+}
+
+// The calibration's expert options reach the pipeline: a minimum above the
+// calibration's token count sends every linear to the RTN fallback, and the
+// report records both options.
+TEST_F(EndToEndTest, CalibrationTokenMinimumAndExpertCalibrationReachThePipeline) {
+  v1::JobSpec spec = Spec(MakeModel("model", 1, 64, 256), "W4A16g32");
+  spec.set_preset("gptq");
+  spec.mutable_calibration()->set_min_calibration_tokens(1000000);
+  spec.mutable_calibration()->set_expert_calibration("all_tokens");
+  const nlohmann::json report = RunCalibrated(spec);
+  ASSERT_FALSE(report.is_null());
+  EXPECT_EQ(report["calibration"]["min_calibration_tokens"], 1000000);
+  EXPECT_EQ(report["calibration"]["expert_calibration"], "all_tokens");
+  ASSERT_FALSE(report["layers"].empty());
+  for (const auto& l : report["layers"]) {
+    EXPECT_EQ(l["method"], "rtn") << l;
+    EXPECT_TRUE(l["details"].contains("fallback")) << l;
+  }
+}
+
+// A mixture of experts' layer advances the job's progress expert by expert
+// and names the expert in the step; OmniQuant's epochs likewise.
+TEST(DescribeProgressTest, ExpertsAndEpochsAdvanceTheFractionWithinALayer) {
+  quant::PipelineProgress p{1, 4, "quantizing"};
+  const v1::Progress layer = worker::DescribeProgress(p);
+  EXPECT_EQ(layer.step(), "quantizing");
+  EXPECT_DOUBLE_EQ(layer.fraction(), 0.05 + 0.85 * 1 / 4);
+  EXPECT_EQ(layer.num_experts(), 0);
+  p.expert = 5;
+  p.num_experts = 8;
+  const v1::Progress expert = worker::DescribeProgress(p);
+  EXPECT_EQ(expert.step(), "quantizing (expert 5/8)");
+  EXPECT_EQ(expert.expert(), 5);
+  EXPECT_EQ(expert.num_experts(), 8);
+  EXPECT_EQ(expert.layer(), 1);
+  EXPECT_DOUBLE_EQ(expert.fraction(), 0.05 + 0.85 * (1 + 4.0 / 8) / 4);
+  quant::PipelineProgress t{2, 4, "training", 3, 10, 0.5};
+  const v1::Progress epoch = worker::DescribeProgress(t);
+  EXPECT_EQ(epoch.step(), "training (epoch 3/10, loss 0.5)");
+  EXPECT_DOUBLE_EQ(epoch.fraction(), 0.05 + 0.85 * 2.3 / 4);
 }
 
 TEST_F(EndToEndTest, BadRequestsAreRejectedAtSubmitNamingTheProblem) {
