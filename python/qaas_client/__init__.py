@@ -77,7 +77,8 @@ class Client:
 
     def submit(self, model, scheme, preset=None, recipe=None, calibration=None, num_samples=0,
                calib_seq_len=0, seed=0, evaluation=(), eval_seq_len=0, max_windows=0, output="",
-               priority=0, labels=None, idempotency_key="", device=""):
+               priority=0, labels=None, idempotency_key="", device="", expert_calibration="",
+               min_calibration_tokens=0):
         """Submits a job and returns its Job handle.
 
         model, calibration, evaluation: uris (or local paths, made file:// uris).
@@ -87,6 +88,8 @@ class Client:
         list of method names or job_pb2.RecipeStep messages (with their options).
         Neither: the server refuses the spec (INVALID_ARGUMENT, recipe required).
         device: "cpu", "cuda" or "" (any worker), resources.device.
+        expert_calibration: "routed" (default) or "all_tokens", for mixture-of-experts models;
+        min_calibration_tokens: a linear that saw fewer is quantized with RTN (0 = 16).
         """
         spec = job_pb2.JobSpec(model=_uri(model), output=output, priority=priority,
                                idempotency_key=idempotency_key)
@@ -103,6 +106,8 @@ class Client:
             spec.calibration.num_samples = num_samples
             spec.calibration.seq_len = calib_seq_len
             spec.calibration.seed = seed
+            spec.calibration.expert_calibration = expert_calibration
+            spec.calibration.min_calibration_tokens = min_calibration_tokens
         if isinstance(evaluation, str):
             evaluation = [evaluation]
         for dataset in evaluation:

@@ -74,6 +74,17 @@ class ClientTest(unittest.TestCase):
         self.assertTrue(done.spec.recipe[0].gptq.act_order)
         self.assertEqual(job.report()["recipe"], ["gptq"])
 
+    def test_expert_calibration_options_reach_the_job(self):
+        job = self.client.submit(model=self.model, scheme="W4A16g32", preset="gptq", calibration=self.text,
+                                 num_samples=4, calib_seq_len=64, expert_calibration="all_tokens",
+                                 min_calibration_tokens=100000)
+        done = job.wait(timeout=120)
+        self.assertEqual(done.state, job_pb2.JOB_STATE_SUCCEEDED, done.error)
+        self.assertEqual(done.spec.calibration.expert_calibration, "all_tokens")
+        report = job.report()
+        self.assertEqual(report["calibration"]["min_calibration_tokens"], 100000)
+        self.assertTrue(all(l["method"] == "rtn" for l in report["layers"]))  # every linear below the minimum
+
     def test_bad_request_names_the_field(self):
         with self.assertRaises(grpc.RpcError) as caught:
             self.client.submit(model=self.model, scheme="W4A16g1000000000000", preset="rtn")
