@@ -322,21 +322,74 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
   };
   const int64_t n = inputs.size(0), bw = options.batch_windows;
 
-  // The block's loss over every window, as the final one is measured: at the
-  // initial parameters (SmoothQuant's scales, LWC's near-full ranges) it is
-  // what training must lower. (The per-epoch losses are means over steps
-  // taken while the parameters move, too noisy to compare.)
+  // The block's loss over every window. (The per-epoch losses are means over
+  // steps taken while the parameters move, too noisy to compare.)
   auto mean_loss = [&](const DecoderLayer& l) {
     double sum = 0;
     for (int64_t i = 0; i < n; i += bw) sum += block_loss(l, i, std::min(bw, n - i)).item<double>();
     return sum / ((n + bw - 1) / bw);
   };
+  // The stored block at the current parameters: LET folded for good, the
+  // weights clipped and quantized to codes, and its loss over every window
+  // as training measured it.
+  auto store = [&](nlohmann::json* details) -> absl::StatusOr<std::pair<OmniQuantResult, double>> {
+    c10::NoGradGuard no_grad;
+    OmniQuantResult result;
+    result.folded = layer;
+    LetParams learned;
+    if (let) {
+      learned = let_params();
+      QAAS_ASSIGN_OR_RETURN(result.folded, ApplyLet(model, layer, learned));
+    }
+    // Fresh tensors, outside any graph.
+    for (auto& [name, t] : result.folded.norms) t = t.detach();
+    for (auto& l : result.folded.linears) {
+      l.weight = l.weight.detach();
+      if (l.bias.defined()) l.bias = l.bias.detach();
+    }
+    DecoderLayer stored = result.folded;
+    if (lwc) {
+      double gamma = 0, beta = 0;
+      int64_t count = 0;
+      for (size_t j = 0; j < names.size(); ++j) {
+        at::Tensor g = at::sigmoid(upper[j]).detach(), b = at::sigmoid(lower[j]).detach();
+        result.linears.push_back(LwcQuantize(result.folded.linears[j].weight, weights, g, b));
+        stored.linears[j].weight = result.linears.back().dequantized;
+        result.gamma.push_back(g);
+        result.beta.push_back(b);
+        gamma += g.sum().item<double>();
+        beta += b.sum().item<double>();
+        count += g.numel();
+      }
+      (*details)["lwc"] = {{"gamma_mean", gamma / count}, {"beta_mean", beta / count}};
+    }
+    if (let) {
+      for (at::Tensor* t : {&learned.attn_scale, &learned.attn_shift, &learned.mlp_scale, &learned.mlp_shift,
+                            &learned.qk_scale}) {
+        if (t->defined()) *t = t->detach();
+      }
+      result.let = learned;
+      nlohmann::json j = {{"attn_scale", Range(learned.attn_scale)}, {"mlp_scale", Range(learned.mlp_scale)},
+                          {"qk_scale", Range(learned.qk_scale)}};
+      if (learned.attn_shift.defined()) j["attn_shift"] = Range(learned.attn_shift);
+      if (learned.mlp_shift.defined()) j["mlp_shift"] = Range(learned.mlp_shift);
+      (*details)["let"] = j;
+    }
+    const double loss = mean_loss(stored);
+    return std::make_pair(std::move(result), loss);
+  };
+  // The block's loss at the initial parameters (SmoothQuant's scales, LWC's
+  // near-full ranges), measured as the final one is.
   double initial_loss = 0;
   {
-    c10::NoGradGuard no_grad;
-    QAAS_ASSIGN_OR_RETURN(auto l, build());
-    initial_loss = mean_loss(l);
+    nlohmann::json unused;
+    QAAS_ASSIGN_OR_RETURN(auto start, store(&unused));
+    initial_loss = start.second;
   }
+  // The parameters training starts from, to fall back on (below).
+  std::vector<at::Tensor> learnables = let_tensors, start_values;
+  learnables.insert(learnables.end(), lwc_tensors.begin(), lwc_tensors.end());
+  for (const at::Tensor& t : learnables) start_values.push_back(t.detach().clone());
   nlohmann::json losses = nlohmann::json::array();
   int64_t steps = 0;
   if (!let_tensors.empty() || !lwc_tensors.empty()) {
@@ -367,48 +420,22 @@ absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const 
   }
 
   c10::NoGradGuard no_grad;
-  OmniQuantResult result;
-  result.folded = layer;
-  if (let) {
-    params = let_params();
-    QAAS_ASSIGN_OR_RETURN(result.folded, ApplyLet(model, layer, params));
-  }
-  // Fresh tensors, outside any graph.
-  for (auto& [name, t] : result.folded.norms) t = t.detach();
-  for (auto& l : result.folded.linears) {
-    l.weight = l.weight.detach();
-    if (l.bias.defined()) l.bias = l.bias.detach();
-  }
   nlohmann::json details = {{"epochs", epochs}, {"steps", steps}, {"loss", losses}, {"initial_loss", initial_loss}};
-  DecoderLayer stored = result.folded;
-  if (lwc) {
-    double gamma = 0, beta = 0;
-    int64_t count = 0;
-    for (size_t j = 0; j < names.size(); ++j) {
-      at::Tensor g = at::sigmoid(upper[j]).detach(), b = at::sigmoid(lower[j]).detach();
-      result.linears.push_back(LwcQuantize(result.folded.linears[j].weight, weights, g, b));
-      stored.linears[j].weight = result.linears.back().dequantized;
-      result.gamma.push_back(g);
-      result.beta.push_back(b);
-      gamma += g.sum().item<double>();
-      beta += b.sum().item<double>();
-      count += g.numel();
-    }
-    details["lwc"] = {{"gamma_mean", gamma / count}, {"beta_mean", beta / count}};
+  QAAS_ASSIGN_OR_RETURN(auto kept, store(&details));
+  // Training follows straight-through gradients of minibatch losses, which
+  // promise no descent: where the trained block ends worse on the whole
+  // calibration set than it began (activation rounding on a small layer can
+  // do that), the starting parameters are what the job keeps, and the report
+  // says so. A job is never worse off for having trained.
+  details["trained_loss"] = kept.second;
+  details["kept"] = "trained";
+  if (!(kept.second <= initial_loss)) {
+    for (size_t i = 0; i < learnables.size(); ++i) learnables[i].copy_(start_values[i]);
+    details["kept"] = "initial";
+    QAAS_ASSIGN_OR_RETURN(kept, store(&details));
   }
-  // The stored block's loss over every window, as training measured it.
-  details["final_loss"] = mean_loss(stored);
-  if (let) {
-    for (at::Tensor* t : {&params.attn_scale, &params.attn_shift, &params.mlp_scale, &params.mlp_shift, &params.qk_scale}) {
-      if (t->defined()) *t = t->detach();
-    }
-    result.let = params;
-    nlohmann::json j = {{"attn_scale", Range(params.attn_scale)}, {"mlp_scale", Range(params.mlp_scale)},
-                        {"qk_scale", Range(params.qk_scale)}};
-    if (params.attn_shift.defined()) j["attn_shift"] = Range(params.attn_shift);
-    if (params.mlp_shift.defined()) j["mlp_shift"] = Range(params.mlp_shift);
-    details["let"] = j;
-  }
+  OmniQuantResult result = std::move(kept.first);
+  details["final_loss"] = kept.second;
   details["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.details = details;
   return result;

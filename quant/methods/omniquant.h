@@ -102,8 +102,11 @@ struct OmniQuantResult {
   // and each linear's clipping factors (empty without LWC).
   LetParams let;
   std::vector<at::Tensor> gamma, beta;
-  // epochs, steps, loss (mean per epoch), initial_loss and final_loss (the
-  // block at the initial and at the learned parameters, on every window), seconds, lwc {gamma_mean, beta_mean}, let {ranges}
+  // epochs, steps, loss (mean per epoch), initial_loss and trained_loss (the
+  // stored block at the initial and at the learned parameters, on every
+  // window), kept ("trained", or "initial" where training ended worse than it
+  // began), final_loss (the kept block's), seconds, lwc {gamma_mean,
+  // beta_mean}, let {ranges}; lwc and let describe the kept parameters
   nlohmann::json details;
 };
 
@@ -111,7 +114,9 @@ struct OmniQuantResult {
 // `layer` (float, with its activation quantizers set) so that its quantized
 // output on `inputs` [n, T, hidden] approaches `targets` (the float block on
 // the float model's inputs). `on_epoch(epoch, mean_loss)` after each epoch;
-// returning false stops training with Cancelled. InvalidArgument for MX
+// returning false stops training with Cancelled. The result is never worse on
+// `inputs` than the initial parameters: where training ends above
+// initial_loss, the initial parameters are kept. InvalidArgument for MX
 // weights; Internal when the loss stops being finite.
 absl::StatusOr<OmniQuantResult> OmniQuantLayer(const DecoderModel& model, const DecoderLayer& layer,
                                                const at::Tensor& inputs, const at::Tensor& targets,

@@ -1,12 +1,14 @@
 // OmniQuant: LWC is RTN at unit clipping and trains through the rounding;
 // LET keeps the float function, folds as the paper's equation says, and
-// every learned parameter gets a gradient; a block's training lowers its loss,
-// deterministically, and the stored weights are what training evaluated.
+// every learned parameter gets a gradient; a block's training never leaves its
+// loss above the start (and lowers it where clipping wins), deterministically,
+// and the stored weights are what training evaluated.
 #include "quant/methods/omniquant.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
+#include <cmath>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -217,7 +219,7 @@ TEST_P(OmniQuantTest, GradientsReachEveryLearnedParameter) {
   }
 }
 
-TEST_P(OmniQuantTest, TrainingLowersTheBlockLossDeterministically) {
+TEST_P(OmniQuantTest, TrainingNeverRaisesTheBlockLossAndIsDeterministic) {
   const Scheme scheme = MustParse("W3A4KV4");
   const DecoderLayer layer = WithActQuant(scheme);
   const at::Tensor target = model_->LayerForward(layer_, x_);
@@ -239,11 +241,22 @@ TEST_P(OmniQuantTest, TrainingLowersTheBlockLossDeterministically) {
   const auto& loss = result->details["loss"];
   ASSERT_EQ(loss.size(), 30u);
   EXPECT_EQ(loss[0].get<double>(), reported[0]);
-  // Training lowers the block's loss on all calibration windows below its
-  // loss at the initial parameters. (Not the per-step losses: they wander
-  // with the summation order of the machine's kernels.)
+  // The kept block's loss on all calibration windows is at most its loss at
+  // the initial parameters: the trained parameters where training lowered
+  // it, else the initial ones. (Whether 30 epochs at W3A4KV4 lower it on a
+  // tiny random layer depends on the machine's summation order: the per-step
+  // losses wander with it. On this layer a tiny Qwen3 ended 3% above its
+  // start with AVX2 kernels and below it with AVX-512 ones.)
   const double initial_loss = result->details["initial_loss"].get<double>();
-  EXPECT_LT(result->details["final_loss"].get<double>(), initial_loss) << result->details;
+  const double trained_loss = result->details["trained_loss"].get<double>();
+  EXPECT_LE(result->details["final_loss"].get<double>(), initial_loss) << result->details;
+  if (trained_loss <= initial_loss) {
+    EXPECT_EQ(result->details["kept"], "trained");
+    EXPECT_EQ(result->details["final_loss"].get<double>(), trained_loss);
+  } else {
+    EXPECT_EQ(result->details["kept"], "initial");
+    EXPECT_EQ(result->details["final_loss"].get<double>(), initial_loss);
+  }
   EXPECT_EQ(result->details["steps"], 120);  // 30 epochs of 4 windows
 
   // The stored layer (LET folded, clipped codes) beats RTN on the same
@@ -310,12 +323,47 @@ TEST_P(OmniQuantTest, WeightOnlyLearnsClippingAlone) {
   // Norms and biases untouched: only the clipping was learned.
   for (size_t k = 0; k < layer_.norms.size(); ++k) EXPECT_TRUE(result->folded.norms[k].second.equal(layer_.norms[k].second));
   EXPECT_LT(result->details["lwc"]["gamma_mean"].get<double>(), 0.99);
+  // At 2 bits clipping wins (measured: the loss ends 0.56x to 0.86x its
+  // start), so training is what is kept.
+  EXPECT_EQ(result->details["kept"], "trained") << result->details;
+  EXPECT_LT(result->details["final_loss"].get<double>(), result->details["initial_loss"].get<double>())
+      << result->details;
   DecoderLayer quantized = layer_, rtn = layer_;
   for (size_t j = 0; j < layer_.linears.size(); ++j) {
     quantized.linears[j].weight = result->linears[j].dequantized;
     rtn.linears[j].weight = QuantizeRtn(layer_.linears[j].weight, weights).dequantized;
   }
   EXPECT_LT(RelErr(target, model_->LayerForward(quantized, x_)), RelErr(target, model_->LayerForward(rtn, x_)));
+}
+
+// Training that ends worse than it began leaves the job with the initial
+// parameters, and the report says so. A clipping learning rate 5000x the
+// default moves every logit by about 50 on the first Adam step, saturating
+// the sigmoid: groups whose gradient asks for a little clipping clip
+// everything and stay stuck there (measured: the trained loss ends 9x to 33x
+// its start on every architecture here, with either kernel set).
+TEST_P(OmniQuantTest, TrainingThatEndsWorseKeepsTheInitialParameters) {
+  const TensorQuant weights = WeightSpec("W4A16");
+  const at::Tensor target = model_->LayerForward(layer_, x_);
+  OmniQuantOptions options;
+  options.epochs = 3;
+  options.lwc_lr = 50;
+  auto result = OmniQuantLayer(*model_, layer_, x_, target, weights, /*let=*/false, options);
+  QAAS_ASSERT_OK(result);
+  const nlohmann::json& d = result->details;
+  EXPECT_EQ(d["kept"], "initial") << d;
+  EXPECT_GT(d["trained_loss"].get<double>(), 2 * d["initial_loss"].get<double>()) << d;
+  EXPECT_EQ(d["final_loss"].get<double>(), d["initial_loss"].get<double>());
+  // The stored codes are the initial clipping's: sigmoid(4) on every group.
+  ASSERT_EQ(result->linears.size(), layer_.linears.size());
+  for (size_t j = 0; j < layer_.linears.size(); ++j) {
+    SCOPED_TRACE(model_->LinearNames()[j]);
+    const at::Tensor g = at::full(ClippingShape(layer_.linears[j].weight, weights), 1 / (1 + std::exp(-4.0)));
+    EXPECT_TRUE(at::allclose(result->gamma[j], g));
+    EXPECT_TRUE(at::allclose(result->beta[j], g));
+    const QuantizedLinear initial = LwcQuantize(layer_.linears[j].weight, weights, result->gamma[j], result->beta[j]);
+    EXPECT_TRUE(result->linears[j].codes.equal(initial.codes));
+  }
 }
 
 TEST_P(OmniQuantTest, StopsBetweenEpochsWhenAsked) {
@@ -397,7 +445,8 @@ TEST(Stories260kOmniQuant, BeatsRtnAtW2AndW4A4) {
       const auto& details = block["transforms"]["omniquant"];
       EXPECT_EQ(details["epochs"], 20);
       EXPECT_EQ(details.contains("let"), scheme == "W4A4");
-      EXPECT_LT(details["final_loss"].get<double>(), details["loss"][0].get<double>());
+      EXPECT_LE(details["final_loss"].get<double>(), details["initial_loss"].get<double>());
+      if (scheme == "W2A16g64") EXPECT_EQ(details["kept"], "trained");
     }
     EXPECT_EQ(nlohmann::json::parse(::qaas::testing::ReadLocalFile(dir.path() + "/" + scheme +
                                                                    "-omniquant/artifact/config.json"))
