@@ -17,6 +17,9 @@ absl::Status WriteRandomLlama(const RandomModelOptions& o, const std::string& di
   if (o.hidden_size % o.num_heads != 0 || o.num_heads % o.num_kv_heads != 0 || o.shards < 1) {
     return absl::InvalidArgumentError("random model: inconsistent head counts or shards");
   }
+  if (o.num_experts < 0 || (o.num_experts > 0 && (o.experts_per_token < 1 || o.experts_per_token > o.num_experts))) {
+    return absl::InvalidArgumentError("random model: experts_per_token must be 1..num_experts");
+  }
   at::ScalarType dtype = at::kFloat;
   if (o.dtype == "float16") {
     dtype = at::kHalf;
@@ -45,9 +48,19 @@ absl::Status WriteRandomLlama(const RandomModelOptions& o, const std::string& di
     out.push_back(TensorToRaw(p + "self_attn.k_proj.weight", randn({kv, h})));
     out.push_back(TensorToRaw(p + "self_attn.v_proj.weight", randn({kv, h})));
     out.push_back(TensorToRaw(p + "self_attn.o_proj.weight", randn({h, h})));
-    out.push_back(TensorToRaw(p + "mlp.gate_proj.weight", randn({m, h})));
-    out.push_back(TensorToRaw(p + "mlp.up_proj.weight", randn({m, h})));
-    out.push_back(TensorToRaw(p + "mlp.down_proj.weight", randn({h, m})));
+    if (o.num_experts == 0) {
+      out.push_back(TensorToRaw(p + "mlp.gate_proj.weight", randn({m, h})));
+      out.push_back(TensorToRaw(p + "mlp.up_proj.weight", randn({m, h})));
+      out.push_back(TensorToRaw(p + "mlp.down_proj.weight", randn({h, m})));
+      continue;
+    }
+    out.push_back(TensorToRaw(p + "block_sparse_moe.gate.weight", randn({o.num_experts, h})));
+    for (int e = 0; e < o.num_experts; ++e) {
+      const std::string x = absl::StrCat(p, "block_sparse_moe.experts.", e, ".");
+      out.push_back(TensorToRaw(x + "w1.weight", randn({m, h})));
+      out.push_back(TensorToRaw(x + "w2.weight", randn({h, m})));
+      out.push_back(TensorToRaw(x + "w3.weight", randn({m, h})));
+    }
   }
   shards.back().push_back(TensorToRaw("model.norm.weight", ones(h)));
   if (!o.tie_word_embeddings) shards.back().push_back(TensorToRaw("lm_head.weight", randn({o.vocab_size, h})));
@@ -85,6 +98,12 @@ absl::Status WriteRandomLlama(const RandomModelOptions& o, const std::string& di
                            {"bos_token_id", 1},
                            {"eos_token_id", 2},
                            {"torch_dtype", o.dtype}};
+  if (o.num_experts > 0) {
+    config["architectures"] = {"MixtralForCausalLM"};
+    config["model_type"] = "mixtral";
+    config["num_local_experts"] = o.num_experts;
+    config["num_experts_per_tok"] = o.experts_per_token;
+  }
   QAAS_RETURN_IF_ERROR(WriteFileAtomic(dir + "/config.json", config.dump(2) + "\n"));
   nlohmann::json tok_config = {{"tokenizer_class", "LlamaTokenizer"}, {"bos_token", "<s>"},
                                {"eos_token", "</s>"},                 {"unk_token", "<unk>"},

@@ -1,4 +1,4 @@
-// Writes random-initialised Hugging Face LLaMA checkpoints of any shape, for
+// Writes random-initialised Hugging Face LLaMA (or Mixtral) checkpoints of any shape, for
 // tests and for the demo when no real model is at hand. Deterministic for a
 // seed. The tokenizer is copied from a given file or trained on given text.
 #ifndef QAAS_QUANT_MODEL_RANDOM_MODEL_H_
@@ -24,6 +24,11 @@ struct RandomModelOptions {
   int shards = 1;                 // > 1 writes model.safetensors.index.json
   uint64_t seed = 0;
   double init_std = 0.02;
+  // > 0: a Mixtral (MixtralForCausalLM layout): each layer's MLP is this
+  // many experts of intermediate_size, experts_per_token routed per token
+  // by block_sparse_moe.gate.
+  int num_experts = 0;
+  int experts_per_token = 2;
   std::string tokenizer_model;  // path of a tokenizer.model to copy, or
   std::string tokenizer_text;   // text to train a SentencePiece BPE tokenizer on
 };

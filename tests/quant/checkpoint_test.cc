@@ -103,6 +103,39 @@ INSTANTIATE_TEST_SUITE_P(AllDTypes, CheckpointDTypeTest,
                                            std::make_pair("float16", DType::kF16),
                                            std::make_pair("bfloat16", DType::kBF16)));
 
+// num_experts > 0 writes a Mixtral (its config keys and per-expert tensor
+// names), which opens as a mixture of experts: what moe_bench quantizes.
+TEST(CheckpointTest, RandomMixtralOpensAsAMixtureOfExperts) {
+  ScopedTempDir dir;
+  RandomModelOptions o = SmallModel();
+  o.num_experts = 4;
+  o.experts_per_token = 2;
+  QAAS_ASSERT_OK(WriteRandomLlama(o, dir.path()));
+  auto ck = OpenOrDie(dir.path());
+  ASSERT_NE(ck, nullptr);
+  const ModelConfig& c = ck->config();
+  EXPECT_EQ(c.model_type, "mixtral");
+  EXPECT_EQ(c.moe.num_experts, 4);
+  EXPECT_EQ(c.moe.top_k, 2);
+  EXPECT_EQ(c.moe.expert_intermediate_size, 172);
+  EXPECT_TRUE(c.moe.mixtral_names);
+  // embed + 2 x (2 norms + 4 attention + router + 4 x 3 expert linears) + final norm.
+  EXPECT_EQ(ck->TensorNames().size(), 2u + 2 * (2 + 4 + 1 + 12));
+  for (int i = 0; i < 2; ++i) {
+    auto layer = LoadLlamaLayer(*ck, i);
+    QAAS_ASSERT_OK(layer);
+    const std::vector<std::string> names = LinearNamesOf(c);
+    ASSERT_EQ(layer->linears.size(), names.size());
+    EXPECT_EQ(layer->router.sizes().vec(), (std::vector<int64_t>{4, 64}));
+    const size_t w2 = std::find(names.begin(), names.end(), "block_sparse_moe.experts.3.w2") - names.begin();
+    ASSERT_LT(w2, names.size());
+    EXPECT_EQ(layer->linears[w2].weight.sizes().vec(), (std::vector<int64_t>{64, 172}));
+  }
+  o.experts_per_token = 5;
+  ScopedTempDir bad;
+  QAAS_EXPECT_CODE(WriteRandomLlama(o, bad.path()), kInvalidArgument);
+}
+
 TEST(CheckpointTest, ShardedModelEqualsSingleFileModel) {
   ScopedTempDir one, three;
   RandomModelOptions o = SmallModel();
