@@ -168,6 +168,7 @@ class GptqLayout : public ArtifactLayout {
       const bool gptq = m == "gptq" || (m == "adadim" && s.weight_step.Get("base", "") == "gptq");
       const GptqOptions g = GptqOptionsOf(s.weight_step);
       qc = GptqQuantizationConfig(s.scheme, gptq && g.act_order, gptq && g.static_groups, g.percdamp);
+      if (!s.modules_in_block.empty()) qc["modules_in_block_to_quantize"] = s.modules_in_block;
       if (!s.per_input_channel_layers.empty()) {
         // Not loadable as GPTQ: some layers hold per-IC groups.
         qc["quant_method"] = "qaas";

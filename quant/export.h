@@ -90,6 +90,11 @@ struct ArtifactSummary {
   RecipeStep weight_step = {"rtn", {}};  // GPTQ's act_order / static_groups / damp for its config
   bool reordered = false;         // RPTQ permuted channels (reorder_index tensors)
   std::vector<std::string> per_input_channel_layers;  // AdaDim's per-IC linears
+  // A mixture of experts: the quantized linears of a block by their names
+  // relative to the layer, in true-sequential groups (GPTQ's
+  // modules_in_block_to_quantize), so a loader leaves the float router and
+  // shared-expert gate alone. Empty: not written (dense models).
+  std::vector<std::vector<std::string>> modules_in_block;
 };
 
 // How an artifact stores the quantized model. The pipeline packs each layer

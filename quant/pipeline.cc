@@ -13,7 +13,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "quant/data/text_dataset.h"
 #include "quant/eval/perplexity.h"
 #include "quant/export.h"
@@ -676,6 +678,31 @@ absl::Status Pipeline::Assemble() {
   summary.weight_step = weight_step_;
   summary.reordered = std::any_of(transforms_.begin(), transforms_.end(),
                                   [](const RecipeStep& s) { return s.method == "rptq"; });
+  if (config_.moe.num_experts > 0 && o_.scheme.weights.enabled()) {
+    // Optimum's GPTQ loader would otherwise turn every nn.Linear of a block
+    // into a quantized one, Qwen2-MoE's float shared-expert gate included.
+    // It matches a module when its name ends with a listed one. Transformers
+    // 5 names Mixtral's experts mlp.experts.J.{gate,up,down}_proj (the
+    // checkpoint keeps block_sparse_moe.experts.J.{w1,w3,w2}), so Mixtral's
+    // experts are listed under both names.
+    static const std::map<std::string, std::string> kMixtralV5 = {
+        {"w1", "gate_proj"}, {"w3", "up_proj"}, {"w2", "down_proj"}};
+    const std::string mixtral_prefix = config_.moe.block + ".experts.";
+    for (const LinearGroup& g : model_->SequentialGroups()) {
+      std::vector<std::string> names;
+      for (int j : g.linears) names.push_back(model_->LinearNames()[j]);
+      if (config_.moe.mixtral_names) {
+        const size_t n = names.size();
+        for (size_t k = 0; k < n; ++k) {
+          if (!absl::StartsWith(names[k], mixtral_prefix)) continue;
+          const std::vector<std::string> parts = absl::StrSplit(names[k].substr(mixtral_prefix.size()), '.');
+          const auto alias = parts.size() == 2 ? kMixtralV5.find(parts[1]) : kMixtralV5.end();
+          if (alias != kMixtralV5.end()) names.push_back(absl::StrCat("mlp.experts.", parts[0], ".", alias->second));
+        }
+      }
+      summary.modules_in_block.push_back(std::move(names));
+    }
+  }
   for (const auto& l : report_.layers) {
     if (l.details.is_object() && l.details.value("axis", "") == "per_ic") {
       summary.per_input_channel_layers.push_back(l.name);

@@ -12,7 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "quant/export.h"
@@ -243,6 +245,33 @@ TEST_P(MoePipelineTest, WeightOnlyMethodsRunAndExpertsCalibrateOnTheirTokens) {
           << names[j];
     }
     for (const auto& l : report->layers) EXPECT_EQ(l.name.find(".gate.weight"), std::string::npos) << l.name;
+    // GPTQ's config lists exactly the quantized linears of a block, so a
+    // loader (optimum) leaves the float router and shared-expert gate alone.
+    if (job.recipe.front().method != "adadim") {
+      const json qc = json::parse(ReadLocalFile(out + "/artifact/config.json"))["quantization_config"];
+      ASSERT_EQ(qc["quant_method"], "gptq") << qc;
+      std::vector<std::string> listed;
+      for (const auto& group : qc["modules_in_block_to_quantize"]) {
+        for (const auto& m : group) listed.push_back(m.get<std::string>());
+      }
+      std::vector<std::string> expected = names;
+      if (c.moe.mixtral_names) {
+        // Transformers 5's module names for the same experts, listed too.
+        for (const std::string& n : names) {
+          for (const auto& [w, v5] : {std::pair<std::string, std::string>{"w1", "gate_proj"}, {"w3", "up_proj"},
+                                     {"w2", "down_proj"}}) {
+            if (absl::EndsWith(n, "." + w)) {
+              expected.push_back(absl::StrReplaceAll(n.substr(0, n.size() - w.size()),
+                                                     {{"block_sparse_moe.", "mlp."}}) + v5);
+            }
+          }
+        }
+        EXPECT_EQ(expected.size(), names.size() + 3 * c.moe.num_experts);
+      }
+      std::sort(listed.begin(), listed.end());
+      std::sort(expected.begin(), expected.end());
+      EXPECT_EQ(listed, expected);
+    }
     reports.emplace(name, *report);
   }
   // GPTQ's Hessians: each expert's from its routed tokens; the routed
