@@ -63,6 +63,44 @@ aten._weight_int4pack_mm_for_cpu, which accepts only 32..256);
 UNSUPPORTED_BY_KERNEL (the chosen backend declines the config at load, e.g.
 gptq_torch_aten with group_size -1); LOAD_FAILED / FORWARD_FAILED otherwise.
 
+Mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE; any artifact with
+`.experts.<j>.` linears).  The artifact keeps one quantized linear per expert
+under the original checkpoints' names (`block_sparse_moe.experts.<j>.w1/w3/w2`,
+`mlp.experts.<j>.gate_proj/up_proj/down_proj`, Qwen2-MoE's `shared_expert.*`);
+the router (`block_sparse_moe.gate` / `mlp.gate`) and Qwen2-MoE's
+`shared_expert_gate` stay float and are checked equal to the original with
+the other plain tensors.  What changes:
+  * Reference: Transformers 5 holds a MoE layer's experts as fused 3-D
+    parameters (e.g. MixtralExperts.gate_up_proj [E, 2I, H]), so the float32
+    reference is not patched module by module: the original checkpoint with
+    every quantized linear's weight replaced by the NumPy dequantization is
+    written to a temporary directory under its per-expert names and loaded with
+    `from_pretrained`, whose own conversion fuses the experts (its loading info
+    must be clean).  The reference thus runs Transformers' stock MoE forward.
+  * Transformers load of the artifact: the stock fused expert modules are not
+    nn.Linear, so optimum's GPTQ conversion leaves them float and the
+    per-expert qweight/qzeros/scales/g_idx come back as unexpected keys (the
+    fused parameters as missing, i.e. random).  GPT-QModel 7 ships `defuser`
+    (a dependency of gptqmodel, the same hook GPTQModel.load uses for these
+    model types): `defuser.replace_fused_blocks(model_type)` makes Transformers
+    build these MoE blocks with one nn.Module of nn.Linear per expert, which
+    optimum then turns into GPT-QModel QuantLinears.  The script applies it for
+    the duration of each Transformers load only (the modeling module's classes
+    and the conversion-mapping hook are restored afterwards).  Its Mixtral
+    experts are named gate_proj/up_proj/down_proj, so Mixtral's w1/w3/w2 are
+    renamed with from_pretrained's own `key_mapping` (w1 -> gate_proj, w3 ->
+    up_proj, w2 -> down_proj, the Mixtral MLP's act(w1 x) * (w3 x) -> w2);
+    the loaded module of each artifact linear is found through the same
+    renames (plus Transformers' block_sparse_moe -> mlp).
+  * optimum converts every plain nn.Linear inside the decoder block unless
+    quantization_config.modules_in_block_to_quantize lists the quantized ones;
+    Qwen2-MoE's float `shared_expert_gate` (nn.Linear(hidden, 1)) is then made a
+    QuantLinear whose qweight is missing: the load fails ("loading info not
+    clean").  --modules-in-block-override retries on a temporary copy whose
+    config lists the artifact's quantized linears in modules_in_block_to_quantize
+    (labelled "[modules_in_block override copy]"); the failed load of the
+    artifact as written still counts as a failure.
+
 Exit status: 0 if every layout check passes and every run is OK, REFUSED,
 UNSUPPORTED_BY_KERNEL or LOADER_BUG (LOADER_BUG counts as a failure with
 --strict); 1 otherwise.  The bound is on max|d|/max|ref| against the float32
@@ -118,7 +156,14 @@ figure.  A run over one artifact takes about 30-60 s on 2 cores.
 Versions this was run with (Python 3.11.7, Linux x86_64, AMD EPYC CPU with
 AVX512-BF16, no GPU): torch 2.15.0+cu132 (used on CPU), transformers 5.23.0,
 gptqmodel 7.7.0, optimum 2.3.0, accelerate 1.15.0, safetensors 0.8.0,
-numpy 2.4.6, sentencepiece 0.2.3.
+numpy 2.4.6, sentencepiece 0.2.3.  Mixtures of experts: transformers 5.25.0,
+gptqmodel 7.7.0 with defuser 0.0.28, optimum 2.3.0, torch 2.15.0.
+Transformers 4.57.6 (per-expert nn.Linear experts natively) was tried: the
+gptqmodel releases that accept it (5.0.0, 5.4.2) fail at `import gptqmodel`
+on a 2-CPU machine ("Virtual pool 'model_loader:cpu' requests 2 workers but
+parent 'cpu' only has 1"), and 4.57 reads the tiny Qwen3-MoE's
+Transformers-5 config with its default 128 experts (num_experts, not
+num_local_experts), so its reference cannot even load.
 """
 
 import argparse
@@ -144,6 +189,30 @@ DEFAULT_RUNS = ("transformers:gptq_torch:float16,transformers:auto:float16,"
                 "gptqmodel:auto:bfloat16")
 DEFAULT_RUNS_4BIT = ",transformers:gptq_torch_aten:float16"   # group_size 32..256 only
 REL_BOUND = {"float16": 5e-3, "bfloat16": 3e-2}
+
+# Mixtures of experts.  Checkpoint key renames for a Transformers load with
+# defuser's per-expert modules (Mixtral's w1/w3/w2 are gate/up/down), passed
+# as from_pretrained(key_mapping=...); and the module renames that find an
+# artifact linear's loaded module (Transformers 5 also calls Mixtral's
+# block_sparse_moe "mlp").
+MOE_KEY_MAPPING = {r"\.experts\.(\d+)\.w1\.": r".experts.\1.gate_proj.",
+                   r"\.experts\.(\d+)\.w3\.": r".experts.\1.up_proj.",
+                   r"\.experts\.(\d+)\.w2\.": r".experts.\1.down_proj."}
+MOE_MODULE_RENAMES = ((r"\.block_sparse_moe\.", ".mlp."),
+                      (r"\.experts\.(\d+)\.w1$", r".experts.\1.gate_proj"),
+                      (r"\.experts\.(\d+)\.w3$", r".experts.\1.up_proj"),
+                      (r"\.experts\.(\d+)\.w2$", r".experts.\1.down_proj"))
+
+
+def is_moe_artifact(layers):
+    return any(".experts." in p for p in layers)
+
+
+def moe_renamed(prefix):
+    import re
+    for pat, rep in MOE_MODULE_RENAMES:
+        prefix = re.sub(pat, rep, prefix)
+    return prefix
 
 
 # ----------------------------------------------------------------------------
@@ -342,11 +411,121 @@ def build_reference(model_dir, layers, dtype):
     return m
 
 
+def write_dequantized_checkpoint(model_dir, layers, original_sd):
+    """Mixtures of experts: the original checkpoint, every quantized linear's
+    weight (and bias) replaced by the NumPy dequantization, written under the
+    original per-expert names to a temporary directory (with the original
+    config.json), so that Transformers' own loading fuses the experts."""
+    from safetensors.numpy import save_file
+    tmp = tempfile.mkdtemp(prefix="qaas_gptq_moe_reference_")
+    sd = dict(original_sd)
+    for p, L in layers.items():
+        o = original_sd[p + ".weight"]
+        assert o.shape == L["w"].shape, p
+        sd[p + ".weight"] = L["w"].astype(o.dtype)
+        if "bias" in L:
+            sd[p + ".bias"] = L["bias"].astype(original_sd[p + ".bias"].dtype)
+    save_file(sd, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    for name in ("config.json", "generation_config.json"):
+        if os.path.exists(os.path.join(model_dir, name)):
+            shutil.copy(os.path.join(model_dir, name), tmp)
+    return tmp
+
+
+def build_reference_from_checkpoint(ckpt_dir, dtype):
+    """The reference of a mixture of experts: `write_dequantized_checkpoint`'s
+    directory loaded by Transformers as a float32 model (every tensor consumed,
+    none left at its initial value), then cast to `dtype`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    m, info = AutoModelForCausalLM.from_pretrained(ckpt_dir, dtype=torch.float32, attn_implementation="eager",
+                                                   output_loading_info=True)
+    bad = {k: sorted(map(str, v)) for k, v in info.items() if v}
+    if bad:
+        raise RuntimeError(f"reference load of the dequantized checkpoint not clean: {bad}")
+    m = m.to(dtype)
+    m.eval()
+    return m
+
+
+def loaded_module_names(model, layers):
+    """artifact linear prefix -> name of the module that holds it in `model`:
+    the same name, or (mixtures of experts) the name after MOE_MODULE_RENAMES.
+    Prefixes found under neither name map to themselves (reported missing)."""
+    mods = dict(model.named_modules())
+    out = {}
+    for p in layers:
+        out[p] = p if p in mods else (moe_renamed(p) if moe_renamed(p) in mods else p)
+    return out
+
+
 def logits_of(model, ids):
     import torch
     with torch.no_grad():
         out = model(input_ids=torch.from_numpy(ids))
     return out.logits.float().numpy()
+
+
+def logits_and_routes(model, ids, top_k):
+    """Logits, and for a mixture of experts every MoE layer's routing on the
+    same forward: {layer: (experts chosen [nseq, seqlen, k] sorted, router
+    logits [nseq, seqlen, E] float32)}.  The router is a layer's
+    `block_sparse_moe.gate` / `mlp.gate`; its chosen experts are the indices it
+    returns (Transformers 5 routers return (logits, weights, indices)), else
+    the top-k of softmax(logits) as the MoE block computes them."""
+    import re
+    import torch
+    routes, hooks = {}, []
+    nseq, seqlen = ids.shape
+
+    def hook(layer):
+        def fn(_mod, _inp, out):
+            lg = out[0] if isinstance(out, (tuple, list)) else out
+            if isinstance(out, (tuple, list)) and len(out) >= 3 and not out[2].is_floating_point():
+                idx = out[2]
+            else:
+                idx = torch.topk(torch.softmax(lg.float(), dim=-1), top_k, dim=-1).indices
+            routes[layer] = (np.sort(idx.detach().cpu().numpy().reshape(nseq, seqlen, -1), axis=-1),
+                             lg.detach().float().cpu().numpy().reshape(nseq, seqlen, -1))
+        return fn
+
+    if top_k:
+        for n, m in model.named_modules():
+            mm = re.match(r"^.*\.layers\.(\d+)\.(?:block_sparse_moe|mlp)\.gate$", n)
+            if mm:
+                hooks.append(m.register_forward_hook(hook(int(mm.group(1)))))
+    try:
+        lg = logits_of(model, ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return lg, routes
+
+
+def route_matched_positions(routes, ref_routes, top_k):
+    """Positions whose computation routes as the reference's: no MoE layer
+    picked other experts at this position or any earlier one of its sequence
+    (attention carries an earlier position's state forward).  Returns
+    (mask [nseq, seqlen], report dict): the flips, and the reference's router
+    margin at each flipped (layer, position), i.e. how close to a tie the
+    reference's k-th and (k+1)-th router logits were there."""
+    layers = sorted(ref_routes)
+    ref_any = next(iter(ref_routes.values()))[0]
+    flip = np.zeros(ref_any.shape[:2], dtype=bool)
+    margins, per_layer = [], {}
+    for L in layers:
+        if L not in routes:
+            return np.zeros_like(flip), {"error": f"layer {L}: router not found in the loaded model"}
+        d = np.any(routes[L][0] != ref_routes[L][0], axis=-1)
+        per_layer[L] = int(d.sum())
+        flip |= d
+        if d.any():
+            rl = np.sort(ref_routes[L][1][d], axis=-1)[:, ::-1]
+            margins.extend((rl[:, top_k - 1] - rl[:, top_k]).tolist())
+    clean = ~np.logical_or.accumulate(flip, axis=1)
+    return clean, {"flipped_positions": int(flip.sum()), "flips_per_layer": per_layer,
+                   "route_matched_positions": int(clean.sum()), "positions": int(clean.size),
+                   "max_ref_router_margin_at_flips": float(max(margins)) if margins else None}
 
 
 def compare_logits(a, ref):
@@ -361,14 +540,16 @@ def compare_logits(a, ref):
     }
 
 
-def loader_weight_checks(model, layers, bits):
-    """Exact checks of what the loader will compute with, before any forward."""
+def loader_weight_checks(model, layers, bits, names=None):
+    """Exact checks of what the loader will compute with, before any forward.
+    `names`: artifact prefix -> loaded module name (default: the same)."""
     import torch
     res = {"modules": 0, "zeros_checked": 0, "zeros_equal": 0,
            "dequant_checked": 0, "dequant_equal": 0, "mismatches": []}
     mods = dict(model.named_modules())
+    names = names or {}
     for p, L in layers.items():
-        m = mods.get(p)
+        m = mods.get(names.get(p, p))
         if m is None:
             res["mismatches"].append(f"{p}: not found in loaded model")
             continue
@@ -426,7 +607,7 @@ def loader_weight_checks(model, layers, bits):
     return res
 
 
-def module_probe(model, layers, bits, dtype):
+def module_probe(model, layers, bits, dtype, names=None):
     """Feed random activations to each loaded quantized module (after the
     logits forward, i.e. in whatever mode the kernel settled on) and compare
     with x @ W_ours^T, and with x @ W_mid^T where W_mid uses zero = 2^(b-1)
@@ -435,9 +616,10 @@ def module_probe(model, layers, bits, dtype):
     import torch
     g = torch.Generator().manual_seed(1234)
     mods = dict(model.named_modules())
+    names = names or {}
     out = {}
     for p, L in layers.items():
-        m = mods[p]
+        m = mods[names.get(p, p)]
         in_f = L["w"].shape[1]
         x = torch.randn(8, in_f, generator=g).to(dtype)
         with torch.no_grad():
@@ -465,16 +647,64 @@ def quiet(enabled):
         yield
 
 
-def load_with(loader, backend, dtype_name, artifact, bits):
+@contextlib.contextmanager
+def per_expert_moe_blocks(model_type, note):
+    """Mixtures of experts under Transformers 5: while active, Transformers
+    builds `model_type`'s MoE blocks with one nn.Linear per expert projection
+    (defuser.replace_fused_blocks, shipped with GPT-QModel 7).  Yields whether
+    defuser patched anything (False: not installed, model type or Transformers
+    version not covered).  On exit the names it rebound in the modeling module
+    and Transformers' checkpoint-conversion hook are put back, so that later
+    models (the references) get Transformers' stock blocks again."""
+    import importlib
+    try:
+        import defuser
+        from transformers import conversion_mapping, modeling_utils
+        modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    except Exception as e:  # no defuser / no such modeling module: stock blocks
+        note["defuser"] = f"not applied ({type(e).__name__}: {e})"
+        yield False
+        return
+    saved_vars = dict(vars(modeling))
+    hooks = {mod: mod.__dict__.get("get_checkpoint_conversion_mapping")
+             for mod in (conversion_mapping, modeling_utils)}
+    had_orig = hasattr(conversion_mapping, "orig_get_checkpoint_conversion_mapping")
+    try:
+        patched = bool(defuser.replace_fused_blocks(model_type))
+        note["defuser"] = "per-expert blocks" if patched else "no patch for this model type"
+        yield patched
+    finally:
+        for k, v in saved_vars.items():
+            if vars(modeling).get(k) is not v:
+                setattr(modeling, k, v)
+        for mod, fn in hooks.items():
+            if fn is not None:
+                mod.get_checkpoint_conversion_mapping = fn
+        if not had_orig and hasattr(conversion_mapping, "orig_get_checkpoint_conversion_mapping"):
+            del conversion_mapping.orig_get_checkpoint_conversion_mapping
+
+
+def load_with(loader, backend, dtype_name, artifact, bits, moe_type=None, note=None, moe_key_mapping=False):
+    """moe_type: the config's model_type when the artifact is a mixture of
+    experts (Transformers loads then build per-expert blocks, see
+    per_expert_moe_blocks); moe_key_mapping: the artifact names experts'
+    projections w1/w3/w2 (MOE_KEY_MAPPING is passed when defuser patched);
+    note: a dict that receives what was applied."""
     import torch
     dtype = getattr(torch, dtype_name)
+    note = {} if note is None else note
     if loader == "transformers":
         from transformers import AutoModelForCausalLM, GPTQConfig
         kw = {}
         if backend != "auto":
             kw["quantization_config"] = GPTQConfig(bits=bits, backend=backend)
-        m, info = AutoModelForCausalLM.from_pretrained(artifact, device_map="cpu", dtype=dtype,
-                                                       output_loading_info=True, **kw)
+        with contextlib.ExitStack() as stack:
+            if (moe_type is not None and stack.enter_context(per_expert_moe_blocks(moe_type, note))
+                    and moe_key_mapping):
+                kw["key_mapping"] = dict(MOE_KEY_MAPPING)
+                note["key_mapping"] = "experts.<j>.w1/w3/w2 -> gate_proj/up_proj/down_proj"
+            m, info = AutoModelForCausalLM.from_pretrained(artifact, device_map="cpu", dtype=dtype,
+                                                           output_loading_info=True, **kw)
         bad = {k: sorted(map(str, v)) for k, v in info.items() if v}
         if bad:   # every tensor must be consumed and none left at its init value
             raise RuntimeError(f"transformers loading info not clean: {bad}")
@@ -484,6 +714,35 @@ def load_with(loader, backend, dtype_name, artifact, bits):
         w = GPTQModel.load(artifact, device="cpu", backend=backend, dtype=dtype)
         return w.model
     raise ValueError(loader)
+
+
+def moe_float_checks(model, artifact, dtype_name):
+    """The float router (`.gate.weight`) and shared-expert gate tensors of the
+    artifact against the loaded model's parameters of the same name (or the
+    MOE_MODULE_RENAMES name): equal to ours cast to the parameter's dtype."""
+    import torch
+    from safetensors import safe_open
+    params = dict(model.named_parameters())
+    params.update(dict(model.named_buffers()))
+    res = {"checked": 0, "equal": 0, "missing": [], "dtypes": set(), "differ": []}
+    with safe_open(os.path.join(artifact, "model.safetensors"), "np") as f:
+        for k in f.keys():
+            if not k.endswith((".gate.weight", ".shared_expert_gate.weight")):
+                continue
+            mod = k[: -len(".weight")]
+            t = params.get(k, params.get(moe_renamed(mod) + ".weight"))
+            if t is None:
+                res["missing"].append(k)
+                continue
+            ours = torch.from_numpy(f.get_tensor(k).astype(np.float32)).to(t.dtype)
+            res["checked"] += 1
+            res["dtypes"].add(str(t.dtype).replace("torch.", ""))
+            if tuple(t.shape) == tuple(ours.shape) and torch.equal(t.detach().cpu(), ours):
+                res["equal"] += 1
+            else:
+                res["differ"].append(k)
+    res["dtypes"] = sorted(res["dtypes"])
+    return res
 
 
 def make_meta_override_copy(artifact):
@@ -498,6 +757,40 @@ def make_meta_override_copy(artifact):
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     return tmp
+
+
+def make_modules_in_block_override_copy(artifact, layers):
+    """A temporary copy of the artifact whose quantization_config lists its
+    quantized linears (relative to their decoder layer, under the artifact's
+    names and, for mixtures of experts, also MOE_MODULE_RENAMES' names) in
+    modules_in_block_to_quantize, so that optimum converts only those."""
+    import re
+    tmp = tempfile.mkdtemp(prefix="qaas_gptq_modules_override_")
+    for name in os.listdir(artifact):
+        src = os.path.join(artifact, name)
+        if os.path.isfile(src) and name != "config.json":
+            os.symlink(os.path.abspath(src), os.path.join(tmp, name))
+    with open(os.path.join(artifact, "config.json")) as f:
+        cfg = json.load(f)
+    rel = set()
+    for p in layers:
+        for q in (p, moe_renamed(p)):
+            mm = re.match(r"^.*?\.layers\.\d+\.(.+)$", q)
+            rel.add(mm.group(1) if mm else q)
+    cfg["quantization_config"]["modules_in_block_to_quantize"] = [sorted(rel)]
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return tmp
+
+
+def unconverted_linear_signature(msg, layers):
+    """The load failure of a float linear inside the block that optimum made a
+    QuantLinear (no modules_in_block_to_quantize): its qweight missing, its
+    weight unexpected.  Returns those module names (Transformers' names)."""
+    import re
+    missing = set(re.findall(r"'([\w.]+)\.qweight'", msg))
+    known = set(layers) | {moe_renamed(p) for p in layers}
+    return sorted(m for m in missing if m not in known and f"'{m}.weight'" in msg)
 
 
 def main():
@@ -519,6 +812,10 @@ def main():
     ap.add_argument("--gptqmodel-meta-override", action="store_true",
                     help="when GPTQModel.load refuses a sym=False v1 artifact, retry on a "
                          "temporary copy whose config claims meta.quantizer gptqmodel:0.9.0")
+    ap.add_argument("--modules-in-block-override", action="store_true",
+                    help="when a Transformers load fails because optimum made a float linear of the block "
+                         "(e.g. Qwen2-MoE's shared_expert_gate) a QuantLinear, retry on a temporary copy whose "
+                         "config lists the artifact's quantized linears in modules_in_block_to_quantize")
     ap.add_argument("--strict", action="store_true",
                     help="count LOADER_BUG runs (a GPT-QModel kernel defect identified by its "
                          "signature, see the status list above) as failures")
@@ -564,6 +861,24 @@ def main():
           f"max |W - W_deq| = {stats['max_abs_rtn_error_in_scales']:.3f} scales")
     for pp, lst in stats["gptqmodel_packed_add_predicted_misreads"].items():
         print(f"  predicted misread in {pp}: (group, out_channel, ours, loader) {lst[:6]}")
+    moe = is_moe_artifact(layers)
+    moe_type = cfg.get("model_type") if moe else None
+    moe_w123 = any(moe_renamed(p) != p for p in layers)   # Mixtral's names
+    if moe:
+        # the float router / shared-expert gate were compared with the
+        # original among the plain tensors above; say so explicitly
+        from safetensors import safe_open
+        with safe_open(os.path.join(ref_artifact, "model.safetensors"), "np") as f:
+            keys = list(f.keys())
+        gates = sorted(k for k in keys if k.endswith((".gate.weight", ".shared_expert_gate.weight")))
+        bad_gates = [k for k in gates if any(e.startswith(k + ":") for e in errors)]
+        n_exp = sum(".experts." in p for p in layers)
+        n_shared = sum(".shared_expert." in p for p in layers)
+        report["moe"] = {"model_type": moe_type, "expert_linears": n_exp, "shared_expert_linears": n_shared,
+                         "router_and_shared_gate_tensors": gates,
+                         "router_and_shared_gate_equal_original": len(gates) - len(bad_gates)}
+        print(f"[moe] model_type={moe_type} expert linears={n_exp} shared-expert linears={n_shared} "
+              f"router/shared-gate tensors equal to the original: {len(gates) - len(bad_gates)}/{len(gates)}")
     for e in errors[:20]:
         print("  LAYOUT ERROR:", e)
 
@@ -574,19 +889,44 @@ def main():
         ids, vocab = make_token_windows(args.data, args.tokenizer, args.nseq, args.seqlen)
     report["tokens"] = {"nseq": args.nseq, "seqlen": args.seqlen,
                         "first_ids": ids[0, :12].tolist(), "tokenizer_vocab": vocab}
+    ckpt = write_dequantized_checkpoint(args.model, layers, original_sd) if moe else None
+
+    def reference(dtype):
+        if moe:   # experts fused by Transformers' own loading (see the docstring)
+            return build_reference_from_checkpoint(ckpt, dtype)
+        return build_reference(args.model, layers, dtype)
+
+    top_k = int(cfg.get("num_experts_per_tok") or 0) if moe else 0
     with quiet(not args.verbose):
-        ref32 = build_reference(args.model, layers, torch.float32)
-    ref_logits = logits_of(ref32, ids)
+        ref32 = reference(torch.float32)
+    ref_logits, ref_routes = logits_and_routes(ref32, ids, top_k)
+    if moe and not ref_routes:
+        failures.append("no MoE router found in the reference model")
     floors = {}
     for dn in ("float16", "bfloat16"):
         with quiet(not args.verbose):
-            dense = build_reference(args.model, layers, getattr(torch, dn))
-        floors[dn] = dense_logits = logits_of(dense, ids)
+            dense = reference(getattr(torch, dn))
+        dense_logits, dense_routes = logits_and_routes(dense, ids, top_k)
+        floors[dn] = dense_logits
         report[f"dense_{dn}_vs_ref"] = compare_logits(dense_logits, ref_logits)
+        if moe and ref_routes:
+            # the dense copy's own routing flips (near-ties) are excluded from
+            # the figure the bound is based on, as they are for the runs
+            clean, rinfo = route_matched_positions(dense_routes, ref_routes, top_k)
+            report[f"dense_{dn}_routing"] = rinfo
+            report[f"dense_{dn}_vs_ref_route_matched"] = compare_logits(dense_logits[clean], ref_logits[clean])
         del dense
+    if ckpt:
+        shutil.rmtree(ckpt, ignore_errors=True)
     print(f"[ref] float32 reference logits max|.| {np.abs(ref_logits).max():.4f}; dense float16 copy: "
           f"max|d| {report['dense_float16_vs_ref']['max_abs_diff']:.3e} "
           f"rel {report['dense_float16_vs_ref']['rel_max']:.3e}")
+    if moe and ref_routes:
+        for dn in ("float16", "bfloat16"):
+            ri, rm = report[f"dense_{dn}_routing"], report[f"dense_{dn}_vs_ref_route_matched"]
+            print(f"[ref] dense {dn} copy: routing flips at {ri['flipped_positions']}/{ri['positions']} positions, "
+                  f"route-matched {ri['route_matched_positions']}: rel_max {rm['rel_max']:.3e} "
+                  f"(all positions {report[f'dense_{dn}_vs_ref']['rel_max']:.3e})")
 
     # -- 4/5: loader runs
     report["runs"] = []
@@ -597,41 +937,67 @@ def main():
         # The default bound is never below twice what a dense copy of the
         # reference in the same dtype deviates by: reduced-precision
         # arithmetic alone (soft-capped Gemma 2 logits, tiny hidden sizes).
+        # (mixtures of experts: the dense copy's figure on its route-matched
+        # positions, the positions the runs are judged on, see below)
+        floor_key = f"dense_{dn}_vs_ref_route_matched" if f"dense_{dn}_vs_ref_route_matched" in report \
+            else f"dense_{dn}_vs_ref"
         bound = (args.rel_bound if args.rel_bound is not None
-                 else max(REL_BOUND[dn], 2 * report[f"dense_{dn}_vs_ref"]["rel_max"]))
+                 else max(REL_BOUND[dn], 2 * report[floor_key]["rel_max"]))
         attempts = [(args.artifact, False)]
         run_results = []
         while attempts:
             path, overridden = attempts.pop(0)
-            label = f"{loader}:{backend}:{dn}" + (" [meta-override copy]" if overridden else "")
+            label = f"{loader}:{backend}:{dn}" + {False: "", True: " [meta-override copy]",
+                                                  "modules": " [modules_in_block override copy]"}[overridden]
             r = {"run": label, "loader": loader, "backend": backend, "dtype": dn,
-                 "meta_override": overridden, "bound_rel_max": bound}
+                 "meta_override": overridden is True, "bound_rel_max": bound}
+            if overridden == "modules":
+                r["modules_in_block_override"] = True
+            note = {}
             try:
                 with quiet(not args.verbose):
-                    model = load_with(loader, backend, dn, path, bits)
+                    model = load_with(loader, backend, dn, path, bits, moe_type=moe_type, note=note,
+                                      moe_key_mapping=moe_w123)
             except Exception as e:
                 msg = f"{type(e).__name__}: {e}"
-                refusal = ("sym=False" in str(e) and loader == "gptqmodel" and not overridden)
+                refusal = ("sym=False" in str(e) and loader == "gptqmodel" and overridden is not True)
                 unsupported = "only supports" in str(e)   # kernel capability check, e.g. group_size
                 r["status"] = ("REFUSED" if refusal else
                                "UNSUPPORTED_BY_KERNEL" if unsupported else "LOAD_FAILED")
                 r["error"] = msg
-                print(f"[{label}] {r['status']}: {msg}")
+                if note:
+                    r["moe_load"] = note
+                stray = unconverted_linear_signature(msg, layers) if loader == "transformers" else []
+                if stray:
+                    r["diagnosis"] = ("optimum made the float linear(s) " + ", ".join(stray[:4])
+                                      + (" ..." if len(stray) > 4 else "") + " QuantLinears (the artifact's "
+                                      "quantization_config has no modules_in_block_to_quantize), so their "
+                                      "qweight is missing and their float weight unexpected")
+                    print(f"[{label}] {r['status']}: {r['diagnosis']}")
+                else:
+                    print(f"[{label}] {r['status']}: {msg}")
                 if refusal and args.gptqmodel_meta_override:
                     attempts.append((make_meta_override_copy(args.artifact), True))
                 elif not refusal and not unsupported:
                     failures.append(f"{label}: load failed")
+                if stray and not overridden and args.modules_in_block_override:
+                    attempts.append((make_modules_in_block_override_copy(args.artifact, layers), "modules"))
+                if overridden:
+                    shutil.rmtree(path, ignore_errors=True)
                 run_results.append(r)
                 continue
             model.eval()
-            wc = loader_weight_checks(model, layers, bits)
+            if note:
+                r["moe_load"] = note
+            names = loaded_module_names(model, layers)
+            wc = loader_weight_checks(model, layers, bits, names)
             r["weights"] = wc
             try:
                 with quiet(not args.verbose):
-                    lg = logits_of(model, ids)
+                    lg, routes = logits_and_routes(model, ids, top_k)
             except Exception as e:
                 r["error"] = f"{type(e).__name__}: {e}"
-                kernels = sorted({type(m).__name__ for n, m in model.named_modules() if n in layers})
+                kernels = sorted({type(m).__name__ for n, m in model.named_modules() if n in set(names.values())})
                 r["kernels"] = kernels
                 if "int4pack_mm" in str(e) and "qGroupSize" in str(e) and gs == -1:
                     # TorchFusedLinear accepts group_size -1 (SUPPORTS_GROUP_SIZE)
@@ -648,7 +1014,7 @@ def main():
                 print(f"[{label}] {r['status']} kernel={','.join(kernels)}: {r['error']}")
                 run_results.append(r)
                 continue
-            qmods = [m for n, m in model.named_modules() if n in layers]
+            qmods = [m for n, m in model.named_modules() if n in set(names.values())]
             kernels = sorted({type(m).__name__ for m in qmods})
             # GPT-QModel CPU kernels record whether the fused op ran
             # ("inference") or they fell back to dequantize + matmul ("train")
@@ -657,15 +1023,34 @@ def main():
             r["linear_mode"] = modes
             r["vs_ref"] = compare_logits(lg, ref_logits)
             r["vs_dense_same_dtype"] = compare_logits(lg, floors[dn])
+            judged = r["vs_ref"]
+            if moe and ref_routes:
+                # A mixture of experts' routing is discrete: at a near-tie of
+                # the reference's k-th and (k+1)-th router logits any rounding
+                # picks another expert (the dense copies do it too).  The bound
+                # applies to the positions that route as the reference does at
+                # every MoE layer (and at every earlier position); the flips
+                # are reported, and at least half the positions must match.
+                clean, rinfo = route_matched_positions(routes, ref_routes, top_k)
+                r["routing"] = rinfo
+                r["vs_ref_route_matched"] = judged = (compare_logits(lg[clean], ref_logits[clean])
+                                                      if clean.any() else None)
+                r["moe_float_tensors"] = mf = moe_float_checks(model, args.artifact, dn)
             try:
-                probe = module_probe(model, layers, bits, getattr(torch, dn))
+                probe = module_probe(model, layers, bits, getattr(torch, dn), names)
             except Exception as e:
                 probe = {"error": f"{type(e).__name__}: {e}"}
             r["module_probe"] = probe
-            ok = r["vs_ref"]["finite"] and r["vs_ref"]["rel_max"] <= bound
+            ok = r["vs_ref"]["finite"] and judged is not None and judged["rel_max"] <= bound
+            if moe and ref_routes:
+                ok = (ok and "error" not in r["routing"]
+                      and 2 * r["routing"]["route_matched_positions"] >= r["routing"]["positions"])
             wok = (not wc["mismatches"]
                    and wc["zeros_equal"] == wc["zeros_checked"]
                    and wc["dequant_equal"] == wc["dequant_checked"])
+            if moe:
+                wok = (wok and wc["modules"] == len(layers) and wc["dequant_equal"] == len(layers)
+                       and mf["equal"] == mf["checked"] and not mf["missing"])
             r["status"] = "OK" if (ok and wok) else "FAIL"
             seen = sorted(tuple(e) for e in wc.get("zero_mismatch_entries", []))
             if seen:
@@ -696,7 +1081,14 @@ def main():
                     failures.append(f"{label}: loader kernel ignores zero points")
             else:
                 if not ok:
-                    failures.append(f"{label}: rel_max {r['vs_ref']['rel_max']:.3e} > {bound:.1e}")
+                    if judged is None:
+                        failures.append(f"{label}: no position routes as the reference")
+                    elif judged["rel_max"] <= bound and judged["finite"] and "routing" in r:
+                        failures.append(f"{label}: only {r['routing'].get('route_matched_positions')}/"
+                                        f"{r['routing'].get('positions')} positions route as the reference "
+                                        f"{r['routing'].get('error', '')}")
+                    else:
+                        failures.append(f"{label}: rel_max {judged['rel_max']:.3e} > {bound:.1e}")
                 if not wok:
                     failures.append(f"{label}: loader weights differ from ours")
             v = r["vs_ref"]
@@ -705,7 +1097,19 @@ def main():
                   f"dequant {wc['dequant_equal']}/{wc['dequant_checked']} exact; logits vs fp32 ref: "
                   f"max|d| {v['max_abs_diff']:.3e} rel_max {v['rel_max']:.3e} "
                   f"rel_fro {v['rel_fro']:.3e} top1 {v['top1_agree']:.4f} (bound {bound:.1e}); "
-                  f"vs dense {dn}: max|d| {r['vs_dense_same_dtype']['max_abs_diff']:.3e}")
+                  f"vs dense {dn}: max|d| {r['vs_dense_same_dtype']['max_abs_diff']:.3e}"
+                  + (f"; modules {wc['modules']}/{len(layers)} found" if moe else "")
+                  + (f"; moe load: {', '.join(f'{k}: {v}' for k, v in note.items())}" if note else ""))
+            if "routing" in r:
+                ri, rm = r["routing"], r["vs_ref_route_matched"]
+                print(f"    moe: routing flips at {ri.get('flipped_positions')}/{ri.get('positions')} positions "
+                      f"(per layer {ri.get('flips_per_layer')}, reference router margin there <= "
+                      f"{ri.get('max_ref_router_margin_at_flips')}); route-matched positions "
+                      f"{ri.get('route_matched_positions')}: "
+                      + (f"max|d| {rm['max_abs_diff']:.3e} rel_max {rm['rel_max']:.3e} top1 {rm['top1_agree']:.4f}"
+                         if rm else "none")
+                      + f"; router/shared-gate tensors {mf['equal']}/{mf['checked']} equal to ours in "
+                        f"{','.join(mf['dtypes'])}" + (f", missing {mf['missing']}" if mf["missing"] else ""))
             if isinstance(probe, dict) and "error" not in probe:
                 worst = max(probe.items(), key=lambda kv: kv[1]["rel_vs_ours"])
                 print(f"    module probe: worst {worst[0]} rel vs ours {worst[1]['rel_vs_ours']:.3e}, "
@@ -732,7 +1136,7 @@ def versions():
     import platform
     out = {"python": platform.python_version()}
     for p in ("torch", "transformers", "gptqmodel", "optimum", "accelerate",
-              "safetensors", "numpy", "sentencepiece"):
+              "safetensors", "numpy", "sentencepiece", "defuser"):
         try:
             out[p] = md.version(p)
         except Exception:
