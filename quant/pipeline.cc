@@ -547,11 +547,19 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
   }
   int expert_reported = -1;
   for (const auto& [group_name, group, expert] : groups) {
-    if (expert >= 0 && expert != expert_reported && o_.on_progress) {
-      PipelineProgress progress{i, config_.num_layers, "quantizing"};
-      progress.expert = expert + 1;
-      progress.num_experts = config_.moe.num_experts;
-      o_.on_progress(progress);
+    if (expert >= 0 && expert != expert_reported) {
+      // A mixture of experts' layer can take long: a stop is honoured
+      // between experts too (the layer reruns whole on resume).
+      if (o_.should_stop && o_.should_stop()) {
+        return absl::CancelledError(absl::StrCat("cancelled at layer ", i, " of ", config_.num_layers, ", expert ",
+                                                 expert + 1, " of ", config_.moe.num_experts));
+      }
+      if (o_.on_progress) {
+        PipelineProgress progress{i, config_.num_layers, "quantizing"};
+        progress.expert = expert + 1;
+        progress.num_experts = config_.moe.num_experts;
+        o_.on_progress(progress);
+      }
       expert_reported = expert;
     }
     std::map<std::string, int> in_group;
