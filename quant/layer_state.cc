@@ -28,27 +28,28 @@ TensorQuant SpecFromJson(const nlohmann::json& j) {
   return t;
 }
 
-void AddQuantizer(const std::string& stem, const ActQuantizer& q, std::vector<RawTensor>* tensors,
-                  nlohmann::json* layout) {
+void AddQuantizer(const std::string& stem, const ActQuantizer& q, TensorsToWrite* tensors, nlohmann::json* layout) {
   nlohmann::json j = {{"spec", SpecToJson(q.spec)}, {"scale", q.scale.defined()}, {"zero", q.zero.defined()}};
-  if (q.scale.defined()) tensors->push_back(TensorToRaw(stem + ".scale", q.scale.cpu()));
-  if (q.zero.defined()) tensors->push_back(TensorToRaw(stem + ".zero", q.zero.cpu()));
+  if (q.scale.defined()) tensors->Add(stem + ".scale", q.scale);
+  if (q.zero.defined()) tensors->Add(stem + ".zero", q.zero);
   layout->push_back(j);
 }
 
 }  // namespace
 
 absl::Status WriteLayerState(const std::string& path, const DecoderLayer& layer, const nlohmann::json& info) {
-  std::vector<RawTensor> tensors;
+  // The layer's tensors go to the file from their own memory: a mixture of
+  // experts' layer is gigabytes, and a copy of it would double the peak.
+  TensorsToWrite tensors;
   nlohmann::json layout = {{"norms", nlohmann::json::array()}, {"linears", nlohmann::json::array()}};
   for (size_t k = 0; k < layer.norms.size(); ++k) {
     layout["norms"].push_back(layer.norms[k].first);
-    tensors.push_back(TensorToRaw(absl::StrCat("norm.", k), layer.norms[k].second.cpu()));
+    tensors.Add(absl::StrCat("norm.", k), layer.norms[k].second);
   }
   for (size_t j = 0; j < layer.linears.size(); ++j) {
     const Linear& l = layer.linears[j];
-    tensors.push_back(TensorToRaw(absl::StrCat("linear.", j, ".weight"), l.weight.cpu()));
-    if (l.bias.defined()) tensors.push_back(TensorToRaw(absl::StrCat("linear.", j, ".bias"), l.bias.cpu()));
+    tensors.Add(absl::StrCat("linear.", j, ".weight"), l.weight);
+    if (l.bias.defined()) tensors.Add(absl::StrCat("linear.", j, ".bias"), l.bias);
     layout["linears"].push_back({{"bias", l.bias.defined()}});
   }
   if (layer.act) {
@@ -57,7 +58,7 @@ absl::Status WriteLayerState(const std::string& path, const DecoderLayer& layer,
     AddQuantizer("act.kv", layer.act->kv, &tensors, &act);
     layout["act"] = act;
   }
-  return WriteSafetensors(path, tensors, {{"qaas_layer", layout.dump()}, {"qaas_info", info.dump()}});
+  return WriteSafetensors(path, tensors.views(), {{"qaas_layer", layout.dump()}, {"qaas_info", info.dump()}});
 }
 
 absl::StatusOr<nlohmann::json> ReadLayerStateInfo(const std::string& path) {

@@ -64,6 +64,13 @@ RawTensor TensorToRaw(const std::string& name, const at::Tensor& t) {
   return raw;
 }
 
+void TensorsToWrite::Add(const std::string& name, const at::Tensor& t) {
+  held_.push_back(t.contiguous().cpu());
+  const at::Tensor& c = held_.back();
+  views_.push_back({name, FromScalarType(c.scalar_type()), c.sizes().vec(),
+                    absl::string_view(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size())});
+}
+
 absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
   if (!FileExists(dir)) return absl::NotFoundError(absl::StrCat("model directory ", dir, " does not exist"));
   auto config_text = ReadFile(dir + "/config.json");

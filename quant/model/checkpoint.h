@@ -55,6 +55,18 @@ at::ScalarType ToScalarType(DType dtype);
 at::Tensor RawToTensor(const RawTensor& raw);  // keeps the stored dtype
 RawTensor TensorToRaw(const std::string& name, const at::Tensor& t);
 
+// Tensors to write (WriteSafetensors) without copying their bytes: each is
+// held as a contiguous CPU tensor (itself when it already is one) and viewed.
+class TensorsToWrite {
+ public:
+  void Add(const std::string& name, const at::Tensor& t);
+  const std::vector<RawTensorView>& views() const { return views_; }
+
+ private:
+  std::vector<at::Tensor> held_;
+  std::vector<RawTensorView> views_;
+};
+
 }  // namespace qaas::quant
 
 #endif  // QAAS_QUANT_MODEL_CHECKPOINT_H_

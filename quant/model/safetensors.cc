@@ -205,7 +205,7 @@ absl::StatusOr<std::vector<RawTensor>> SafetensorsFile::ReadAll() const {
   return out;
 }
 
-absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTensor>& tensors,
+absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTensorView>& tensors,
                               const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -224,13 +224,21 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTens
   }
   std::string json = header.dump();
   while ((json.size() + 8) % 8 != 0) json.push_back(' ');
-  std::string out;
-  out.reserve(8 + json.size() + offset);
-  uint64_t n = json.size();
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
-  out += json;
-  for (const auto& t : tensors) out += t.data;
-  return WriteFileAtomic(path, out);
+  std::string head;
+  const uint64_t n = json.size();
+  for (int i = 0; i < 8; ++i) head.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
+  head += json;
+  std::vector<absl::string_view> pieces = {head};
+  for (const auto& t : tensors) pieces.push_back(t.data);
+  return WriteFileAtomic(path, pieces);
+}
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  std::vector<RawTensorView> views;
+  views.reserve(tensors.size());
+  for (const RawTensor& t : tensors) views.push_back({t.name, t.dtype, t.shape, t.data});
+  return WriteSafetensors(path, views, metadata);
 }
 
 }  // namespace qaas::quant

@@ -74,8 +74,20 @@ class SafetensorsFile {
   SafetensorsHeader header_;
 };
 
+// A tensor's stored bytes, owned elsewhere (e.g. a contiguous CPU tensor's
+// memory): what a writer needs without copying them.
+struct RawTensorView {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  absl::string_view data;
+};
+
 // Writes a safetensors file atomically (temp file + rename). Tensors are laid
-// out in the order given, 8-byte aligned header as the format recommends.
+// out in the order given, 8-byte aligned header as the format recommends. The
+// bytes go to the file tensor by tensor, never copied into one buffer.
+absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTensorView>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
 absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTensor>& tensors,
                               const std::map<std::string, std::string>& metadata = {});
 

@@ -28,22 +28,29 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 }
 
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view data) {
+  return WriteFileAtomic(path, std::vector<absl::string_view>{data});
+}
+
+absl::Status WriteFileAtomic(const std::string& path, const std::vector<absl::string_view>& pieces) {
   std::string tmp = path + ".tmp-XXXXXX";
   int fd = ::mkstemp(tmp.data());
   if (fd < 0) return absl::InternalError(absl::StrCat(path, ": cannot create: ", std::strerror(errno)));
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t w = ::write(fd, data.data() + done, data.size() - done);
-    if (w < 0) {
-      int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      if (err == ENOSPC || err == EDQUOT) {
-        return absl::ResourceExhaustedError(absl::StrCat(path, ": disk full"));
+  for (absl::string_view data : pieces) {
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t w = ::write(fd, data.data() + done, data.size() - done);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        int err = errno;
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        if (err == ENOSPC || err == EDQUOT) {
+          return absl::ResourceExhaustedError(absl::StrCat(path, ": disk full"));
+        }
+        return absl::InternalError(absl::StrCat(path, ": write failed: ", std::strerror(err)));
       }
-      return absl::InternalError(absl::StrCat(path, ": write failed: ", std::strerror(err)));
+      done += static_cast<size_t>(w);
     }
-    done += static_cast<size_t>(w);
   }
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     int err = errno;

@@ -3,6 +3,7 @@
 #define QAAS_QUANT_UTIL_FILES_H_
 
 #include <string>
+#include <vector>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
@@ -13,6 +14,9 @@ namespace qaas::quant {
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 // Writes via a temp file in the same directory, fsync, rename. ResourceExhausted on a full disk.
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view data);
+// The same for the concatenation of `pieces`, written one after another (no
+// copy of the whole file in memory).
+absl::Status WriteFileAtomic(const std::string& path, const std::vector<absl::string_view>& pieces);
 bool FileExists(const std::string& path);
 absl::Status MakeDirs(const std::string& path);
 absl::Status CopyFile(const std::string& from, const std::string& to);

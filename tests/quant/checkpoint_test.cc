@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "nlohmann/json.hpp"
 #include "quant/model/llama.h"
 #include "quant/model/random_model.h"
+#include "quant/model/safetensors.h"
 #include "tests/quant/quant_test_util.h"
 #include "tests/test_util.h"
 
@@ -134,6 +136,34 @@ TEST(CheckpointTest, RandomMixtralOpensAsAMixtureOfExperts) {
   o.experts_per_token = 5;
   ScopedTempDir bad;
   QAAS_EXPECT_CODE(WriteRandomLlama(o, bad.path()), kInvalidArgument);
+}
+
+// Tensors written from their own memory (a layer state's way) read back
+// equal: a transposed (non-contiguous) one, integer codes, bfloat16, and a
+// file equal byte for byte to the copying writer's.
+TEST(CheckpointTest, TensorsWrittenWithoutCopiesReadBackEqual) {
+  ScopedTempDir dir;
+  const at::Tensor w = at::randn({5, 3}).t(), codes = at::randint(0, 16, {4, 6}, at::kInt),
+                   half = at::randn({7}).to(at::kBFloat16);
+  ASSERT_FALSE(w.is_contiguous());
+  TensorsToWrite views;
+  views.Add("w", w);
+  views.Add("codes", codes);
+  views.Add("half", half);
+  QAAS_ASSERT_OK(WriteSafetensors(dir.path() + "/views.safetensors", views.views(), {{"k", "v"}}));
+  QAAS_ASSERT_OK(WriteSafetensors(dir.path() + "/copies.safetensors",
+                                  {TensorToRaw("w", w), TensorToRaw("codes", codes), TensorToRaw("half", half)},
+                                  {{"k", "v"}}));
+  EXPECT_EQ(ReadLocalFile(dir.path() + "/views.safetensors"), ReadLocalFile(dir.path() + "/copies.safetensors"));
+  auto f = SafetensorsFile::Open(dir.path() + "/views.safetensors");
+  QAAS_ASSERT_OK(f);
+  auto all = (*f)->ReadAll();
+  QAAS_ASSERT_OK(all);
+  std::map<std::string, at::Tensor> read;
+  for (const RawTensor& r : *all) read[r.name] = RawToTensor(r);
+  EXPECT_TRUE(read.at("w").equal(w));
+  EXPECT_TRUE(read.at("codes").equal(codes));
+  EXPECT_TRUE(read.at("half").equal(half));
 }
 
 TEST(CheckpointTest, ShardedModelEqualsSingleFileModel) {
