@@ -14,7 +14,9 @@
 // same work, which is what calibrating an expert cannot do without: one
 // pass of its routed tokens through its three linears plus its two Hessian
 // products (X^T X of gate/up's input and of down's), as plain fp32 at::matmul
-// calls on the device. Then the layer's wall time against the sum of those
+// calls on the device, and, for GPTQ, its factorisations and lazy-batch
+// updates (the same for every expert; quant/gf compares the quantizer's
+// seconds with it). Then the layer's wall time against the sum of those
 // floors plus one pass of every token through attention's four linears, and
 // the job's peak host (device) memory against the layer's float weights and
 // against one expert's weights plus its two Hessians: experts are quantized
@@ -31,6 +33,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "quant/model/random_model.h"
@@ -91,6 +94,40 @@ double ExpertFloor(int64_t tokens, int64_t h, int64_t m, const at::Device& dev) 
     at::matmul(x.t(), x);           // gate/up's Hessian
     at::matmul(hidden.t(), hidden);  // down's Hessian
   });
+}
+
+// GPTQ's own work on one expert, which no token count changes: factorising
+// its two Hessians (gate/up's [h, h], down's [m, m]: Cholesky, inverse, and
+// the upper factor of the inverse) and the lazy-batch updates of its three
+// weights, blocks of 128 columns. Timed once: it is seconds at full size.
+double GptqFloor(int64_t h, int64_t m, const at::Device& dev) {
+  auto opts = at::TensorOptions().dtype(at::kFloat).device(dev);
+  auto factor = [&](int64_t in) {
+    at::Tensor x = at::randn({2 * in, in}, opts);
+    at::Tensor H = at::matmul(x.t(), x) / (2.0 * in);
+    H.diagonal().add_(0.01);
+    q::Synchronize(dev);
+    const auto t0 = Clock::now();
+    at::Tensor hinv = at::linalg_cholesky(at::cholesky_inverse(at::linalg_cholesky(H)), /*upper=*/true);
+    q::Synchronize(dev);
+    return std::make_pair(Seconds(t0), hinv);
+  };
+  auto updates = [&](int64_t out, int64_t in, const at::Tensor& hinv) {
+    at::Tensor w = at::randn({out, in}, opts);
+    q::Synchronize(dev);
+    const auto t0 = Clock::now();
+    for (int64_t i1 = 0; i1 + 128 < in; i1 += 128) {
+      at::Tensor err = at::randn({out, 128}, opts);
+      w.narrow(1, i1 + 128, in - i1 - 128).sub_(at::matmul(err, hinv.narrow(0, i1, 128).narrow(1, i1 + 128, in - i1 - 128)));
+    }
+    q::Synchronize(dev);
+    return Seconds(t0);
+  };
+  auto [f_h, hinv_h] = factor(h);
+  double s = f_h + 2 * updates(m, h, hinv_h);  // gate, up
+  hinv_h = at::Tensor();
+  auto [f_m, hinv_m] = factor(m);
+  return s + f_m + updates(h, m, hinv_m);  // down
 }
 
 }  // namespace
@@ -189,14 +226,18 @@ int main(int argc, char** argv) {
     if (l.name.find(".w1") != std::string::npos) tokens[e] = l.calibration_tokens;
     quant_s[e] += l.seconds;
   }
-  std::printf("\n%-7s %8s %9s %9s %9s %8s\n", "expert", "tokens", "wall s", "quant s", "floor s", "/floor");
+  const bool gptq = absl::StrContains(absl::GetFlag(FLAGS_recipe), "gptq");
+  const double gptq_floor = gptq ? GptqFloor(h, m, *device) : 0;
+  std::printf("\n%-7s %8s %9s %9s %10s %10s %8s %9s\n", "expert", "tokens", "wall s", "quant s", "tokens fl", "gptq fl",
+              "/floor", "quant/gf");
   double floor_sum = 0, wall_sum = 0;
   for (int e = 1; e <= experts; ++e) {
-    const double floor_s = ExpertFloor(tokens[e], h, m, *device);
+    const double tokens_floor = ExpertFloor(tokens[e], h, m, *device), floor_s = tokens_floor + gptq_floor;
     floor_sum += floor_s;
     wall_sum += expert_s[e];
-    std::printf("%-7d %8ld %9.2f %9.2f %9.3f %7.1fx\n", e, static_cast<long>(tokens[e]), expert_s[e], quant_s[e],
-                floor_s, floor_s > 0 ? expert_s[e] / floor_s : 0.0);
+    std::printf("%-7d %8ld %9.2f %9.2f %10.3f %10.3f %7.1fx %8.2fx\n", e, static_cast<long>(tokens[e]), expert_s[e],
+                quant_s[e], tokens_floor, gptq_floor, floor_s > 0 ? expert_s[e] / floor_s : 0.0,
+                gptq_floor > 0 ? quant_s[e] / gptq_floor : 0.0);
   }
   // Attention's four linears, one pass of every calibration token.
   const int64_t all = int64_t{samples} * seq_len, kv = h / mo.num_heads * mo.num_kv_heads;
