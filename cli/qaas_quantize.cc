@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/method_flags.h"
+#include "quant/artifact_format.h"
 #include "quant/pipeline.h"
 #include "quant/util/allocator.h"
 
@@ -40,6 +41,11 @@ ABSL_FLAG(std::string, eval, "", "comma-separated evaluation text files");
 ABSL_FLAG(int, eval_seq_len, 0, "evaluation window length (0 = min(2048, context))");
 ABSL_FLAG(int, max_windows, 0, "evaluation windows per dataset (0 = all)");
 ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N, or auto (cuda where visible)");
+ABSL_FLAG(std::string, format, "auto",
+          "artifact format: auto (GPTQ layout for weight-only integer schemes, compressed-tensors for the "
+          "others it stores), gptq, compressed-tensors");
+ABSL_FLAG(uint64_t, max_shard_bytes, 5000000000ull,
+          "model.safetensors up to this size; shards with model.safetensors.index.json above");
 ABSL_FLAG(bool, quiet, false, "no per-layer progress on stderr");
 
 int main(int argc, char** argv) {
@@ -89,6 +95,13 @@ int main(int argc, char** argv) {
                              absl::GetFlag(FLAGS_max_windows)});
   }
   o.device = absl::GetFlag(FLAGS_device);
+  auto format = q::ResolveArtifactFormat(absl::GetFlag(FLAGS_format), o.scheme, o.recipe);
+  if (!format.ok()) {
+    std::cerr << "qaas-quantize: --format: " << format.status().message() << "\n";
+    return 2;
+  }
+  o.artifact_layout = *format;
+  o.max_shard_bytes = absl::GetFlag(FLAGS_max_shard_bytes);
   if (!absl::GetFlag(FLAGS_quiet)) {
     o.on_progress = [](const q::PipelineProgress& p) {
       if (p.epochs > 0) {

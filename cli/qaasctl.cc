@@ -74,6 +74,8 @@ ABSL_FLAG(std::string, output, "", "submit: output uri prefix (default: the serv
 ABSL_FLAG(int32_t, priority, 0, "submit: priority (higher first)");
 ABSL_FLAG(std::string, labels, "", "submit: k=v,k=v labels; list: filter");
 ABSL_FLAG(bool, overwrite, false, "submit: replace a non-empty --output (refused without it)");
+ABSL_FLAG(std::string, format, "", "submit: artifact format: auto (default), gptq, compressed-tensors");
+ABSL_FLAG(uint64_t, max_shard_bytes, 0, "submit: shard the weights above this size (0 = 5 GB)");
 ABSL_FLAG(std::string, idempotency_key, "", "submit: returns the same job when repeated");
 ABSL_FLAG(bool, wait, false, "submit: watch until the job ends");
 ABSL_FLAG(std::string, state, "",
@@ -226,6 +228,8 @@ int Submit(v1::JobService::Stub& stub, const qaas::cli::MethodFlags& method_flag
   ParseLabels(spec->mutable_labels());
   spec->set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
   spec->set_overwrite(absl::GetFlag(FLAGS_overwrite));
+  spec->mutable_artifact()->set_format(absl::GetFlag(FLAGS_format));
+  spec->mutable_artifact()->set_max_shard_bytes(absl::GetFlag(FLAGS_max_shard_bytes));
   grpc::ClientContext ctx;
   v1::Job job;
   grpc::Status s = stub.SubmitJob(&ctx, req, &job);

@@ -1,8 +1,13 @@
 #include "quant/export.h"
 
+#include <filesystem>
+#include <set>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/match.h"
 #include "quant/formats/act_quant.h"
 #include "quant/formats/number_format.h"
 #include "quant/formats/packing.h"
@@ -283,7 +288,12 @@ absl::StatusOr<CheckpointFormLayer> ToCheckpointForm(const DecoderModel& model, 
   for (size_t f = 0; f < model.Fusions().size(); ++f) {
     for (int j : model.Fusions()[f].parts) fused_into[j] = static_cast<int>(f);
   }
+  std::vector<int> point_of(names.size(), -1);
+  for (int p = 0; p < kNumActPoints; ++p) {
+    for (int j : model.ConsumersOf(static_cast<ActPoint>(p))) point_of[j] = p;
+  }
   auto add_split = [&](int j) {
+    out.input_points.push_back(point_of[j]);
     out.linear_names.push_back(names[j]);
     out.transformed.linears.push_back(layer.transformed->linears[j]);
     out.quantized.linears.push_back(layer.quantized->linears[j]);
@@ -316,6 +326,7 @@ absl::StatusOr<CheckpointFormLayer> ToCheckpointForm(const DecoderModel& model, 
       for (int p : fusion.parts) ts.push_back(bias ? l.linears[p].bias : l.linears[p].weight);
       return ts.front().defined() ? at::cat(ts, 0) : at::Tensor();
     };
+    out.input_points.push_back(point_of[fusion.parts.front()]);
     out.linear_names.push_back(fusion.name);
     out.transformed.linears.push_back({cat(*layer.transformed, false), cat(*layer.transformed, true)});
     out.quantized.linears.push_back({cat(*layer.quantized, false), cat(*layer.quantized, true)});
@@ -327,30 +338,89 @@ absl::StatusOr<CheckpointFormLayer> ToCheckpointForm(const DecoderModel& model, 
 absl::StatusOr<std::unique_ptr<ArtifactLayout>> MakeArtifactLayout(const std::string& name) {
   if (name == "gptq") return std::make_unique<GptqLayout>();
   if (name == "dequantized") return std::make_unique<DequantizedLayout>();
+  if (name == "compressed-tensors") return MakeCompressedTensorsLayout();
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown artifact layout '", name, "' (known: gptq, dequantized)"));
+      absl::StrCat("unknown artifact layout '", name, "' (known: gptq, compressed-tensors, dequantized)"));
+}
+
+std::vector<std::vector<int>> AssignShards(const std::vector<uint64_t>& bytes, uint64_t max_shard_bytes) {
+  std::vector<std::vector<int>> shards;
+  uint64_t in_shard = 0;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    if (shards.empty() || (in_shard > 0 && in_shard + bytes[i] > max_shard_bytes)) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(static_cast<int>(i));
+    in_shard += bytes[i];
+  }
+  return shards;
+}
+
+std::string ShardFileName(int k, int n) {
+  return n == 1 ? "model.safetensors" : absl::StrFormat("model-%05d-of-%05d.safetensors", k + 1, n);
 }
 
 absl::StatusOr<uint64_t> WriteArtifact(const ArtifactLayout& layout, const Checkpoint& checkpoint,
                                        const std::vector<std::string>& head_tensor_names, int num_layers,
                                        const std::string& model_dir, const std::string& output_dir,
-                                       const ArtifactSummary& summary, nlohmann::json manifest) {
+                                       const ArtifactSummary& summary, nlohmann::json manifest,
+                                       uint64_t max_shard_bytes) {
   const std::string dir = output_dir + "/" + layout.directory();
   QAAS_RETURN_IF_ERROR(MakeDirs(dir));
-  std::vector<RawTensor> tensors;
+  // Every tensor is read when its shard reaches it: the artifact is never
+  // held in memory, only the tensor being copied.
+  std::vector<TensorSource> sources;
   for (const std::string& name : head_tensor_names) {  // embeddings, final norm, lm_head
-    QAAS_ASSIGN_OR_RETURN(RawTensor raw, checkpoint.LoadRaw(name));
-    tensors.push_back(std::move(raw));
+    QAAS_ASSIGN_OR_RETURN(const TensorEntry entry, checkpoint.Entry(name));
+    sources.push_back({name, entry.dtype, entry.shape, [&checkpoint, name]() -> absl::StatusOr<std::string> {
+                         QAAS_ASSIGN_OR_RETURN(RawTensor raw, checkpoint.LoadRaw(name));
+                         return std::move(raw.data);
+                       }});
   }
+  std::vector<std::unique_ptr<SafetensorsFile>> layer_files;
   for (int i = 0; i < num_layers; ++i) {
     QAAS_ASSIGN_OR_RETURN(auto file,
                           SafetensorsFile::Open(output_dir + "/" + CheckpointFile(layout.checkpoint_stem(), i)));
-    QAAS_ASSIGN_OR_RETURN(auto layer, file->ReadAll());
-    for (auto& t : layer) tensors.push_back(std::move(t));
+    const SafetensorsFile* f = file.get();
+    for (const auto& [name, entry] : f->header().tensors) {
+      sources.push_back({name, entry.dtype, entry.shape, [f, name = name]() { return f->ReadRaw(name); }});
+    }
+    layer_files.push_back(std::move(file));
   }
+  std::vector<uint64_t> sizes;
   uint64_t bytes = 0;
-  for (const auto& t : tensors) bytes += t.data.size();
-  QAAS_RETURN_IF_ERROR(WriteSafetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}}));
+  for (const auto& t : sources) {
+    sizes.push_back(t.bytes());
+    bytes += t.bytes();
+  }
+  const std::vector<std::vector<int>> shards = AssignShards(sizes, max_shard_bytes);
+  const int n = static_cast<int>(shards.size());
+  std::set<std::string> written;
+  nlohmann::json weight_map = nlohmann::json::object();
+  for (int k = 0; k < n; ++k) {
+    std::vector<TensorSource> shard;
+    for (int i : shards[k]) {
+      shard.push_back(sources[i]);
+      weight_map[sources[i].name] = ShardFileName(k, n);
+    }
+    QAAS_RETURN_IF_ERROR(WriteSafetensors(dir + "/" + ShardFileName(k, n), shard, {{"format", "pt"}}));
+    written.insert(ShardFileName(k, n));
+  }
+  if (n > 1) {
+    const nlohmann::json index = {{"metadata", {{"total_size", bytes}}}, {"weight_map", weight_map}};
+    QAAS_RETURN_IF_ERROR(WriteFileAtomic(dir + "/model.safetensors.index.json", index.dump(2) + "\n"));
+    written.insert("model.safetensors.index.json");
+  }
+  // Weights an earlier run left here in another sharding would be loaded
+  // beside (or instead of) these.
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const bool weights = name == "model.safetensors" || name == "model.safetensors.index.json" ||
+                         (absl::StartsWith(name, "model-") && absl::EndsWith(name, ".safetensors"));
+    if (weights && !written.count(name)) std::filesystem::remove(e.path(), ec);
+  }
   auto [config, format] = layout.Config(nlohmann::json::parse(checkpoint.config().raw_json), summary);
   QAAS_RETURN_IF_ERROR(WriteFileAtomic(dir + "/config.json", config.dump(2) + "\n"));
   for (const char* f : {"tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",

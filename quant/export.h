@@ -59,6 +59,9 @@ struct LayerToPack {
   // Per linear, what its weight quantizer returned; none: the linear stays float.
   const std::vector<std::optional<QuantizedLinear>>* linears = nullptr;
   const Checkpoint* checkpoint = nullptr;  // the input model (its stored dtypes)
+  // Per linear, the activation point whose quantizer reads its input
+  // (ActPoint as int); empty when the model does not say.
+  const std::vector<int>* input_points = nullptr;
 };
 
 // A layer in the checkpoint's own form, what the layouts pack: norm weights
@@ -76,9 +79,10 @@ struct CheckpointFormLayer {
   DecoderLayer transformed;
   DecoderLayer quantized;
   std::vector<std::optional<QuantizedLinear>> linears;
+  std::vector<int> input_points;  // per linear: the ActPoint at its input
   // A LayerToPack over this layer (valid while it lives).
   LayerToPack View(const std::string& prefix, const Checkpoint* checkpoint) const {
-    return {prefix, &linear_names, &transformed, &quantized, &linears, checkpoint};
+    return {prefix, &linear_names, &transformed, &quantized, &linears, checkpoint, &input_points};
   }
 };
 absl::StatusOr<CheckpointFormLayer> ToCheckpointForm(const DecoderModel& model, const LayerToPack& layer,
@@ -95,6 +99,10 @@ struct ArtifactSummary {
   // modules_in_block_to_quantize), so a loader leaves the float router and
   // shared-expert gate alone. Empty: not written (dense models).
   std::vector<std::vector<std::string>> modules_in_block;
+  // Modules that stay float beside lm_head, as compressed-tensors' `ignore`
+  // names them (exact names or "re:" patterns: a mixture of experts' routers).
+  std::vector<std::string> float_modules;
+  int head_dim = 0;  // K and V rows per head (a per-head KV cache scheme's groups)
 };
 
 // How an artifact stores the quantized model. The pipeline packs each layer
@@ -119,19 +127,52 @@ class ArtifactLayout {
 };
 
 // "gptq" (artifact/: the GPTQ layout; MX, AdaDim and RPTQ variants as
-// docs/artifact-format.md says) or "dequantized" (artifact-dequantized/: a
-// plain checkpoint of the evaluated weights in the stored dtypes).
-// InvalidArgument naming the known layouts otherwise.
+// docs/artifact-format.md says), "compressed-tensors" (artifact/: what
+// vLLM and Transformers load as quant_method "compressed-tensors", for the
+// schemes CompressedTensorsFits accepts) or "dequantized"
+// (artifact-dequantized/: a plain checkpoint of the evaluated weights in the
+// stored dtypes). InvalidArgument naming the known layouts otherwise.
 absl::StatusOr<std::unique_ptr<ArtifactLayout>> MakeArtifactLayout(const std::string& name);
+std::unique_ptr<ArtifactLayout> MakeCompressedTensorsLayout();
 
-// Writes <output_dir>/<layout.directory()>/: model.safetensors (the input's
-// head tensors, then every layer's checkpoint), config.json, the input's
-// tokenizer files, and qaas_manifest.json (`manifest` plus the format) unless
-// `manifest` is null. Returns the bytes of model.safetensors' tensors.
+// Transformers' save_pretrained default: shards of at most 5 GB.
+constexpr uint64_t kDefaultMaxShardBytes = 5'000'000'000ull;
+
+// Tensors (by byte size, in order) assigned to shards of at most
+// `max_shard_bytes`, in order; a tensor larger than that has a shard alone.
+std::vector<std::vector<int>> AssignShards(const std::vector<uint64_t>& bytes, uint64_t max_shard_bytes);
+// "model.safetensors" when there is one shard, else Transformers' names
+// "model-00001-of-00003.safetensors" (k counts from 0).
+std::string ShardFileName(int k, int n);
+
+// One linear read back from a compressed-tensors artifact: the codes in
+// qaas's convention (integers: [0, 2^bits) with zero point; MX: element
+// codes [out, in] and E8M0 scales [out, ceil(in/32)]) and the float weight
+// [out, in] they decode to. InvalidArgument naming the tensor when one is
+// missing, mis-typed or mis-shaped.
+struct CompressedLinear {
+  at::Tensor codes;
+  at::Tensor scale;  // float32 [out, groups]; MX: uint8 E8M0 [out, blocks]
+  at::Tensor zero;   // float32 [out, groups] (integers only)
+  at::Tensor weight;
+};
+absl::StatusOr<CompressedLinear> ReadCompressedTensorsLinear(const std::map<std::string, RawTensor>& tensors,
+                                                             const std::string& prefix,
+                                                             const nlohmann::json& quantization_config,
+                                                             int64_t out, int64_t in);
+
+// Writes <output_dir>/<layout.directory()>/: the input's head tensors, then
+// every layer's checkpoint, streamed tensor by tensor (one in memory at a
+// time) into model.safetensors, or, past `max_shard_bytes`, shards with
+// model.safetensors.index.json as Transformers writes them; config.json,
+// the input's tokenizer files, and qaas_manifest.json (`manifest` plus the
+// format) unless `manifest` is null. Weight files of another sharding left
+// there earlier are removed. Returns the bytes of the tensors.
 absl::StatusOr<uint64_t> WriteArtifact(const ArtifactLayout& layout, const Checkpoint& checkpoint,
                                        const std::vector<std::string>& head_tensor_names, int num_layers,
                                        const std::string& model_dir, const std::string& output_dir,
-                                       const ArtifactSummary& summary, nlohmann::json manifest);
+                                       const ArtifactSummary& summary, nlohmann::json manifest,
+                                       uint64_t max_shard_bytes = kDefaultMaxShardBytes);
 
 }  // namespace qaas::quant
 

@@ -1,5 +1,7 @@
 #include "quant/pipeline.h"
 
+#include "quant/formats/int_quant.h"
+
 #include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 
@@ -684,6 +686,11 @@ absl::Status Pipeline::Assemble() {
   ArtifactSummary summary;
   summary.scheme = o_.scheme;
   summary.weight_step = weight_step_;
+  summary.head_dim = config_.head_dim;
+  if (config_.moe.num_experts > 0) {
+    // The routers and Qwen2-MoE's shared-expert gate stay float.
+    summary.float_modules = {"re:.*\\.gate$", "re:.*shared_expert_gate$"};
+  }
   summary.reordered = std::any_of(transforms_.begin(), transforms_.end(),
                                   [](const RecipeStep& s) { return s.method == "rptq"; });
   if (config_.moe.num_experts > 0 && o_.scheme.weights.enabled()) {
@@ -726,16 +733,30 @@ absl::Status Pipeline::Assemble() {
     }
     QAAS_ASSIGN_OR_RETURN(const uint64_t bytes,
                           WriteArtifact(*layouts_[k], *ck_, model_->HeadTensorNames(), config_.num_layers,
-                                        o_.model_dir, o_.output_dir, summary, std::move(manifest)));
+                                        o_.model_dir, o_.output_dir, summary, std::move(manifest),
+                                        o_.max_shard_bytes));
     if (k == 0) report_.quantized_bytes = bytes;
   }
   return absl::OkStatus();
 }
 
+namespace {
+// Whether the model's linears are stored in bfloat16 (its first layer's).
+bool ModelIsBFloat16(const Checkpoint& ck, const DecoderModel& model) {
+  auto entry = ck.Entry("model.layers.0." + model.LinearNames().front() + ".weight");
+  if (!entry.ok() && !model.Fusions().empty()) entry = ck.Entry("model.layers.0." + model.Fusions().front().name + ".weight");
+  return entry.ok() && entry->dtype == DType::kBF16;
+}
+}  // namespace
+
 absl::StatusOr<Report> Pipeline::Run() {
   // No autograd graphs, except where OmniQuant trains (it turns them on).
   c10::NoGradGuard no_grad;
   QAAS_RETURN_IF_ERROR(Prepare());
+  // compressed-tensors stores scales in the model dtype; a bfloat16 model's
+  // are rounded to bfloat16, so the artifact is what is evaluated.
+  const bool bf16_scales = o_.artifact_layout == "compressed-tensors" && ModelIsBFloat16(*ck_, *model_);
+  ScaleDTypeScope scale_dtype(bf16_scales ? at::kBFloat16 : at::kHalf);
   report_.scheme = o_.scheme.ToString();
   report_.recipe = RecipeNames();
   report_.model = o_.model_dir;

@@ -95,6 +95,9 @@ struct PipelineOptions {
   nlohmann::json manifest_extra;  // recorded in qaas_manifest.json (e.g. the job spec)
   // How artifact/ stores the quantized layers (export.h's MakeArtifactLayout).
   std::string artifact_layout = "gptq";
+  // The artifact's weights go to one model.safetensors up to this size, to
+  // shards with an index above it (export.h's WriteArtifact).
+  uint64_t max_shard_bytes = 5'000'000'000ull;
   // Called from the pipeline's thread; must not block for long.
   std::function<void(const PipelineProgress&)> on_progress;
   // Polled at layer boundaries (and between OmniQuant's epochs); true stops

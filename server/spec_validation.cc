@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "proto/recipe_convert.h"
 #include "proto/scheme_convert.h"
+#include "quant/artifact_format.h"
 #include "quant/method_table.h"
 #include "quant/model/config.h"
 #include "quant/recipe_rules.h"
@@ -120,6 +121,10 @@ absl::Status ValidateScheme(v1::JobSpec* spec, const std::vector<quant::RecipeSt
   }
   QAAS_RETURN_IF_ERROR(quant::CheckRecipeFitsScheme(steps, scheme));  // "scheme ...: ..."
   *spec->mutable_scheme() = SchemeToProto(scheme);
+  // The format is resolved here, so the stored job says what it writes.
+  auto format = quant::ResolveArtifactFormat(spec->artifact().format(), scheme, steps);
+  if (!format.ok()) return Invalid("artifact.format", format.status().message());
+  spec->mutable_artifact()->set_format(*format);
   return absl::OkStatus();
 }
 

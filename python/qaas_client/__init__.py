@@ -78,7 +78,7 @@ class Client:
     def submit(self, model, scheme, preset=None, recipe=None, calibration=None, num_samples=0,
                calib_seq_len=0, seed=0, evaluation=(), eval_seq_len=0, max_windows=0, output="",
                priority=0, labels=None, idempotency_key="", device="", expert_calibration="",
-               min_calibration_tokens=0):
+               min_calibration_tokens=0, artifact_format="", max_shard_bytes=0):
         """Submits a job and returns its Job handle.
 
         model, calibration, evaluation: uris (or local paths, made file:// uris).
@@ -90,6 +90,8 @@ class Client:
         device: "cpu", "cuda" or "" (any worker), resources.device.
         expert_calibration: "routed" (default) or "all_tokens", for mixture-of-experts models;
         min_calibration_tokens: a linear that saw fewer is quantized with RTN (0 = 16).
+        artifact_format: "auto" or "" (default), "gptq" or "compressed-tensors";
+        max_shard_bytes: shard the weights above this size (0 = 5 GB).
         """
         spec = job_pb2.JobSpec(model=_uri(model), output=output, priority=priority,
                                idempotency_key=idempotency_key)
@@ -116,6 +118,8 @@ class Client:
             spec.labels[key] = value
         if device:
             spec.resources.device = device
+        spec.artifact.format = artifact_format
+        spec.artifact.max_shard_bytes = max_shard_bytes
         return self.submit_spec(spec)
 
     def submit_spec(self, spec):

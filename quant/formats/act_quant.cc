@@ -1,5 +1,7 @@
 #include "quant/formats/act_quant.h"
 
+#include "quant/formats/int_quant.h"
+
 #include <cmath>
 
 #include "absl/status/status.h"
@@ -118,6 +120,9 @@ ActQuantizer StaticPerTensorQuantizer(const TensorQuant& spec, double min, doubl
   auto opts = at::TensorOptions().dtype(at::kFloat);
   if (spec.symmetric) {
     q.scale = at::full({}, std::max(std::max(std::abs(min), std::abs(max)) / SymmetricMax(spec.bits), kMinScale), opts);
+    // A bfloat16 model's compressed-tensors artifact stores input_scale in
+    // bfloat16 (formats/int_quant.h's ScaleDType).
+    if (ScaleDType() == at::kBFloat16) q.scale = q.scale.to(at::kBFloat16).to(at::kFloat);
   } else {
     const double s = std::max((max - min) / AsymmetricMax(spec.bits), kMinScale);
     q.scale = at::full({}, s, opts);

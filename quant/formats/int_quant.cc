@@ -1,6 +1,13 @@
 #include "quant/formats/int_quant.h"
 
 namespace qaas::quant {
+namespace {
+thread_local at::ScalarType scale_dtype = at::kHalf;
+}  // namespace
+
+at::ScalarType ScaleDType() { return scale_dtype; }
+ScaleDTypeScope::ScaleDTypeScope(at::ScalarType dtype) : previous_(scale_dtype) { scale_dtype = dtype; }
+ScaleDTypeScope::~ScaleDTypeScope() { scale_dtype = previous_; }
 
 int64_t GroupSize(const TensorQuant& spec, int64_t in) {
   if (spec.granularity == Granularity::kPerGroup && spec.group_size > 0 && spec.group_size < in) {
@@ -38,9 +45,10 @@ void RangeToScaleZero(const at::Tensor& xmin_in, const at::Tensor& xmax_in, int 
     at::Tensor low = at::round(-xmin / at::clamp_min(s, 6e-8)) < 1;
     s = at::where(low, at::maximum(xmax / (maxq - 1), -xmin), s);
   }
-  // float16-representable and never zero (6e-8 is float16's smallest subnormal).
+  // float16-representable (or bfloat16: ScaleDType) and never zero (6e-8 is
+  // float16's smallest subnormal).
   s = at::clamp_min(s, 6e-8);
-  at::Tensor s16 = s.detach().to(at::kHalf).to(at::kFloat);
+  at::Tensor s16 = s.detach().to(ScaleDType()).to(at::kFloat);
   // Straight through the float16 rounding when learning (no float16 gradients).
   s = s.requires_grad() ? s16 + (s - s.detach()) : s16;
   *scale = s;

@@ -30,6 +30,23 @@ struct IntQuantParams {
   at::Tensor zero;     // [out, groups] float32, integer-valued
 };
 
+// The dtype scales are rounded to, on this thread: float16 (the GPTQ
+// layout's) by default; bfloat16 within a ScaleDTypeScope(at::kBFloat16),
+// which the pipeline opens when a compressed-tensors artifact of a bfloat16
+// model stores its scales in bfloat16 (the loaders compute in the model
+// dtype), so the artifact decodes to exactly the evaluated weights.
+at::ScalarType ScaleDType();
+class ScaleDTypeScope {
+ public:
+  explicit ScaleDTypeScope(at::ScalarType dtype);
+  ~ScaleDTypeScope();
+  ScaleDTypeScope(const ScaleDTypeScope&) = delete;
+  ScaleDTypeScope& operator=(const ScaleDTypeScope&) = delete;
+
+ private:
+  at::ScalarType previous_;
+};
+
 // Number of input columns in a group for `spec` and a matrix with `in` columns.
 int64_t GroupSize(const TensorQuant& spec, int64_t in);
 

@@ -44,6 +44,7 @@ at::ScalarType ToScalarType(DType d) {
     case DType::kI8: return at::kChar;
     case DType::kU8: return at::kByte;
     case DType::kBool: return at::kBool;
+    case DType::kF8E4M3: return at::kByte;  // the codes; decoded by formats/number_format.h
   }
   return at::kFloat;
 }

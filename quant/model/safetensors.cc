@@ -29,7 +29,7 @@ constexpr DTypeInfo kDTypes[] = {
     {DType::kF64, "F64", 8},  {DType::kF32, "F32", 4}, {DType::kF16, "F16", 2},
     {DType::kBF16, "BF16", 2}, {DType::kI64, "I64", 8}, {DType::kI32, "I32", 4},
     {DType::kI16, "I16", 2},  {DType::kI8, "I8", 1},   {DType::kU8, "U8", 1},
-    {DType::kBool, "BOOL", 1},
+    {DType::kBool, "BOOL", 1}, {DType::kF8E4M3, "F8_E4M3", 1},
 };
 
 }  // namespace
@@ -205,32 +205,74 @@ absl::StatusOr<std::vector<RawTensor>> SafetensorsFile::ReadAll() const {
   return out;
 }
 
-absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTensorView>& tensors,
-                              const std::map<std::string, std::string>& metadata) {
+namespace {
+
+// The 8-byte length and the JSON header (padded to 8 bytes) of tensors laid
+// out in the order given.
+struct HeaderTensor {
+  const std::string* name;
+  DType dtype;
+  const std::vector<int64_t>* shape;
+  uint64_t bytes;
+};
+std::string SafetensorsHead(const std::vector<HeaderTensor>& tensors,
+                            const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& t : tensors) {
-    int64_t numel = 1;
-    for (int64_t d : t.shape) numel *= d;
-    if (t.data.size() != static_cast<uint64_t>(numel) * DTypeSize(t.dtype)) {
-      return absl::InternalError(absl::StrCat("tensor '", t.name, "': ", t.data.size(),
-                                              " bytes do not match its shape"));
-    }
-    header[t.name] = {{"dtype", DTypeName(t.dtype)},
-                      {"shape", t.shape},
-                      {"data_offsets", {offset, offset + t.data.size()}}};
-    offset += t.data.size();
+    header[*t.name] = {{"dtype", DTypeName(t.dtype)}, {"shape", *t.shape}, {"data_offsets", {offset, offset + t.bytes}}};
+    offset += t.bytes;
   }
   std::string json = header.dump();
   while ((json.size() + 8) % 8 != 0) json.push_back(' ');
   std::string head;
   const uint64_t n = json.size();
   for (int i = 0; i < 8; ++i) head.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
-  head += json;
+  return head + json;
+}
+
+uint64_t ShapeBytes(DType dtype, const std::vector<int64_t>& shape) {
+  uint64_t numel = 1;
+  for (int64_t d : shape) numel *= static_cast<uint64_t>(d);
+  return numel * DTypeSize(dtype);
+}
+
+}  // namespace
+
+uint64_t TensorSource::bytes() const { return ShapeBytes(dtype, shape); }
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTensorView>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  std::vector<HeaderTensor> entries;
+  for (const auto& t : tensors) {
+    if (t.data.size() != ShapeBytes(t.dtype, t.shape)) {
+      return absl::InternalError(absl::StrCat("tensor '", t.name, "': ", t.data.size(),
+                                              " bytes do not match its shape"));
+    }
+    entries.push_back({&t.name, t.dtype, &t.shape, t.data.size()});
+  }
+  const std::string head = SafetensorsHead(entries, metadata);
   std::vector<absl::string_view> pieces = {head};
   for (const auto& t : tensors) pieces.push_back(t.data);
   return WriteFileAtomic(path, pieces);
+}
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorSource>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  std::vector<HeaderTensor> entries;
+  for (const auto& t : tensors) entries.push_back({&t.name, t.dtype, &t.shape, t.bytes()});
+  QAAS_ASSIGN_OR_RETURN(auto file, AtomicOutputFile::Create(path));
+  QAAS_RETURN_IF_ERROR(file->Append(SafetensorsHead(entries, metadata)));
+  for (const auto& t : tensors) {
+    QAAS_ASSIGN_OR_RETURN(const std::string data, t.read());
+    if (data.size() != t.bytes()) {
+      return absl::InternalError(absl::StrCat(path, ": tensor '", t.name, "' gave ", data.size(),
+                                              " bytes where its shape has ", t.bytes()));
+    }
+    QAAS_RETURN_IF_ERROR(file->Append(data));
+  }
+  return file->Commit();
 }
 
 absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTensor>& tensors,

@@ -11,6 +11,7 @@
 #define QAAS_QUANT_MODEL_SAFETENSORS_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -21,7 +22,10 @@
 
 namespace qaas::quant {
 
-enum class DType { kF64, kF32, kF16, kBF16, kI64, kI32, kI16, kI8, kU8, kBool };
+// kF8E4M3 ("F8_E4M3"): OCP FP8 E4M3 codes, one byte each; libtorch 1.13 has
+// no such type, so code that reads them takes the bytes (ToScalarType: uint8)
+// and decodes them itself (formats/number_format.h).
+enum class DType { kF64, kF32, kF16, kBF16, kI64, kI32, kI16, kI8, kU8, kBool, kF8E4M3 };
 
 absl::StatusOr<DType> ParseDType(absl::string_view name);
 absl::string_view DTypeName(DType d);
@@ -89,6 +93,18 @@ struct RawTensorView {
 absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTensorView>& tensors,
                               const std::map<std::string, std::string>& metadata = {});
 absl::Status WriteSafetensors(const std::string& path, const std::vector<RawTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
+
+// A tensor whose bytes are produced when the writer reaches it, so a file of
+// many tensors is written holding one at a time (an artifact's shards).
+struct TensorSource {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::function<absl::StatusOr<std::string>()> read;  // must return bytes() bytes
+  uint64_t bytes() const;
+};
+absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorSource>& tensors,
                               const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace qaas::quant

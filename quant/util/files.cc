@@ -32,38 +32,64 @@ absl::Status WriteFileAtomic(const std::string& path, absl::string_view data) {
 }
 
 absl::Status WriteFileAtomic(const std::string& path, const std::vector<absl::string_view>& pieces) {
+  QAAS_ASSIGN_OR_RETURN(auto file, AtomicOutputFile::Create(path));
+  for (absl::string_view data : pieces) QAAS_RETURN_IF_ERROR(file->Append(data));
+  return file->Commit();
+}
+
+absl::StatusOr<std::unique_ptr<AtomicOutputFile>> AtomicOutputFile::Create(const std::string& path) {
   std::string tmp = path + ".tmp-XXXXXX";
   int fd = ::mkstemp(tmp.data());
   if (fd < 0) return absl::InternalError(absl::StrCat(path, ": cannot create: ", std::strerror(errno)));
-  for (absl::string_view data : pieces) {
-    size_t done = 0;
-    while (done < data.size()) {
-      ssize_t w = ::write(fd, data.data() + done, data.size() - done);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        int err = errno;
-        ::close(fd);
-        ::unlink(tmp.c_str());
-        if (err == ENOSPC || err == EDQUOT) {
-          return absl::ResourceExhaustedError(absl::StrCat(path, ": disk full"));
-        }
-        return absl::InternalError(absl::StrCat(path, ": write failed: ", std::strerror(err)));
-      }
-      done += static_cast<size_t>(w);
-    }
+  return std::unique_ptr<AtomicOutputFile>(new AtomicOutputFile(path, std::move(tmp), fd));
+}
+
+AtomicOutputFile::~AtomicOutputFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    if (err == ENOSPC || err == EDQUOT) {
-      return absl::ResourceExhaustedError(absl::StrCat(path, ": disk full"));
+}
+
+absl::Status AtomicOutputFile::Fail(int err, absl::string_view what) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  ::unlink(tmp_.c_str());
+  if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(absl::StrCat(path_, ": disk full"));
+  return absl::InternalError(absl::StrCat(path_, ": ", what, " failed: ", std::strerror(err)));
+}
+
+absl::Status AtomicOutputFile::Append(absl::string_view data) {
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, ": write already abandoned"));
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t w = ::write(fd_, data.data() + done, data.size() - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return Fail(errno, "write");
     }
-    return absl::InternalError(absl::StrCat(path, ": write failed: ", std::strerror(err)));
+    done += static_cast<size_t>(w);
   }
-  ::chmod(tmp.c_str(), 0644);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    ::unlink(tmp.c_str());
-    return absl::InternalError(absl::StrCat(path, ": rename failed: ", std::strerror(errno)));
+  bytes_ += data.size();
+  return absl::OkStatus();
+}
+
+absl::Status AtomicOutputFile::Commit() {
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, ": write already abandoned"));
+  if (::fsync(fd_) != 0) return Fail(errno, "write");
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) {
+    const int err = errno;
+    ::unlink(tmp_.c_str());
+    if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(absl::StrCat(path_, ": disk full"));
+    return absl::InternalError(absl::StrCat(path_, ": write failed: ", std::strerror(err)));
+  }
+  ::chmod(tmp_.c_str(), 0644);
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp_.c_str());
+    return absl::InternalError(absl::StrCat(path_, ": rename failed: ", std::strerror(err)));
   }
   return absl::OkStatus();
 }

@@ -485,3 +485,39 @@ TEST_F(SpecValidationTest, WhatIsKnowableAtSubmitIsCheckedThere) {
 
 }  // namespace
 }  // namespace qaas::server
+
+namespace qaas::server {
+namespace {
+
+TEST_F(SpecValidationTest, ArtifactFormatIsResolvedAtSubmitOrRefusedSayingWhy) {
+  QAAS_ASSERT_OK(Validate());
+  EXPECT_EQ(spec_.artifact().format(), "gptq");  // "" is auto: weight-only integers stay GPTQ
+  SetScheme("W8A8_sym");
+  spec_.mutable_artifact()->set_format("auto");
+  QAAS_ASSERT_OK(Validate());
+  EXPECT_EQ(spec_.artifact().format(), "compressed-tensors");
+  // Validation is idempotent: the stored, resolved format validates again.
+  QAAS_ASSERT_OK(Validate());
+  EXPECT_EQ(spec_.artifact().format(), "compressed-tensors");
+
+  SetScheme("W4A16g128");
+  spec_.mutable_artifact()->set_format("compressed-tensors");
+  QAAS_ASSERT_OK(Validate());
+  spec_.clear_recipe();
+  spec_.set_preset("");
+  auto* step = spec_.add_recipe();
+  step->set_method("gptq");
+  step->mutable_gptq()->set_act_order(true);
+  absl::Status s = Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("artifact.format"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("g_idx"), std::string::npos) << s;
+
+  spec_.mutable_artifact()->set_format("safetensors-fp8");
+  s = Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("'safetensors-fp8'"), std::string::npos) << s;
+}
+
+}  // namespace
+}  // namespace qaas::server
