@@ -95,12 +95,13 @@ int main(int argc, char** argv) {
                              absl::GetFlag(FLAGS_max_windows)});
   }
   o.device = absl::GetFlag(FLAGS_device);
-  auto format = q::ResolveArtifactFormat(absl::GetFlag(FLAGS_format), o.scheme, o.recipe);
-  if (!format.ok()) {
+  // Checked here for what the scheme and recipe decide, by the pipeline
+  // against the model's widths.
+  if (auto format = q::ResolveArtifactFormat(absl::GetFlag(FLAGS_format), o.scheme, o.recipe); !format.ok()) {
     std::cerr << "qaas-quantize: --format: " << format.status().message() << "\n";
     return 2;
   }
-  o.artifact_layout = *format;
+  o.artifact_layout = absl::GetFlag(FLAGS_format);
   o.max_shard_bytes = absl::GetFlag(FLAGS_max_shard_bytes);
   if (!absl::GetFlag(FLAGS_quiet)) {
     o.on_progress = [](const q::PipelineProgress& p) {

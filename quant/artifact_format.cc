@@ -19,7 +19,18 @@ bool IsCtMx(const TensorQuant& q) {
          (q.bits == 4 || (q.bits == 8 && (q.exponent_bits == 0 || q.exponent_bits == 4)));
 }
 
-absl::Status CompressedTensorsFits(const Scheme& s, const std::vector<RecipeStep>& recipe) {
+std::vector<int64_t> LinearInputWidths(int hidden_size, int attention_width, int intermediate_size,
+                                       int expert_intermediate_size, int shared_expert_intermediate_size) {
+  std::vector<int64_t> widths;
+  for (int w : {hidden_size, attention_width, intermediate_size, expert_intermediate_size,
+                shared_expert_intermediate_size}) {
+    if (w > 0) widths.push_back(w);
+  }
+  return widths;
+}
+
+absl::Status CompressedTensorsFits(const Scheme& s, const std::vector<RecipeStep>& recipe,
+                                   const std::vector<int64_t>& input_widths) {
   for (const RecipeStep& step : recipe) {
     if (step.method == "rptq") {
       return NotExpressible(s, "RPTQ reorders channels (reorder_index), which only a runtime that applies the "
@@ -61,14 +72,24 @@ absl::Status CompressedTensorsFits(const Scheme& s, const std::vector<RecipeStep
   }
   const TensorQuant& kv = s.kv_cache;
   if (kv.is_mx() && !IsCtMx(kv)) return NotExpressible(s, "an MX KV cache is MXFP4 or MXFP8 (E4M3)");
+  const int64_t group = w.is_mx() ? 32 : w.granularity == Granularity::kPerGroup ? w.group_size : 0;
+  for (int64_t width : input_widths) {
+    if (group > 0 && width % group != 0) {
+      return NotExpressible(s, absl::StrCat("a linear of this model has ", width, " input features, not a multiple of ",
+                                            w.is_mx() ? "the MX block size " : "the group size ", group,
+                                            ", and the format has no ragged last group; use a group size that "
+                                            "divides every layer's width, or format gptq"));
+    }
+  }
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> ResolveArtifactFormat(const std::string& format, const Scheme& scheme,
-                                                  const std::vector<RecipeStep>& recipe) {
+                                                  const std::vector<RecipeStep>& recipe,
+                                                  const std::vector<int64_t>& input_widths) {
   if (format == "gptq") return format;
   if (format == "compressed-tensors") {
-    QAAS_RETURN_IF_ERROR(CompressedTensorsFits(scheme, recipe));
+    QAAS_RETURN_IF_ERROR(CompressedTensorsFits(scheme, recipe, input_widths));
     return format;
   }
   if (format != "auto" && !format.empty()) {
@@ -76,7 +97,8 @@ absl::StatusOr<std::string> ResolveArtifactFormat(const std::string& format, con
         absl::StrCat("unknown artifact format '", format, "' (known: auto, gptq, compressed-tensors)"));
   }
   if (scheme.weight_only() && scheme.weights.format == NumberFormat::kInt) return std::string("gptq");
-  return CompressedTensorsFits(scheme, recipe).ok() ? std::string("compressed-tensors") : std::string("gptq");
+  return CompressedTensorsFits(scheme, recipe, input_widths).ok() ? std::string("compressed-tensors")
+                                                                  : std::string("gptq");
 }
 
 }  // namespace qaas::quant

@@ -4,6 +4,7 @@
 #ifndef QAAS_QUANT_ARTIFACT_FORMAT_H_
 #define QAAS_QUANT_ARTIFACT_FORMAT_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -24,7 +25,19 @@ namespace qaas::quant {
 // "mxfp8-quantized"); and an integer, MXFP4/MXFP8 or FP8 KV cache as
 // kv_cache_scheme. Not: RPTQ's reordered channels, AdaDim's
 // per-input-channel groups, other MX elements, float weights.
-absl::Status CompressedTensorsFits(const Scheme& scheme, const std::vector<RecipeStep>& recipe);
+//
+// `input_widths` (when given: the input features of the model's linears)
+// must be multiples of the weights' group size (32 for MX): the format has
+// no ragged last group (compressed-tensors refuses to decompress one, vLLM's
+// kernels need whole groups).
+absl::Status CompressedTensorsFits(const Scheme& scheme, const std::vector<RecipeStep>& recipe,
+                                   const std::vector<int64_t>& input_widths = {});
+
+// The input widths of a model's linears from its config: hidden_size (q/k/v,
+// the MLP's inputs), num_heads x head_dim (o_proj), the MLP's intermediate
+// sizes (down_proj; every expert's and the shared expert's).
+std::vector<int64_t> LinearInputWidths(int hidden_size, int attention_width, int intermediate_size,
+                                       int expert_intermediate_size, int shared_expert_intermediate_size);
 
 // The artifact format a job's `format` names: "gptq" and
 // "compressed-tensors" as they are (the latter checked with
@@ -33,7 +46,8 @@ absl::Status CompressedTensorsFits(const Scheme& scheme, const std::vector<Recip
 // act_order's g_idx), else compressed-tensors where it fits, else the GPTQ
 // layout's qaas form. InvalidArgument for another name.
 absl::StatusOr<std::string> ResolveArtifactFormat(const std::string& format, const Scheme& scheme,
-                                                  const std::vector<RecipeStep>& recipe);
+                                                  const std::vector<RecipeStep>& recipe,
+                                                  const std::vector<int64_t>& input_widths = {});
 
 // MXFP4 (E2M1) or MXFP8 (E4M3): the MX elements compressed-tensors stores.
 bool IsCtMx(const TensorQuant& q);

@@ -1,5 +1,7 @@
 #include "quant/pipeline.h"
 
+#include "quant/artifact_format.h"
+
 #include "quant/formats/int_quant.h"
 
 #include <c10/core/GradMode.h>
@@ -130,6 +132,7 @@ class Pipeline {
  private:
   absl::Status Prepare();
   absl::Status CheckRecipeAndScheme();
+  absl::Status MakeLayouts();  // once the config is read
   // Applies the recipe's transforms to `layer` (a float layer) and sets its
   // activation quantizers; `details` receives what they did.
   absl::Status TransformLayer(DecoderLayer* layer, nlohmann::json* details);
@@ -218,7 +221,22 @@ absl::Status Pipeline::CheckRecipeAndScheme() {
     return absl::InvalidArgumentError(absl::StrCat("min_calibration_tokens must be at least 1, got ",
                                                    o_.min_calibration_tokens));
   }
-  QAAS_ASSIGN_OR_RETURN(auto layout, MakeArtifactLayout(o_.artifact_layout));
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::MakeLayouts() {
+  // "auto" resolves, and compressed-tensors is checked, against the widths
+  // of this model's linears (the format has no ragged groups).
+  const MoeConfig& moe = config_.moe;
+  const std::vector<int64_t> widths =
+      LinearInputWidths(config_.hidden_size, config_.num_heads * config_.head_dim,
+                        moe.num_experts > 0 ? 0 : config_.intermediate_size, moe.expert_intermediate_size,
+                        moe.shared_expert_intermediate_size);
+  auto format = o_.artifact_layout == "dequantized"
+                    ? absl::StatusOr<std::string>(o_.artifact_layout)
+                    : ResolveArtifactFormat(o_.artifact_layout, o_.scheme, o_.recipe, widths);
+  if (!format.ok()) return format.status();
+  QAAS_ASSIGN_OR_RETURN(auto layout, MakeArtifactLayout(*format));
   layouts_.push_back(std::move(layout));
   if (quantizer_->WantsDequantizedCopy()) {
     QAAS_ASSIGN_OR_RETURN(auto plain, MakeArtifactLayout("dequantized"));
@@ -233,6 +251,7 @@ absl::Status Pipeline::Prepare() {
   QAAS_RETURN_IF_ERROR(CheckRecipeAndScheme());
   QAAS_ASSIGN_OR_RETURN(ck_, Checkpoint::Open(o_.model_dir));
   config_ = ck_->config();
+  QAAS_RETURN_IF_ERROR(MakeLayouts());
   if (config_.moe.num_experts > 0) {
     // SmoothQuant and OmniQuant's LET fold into the router too; RPTQ would
     // need one hidden-channel reorder per expert (rptq.cc says so at the
@@ -755,7 +774,7 @@ absl::StatusOr<Report> Pipeline::Run() {
   QAAS_RETURN_IF_ERROR(Prepare());
   // compressed-tensors stores scales in the model dtype; a bfloat16 model's
   // are rounded to bfloat16, so the artifact is what is evaluated.
-  const bool bf16_scales = o_.artifact_layout == "compressed-tensors" && ModelIsBFloat16(*ck_, *model_);
+  const bool bf16_scales = layouts_.front()->name() == "compressed-tensors" && ModelIsBFloat16(*ck_, *model_);
   ScaleDTypeScope scale_dtype(bf16_scales ? at::kBFloat16 : at::kHalf);
   report_.scheme = o_.scheme.ToString();
   report_.recipe = RecipeNames();

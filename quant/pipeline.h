@@ -93,7 +93,10 @@ struct PipelineOptions {
   // of the fingerprint.
   std::string expert_calibration = "routed";
   nlohmann::json manifest_extra;  // recorded in qaas_manifest.json (e.g. the job spec)
-  // How artifact/ stores the quantized layers (export.h's MakeArtifactLayout).
+  // How artifact/ stores the quantized layers: "gptq", "compressed-tensors"
+  // or "auto" (artifact_format.h's ResolveArtifactFormat, resolved against
+  // the model's linear widths; a compressed-tensors job whose widths the
+  // format cannot store is InvalidArgument before anything is quantized).
   std::string artifact_layout = "gptq";
   // The artifact's weights go to one model.safetensors up to this size, to
   // shards with an index above it (export.h's WriteArtifact).

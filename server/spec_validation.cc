@@ -121,10 +121,6 @@ absl::Status ValidateScheme(v1::JobSpec* spec, const std::vector<quant::RecipeSt
   }
   QAAS_RETURN_IF_ERROR(quant::CheckRecipeFitsScheme(steps, scheme));  // "scheme ...: ..."
   *spec->mutable_scheme() = SchemeToProto(scheme);
-  // The format is resolved here, so the stored job says what it writes.
-  auto format = quant::ResolveArtifactFormat(spec->artifact().format(), scheme, steps);
-  if (!format.ok()) return Invalid("artifact.format", format.status().message());
-  spec->mutable_artifact()->set_format(*format);
   return absl::OkStatus();
 }
 
@@ -160,11 +156,16 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
   // so a config it would refuse (absurd sizes, a missing field) fails now,
   // not minutes later; its context bounds the sequence lengths below.
   int context = 0;
+  std::vector<int64_t> input_widths;  // of the model's linears, when its config is readable here
   if (absl::StartsWith(spec->model(), "file:")) {
     QAAS_ASSIGN_OR_RETURN(const std::string text, ReadModelConfig(spec->model(), options.file_roots));
     auto parsed_config = quant::ParseModelConfig(text);
     if (!parsed_config.ok()) return Annotate(parsed_config.status(), absl::StrCat("model: ", spec->model()));
     context = parsed_config->max_position_embeddings;
+    const quant::ModelConfig& c = *parsed_config;
+    input_widths = quant::LinearInputWidths(c.hidden_size, c.num_heads * c.head_dim,
+                                            c.moe.num_experts > 0 ? 0 : c.intermediate_size,
+                                            c.moe.expert_intermediate_size, c.moe.shared_expert_intermediate_size);
   }
   // A sequence length within the model's context (0: the default, capped).
   auto check_seq_len = [&](const std::string& field, int seq_len) -> absl::Status {
@@ -199,6 +200,13 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
   std::vector<quant::RecipeStep> steps;
   QAAS_RETURN_IF_ERROR(ValidateRecipe(spec, &steps));
   QAAS_RETURN_IF_ERROR(ValidateScheme(spec, steps));
+  {
+    // The format is resolved here, so the stored job says what it writes.
+    QAAS_ASSIGN_OR_RETURN(const quant::Scheme scheme, SchemeFromProto(spec->scheme()));
+    auto format = quant::ResolveArtifactFormat(spec->artifact().format(), scheme, steps, input_widths);
+    if (!format.ok()) return Invalid("artifact.format", format.status().message());
+    spec->mutable_artifact()->set_format(*format);
+  }
 
   auto* calib = spec->mutable_calibration();
   if (!calib->dataset().empty()) QAAS_RETURN_IF_ERROR(check_dataset("calibration.dataset", calib->dataset()));

@@ -12,7 +12,6 @@
 #include "nlohmann/json.hpp"
 #include "proto/recipe_convert.h"
 #include "proto/scheme_convert.h"
-#include "quant/artifact_format.h"
 #include "quant/pipeline.h"
 #include "quant/util/device.h"
 #include "quant/util/status_macros.h"
@@ -269,11 +268,9 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id, const FileR
       o.recipe.push_back(*std::move(step));
     }
     o.device = options_.device;
-    // The server resolved "auto" at submit; resolving again is a no-op then
-    // and covers a job stored before the field existed.
-    auto format = quant::ResolveArtifactFormat(spec.artifact().format(), o.scheme, o.recipe);
-    if (!format.ok()) return format.status();
-    o.artifact_layout = *format;
+    // The server resolved "auto" at submit where it could read the model's
+    // config; the pipeline resolves (or checks) it against the model.
+    o.artifact_layout = spec.artifact().format().empty() ? "auto" : spec.artifact().format();
     if (spec.artifact().max_shard_bytes() > 0) o.max_shard_bytes = spec.artifact().max_shard_bytes();
     o.manifest_extra = {{"job_id", job.id()}, {"model", spec.model()}};
     // Resume: an earlier attempt's per-layer checkpoints under the job's

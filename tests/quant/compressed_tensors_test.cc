@@ -72,13 +72,14 @@ class CompressedTensorsRoundTripTest : public RandomModelPipelineTest,
 // the config says what the layers hold.
 TEST_P(CompressedTensorsRoundTripTest, EveryLinearReadsBackToTheEvaluatedWeights) {
   const CtCase c = GetParam();
-  if (c.dtype != "float32") {
-    RandomModelOptions m;
-    m.tokenizer_text = kTinyText;
-    m.seed = 3;
-    m.dtype = c.dtype;
-    QAAS_ASSERT_OK(WriteRandomLlama(m, model_dir()));
-  }
+  // Widths every group size here divides (the fixture's 172 has no such
+  // groups: see RaggedGroupsAreRefusedOrLeftToGptq).
+  RandomModelOptions m;
+  m.tokenizer_text = kTinyText;
+  m.seed = 3;
+  m.intermediate_size = 192;
+  m.dtype = c.dtype;
+  QAAS_ASSERT_OK(WriteRandomLlama(m, model_dir()));
   PipelineOptions o = Options();
   o.scheme = MustParse(c.scheme);
   o.recipe = c.recipe;
@@ -221,6 +222,30 @@ TEST(ArtifactFormatTest, WhatCompressedTensorsCannotStoreIsRefusedSayingWhy) {
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(MessageHas(unknown.status(), "'awq'"));
   EXPECT_TRUE(MessageHas(unknown.status(), "compressed-tensors"));
+}
+
+// stories260k-like widths (intermediate 172): no group of 16 or MX block
+// divides the down projection's input, which the format cannot store.
+TEST_F(RandomModelPipelineTest, RaggedGroupsAreRefusedOrLeftToGptq) {
+  for (const char* scheme : {"W4A16g16KV4", "Wmxfp4"}) {
+    SCOPED_TRACE(scheme);
+    PipelineOptions o = Options();
+    o.output_dir = dir_.path() + "/out-" + scheme;
+    o.scheme = MustParse(scheme);
+    o.artifact_layout = "compressed-tensors";
+    auto refused = RunPipeline(o);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(MessageHas(refused.status(), "172 input features")) << refused.status();
+    EXPECT_FALSE(FileExists(o.output_dir + "/checkpoints/state-0.safetensors"));  // refused before any work
+    o.artifact_layout = "auto";
+    QAAS_ASSERT_OK(RunPipeline(o));
+    auto manifest = ReadFile(o.output_dir + "/artifact/qaas_manifest.json");
+    QAAS_ASSERT_OK(manifest);
+    EXPECT_NE(nlohmann::json::parse(*manifest).at("format"), "compressed-tensors");
+  }
+  EXPECT_EQ(*ResolveArtifactFormat("auto", MustParse("Wmxfp4"), {{"rtn", {}}}, {64, 172}), "gptq");
+  EXPECT_EQ(*ResolveArtifactFormat("auto", MustParse("Wmxfp4"), {{"rtn", {}}}, {64, 192}), "compressed-tensors");
+  EXPECT_EQ(LinearInputWidths(64, 64, 0, 96, 0), (std::vector<int64_t>{64, 64, 96}));
 }
 
 TEST(ArtifactShardsTest, TensorsFillShardsInOrderAndLargeOnesGoAlone) {

@@ -490,6 +490,7 @@ namespace qaas::server {
 namespace {
 
 TEST_F(SpecValidationTest, ArtifactFormatIsResolvedAtSubmitOrRefusedSayingWhy) {
+  absl::Status s;
   QAAS_ASSERT_OK(Validate());
   EXPECT_EQ(spec_.artifact().format(), "gptq");  // "" is auto: weight-only integers stay GPTQ
   SetScheme("W8A8_sym");
@@ -500,15 +501,26 @@ TEST_F(SpecValidationTest, ArtifactFormatIsResolvedAtSubmitOrRefusedSayingWhy) {
   QAAS_ASSERT_OK(Validate());
   EXPECT_EQ(spec_.artifact().format(), "compressed-tensors");
 
-  SetScheme("W4A16g128");
+  SetScheme("W4A16g32");
   spec_.mutable_artifact()->set_format("compressed-tensors");
   QAAS_ASSERT_OK(Validate());
+  // The model's widths (hidden 64) are read from its config: no ragged groups.
+  SetScheme("W4A16g128");
+  s = Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("64 input features"), std::string::npos) << s;
+  spec_.mutable_artifact()->set_format("auto");
+  SetScheme("Wmxfp4");
+  QAAS_ASSERT_OK(Validate());
+  EXPECT_EQ(spec_.artifact().format(), "compressed-tensors");
+  SetScheme("W4A16g32");
+  spec_.mutable_artifact()->set_format("compressed-tensors");
   spec_.clear_recipe();
   spec_.set_preset("");
   auto* step = spec_.add_recipe();
   step->set_method("gptq");
   step->mutable_gptq()->set_act_order(true);
-  absl::Status s = Validate();
+  s = Validate();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("artifact.format"), std::string::npos) << s;
   EXPECT_NE(s.message().find("g_idx"), std::string::npos) << s;
