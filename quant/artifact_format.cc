@@ -67,8 +67,13 @@ absl::Status CompressedTensorsFits(const Scheme& s, const std::vector<RecipeStep
                                  "static per tensor");
       }
     }
+  } else if (w.format == NumberFormat::kFp8E4M3) {
+    const bool fp8_acts = a.format == NumberFormat::kFp8E4M3 && a.granularity == Granularity::kPerToken;
+    if (a.enabled() && !fp8_acts) {
+      return NotExpressible(s, "FP8 weights go with float activations or FP8 (E4M3) activations per token");
+    }
   } else {
-    return NotExpressible(s, "its weights are integers or MXFP4/MXFP8");
+    return NotExpressible(s, "its weights are integers, FP8 (E4M3) or MXFP4/MXFP8");
   }
   const TensorQuant& kv = s.kv_cache;
   if (kv.is_mx() && !IsCtMx(kv)) return NotExpressible(s, "an MX KV cache is MXFP4 or MXFP8 (E4M3)");
@@ -87,7 +92,16 @@ absl::Status CompressedTensorsFits(const Scheme& s, const std::vector<RecipeStep
 absl::StatusOr<std::string> ResolveArtifactFormat(const std::string& format, const Scheme& scheme,
                                                   const std::vector<RecipeStep>& recipe,
                                                   const std::vector<int64_t>& input_widths) {
-  if (format == "gptq") return format;
+  const bool fp8_weights = scheme.weights.format == NumberFormat::kFp8E4M3 ||
+                           scheme.weights.format == NumberFormat::kFp8E5M2;
+  if (format == "gptq") {
+    if (fp8_weights) {
+      return absl::InvalidArgumentError(absl::StrCat("format gptq cannot store scheme ", scheme.ToString(),
+                                                     ": it holds integer and MX weights; FP8 weights go to "
+                                                     "format compressed-tensors"));
+    }
+    return format;
+  }
   if (format == "compressed-tensors") {
     QAAS_RETURN_IF_ERROR(CompressedTensorsFits(scheme, recipe, input_widths));
     return format;
@@ -97,6 +111,10 @@ absl::StatusOr<std::string> ResolveArtifactFormat(const std::string& format, con
         absl::StrCat("unknown artifact format '", format, "' (known: auto, gptq, compressed-tensors)"));
   }
   if (scheme.weight_only() && scheme.weights.format == NumberFormat::kInt) return std::string("gptq");
+  if (fp8_weights) {  // only compressed-tensors stores them: its verdict is the job's
+    QAAS_RETURN_IF_ERROR(CompressedTensorsFits(scheme, recipe, input_widths));
+    return std::string("compressed-tensors");
+  }
   return CompressedTensorsFits(scheme, recipe, input_widths).ok() ? std::string("compressed-tensors")
                                                                   : std::string("gptq");
 }

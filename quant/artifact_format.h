@@ -22,7 +22,9 @@ namespace qaas::quant {
 // symmetric 8-bit activations per token or static per tensor
 // ("int-quantized", vLLM's int8 kernels); MXFP4 (E2M1) and MXFP8 (E4M3)
 // weights with float or the same MX activations ("mxfp4-pack-quantized",
-// "mxfp8-quantized"); and an integer, MXFP4/MXFP8 or FP8 KV cache as
+// "mxfp8-quantized"); FP8 E4M3 weights per channel with float or FP8
+// activations per token ("float-quantized", vLLM's FP8_DYNAMIC); and an
+// integer, MXFP4/MXFP8 or FP8 KV cache as
 // kv_cache_scheme. Not: RPTQ's reordered channels, AdaDim's
 // per-input-channel groups, other MX elements, float weights.
 //
@@ -44,7 +46,8 @@ std::vector<int64_t> LinearInputWidths(int hidden_size, int attention_width, int
 // CompressedTensorsFits), "auto" (or "") the better one for the scheme: the
 // GPTQ layout for weight-only integer schemes (every GPTQ loader, and
 // act_order's g_idx), else compressed-tensors where it fits, else the GPTQ
-// layout's qaas form. InvalidArgument for another name.
+// layout's qaas form; FP8 weights only compressed-tensors stores.
+// InvalidArgument for another name.
 absl::StatusOr<std::string> ResolveArtifactFormat(const std::string& format, const Scheme& scheme,
                                                   const std::vector<RecipeStep>& recipe,
                                                   const std::vector<int64_t>& input_widths = {});

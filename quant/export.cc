@@ -137,6 +137,9 @@ class GptqLayout : public ArtifactLayout {
       if (!q) {
         packed.push_back(TensorToRaw(name + ".weight", t.linears[j].weight.cpu()));
         if (bias.defined()) packed.push_back(TensorToRaw(name + ".bias", bias.cpu()));
+      } else if (q->fp8) {
+        return absl::InvalidArgumentError(absl::StrCat(name, ": the GPTQ layout has no FP8 weights "
+                                                       "(format compressed-tensors stores them)"));
       } else if (q->mx) {
         // Unpacking must give the evaluated weights back exactly.
         MxPacked mx = PackMx(q->dequantized, q->element);
@@ -240,7 +243,10 @@ std::optional<QuantizedLinear> FuseQuantized(const std::vector<const QuantizedLi
   const QuantizedLinear& first = *parts.front();
   std::vector<at::Tensor> codes, scales, zeros, dequantized;
   for (const QuantizedLinear* q : parts) {
-    if (q->per_input_channel || q->mx != first.mx || (q->mx && q->element != first.element)) return std::nullopt;
+    if (q->per_input_channel || q->mx != first.mx || q->fp8 != first.fp8 ||
+        ((q->mx || q->fp8) && q->element != first.element)) {
+      return std::nullopt;
+    }
     if (!q->mx && (q->params.bits != first.params.bits || q->params.symmetric != first.params.symmetric ||
                    q->params.group_size != first.params.group_size || !at::equal(q->g_idx, first.g_idx))) {
       return std::nullopt;
@@ -254,7 +260,7 @@ std::optional<QuantizedLinear> FuseQuantized(const std::vector<const QuantizedLi
   }
   QuantizedLinear fused = first;
   fused.dequantized = at::cat(dequantized, 0);
-  if (!first.mx) {
+  if (!first.mx) {  // integers and FP8: codes and per-row scales by rows
     fused.codes = at::cat(codes, 0);
     fused.params.scale = at::cat(scales, 0);
     fused.params.zero = at::cat(zeros, 0);

@@ -24,6 +24,7 @@ bool IsCtMxElement(ElementFormat e) { return e == ElementFormat::kFp4E2M1 || e =
 
 // The group format a fitting scheme's linears are stored in.
 std::string GroupFormat(const Scheme& s) {
+  if (s.weights.format == NumberFormat::kFp8E4M3) return "float-quantized";
   if (s.weights.is_mx()) {
     return *ElementFormatOf(s.weights) == ElementFormat::kFp4E2M1 ? "mxfp4-pack-quantized" : "mxfp8-quantized";
   }
@@ -43,6 +44,9 @@ nlohmann::json MxArgs(ElementFormat e, bool dynamic) {
 nlohmann::json WeightArgs(const Scheme& s, const RecipeStep& weight_step) {
   const TensorQuant& w = s.weights;
   if (w.is_mx()) return MxArgs(*ElementFormatOf(w), false);
+  if (w.format == NumberFormat::kFp8E4M3) {
+    return {{"num_bits", 8}, {"type", "float"}, {"symmetric", true}, {"strategy", "channel"}, {"dynamic", false}};
+  }
   nlohmann::json j = {{"num_bits", w.bits}, {"type", "int"}, {"symmetric", w.symmetric}, {"dynamic", false}};
   if (w.granularity == Granularity::kPerGroup) {
     j["strategy"] = "group";
@@ -59,6 +63,9 @@ nlohmann::json WeightArgs(const Scheme& s, const RecipeStep& weight_step) {
 nlohmann::json ActivationArgs(const TensorQuant& a) {
   if (!a.enabled()) return nullptr;
   if (a.is_mx()) return MxArgs(*ElementFormatOf(a), true);
+  if (a.format == NumberFormat::kFp8E4M3) {
+    return {{"num_bits", 8}, {"type", "float"}, {"symmetric", true}, {"strategy", "token"}, {"dynamic", true}};
+  }
   const bool dynamic = !a.is_static_int();
   return {{"num_bits", a.bits},
           {"type", "int"},
@@ -142,6 +149,16 @@ class CompressedTensorsLayout : public ArtifactLayout {
           packed.push_back(std::move(w));
         }
         packed.push_back(TensorToRaw(name + ".weight_scale", mx.scales));
+      } else if (q->fp8) {
+        if (q->element != ElementFormat::kFp8E4M3) {
+          return absl::InvalidArgumentError(absl::StrCat(name, ": compressed-tensors stores FP8 E4M3 weights"));
+        }
+        // float-quantized: the E4M3 codes byte for byte, one scale per channel.
+        RawTensor w = TensorToRaw(name + ".weight", q->codes.to(at::kByte));
+        w.dtype = DType::kF8E4M3;
+        packed.push_back(std::move(w));
+        QAAS_ASSIGN_OR_RETURN(RawTensor scale, ExactIn(name + ".weight_scale", q->params.scale, dtype));
+        packed.push_back(std::move(scale));
       } else {
         if (q->per_input_channel) {
           return absl::InvalidArgumentError(
@@ -255,6 +272,19 @@ absl::StatusOr<CompressedLinear> ReadCompressedTensorsLinear(const std::map<std:
     r.codes = mx.codes;
     r.scale = mx.scales;
     r.weight = UnpackMx(mx);
+    return r;
+  }
+  if (format == "float-quantized") {
+    QAAS_ASSIGN_OR_RETURN(const RawTensor* codes, get(".weight", {DType::kF8E4M3}, {out, in}));
+    QAAS_ASSIGN_OR_RETURN(const RawTensor* scale, get(".weight_scale", {DType::kF32, DType::kF16, DType::kBF16}, {out, 1}));
+    RawTensor c = *codes;
+    c.dtype = DType::kU8;
+    r.codes = RawToTensor(c).to(at::kLong);
+    std::vector<float> lut(256);
+    for (uint32_t k = 0; k < 256; ++k) lut[k] = DecodeElement(ElementFormat::kFp8E4M3, k);
+    const at::Tensor table = at::tensor(lut);
+    r.scale = RawToTensor(*scale).to(at::kFloat);
+    r.weight = table.index_select(0, r.codes.reshape({-1})).reshape({out, in}) * r.scale;
     return r;
   }
   const bool symmetric = w.at("symmetric").get<bool>();

@@ -88,9 +88,13 @@ std::vector<MethodSpec> MakeTable() {
     m.calibrates = true;
     m.help = "GPTQ (Frantar et al. 2022): columns in order, each one's rounding error spread over the rest "
              "with the inverse Hessian";
-    m.needs = "act_order and static_groups: not with MX weights";
+    m.needs = "integer or MX weights (not FP8); act_order and static_groups: not with MX weights";
     m.options = GptqOptionSpecs();
     m.fits_scheme = [](const RecipeStep& step, const Scheme& scheme) {
+      if (scheme.weights.format == NumberFormat::kFp8E4M3 || scheme.weights.format == NumberFormat::kFp8E5M2) {
+        return SchemeError(scheme, absl::StrCat(step.method, ": GPTQ quantizes integer and MX weights; FP8 weights "
+                                                             "take RTN (one scale per channel)"));
+      }
       if (scheme.weights.is_mx() && UsesGptqOrderings(step)) {
         return SchemeError(scheme, absl::StrCat(step.method, ": GPTQ act_order and static_groups do not apply to "
                                                              "MX blocks"));
@@ -107,14 +111,16 @@ std::vector<MethodSpec> MakeTable() {
     m.calibrates = true;
     m.help = "AdaDim (Heo et al. 2023): per linear, groups per output or per input channel, whichever gives "
              "the smaller block-output error; over RTN or GPTQ (then GPTQ's options apply)";
-    m.needs = "integer weights (not MX)";
+    m.needs = "integer weights (not MX or FP8)";
     m.options = {Choice("base", {"rtn", "gptq"}, "adadim_base", "the weight quantizer it augments")};
     for (OptionSpec& o : GptqOptionSpecs()) {
       o.help += " (base gptq)";
       m.options.push_back(std::move(o));
     }
     m.fits_scheme = [](const RecipeStep&, const Scheme& scheme) {
-      if (scheme.weights.is_mx()) return SchemeError(scheme, "AdaDim chooses integer group axes; MX blocks are fixed");
+      if (scheme.weights.is_mx() || scheme.weights.format != NumberFormat::kInt) {
+        return SchemeError(scheme, "AdaDim chooses integer group axes; MX blocks and FP8 channels are fixed");
+      }
       return absl::OkStatus();
     };
     m.presets = {{"adadim-rtn", {{"adadim", {{"base", std::string("rtn")}}}}},

@@ -206,10 +206,11 @@ absl::Status Pipeline::CheckRecipeAndScheme() {
   }
   QAAS_RETURN_IF_ERROR(CheckActivationSpec(sc.activations, "activations"));
   QAAS_RETURN_IF_ERROR(CheckActivationSpec(sc.kv_cache, "kv_cache"));
-  if (sc.weights.enabled() && sc.weights.format != NumberFormat::kInt && !sc.weights.is_mx()) {
+  if (sc.weights.enabled() && sc.weights.format != NumberFormat::kInt && !sc.weights.is_mx() &&
+      sc.weights.format != NumberFormat::kFp8E4M3) {
     return absl::UnimplementedError(absl::StrCat("scheme ", sc.ToString(), ": weight format ",
                                                  NumberFormatName(sc.weights.format),
-                                                 " is not implemented (integer or MX weights)"));
+                                                 " is not implemented (integer, MX or FP8 E4M3 weights)"));
   }
   QAAS_ASSIGN_OR_RETURN(quantizer_, MakeWeightQuantizer(weight_step_, sc));
   QAAS_ASSIGN_OR_RETURN(fallback_, MakeWeightQuantizer(RecipeStep{"rtn", {}}, sc));

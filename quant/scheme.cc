@@ -125,8 +125,7 @@ absl::StatusOr<TensorQuant> ParseFormat(Lexer& lx, absl::string_view kind) {
     if (q.format == NumberFormat::kFp8E4M3) lx.Consume("e4m3");
     q.bits = 8;
     q.exponent_bits = q.format == NumberFormat::kFp8E5M2 ? 5 : 4;
-    q.granularity = Granularity::kPerTensor;
-    q.symmetric = true;
+    q.symmetric = true;  // granularity: NormalizeScheme's, by tensor kind
     return q;
   }
   if (!lx.PeekDigit()) return lx.Error(at, absl::StrCat(kind, ": expected bits or a format, got"));
@@ -229,10 +228,17 @@ absl::StatusOr<Scheme> NormalizeScheme(Scheme s) {
     if (q.format == NumberFormat::kFp8E4M3 || q.format == NumberFormat::kFp8E5M2) {
       q.bits = 8;
       q.exponent_bits = q.format == NumberFormat::kFp8E5M2 ? 5 : 4;
-      if (q.granularity == Granularity::kDefault) q.granularity = Granularity::kPerTensor;
-      if (q.granularity != Granularity::kPerTensor) {
-        return absl::InvalidArgumentError(absl::StrCat(kind, ": FP8 is scaled per tensor"));
+      // Weights per output channel, activations per token (dynamic): what
+      // vLLM's FP8 kernels run (compressed-tensors' FP8_DYNAMIC); the KV
+      // cache per tensor.
+      const Granularity fp8 = is_weight ? Granularity::kPerChannel
+                              : kind == "kv_cache" ? Granularity::kPerTensor
+                                                   : Granularity::kPerToken;
+      if (q.granularity == Granularity::kDefault) q.granularity = fp8;
+      if (q.granularity != fp8) {
+        return absl::InvalidArgumentError(absl::StrCat(kind, ": FP8 is scaled ", GranularityName(fp8), " here"));
       }
+      q.symmetric = true;
       return absl::OkStatus();
     }
     if (q.is_mx()) {

@@ -12,7 +12,9 @@
 //            | "mxfp" INT [ "e" INT "m" INT ]
 //                                  OCP MX float: 4 = E2M1, 6 = E3M2 (or "mxfp6e2m3"),
 //                                  8 = E4M3 (or "mxfp8e5m2")
-//            | "fp8" [ "e4m3" | "e5m2" ]   per-tensor scaled FP8
+//            | "fp8" [ "e4m3" | "e5m2" ]   FP8: weights scaled per output channel
+//                                  (E4M3 only), activations per token
+//                                  (dynamic), the KV cache per tensor
 //   option  := "sym" | "asym"      symmetry of the integer weights (default asym)
 //            | "static"            integer activations: one scale per tensor,
 //                                  calibrated (needs calibration data)

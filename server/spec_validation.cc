@@ -113,11 +113,10 @@ absl::Status ValidateScheme(v1::JobSpec* spec, const std::vector<quant::RecipeSt
   if (!scheme.activations.enabled() && !scheme.kv_cache.enabled() && !scheme.weights.enabled()) {
     return Invalid("scheme", absl::StrCat("'", scheme.ToString(), "' quantizes nothing"));
   }
-  if (scheme.weights.format == quant::NumberFormat::kFp8E4M3 ||
-      scheme.weights.format == quant::NumberFormat::kFp8E5M2) {
+  if (scheme.weights.format == quant::NumberFormat::kFp8E5M2) {
     return absl::UnimplementedError(absl::StrCat("scheme ", scheme.ToString(),
-                                                 ": per-tensor FP8 weights are not implemented (use MXFP8: "
-                                                 "Wmxfp8); FP8 activations and KV cache are"));
+                                                 ": FP8 E5M2 weights are not implemented (FP8 weights are E4M3: "
+                                                 "Wfp8; or MXFP8 E5M2: Wmxfp8e5m2)"));
   }
   QAAS_RETURN_IF_ERROR(quant::CheckRecipeFitsScheme(steps, scheme));  // "scheme ...: ..."
   *spec->mutable_scheme() = SchemeToProto(scheme);

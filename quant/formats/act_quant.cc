@@ -67,8 +67,10 @@ at::Tensor ActQuantizer::operator()(const at::Tensor& x) const {
     case NumberFormat::kMxFp: return FakeQuantizeMx(x, *ElementFormatOf(spec));
     case NumberFormat::kFp8E4M3:
     case NumberFormat::kFp8E5M2: {
+      // Per token (activations: one scale per row) or per tensor (the KV cache).
       const ElementFormat e = *ElementFormatOf(spec);
-      at::Tensor s = at::clamp_min(x.abs().max() / Traits(e).max_value, kMinScale);
+      const at::Tensor amax = spec.granularity == Granularity::kPerToken ? x.abs().amax(-1, true) : x.abs().max();
+      at::Tensor s = at::clamp_min(amax / Traits(e).max_value, kMinScale);
       return RoundToElement(x / s, e) * s;
     }
   }

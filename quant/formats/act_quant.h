@@ -13,7 +13,8 @@
 //  - INT static: scale (and zero) fixed at calibration, one per tensor or one
 //    per channel (RPTQ's per-cluster parameters, expanded to the channels);
 //  - MX (MXINT, MXFP): blocks of 32 along the last dimension (formats/number_format.h);
-//  - FP8: one dynamic scale per tensor, max|x| / max_value(element).
+//  - FP8: dynamic scales max|x| / max_value(element), one per token for
+//    activations, one per tensor for the KV cache.
 // The KV cache is quantized per token and head: rows are head_dim long.
 #ifndef QAAS_QUANT_FORMATS_ACT_QUANT_H_
 #define QAAS_QUANT_FORMATS_ACT_QUANT_H_

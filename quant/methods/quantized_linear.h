@@ -14,7 +14,9 @@ namespace qaas::quant {
 // [in, out] (groups run along the output dimension), which is what lets the
 // per-IC case reuse the same packing. MX weights (mx = true) carry only
 // `dequantized`: their storage form comes from PackMx, which reproduces the
-// values exactly (formats/number_format.h).
+// values exactly (formats/number_format.h). FP8 weights (fp8 = true, E4M3
+// per output channel): codes are the elements' bit patterns, params.scale
+// [out, 1] (zero 0, g_idx 0) and dequantized = decode(code) * scale.
 struct QuantizedLinear {
   at::Tensor codes;        // int32 [out, in] ([in, out] when per_input_channel)
   IntQuantParams params;   // scale/zero [out, groups] ([in, groups] when per_input_channel)
@@ -22,7 +24,8 @@ struct QuantizedLinear {
   at::Tensor dequantized;  // float32 [out, in] always: what inference computes with
   bool per_input_channel = false;
   bool mx = false;
-  ElementFormat element = ElementFormat::kInt8;  // mx only
+  bool fp8 = false;
+  ElementFormat element = ElementFormat::kInt8;  // mx and fp8
 };
 
 // ||W - W'||_F / ||W||_F

@@ -18,6 +18,25 @@ QuantizedLinear QuantizeRtn(const at::Tensor& w, const TensorQuant& spec) {
     q.dequantized = FakeQuantizeMx(w.to(at::kFloat), q.element);
     return q;
   }
+  if (spec.format == NumberFormat::kFp8E4M3 || spec.format == NumberFormat::kFp8E5M2) {
+    // One scale per output channel, max|w| / max_value, in the scale dtype
+    // (int_quant.h's ScaleDType); each weight rounded to the element.
+    q.fp8 = true;
+    q.element = *ElementFormatOf(spec);
+    const double max_value = Traits(q.element).max_value;
+    const at::Tensor wf = w.to(at::kFloat);
+    at::Tensor scale = at::clamp_min(wf.abs().amax(1, true) / max_value, 6e-8);
+    scale = scale.to(ScaleDType()).to(at::kFloat);
+    const at::Tensor x = at::clamp(wf / scale, -max_value, max_value);
+    q.codes = EncodeElements(x, q.element);
+    q.dequantized = RoundToElement(x, q.element) * scale;
+    q.params.bits = 8;
+    q.params.symmetric = true;
+    q.params.scale = scale;
+    q.params.zero = at::zeros_like(scale);
+    q.g_idx = at::zeros({w.size(1)}, at::TensorOptions().dtype(at::kInt));
+    return q;
+  }
   return QuantizeWithParams(w, ComputeIntParams(w, spec));
 }
 

@@ -128,7 +128,7 @@ TEST_P(CompressedTensorsRoundTripTest, EveryLinearReadsBackToTheEvaluatedWeights
       if (!o.scheme.weights.is_mx()) {
         EXPECT_EQ(tensors->at(prefix + ".weight_scale").dtype, c.dtype == "bfloat16" ? DType::kBF16 : DType::kF32);
       }
-      if (!o.scheme.weights.is_mx()) {
+      if (o.scheme.weights.format == NumberFormat::kInt) {
         const int bits = o.scheme.weights.bits;
         EXPECT_GE(back->codes.min().item<int>(), 0);
         EXPECT_LT(back->codes.max().item<int>(), 1 << bits);
@@ -152,9 +152,8 @@ TEST_P(CompressedTensorsRoundTripTest, EveryLinearReadsBackToTheEvaluatedWeights
   // What a reader is given wrong is named.
   const std::string p0 = "model.layers.0.self_attn.q_proj";
   auto broken = *tensors;
-  const std::string key = o.scheme.weights.is_mx() ? (c.format == "mxfp8-quantized" ? ".weight" : ".weight_packed")
-                          : c.format == "int-quantized" ? ".weight"
-                                                        : ".weight_packed";
+  const std::string key = c.format == "pack-quantized" || c.format == "mxfp4-pack-quantized" ? ".weight_packed"
+                                                                                           : ".weight";
   broken.erase(p0 + key);
   auto missing = ReadCompressedTensorsLinear(broken, p0, qc, 64, 64);
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
@@ -175,6 +174,9 @@ INSTANTIATE_TEST_SUITE_P(
                       CtCase{"Wmxfp4", {{"rtn", {}}}, "mxfp4-pack-quantized"},
                       CtCase{"Wmxfp4Amxfp4", {{"gptq", {}}}, "mxfp4-pack-quantized"},
                       CtCase{"Wmxfp8Amxfp8", {{"rtn", {}}}, "mxfp8-quantized"},
+                      CtCase{"Wfp8", {{"rtn", {}}}, "float-quantized"},
+                      CtCase{"Wfp8Afp8", {{"smoothquant", {}}, {"rtn", {}}}, "float-quantized"},
+                      CtCase{"Wfp8Afp8", {{"rtn", {}}}, "float-quantized", "bfloat16"},
                       // A bfloat16 model's scales are bfloat16 and still decode exactly.
                       CtCase{"W4A16g16", {{"gptq", {}}}, "pack-quantized", "bfloat16"},
                       CtCase{"W8A8_sym_static", {{"smoothquant", {}}, {"gptq", {}}}, "int-quantized", "bfloat16"}));
@@ -193,6 +195,8 @@ TEST(ArtifactFormatTest, AutoPicksTheBestFormatForTheScheme) {
     EXPECT_EQ(resolve(f, "Wmxfp4", rtn), "compressed-tensors");
     EXPECT_EQ(resolve(f, "Wmxfp4Amxfp4", rtn), "compressed-tensors");
     EXPECT_EQ(resolve(f, "W4A16g128KV4", rtn), "compressed-tensors");
+    EXPECT_EQ(resolve(f, "Wfp8Afp8", rtn), "compressed-tensors");
+    EXPECT_EQ(resolve(f, "Wfp8", rtn), "compressed-tensors");
     // What compressed-tensors cannot store falls back to the GPTQ layout.
     EXPECT_EQ(resolve(f, "W8A8", rtn), "gptq");  // asymmetric weights
     EXPECT_EQ(resolve(f, "W4A4", {{"rptq", {}}, {"rtn", {}}}), "gptq");
@@ -218,6 +222,14 @@ TEST(ArtifactFormatTest, WhatCompressedTensorsCannotStoreIsRefusedSayingWhy) {
   refused("Wmxfp6", {{"rtn", {}}}, "MXFP4");
   refused("Wmxfp4A8", {{"rtn", {}}}, "MX weights go with");
   refused("W16A8", {{"rtn", {}}}, "keeps them float");
+  refused("Wfp8Afp8e5m2", {{"rtn", {}}}, "FP8 (E4M3) activations per token");
+  refused("Wfp8A8", {{"rtn", {}}}, "FP8 (E4M3) activations per token");
+  auto gptq_fp8 = ResolveArtifactFormat("gptq", MustParse("Wfp8Afp8"), {{"rtn", {}}});
+  EXPECT_EQ(gptq_fp8.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(MessageHas(gptq_fp8.status(), "compressed-tensors")) << gptq_fp8.status();
+  // FP8 weights have no GPTQ form to fall back to: auto says why.
+  auto auto_fp8 = ResolveArtifactFormat("auto", MustParse("Wfp8Afp8e5m2"), {{"rtn", {}}});
+  EXPECT_EQ(auto_fp8.status().code(), absl::StatusCode::kInvalidArgument);
   auto unknown = ResolveArtifactFormat("awq", MustParse("W4A16g128"), {{"rtn", {}}});
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(MessageHas(unknown.status(), "'awq'"));

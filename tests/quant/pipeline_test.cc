@@ -390,10 +390,10 @@ TEST_F(RandomModelPipelineTest, UnknownMethodsAndUnimplementedSchemesAreRefused)
   EXPECT_TRUE(MessageHas(report, "calibration"));
 
   o = Options();
-  o.scheme = MustParse("Wfp8A16");
+  o.scheme = MustParse("Wfp8e5m2A16");
   report = RunPipeline(o);
   QAAS_EXPECT_CODE(report, kUnimplemented);
-  EXPECT_TRUE(MessageHas(report, "fp8"));
+  EXPECT_TRUE(MessageHas(report, "fp8_e5m2"));
 
   o = Options();
   o.scheme = MustParse("Wmxfp4Amxfp4");

@@ -141,11 +141,11 @@ TEST_F(SpecValidationTest, UnimplementedMethodsAndFormatsAreNamed) {
       << Validate();
 
   spec_.mutable_recipe(0)->set_method("rtn");
-  SetScheme("Wfp8A16");
+  SetScheme("Wfp8e5m2A16");
   absl::Status st = Validate();
   EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(st.message().find("FP8"), absl::string_view::npos) << st;
-  for (const char* ok : {"W4A8", "W4A4KV4", "Wmxfp4Amxfp4", "Wmxint4Amxint8", "W8A8KVfp8"}) {
+  EXPECT_NE(st.message().find("FP8 E5M2 weights"), absl::string_view::npos) << st;
+  for (const char* ok : {"W4A8", "W4A4KV4", "Wmxfp4Amxfp4", "Wmxint4Amxint8", "W8A8KVfp8", "Wfp8Afp8"}) {
     SetScheme(ok);
     QAAS_EXPECT_OK(Validate());
   }
