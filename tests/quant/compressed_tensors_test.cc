@@ -320,3 +320,50 @@ TEST_F(RandomModelPipelineTest, LargeArtifactsAreShardedWithAnIndex) {
 
 }  // namespace
 }  // namespace qaas::quant
+
+namespace qaas::quant {
+namespace {
+
+// A mixture of experts: every expert's linears are stored compressed and
+// read back; the routers stay float and `ignore` names them.
+TEST_F(RandomModelPipelineTest, MixtureOfExpertsKeepsItsRoutersFloatAndIgnored) {
+  RandomModelOptions m;
+  m.tokenizer_text = kTinyText;
+  m.seed = 5;
+  m.intermediate_size = 96;
+  m.num_experts = 4;
+  QAAS_ASSERT_OK(WriteRandomLlama(m, model_dir()));
+  PipelineOptions o = Options();
+  o.scheme = MustParse("W4A16g32");
+  o.artifact_layout = "compressed-tensors";
+  o.min_calibration_tokens = 1;
+  QAAS_ASSERT_OK(RunPipeline(o));
+  auto config_text = ReadFile(o.output_dir + "/artifact/config.json");
+  QAAS_ASSERT_OK(config_text);
+  const nlohmann::json qc = nlohmann::json::parse(*config_text).at("quantization_config");
+  EXPECT_EQ(qc.at("ignore"), nlohmann::json::array({"lm_head", "re:.*\\.gate$", "re:.*shared_expert_gate$"}));
+  auto tensors = ReadArtifactTensors(o.output_dir + "/artifact");
+  QAAS_ASSERT_OK(tensors);
+  auto original = Checkpoint::Open(model_dir());
+  QAAS_ASSERT_OK(original);
+  int packed = 0;
+  for (const auto& [name, t] : *tensors) {
+    if (!absl::EndsWith(name, ".weight_packed")) continue;
+    const std::string prefix = name.substr(0, name.size() - std::string(".weight_packed").size());
+    const at::Tensor shape = RawToTensor(tensors->at(prefix + ".weight_shape"));
+    auto back = ReadCompressedTensorsLinear(*tensors, prefix, qc, shape[0].item<int64_t>(), shape[1].item<int64_t>());
+    QAAS_EXPECT_OK(back);
+    ++packed;
+  }
+  EXPECT_EQ(packed, 2 * (4 + 3 * 4));  // per layer: q/k/v/o and each expert's w1/w3/w2
+  for (int i = 0; i < 2; ++i) {
+    const std::string router = "model.layers." + std::to_string(i) + ".block_sparse_moe.gate.weight";
+    ASSERT_TRUE(tensors->count(router)) << router;
+    auto stored = (*original)->LoadRaw(router);
+    QAAS_ASSERT_OK(stored);
+    EXPECT_EQ(tensors->at(router).data, stored->data) << router;
+  }
+}
+
+}  // namespace
+}  // namespace qaas::quant
