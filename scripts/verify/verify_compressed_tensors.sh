@@ -19,7 +19,8 @@
 # groups) and on "rand256", a random Llama made by qaas-make-model with
 # widths 256 and 768 and stories260k's tokenizer, for groups of 128 and MX.
 # Both are calibrated on wikitext-2 valid (16 x 256) and evaluated on
-# wikitext-2 test (8 windows of 256). One more case checks that stories260k
+# wikitext-2 test (8 windows of 256); one rand256 artifact is written in
+# shards of 400 kB with model.safetensors.index.json. One more case checks that stories260k
 # at W4A16g128 is refused naming the width no group divides.
 #
 # Usage (repository root, after building; a Python environment with torch,
@@ -48,6 +49,7 @@ declare -A CASE=(
   [fp8afp8-sq-rtn]="stories260k Wfp8Afp8 smoothquant,rtn"
   [r256-w4g128-gptq]="rand256 W4A16g128 gptq"
   [r256-w4g128sym-rtn]="rand256 W4A16g128_sym rtn"
+  [r256-w4g128sym-rtn-shards]="rand256 W4A16g128_sym rtn --max_shard_bytes=400000"
   [r256-fp8afp8-rtn]="rand256 Wfp8Afp8 rtn"
   [r256-wmxfp4-rtn]="rand256 Wmxfp4 rtn"
   [r256-wmxfp4amxfp4-rtn]="rand256 Wmxfp4Amxfp4 rtn"
@@ -55,7 +57,7 @@ declare -A CASE=(
   [r256-wmxfp8amxfp8-rtn]="rand256 Wmxfp8Amxfp8 rtn"
 )
 CASES=${QAAS_CT_CASES:-w4g4-gptq w4g4sym-rtn w8-rtn w8a8sym-sq-gptq w8a8sym-static-sq-gptq fp8-rtn fp8afp8-sq-rtn \
-r256-w4g128-gptq r256-w4g128sym-rtn r256-fp8afp8-rtn r256-wmxfp4-rtn r256-wmxfp4amxfp4-rtn r256-wmxfp8-rtn \
+r256-w4g128-gptq r256-w4g128sym-rtn r256-w4g128sym-rtn-shards r256-fp8afp8-rtn r256-wmxfp4-rtn r256-wmxfp4amxfp4-rtn r256-wmxfp8-rtn \
 r256-wmxfp8amxfp8-rtn}
 
 if [[ " $CASES " == *" r256-"* ]]; then
@@ -76,12 +78,12 @@ elif [[ "$out" != *"input features"* ]]; then
 fi
 header=--table-header
 for c in $CASES; do
-  read -r model scheme recipe <<<"${CASE[$c]}"
+  read -r model scheme recipe extra <<<"${CASE[$c]}"
   out=$WORK/$c
   rm -rf "$out"
   mdir=$WORK/$model evaltext=$WIKI/test.txt
   [ "$model" = stories260k ] && mdir=$SHARED/models/stories260k
-  args=(--calib "$WIKI/valid.txt" --num_samples 16 --calib_seq_len 256 --eval_seq_len 256)
+  args=(--calib "$WIKI/valid.txt" --num_samples 16 --calib_seq_len 256 --eval_seq_len 256 ${extra:-})
   if ! "$BUILD/cli/qaas-quantize" --model "$mdir" --output "$out" --scheme "$scheme" --recipe "$recipe" "${args[@]}" \
       --eval "$evaltext" --max_windows 8 --format compressed-tensors --device cpu --quiet >"$WORK/$c.quantize.log" 2>&1; then
     echo "| $scheme ($c) | qaas-quantize failed: $(tail -1 "$WORK/$c.quantize.log") |"
