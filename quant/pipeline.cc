@@ -755,7 +755,10 @@ absl::Status Pipeline::Assemble() {
                           WriteArtifact(*layouts_[k], *ck_, model_->HeadTensorNames(), config_.num_layers,
                                         o_.model_dir, o_.output_dir, summary, std::move(manifest),
                                         o_.max_shard_bytes));
-    if (k == 0) report_.quantized_bytes = bytes;
+    if (k == 0) {
+      report_.quantized_bytes = bytes;
+      report_.artifact_format = layouts_[k]->name();
+    }
   }
   return absl::OkStatus();
 }

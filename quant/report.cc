@@ -40,6 +40,7 @@ nlohmann::json ToJson(const Report& r) {
     j["blocks"].push_back(std::move(block));
   }
   j["size"] = {{"original_bytes", r.original_bytes}, {"quantized_bytes", r.quantized_bytes}};
+  if (!r.artifact_format.empty()) j["artifact_format"] = r.artifact_format;
   j["seconds"] = {{"calibration", r.seconds_calibration},
                   {"quantization", r.seconds_quantization},
                   {"evaluation", r.seconds_evaluation},
@@ -67,6 +68,7 @@ std::string ToMarkdown(const Report& r) {
                         "evaluation %.1f)\n",
                         r.original_bytes, r.quantized_bytes, r.seconds_total, r.seconds_calibration,
                         r.seconds_quantization, r.seconds_evaluation);
+  if (!r.artifact_format.empty()) md += absl::StrFormat("- artifact format: %s\n", r.artifact_format);
   constexpr double kMiB = 1024.0 * 1024.0;
   if (r.peak_host_memory_bytes) md += absl::StrFormat("- peak host memory: %.0f MiB\n", *r.peak_host_memory_bytes / kMiB);
   if (r.peak_device_reserved_bytes) {

@@ -55,6 +55,7 @@ struct Report {
   std::vector<BlockReport> blocks;
   uint64_t original_bytes = 0;
   uint64_t quantized_bytes = 0;
+  std::string artifact_format;  // "gptq", "compressed-tensors" (resolved), empty when unknown
   double seconds_calibration = 0;
   double seconds_quantization = 0;
   double seconds_evaluation = 0;

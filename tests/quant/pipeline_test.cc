@@ -107,6 +107,8 @@ TEST_F(Stories260kPipelineTest, ReportJsonHasEveryField) {
   EXPECT_EQ(written["scheme"], "W4A16g128");
   EXPECT_EQ(written["recipe"], json::array({"rtn"}));
   EXPECT_EQ(written["num_layers"], 5);
+  EXPECT_EQ(written["artifact_format"], "gptq");
+  EXPECT_NE(ReadLocalFile(out() + "/report.md").find("artifact format: gptq"), std::string::npos);
   EXPECT_EQ(written["model"], Stories260kDir());
   EXPECT_EQ(written["calibration"]["num_samples"], 4);
   EXPECT_EQ(written["calibration"]["seq_len"], 128);

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <set>
 #include <functional>
 #include <fstream>
 #include <random>
@@ -340,6 +341,48 @@ TEST_F(EndToEndTest, OmniQuantWithOptionsRunsOverTheApi) {
     EXPECT_TRUE(omni.contains("let")) << omni;  // activations are quantized: LET ran
   }
   EXPECT_EQ(report["layers"][0]["method"], "omniquant");
+}
+
+// The artifact options reach the worker: the server resolves "auto" to
+// compressed-tensors for W8A8_sym and stores it in the job, and the worker
+// writes that format, sharded at the job's max_shard_bytes.
+TEST_F(EndToEndTest, ArtifactFormatAndShardsReachTheWorker) {
+  v1::JobSpec spec = Spec(MakeModel("model", 2, 64, 256), "W8A8_sym");
+  spec.set_preset("smoothquant-rtn");
+  spec.mutable_artifact()->set_max_shard_bytes(30000);
+  spec.mutable_calibration()->set_dataset("file://" + root_ + "/text.txt");
+  spec.mutable_calibration()->set_num_samples(4);
+  spec.mutable_calibration()->set_seq_len(64);
+  v1::Job job;
+  grpc::Status s = Submit(spec, &job);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(job.spec().artifact().format(), "compressed-tensors");
+  StartWorker();
+  v1::Job done = WaitFor(job.id(), Final);
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
+  const std::string artifact = root_ + "/store/jobs/" + job.id() + "/artifact";
+  const nlohmann::json config = nlohmann::json::parse(ReadLocalFile(artifact + "/config.json"));
+  EXPECT_EQ(config["quantization_config"]["quant_method"], "compressed-tensors");
+  EXPECT_EQ(config["quantization_config"]["format"], "int-quantized");
+  const nlohmann::json report =
+      nlohmann::json::parse(ReadLocalFile(root_ + "/store/jobs/" + job.id() + "/report.json"));
+  EXPECT_EQ(report["artifact_format"], "compressed-tensors");
+  const nlohmann::json index = nlohmann::json::parse(ReadLocalFile(artifact + "/model.safetensors.index.json"));
+  std::set<std::string> shards;
+  for (const auto& entry : index["weight_map"].items()) shards.insert(entry.value().get<std::string>());
+  EXPECT_GE(shards.size(), 2u);
+  for (const std::string& f : shards) EXPECT_TRUE(std::filesystem::exists(artifact + "/" + f)) << f;
+
+  // What the format cannot store is refused at submit, naming why.
+  v1::JobSpec rptq = Spec(MakeModel("model2", 1, 64, 256), "W4A4");
+  rptq.set_preset("rptq");
+  rptq.mutable_artifact()->set_format("compressed-tensors");
+  rptq.mutable_calibration()->set_dataset("file://" + root_ + "/text.txt");
+  v1::Job refused;
+  s = Submit(rptq, &refused);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("artifact.format"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find("RPTQ"), std::string::npos) << s.error_message();
 }
 
 // The calibration's expert options reach the pipeline: a minimum above the
