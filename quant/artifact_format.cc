@@ -19,16 +19,6 @@ bool IsCtMx(const TensorQuant& q) {
          (q.bits == 4 || (q.bits == 8 && (q.exponent_bits == 0 || q.exponent_bits == 4)));
 }
 
-std::vector<int64_t> LinearInputWidths(int hidden_size, int attention_width, int intermediate_size,
-                                       int expert_intermediate_size, int shared_expert_intermediate_size) {
-  std::vector<int64_t> widths;
-  for (int w : {hidden_size, attention_width, intermediate_size, expert_intermediate_size,
-                shared_expert_intermediate_size}) {
-    if (w > 0) widths.push_back(w);
-  }
-  return widths;
-}
-
 absl::Status CompressedTensorsFits(const Scheme& s, const std::vector<RecipeStep>& recipe,
                                    const std::vector<int64_t>& input_widths) {
   for (const RecipeStep& step : recipe) {

@@ -35,11 +35,6 @@ namespace qaas::quant {
 absl::Status CompressedTensorsFits(const Scheme& scheme, const std::vector<RecipeStep>& recipe,
                                    const std::vector<int64_t>& input_widths = {});
 
-// The input widths of a model's linears from its config: hidden_size (q/k/v,
-// the MLP's inputs), num_heads x head_dim (o_proj), the MLP's intermediate
-// sizes (down_proj; every expert's and the shared expert's).
-std::vector<int64_t> LinearInputWidths(int hidden_size, int attention_width, int intermediate_size,
-                                       int expert_intermediate_size, int shared_expert_intermediate_size);
 
 // The artifact format a job's `format` names: "gptq" and
 // "compressed-tensors" as they are (the latter checked with

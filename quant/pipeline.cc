@@ -228,11 +228,7 @@ absl::Status Pipeline::CheckRecipeAndScheme() {
 absl::Status Pipeline::MakeLayouts() {
   // "auto" resolves, and compressed-tensors is checked, against the widths
   // of this model's linears (the format has no ragged groups).
-  const MoeConfig& moe = config_.moe;
-  const std::vector<int64_t> widths =
-      LinearInputWidths(config_.hidden_size, config_.num_heads * config_.head_dim,
-                        moe.num_experts > 0 ? 0 : config_.intermediate_size, moe.expert_intermediate_size,
-                        moe.shared_expert_intermediate_size);
+  const std::vector<int64_t> widths = LinearInputWidths(config_);
   auto format = o_.artifact_layout == "dequantized"
                     ? absl::StatusOr<std::string>(o_.artifact_layout)
                     : ResolveArtifactFormat(o_.artifact_layout, o_.scheme, o_.recipe, widths);

@@ -161,10 +161,7 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
     auto parsed_config = quant::ParseModelConfig(text);
     if (!parsed_config.ok()) return Annotate(parsed_config.status(), absl::StrCat("model: ", spec->model()));
     context = parsed_config->max_position_embeddings;
-    const quant::ModelConfig& c = *parsed_config;
-    input_widths = quant::LinearInputWidths(c.hidden_size, c.num_heads * c.head_dim,
-                                            c.moe.num_experts > 0 ? 0 : c.intermediate_size,
-                                            c.moe.expert_intermediate_size, c.moe.shared_expert_intermediate_size);
+    input_widths = quant::LinearInputWidths(*parsed_config);
   }
   // A sequence length within the model's context (0: the default, capped).
   auto check_seq_len = [&](const std::string& field, int seq_len) -> absl::Status {

@@ -656,4 +656,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   return c;
 }
 
+std::vector<int64_t> LinearInputWidths(const ModelConfig& c) {
+  const MoeConfig& moe = c.moe;
+  std::vector<int64_t> widths;
+  for (int w : {c.hidden_size, c.num_heads * c.head_dim, moe.num_experts > 0 ? 0 : c.intermediate_size,
+                moe.expert_intermediate_size, moe.shared_expert_intermediate_size}) {
+    if (w > 0) widths.push_back(w);
+  }
+  return widths;
+}
+
 }  // namespace qaas::quant

@@ -12,6 +12,7 @@
 #ifndef QAAS_QUANT_MODEL_CONFIG_H_
 #define QAAS_QUANT_MODEL_CONFIG_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -150,6 +151,12 @@ struct ModelConfig {
 // OPT do_layer_norm_before=false, word_embed_proj_dim != hidden_size,
 // _remove_final_layer_norm) are Unimplemented naming them.
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text);
+
+// The input widths of the model's linears: hidden_size (q/k/v, the MLP's
+// inputs), num_heads x head_dim (o_proj), and the MLP's intermediate sizes
+// (down_proj: the dense one, or every expert's and the shared expert's; a
+// mixture of experts' dense intermediate_size feeds no linear).
+std::vector<int64_t> LinearInputWidths(const ModelConfig& config);
 
 }  // namespace qaas::quant
 

@@ -70,7 +70,6 @@ absl::Status AtomicOutputFile::Append(absl::string_view data) {
     }
     done += static_cast<size_t>(w);
   }
-  bytes_ += data.size();
   return absl::OkStatus();
 }
 
@@ -79,12 +78,7 @@ absl::Status AtomicOutputFile::Commit() {
   if (::fsync(fd_) != 0) return Fail(errno, "write");
   const int fd = fd_;
   fd_ = -1;
-  if (::close(fd) != 0) {
-    const int err = errno;
-    ::unlink(tmp_.c_str());
-    if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(absl::StrCat(path_, ": disk full"));
-    return absl::InternalError(absl::StrCat(path_, ": write failed: ", std::strerror(err)));
-  }
+  if (::close(fd) != 0) return Fail(errno, "write");
   ::chmod(tmp_.c_str(), 0644);
   if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
     const int err = errno;

@@ -33,14 +33,12 @@ class AtomicOutputFile {
   // ResourceExhausted on a full disk; after an error the write is abandoned.
   absl::Status Append(absl::string_view data);
   absl::Status Commit();
-  uint64_t bytes() const { return bytes_; }
 
  private:
   AtomicOutputFile(std::string path, std::string tmp, int fd) : path_(std::move(path)), tmp_(std::move(tmp)), fd_(fd) {}
   absl::Status Fail(int err, absl::string_view what);
   std::string path_, tmp_;
   int fd_ = -1;
-  uint64_t bytes_ = 0;
 };
 
 bool FileExists(const std::string& path);

@@ -257,7 +257,14 @@ TEST_F(RandomModelPipelineTest, RaggedGroupsAreRefusedOrLeftToGptq) {
   }
   EXPECT_EQ(*ResolveArtifactFormat("auto", MustParse("Wmxfp4"), {{"rtn", {}}}, {64, 172}), "gptq");
   EXPECT_EQ(*ResolveArtifactFormat("auto", MustParse("Wmxfp4"), {{"rtn", {}}}, {64, 192}), "compressed-tensors");
-  EXPECT_EQ(LinearInputWidths(64, 64, 0, 96, 0), (std::vector<int64_t>{64, 64, 96}));
+  ModelConfig moe;
+  moe.hidden_size = 64;
+  moe.num_heads = 4;
+  moe.head_dim = 16;
+  moe.intermediate_size = 80;  // a mixture of experts' dense size feeds no linear
+  moe.moe.num_experts = 4;
+  moe.moe.expert_intermediate_size = 96;
+  EXPECT_EQ(LinearInputWidths(moe), (std::vector<int64_t>{64, 64, 96}));
 }
 
 TEST(ArtifactShardsTest, TensorsFillShardsInOrderAndLargeOnesGoAlone) {

@@ -173,8 +173,8 @@ class EndToEndTest : public ::testing::Test {
   // Polls until `done(job)` or the timeout; returns the last job seen.
   // Runs `spec` with 4 calibration windows of 64 tokens of text.txt on a
   // worker; the report of the job, or null (with a test failure) when it did
-  // not succeed.
-  nlohmann::json RunCalibrated(v1::JobSpec spec) {
+  // not succeed. `submitted`, when given, receives the job as submitted.
+  nlohmann::json RunCalibrated(v1::JobSpec spec, v1::Job* submitted = nullptr) {
     spec.mutable_calibration()->set_dataset("file://" + root_ + "/text.txt");
     spec.mutable_calibration()->set_num_samples(4);
     spec.mutable_calibration()->set_seq_len(64);
@@ -182,6 +182,7 @@ class EndToEndTest : public ::testing::Test {
     grpc::Status s = Submit(spec, &job);
     EXPECT_TRUE(s.ok()) << s.error_message();
     if (!s.ok()) return nullptr;
+    if (submitted != nullptr) *submitted = job;
     StartWorker();
     v1::Job done = WaitFor(job.id(), Final);
     EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
@@ -350,22 +351,14 @@ TEST_F(EndToEndTest, ArtifactFormatAndShardsReachTheWorker) {
   v1::JobSpec spec = Spec(MakeModel("model", 2, 64, 256), "W8A8_sym");
   spec.set_preset("smoothquant-rtn");
   spec.mutable_artifact()->set_max_shard_bytes(30000);
-  spec.mutable_calibration()->set_dataset("file://" + root_ + "/text.txt");
-  spec.mutable_calibration()->set_num_samples(4);
-  spec.mutable_calibration()->set_seq_len(64);
   v1::Job job;
-  grpc::Status s = Submit(spec, &job);
-  ASSERT_TRUE(s.ok()) << s.error_message();
+  const nlohmann::json report = RunCalibrated(spec, &job);
+  ASSERT_FALSE(report.is_null());
   EXPECT_EQ(job.spec().artifact().format(), "compressed-tensors");
-  StartWorker();
-  v1::Job done = WaitFor(job.id(), Final);
-  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
   const std::string artifact = root_ + "/store/jobs/" + job.id() + "/artifact";
   const nlohmann::json config = nlohmann::json::parse(ReadLocalFile(artifact + "/config.json"));
   EXPECT_EQ(config["quantization_config"]["quant_method"], "compressed-tensors");
   EXPECT_EQ(config["quantization_config"]["format"], "int-quantized");
-  const nlohmann::json report =
-      nlohmann::json::parse(ReadLocalFile(root_ + "/store/jobs/" + job.id() + "/report.json"));
   EXPECT_EQ(report["artifact_format"], "compressed-tensors");
   const nlohmann::json index = nlohmann::json::parse(ReadLocalFile(artifact + "/model.safetensors.index.json"));
   std::set<std::string> shards;
@@ -379,7 +372,7 @@ TEST_F(EndToEndTest, ArtifactFormatAndShardsReachTheWorker) {
   rptq.mutable_artifact()->set_format("compressed-tensors");
   rptq.mutable_calibration()->set_dataset("file://" + root_ + "/text.txt");
   v1::Job refused;
-  s = Submit(rptq, &refused);
+  const grpc::Status s = Submit(rptq, &refused);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("artifact.format"), std::string::npos) << s.error_message();
   EXPECT_NE(s.error_message().find("RPTQ"), std::string::npos) << s.error_message();
