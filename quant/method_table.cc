@@ -118,7 +118,7 @@ std::vector<MethodSpec> MakeTable() {
       m.options.push_back(std::move(o));
     }
     m.fits_scheme = [](const RecipeStep&, const Scheme& scheme) {
-      if (scheme.weights.is_mx() || scheme.weights.format != NumberFormat::kInt) {
+      if (scheme.weights.enabled() && scheme.weights.format != NumberFormat::kInt) {
         return SchemeError(scheme, "AdaDim chooses integer group axes; MX blocks and FP8 channels are fixed");
       }
       return absl::OkStatus();
