@@ -22,6 +22,8 @@
 #include "absl/strings/str_split.h"
 #include "quant/data/text_dataset.h"
 #include "quant/eval/perplexity.h"
+#include "quant/eval/task_eval.h"
+#include "quant/eval/tasks.h"
 #include "quant/export.h"
 #include "quant/formats/act_quant.h"
 #include "quant/formats/number_format.h"
@@ -149,6 +151,11 @@ class Pipeline {
   absl::Status SaveLayer(int i, const LayerToPack& layer, const LayerRecord& record);
   std::string OutputPath(const std::string& relative) const { return o_.output_dir + "/" + relative; }
   absl::Status Assemble();
+  // Reads, encodes and packs the job's tasks (before the model is created).
+  absl::Status PrepareTasks(int* max_len);
+  // The task streams through the original and/or the quantized layer.
+  absl::Status ForwardTasks(const DecoderLayer* original, const DecoderLayer* quantized, const std::string& prefix);
+  absl::Status ScoreTasks();
   std::vector<std::string> RecipeNames() const {
     std::vector<std::string> names;
     for (const auto& step : transforms_) names.push_back(step.method);
@@ -182,6 +189,11 @@ class Pipeline {
   at::Tensor calib_;  // hidden states of the calibration stream (quantized model)
   at::Tensor calib_fp_;  // LearnsBlock(): the calibration stream through the float model
   std::vector<EvalStream> evals_;
+  // Zero-shot tasks: the packed requests and each batch's hidden states
+  // through the original and the quantized model.
+  std::optional<TaskEvaluator> tasks_;
+  std::vector<at::Tensor> task_original_, task_quantized_;
+  double task_seconds_ = 0;
   Report report_;
   Clock::time_point start_ = Clock::now();
   // What a checkpoint must have been made from to be resumed from.
@@ -314,6 +326,7 @@ absl::Status Pipeline::Prepare() {
                            {"expert_calibration", o_.expert_calibration}};
     max_len = std::max(max_len, seq_len);
   }
+  QAAS_RETURN_IF_ERROR(PrepareTasks(&max_len));
   QAAS_ASSIGN_OR_RETURN(model_, DecoderModel::Create(*ck_, device_, max_len));
   model_->set_experts_observe_all_tokens(o_.expert_calibration == "all_tokens");
   if (calib_windows.defined()) {
@@ -327,6 +340,13 @@ absl::Status Pipeline::Prepare() {
     QAAS_RETURN_IF_ERROR(CheckFinite(s.original, absl::StatusCode::kDataLoss,
                                      absl::StrCat("the model's token embeddings of ", s.ref.name)));
     s.quantized = s.original;
+  }
+  if (tasks_) {
+    task_original_ = tasks_->Embed(*model_);
+    for (const at::Tensor& h : task_original_) {
+      QAAS_RETURN_IF_ERROR(CheckFinite(h, absl::StatusCode::kDataLoss, "the model's token embeddings of the tasks"));
+    }
+    task_quantized_ = task_original_;
   }
   return MakeDirs(o_.output_dir + "/checkpoints");
 }
@@ -459,6 +479,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
 
   auto t0 = Clock::now();
   for (auto& s : evals_) s.original = ForwardBatched(model, original, s.original, o_.batch_size);
+  QAAS_RETURN_IF_ERROR(ForwardTasks(&original, nullptr, layer_prefix));
   report_.seconds_evaluation += Elapsed(t0);
 
   // The recipe's transforms give a float layer computing the same function
@@ -527,6 +548,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
     QAAS_RETURN_IF_ERROR(CheckFinite(s.quantized, absl::StatusCode::kFailedPrecondition,
                                      absl::StrCat(layer_prefix, " quantized: its output on ", s.ref.name)));
   }
+  QAAS_RETURN_IF_ERROR(ForwardTasks(nullptr, &quantized, layer_prefix));
   report_.seconds_evaluation += Elapsed(t0);
 
   // What a resumed run restores instead of redoing this layer.
@@ -689,11 +711,104 @@ absl::Status Pipeline::ReplayLayer(int i) {
   if (calib_fp_.defined()) calib_fp_ = ForwardBatched(model, original, calib_fp_, o_.batch_size);
   if (calib_.defined()) calib_ = ForwardBatched(model, quantized, calib_, o_.batch_size);
   for (auto& s : evals_) s.quantized = ForwardBatched(model, quantized, s.quantized, o_.batch_size);
+  QAAS_RETURN_IF_ERROR(ForwardTasks(&original, &quantized, model.LayerPrefix(i)));
   for (LayerReport& l : record->linears) report_.layers.push_back(std::move(l));
   for (BlockReport& b : record->blocks) report_.blocks.push_back(std::move(b));
   report_.seconds_calibration += record->seconds_calibration;
   report_.seconds_quantization += record->seconds_quantization;
   report_.seconds_evaluation += record->seconds_evaluation;
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::PrepareTasks(int* max_len) {
+  if (o_.tasks.empty()) return absl::OkStatus();
+  const int context = config_.max_position_embeddings;
+  const int64_t max_length = o_.task_max_length > 0 ? o_.task_max_length : context;
+  if (o_.task_max_length < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("tasks max_length must be positive, got ", o_.task_max_length));
+  }
+  if (max_length > context && config_.architecture == "opt") {
+    return absl::InvalidArgumentError(absl::StrCat("tasks max_length ", max_length, " exceeds ", config_.model_type,
+                                                   "'s ", context, " learned positions"));
+  }
+  if (o_.task_limit < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("tasks limit must be 0 (all) or positive, got ", o_.task_limit));
+  }
+  std::vector<TaskInput> inputs;
+  nlohmann::json fingerprint = {{"limit", o_.task_limit}, {"max_length", max_length}};
+  for (const TaskRef& ref : o_.tasks) {
+    const TaskInfo* task = FindTask(ref.task);
+    if (!task) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown task '", ref.task, "' (known: ", KnownTaskNames(), ")"));
+    }
+    QAAS_ASSIGN_OR_RETURN(auto docs, LoadTaskDocs(*task, ref.path, ref.name.empty() ? ref.path : ref.name,
+                                                  o_.task_limit));
+    QAAS_ASSIGN_OR_RETURN(const std::string raw, ReadFile(ref.path));
+    fingerprint["files"].push_back({task->name, Fnv1a(raw)});
+    inputs.push_back(EncodeTask(*task, ref.name.empty() ? ref.path : ref.name, std::move(docs), *tokenizer_));
+  }
+  fingerprint_["tasks"] = std::move(fingerprint);
+  // Batches of about what the evaluation windows' batches hold.
+  const int64_t budget = static_cast<int64_t>(std::max(1, o_.batch_size)) * std::min<int64_t>(max_length, 2048);
+  QAAS_ASSIGN_OR_RETURN(TaskEvaluator ev, TaskEvaluator::Create(std::move(inputs), max_length, budget, device_));
+  tasks_.emplace(std::move(ev));
+  *max_len = std::max<int>(*max_len, static_cast<int>(max_length));
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::ForwardTasks(const DecoderLayer* original, const DecoderLayer* quantized,
+                                    const std::string& prefix) {
+  if (!tasks_) return absl::OkStatus();
+  const auto t0 = Clock::now();
+  if (original) tasks_->Forward(*model_, *original, &task_original_);
+  if (quantized) {
+    tasks_->Forward(*model_, *quantized, &task_quantized_);
+    for (const at::Tensor& h : task_quantized_) {
+      QAAS_RETURN_IF_ERROR(CheckFinite(h, absl::StatusCode::kFailedPrecondition,
+                                       absl::StrCat(prefix, " quantized: its output on the tasks")));
+    }
+  }
+  task_seconds_ += Elapsed(t0);
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::ScoreTasks() {
+  if (!tasks_) return absl::OkStatus();
+  const auto t0 = Clock::now();
+  auto original = tasks_->Score(*model_, task_original_);
+  if (!original.ok()) return Annotate(original.status(), "the original model");
+  auto quantized = tasks_->Score(*model_, task_quantized_);
+  if (!quantized.ok()) return Annotate(quantized.status(), "the quantized model");
+  TasksReport out;
+  out.max_length = tasks_->max_length();
+  out.limit = o_.task_limit;
+  for (size_t t = 0; t < tasks_->inputs().size(); ++t) {
+    const TaskInput& in = tasks_->inputs()[t];
+    const TaskPackStats& st = tasks_->stats()[t];
+    const TaskScores a = ScoreTask(*in.task, in.docs, (*original)[t], o_.task_bootstrap_iters);
+    const TaskScores b = ScoreTask(*in.task, in.docs, (*quantized)[t], o_.task_bootstrap_iters);
+    TaskReport r;
+    r.task = in.task->name;
+    r.data = in.name;
+    r.docs = a.docs;
+    r.requests = st.requests;
+    r.truncated_requests = st.truncated;
+    r.truncated_docs = st.truncated_docs;
+    r.tokens = st.tokens;
+    for (size_t d = 0; d < a.correct.size(); ++d) r.changed_docs += a.correct[d] != b.correct[d];
+    auto add = [&r](const char* metric, const std::optional<MetricValue>& x, const std::optional<MetricValue>& y) {
+      if (x && y) r.metrics.push_back({metric, x->value, x->stderr_, y->value, y->stderr_});
+    };
+    if (a.perplexity) add("perplexity", a.perplexity, b.perplexity);
+    add("acc", a.acc, b.acc);
+    add("acc_norm", a.acc_norm, b.acc_norm);
+    out.tokens += 2 * st.tokens;
+    out.tasks.push_back(std::move(r));
+  }
+  task_seconds_ += Elapsed(t0);
+  out.seconds = task_seconds_;
+  out.tokens_per_second = task_seconds_ > 0 ? out.tokens / task_seconds_ : 0;
+  report_.tasks = std::move(out);
   return absl::OkStatus();
 }
 
@@ -814,6 +929,7 @@ absl::StatusOr<Report> Pipeline::Run() {
     report_.evaluations.push_back({s.ref.name, s.ref.seq_len, s.windows.size(0), orig.tokens,
                                    orig.perplexity(), quant.perplexity()});
   }
+  QAAS_RETURN_IF_ERROR(ScoreTasks());
   report_.seconds_evaluation += Elapsed(t0);
   QAAS_RETURN_IF_ERROR(Assemble());
   report_.seconds_total = Elapsed(start_);

@@ -16,7 +16,8 @@
 //       and on the evaluation streams (quantized model)
 //     pack the layer in the artifact's layout (export.h) and write its
 //       checkpoints (layer_state.h), report progress, honour stop
-//   perplexity of both models on each evaluation set
+//   perplexity of both models on each evaluation set, zero-shot task
+//   accuracy of both (the task streams are carried like the evaluation ones)
 //   assemble artifact/ and write report.json / report.md
 //
 // Runs any architecture of quant/model/decoder.h (LLaMA, OPT).
@@ -50,6 +51,13 @@ struct DatasetRef {
   int max_windows = 0;
 };
 
+// A zero-shot task's documents (eval/tasks.h).
+struct TaskRef {
+  std::string task;  // a KnownTasks() name (eval/task_table.h)
+  std::string path;  // local JSONL file
+  std::string name;  // what the report and errors call it (the job's uri)
+};
+
 struct PipelineProgress {
   int layer = 0;  // layers finished
   int num_layers = 0;
@@ -79,6 +87,14 @@ struct PipelineOptions {
   int num_samples = 128;
   uint64_t seed = 0;
   std::vector<DatasetRef> evaluations;
+  // Zero-shot tasks, scored before and after quantization as
+  // lm-evaluation-harness's default task configs score them (0-shot),
+  // carried through the layers like the evaluation streams. Part of the
+  // fingerprint.
+  std::vector<TaskRef> tasks;
+  int64_t task_limit = 0;   // the first N documents of each task; 0: all
+  int task_max_length = 0;  // the model input's longest length; 0: the model's context, as the harness
+  int task_bootstrap_iters = 100000;  // LAMBADA's perplexity stderr (the harness's default)
   std::string device = "cpu";
   int batch_size = 8;            // windows per forward call
   // A linear whose calibration saw fewer tokens than this (a mixture of

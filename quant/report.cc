@@ -1,5 +1,6 @@
 #include "quant/report.h"
 
+#include <cmath>
 #include <thread>
 
 #include "absl/strings/str_format.h"
@@ -21,6 +22,34 @@ nlohmann::json ToJson(const Report& r) {
                                 {"tokens", e.tokens},
                                 {"perplexity_original", e.perplexity_original},
                                 {"perplexity_quantized", e.perplexity_quantized}});
+  }
+  if (r.tasks) {
+    const TasksReport& t = *r.tasks;
+    // NaN (the harness's N/A) as null: JSON has no NaN.
+    auto number = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); };
+    nlohmann::json results = nlohmann::json::array();
+    for (const TaskReport& task : t.tasks) {
+      nlohmann::json metrics = nlohmann::json::object();
+      for (const TaskMetricReport& m : task.metrics) {
+        metrics[m.metric] = {{"original", number(m.original)},
+                             {"original_stderr", number(m.original_stderr)},
+                             {"quantized", number(m.quantized)},
+                             {"quantized_stderr", number(m.quantized_stderr)},
+                             {"delta", number(m.quantized - m.original)}};
+      }
+      results.push_back({{"task", task.task},
+                         {"data", task.data},
+                         {"docs", task.docs},
+                         {"requests", task.requests},
+                         {"truncated_requests", task.truncated_requests},
+                         {"truncated_docs", task.truncated_docs},
+                         {"tokens", task.tokens},
+                         {"changed_docs", task.changed_docs},
+                         {"metrics", metrics}});
+    }
+    j["tasks"] = {{"max_length", t.max_length}, {"limit", t.limit},     {"num_fewshot", 0},
+                  {"seconds", t.seconds},       {"tokens", t.tokens},   {"tokens_per_second", t.tokens_per_second},
+                  {"results", results}};
   }
   j["layers"] = nlohmann::json::array();
   for (const auto& l : r.layers) {
@@ -82,6 +111,32 @@ std::string ToMarkdown(const Report& r) {
       md += absl::StrFormat("| %s | %d | %d | %.4f | %.4f |\n", e.dataset, e.seq_len, e.windows,
                             e.perplexity_original, e.perplexity_quantized);
     }
+  }
+  if (r.tasks && !r.tasks->tasks.empty()) {
+    const TasksReport& t = *r.tasks;
+    md += absl::StrFormat("\nZero-shot tasks (lm-evaluation-harness scoring, 0-shot, max_length %d%s): %.1f s, "
+                          "%.0f tokens/s\n\n",
+                          t.max_length, t.limit > 0 ? absl::StrFormat(", first %d documents", t.limit) : "",
+                          t.seconds, t.tokens_per_second);
+    md += "| task | docs | metric | original | quantized | difference |\n|---|---|---|---|---|---|\n";
+    auto value = [](double v, double err) {
+      return std::isfinite(err) ? absl::StrFormat("%.4f ± %.4f", v, err) : absl::StrFormat("%.4f", v);
+    };
+    for (const TaskReport& task : t.tasks) {
+      for (const TaskMetricReport& m : task.metrics) {
+        md += absl::StrFormat("| %s | %d | %s | %s | %s | %+.4f |\n", task.task, task.docs, m.metric,
+                              value(m.original, m.original_stderr), value(m.quantized, m.quantized_stderr),
+                              m.quantized - m.original);
+      }
+    }
+    for (const TaskReport& task : t.tasks) {
+      if (task.truncated_requests > 0) {
+        md += absl::StrFormat("\n%s: %d requests of %d documents were longer than max_length + 1 tokens and were "
+                              "truncated from the left, as the harness does.",
+                              task.task, task.truncated_requests, task.truncated_docs);
+      }
+    }
+    md += "\n";
   }
   md += "\n| layer | method | relative weight error |\n|---|---|---|\n";
   for (const auto& l : r.layers) {

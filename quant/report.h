@@ -43,6 +43,37 @@ struct EvaluationReport {
   double perplexity_quantized = 0;
 };
 
+// One metric of a zero-shot task before and after; stderr NaN where the
+// harness reports N/A (one document).
+struct TaskMetricReport {
+  std::string metric;  // "acc", "acc_norm", "perplexity" (LAMBADA's, per word)
+  double original = 0, original_stderr = 0;
+  double quantized = 0, quantized_stderr = 0;
+};
+
+struct TaskReport {
+  std::string task;  // "piqa"
+  std::string data;  // the job's uri of its documents
+  int64_t docs = 0;
+  int64_t requests = 0;
+  int64_t truncated_requests = 0;  // longer than max_length + 1 tokens: cut from the left
+  int64_t truncated_docs = 0;
+  int64_t tokens = 0;  // tokens one model's forward computed (shared contexts once)
+  std::vector<TaskMetricReport> metrics;
+  // Documents whose prediction (acc's) is right for one model only.
+  int64_t changed_docs = 0;
+};
+
+// The zero-shot tasks of a job (JobSpec.tasks).
+struct TasksReport {
+  int64_t max_length = 0;  // the model input's longest length (the harness's max_length)
+  int64_t limit = 0;       // documents per task (0: all)
+  std::vector<TaskReport> tasks;
+  double seconds = 0;    // forwards of both models and scoring
+  int64_t tokens = 0;    // tokens forwarded by both models (padding excluded)
+  double tokens_per_second = 0;
+};
+
 struct Report {
   std::string model;
   std::string scheme;
@@ -51,6 +82,7 @@ struct Report {
   std::string device;
   nlohmann::json calibration = nullptr;
   std::vector<EvaluationReport> evaluations;
+  std::optional<TasksReport> tasks;
   std::vector<LayerReport> layers;
   std::vector<BlockReport> blocks;
   uint64_t original_bytes = 0;

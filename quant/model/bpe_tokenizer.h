@@ -51,7 +51,7 @@ class BpeTokenizer : public Tokenizer {
   // Whether the files ask for BOS before every text (transformers' encode
   // with add_special_tokens=True). Encode never adds it; callers prepend
   // bos_id() where their protocol asks.
-  bool add_bos() const { return spec_.add_bos; }
+  bool add_bos() const override { return spec_.add_bos; }
   // The id of an added or vocabulary token, -1 when there is none.
   int TokenId(absl::string_view token) const;
 

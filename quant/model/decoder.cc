@@ -186,6 +186,13 @@ class LlamaModel : public DecoderModel {
                           const LinearInputHook& hook) const override {
     return LlamaLayerForward(AsLlama(l), config_, rope_, hidden, hook);
   }
+  at::Tensor Embed(const at::Tensor& ids, const TokenLayout& /*layout*/) const override {
+    return Embed(ids);  // RoPE: positions enter in the attention
+  }
+  at::Tensor LayerForward(const DecoderLayer& l, const at::Tensor& hidden,
+                          const TokenLayout& layout) const override {
+    return LlamaLayerForward(AsLlama(l), config_, rope_, hidden, nullptr, &layout);
+  }
   at::Tensor Logits(const at::Tensor& hidden) const override {
     at::Tensor logits = at::matmul(RmsNorm(hidden, head_.final_norm, config_.rms_norm_eps), head_.lm_head.t());
     if (config_.final_logit_softcap > 0) {  // Gemma 2: cap * tanh(logits / cap)
@@ -325,6 +332,13 @@ class OptModel : public DecoderModel {
   at::Tensor LayerForward(const DecoderLayer& l, const at::Tensor& hidden,
                           const LinearInputHook& hook) const override {
     return OptLayerForward(AsOpt(l), config_, hidden, hook);
+  }
+  at::Tensor Embed(const at::Tensor& ids, const TokenLayout& layout) const override {
+    return OptEmbed(head_, ids.to(head_.embed_tokens.device()), layout.positions);
+  }
+  at::Tensor LayerForward(const DecoderLayer& l, const at::Tensor& hidden,
+                          const TokenLayout& layout) const override {
+    return OptLayerForward(AsOpt(l), config_, hidden, nullptr, &layout);
   }
   at::Tensor Logits(const at::Tensor& hidden) const override {
     return OptLogits(head_, config_, hidden);

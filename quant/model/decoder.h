@@ -173,6 +173,12 @@ class DecoderModel {
   // hidden: [batch, seq, hidden] -> same shape: both blocks with their residuals.
   virtual at::Tensor LayerForward(const DecoderLayer& layer, const at::Tensor& hidden,
                                   const LinearInputHook& hook = nullptr) const = 0;
+  // A packed batch (zero-shot tasks: sequences sharing a prefix): ids int64
+  // [batch, seq] at `layout`'s positions, and a layer over hidden states of
+  // that layout (its positions and mask instead of causal 0..seq-1).
+  virtual at::Tensor Embed(const at::Tensor& ids, const TokenLayout& layout) const = 0;
+  virtual at::Tensor LayerForward(const DecoderLayer& layer, const at::Tensor& hidden,
+                                  const TokenLayout& layout) const = 0;
   // Final hidden states [..., hidden] -> float32 logits [..., vocab]: the
   // final norm, then the output head.
   virtual at::Tensor Logits(const at::Tensor& hidden) const = 0;

@@ -377,8 +377,19 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 
 }  // namespace
 
+at::Tensor TokenLayout::Mask(int window) const {
+  at::Tensor keep = visible;
+  if (window > 0) {
+    // Query i sees key j only when j is fewer than `window` positions back.
+    keep = keep & ((positions.unsqueeze(2) - positions.unsqueeze(1)) < window);
+  }
+  const at::Tensor zero = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(visible.device()));
+  const at::Tensor inf = at::full({}, -std::numeric_limits<float>::infinity(), zero.options());
+  return at::where(keep, zero, inf).unsqueeze(1);
+}
+
 at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, const Rope& rope,
-                                 const at::Tensor& hidden, const LinearInputHook& hook) {
+                                 const at::Tensor& hidden, const LinearInputHook& hook, const TokenLayout* layout) {
   const int64_t B = hidden.size(0), T = hidden.size(1);
   const int64_t nh = c.num_heads, nkv = c.num_kv_heads, hd = c.head_dim;
   auto observe = [&](const char* name, const at::Tensor& x) {
@@ -397,7 +408,12 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
   q = q.transpose(1, 2);
   k = k.transpose(1, 2);
   const int window = c.WindowOf(layer.index);
-  auto [cos, sin] = rope.Tables(T, /*local=*/window > 0);
+  auto [cos, sin] = rope.Tables(layout ? layout->max_position : T, /*local=*/window > 0);
+  if (layout) {  // each token's own position: [B, 1, T, rotary_dim]
+    const at::Tensor at_positions = layout->positions.reshape({-1});
+    cos = cos.index_select(0, at_positions).view({B, 1, T, cos.size(-1)});
+    sin = sin.index_select(0, at_positions).view({B, 1, T, sin.size(-1)});
+  }
   q = ApplyRope(q, cos, sin);
   k = ApplyRope(k, cos, sin);
   // The cache holds K after RoPE and V: both quantized per token and head.
@@ -407,7 +423,8 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
     k = k.repeat_interleave(nh / nkv, 1);
     v = v.repeat_interleave(nh / nkv, 1);
   }
-  at::Tensor mask = rope.Mask(T, window);
+  at::Tensor mask = layout ? layout->Mask(window).expand({B, nh, T, T}).reshape({B * nh, T, T}).to(q.scalar_type())
+                           : rope.Mask(T, window);
   at::Tensor scores;
   if (c.attn_logit_softcap > 0) {
     // Gemma 2: cap * tanh(s / cap) on the scaled scores, then the mask.
@@ -514,8 +531,8 @@ at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& c, const 
 }
 
 at::Tensor LlamaLayerForward(const LlamaLayer& layer, const ModelConfig& c, const Rope& rope,
-                             const at::Tensor& hidden, const LinearInputHook& hook) {
-  at::Tensor h = hidden + LlamaAttentionForward(layer, c, rope, hidden, hook);
+                             const at::Tensor& hidden, const LinearInputHook& hook, const TokenLayout* layout) {
+  at::Tensor h = hidden + LlamaAttentionForward(layer, c, rope, hidden, hook, layout);
   return h + LlamaMlpForward(layer, c, h, hook);
 }
 

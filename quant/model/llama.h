@@ -152,6 +152,21 @@ class Rope {
   // causal_mask with each of the config's sliding windows applied, by window.
   std::map<int, at::Tensor> window_masks_;
 };
+// Where the tokens of a packed batch sit, for a forward over sequences that
+// share a prefix (a zero-shot task's choices after one context): each token
+// has its position in its own sequence and attends only to the tokens of
+// that sequence before it. Without a layout a forward is over plain causal
+// sequences at positions 0..T-1.
+struct TokenLayout {
+  at::Tensor positions;  // int64 [B, T]
+  at::Tensor visible;    // bool [B, T, T]: query i may attend to key j
+  // The additive attention mask [B, 1, T, T], 0 where visible (and, when
+  // window > 0, fewer than `window` positions back), -inf elsewhere.
+  at::Tensor Mask(int window) const;
+  // One past the largest position (the rotary tables' length).
+  int64_t max_position = 0;
+};
+
 // Sees the input of each linear layer as a 2-D [tokens, in] tensor, e.g. to
 // accumulate GPTQ Hessians. Called once per linear, q/k/v with the same input,
 // after activation quantization (what the linear computes with).
@@ -171,8 +186,10 @@ at::Tensor Reorder(const at::Tensor& x, const at::Tensor& reorder);
 // The two halves of a decoder layer, without their residual connections:
 // the attention block's output (o_proj's output) for the layer input, and the
 // MLP block's output (down_proj's output) for the post-attention hidden state.
+// `layout`: a packed batch's positions and mask (null: causal, 0..T-1).
 at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& config, const Rope& rope,
-                                 const at::Tensor& hidden, const LinearInputHook& hook = nullptr);
+                                 const at::Tensor& hidden, const LinearInputHook& hook = nullptr,
+                                 const TokenLayout* layout = nullptr);
 at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& config, const at::Tensor& hidden,
                            const LinearInputHook& hook = nullptr);
 // The experts each token of `hidden` [..., hidden] is routed to: int64
@@ -183,7 +200,8 @@ std::pair<at::Tensor, at::Tensor> RouteTokens(const LlamaLayer& layer, const Mod
 
 // hidden: [batch, seq, hidden] -> same shape.
 at::Tensor LlamaLayerForward(const LlamaLayer& layer, const ModelConfig& config, const Rope& rope,
-                             const at::Tensor& hidden, const LinearInputHook& hook = nullptr);
+                             const at::Tensor& hidden, const LinearInputHook& hook = nullptr,
+                             const TokenLayout* layout = nullptr);
 
 }  // namespace qaas::quant
 

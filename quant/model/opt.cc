@@ -134,7 +134,12 @@ absl::StatusOr<OptHead> LoadOptHead(const Checkpoint& ck) {
   return head;
 }
 
-at::Tensor OptEmbed(const OptHead& head, const at::Tensor& ids) {
+at::Tensor OptEmbed(const OptHead& head, const at::Tensor& ids, const at::Tensor& positions_of) {
+  if (positions_of.defined()) {
+    const at::Tensor rows = (positions_of.reshape({-1}) + kOptPositionOffset).to(head.embed_positions.device());
+    return at::embedding(head.embed_tokens, ids) +
+           head.embed_positions.index_select(0, rows).view({ids.size(0), ids.size(1), -1});
+  }
   const int64_t T = ids.size(-1);
   // HF: positions = cumsum(mask) * mask - 1, i.e. 0..T-1 for an all-ones mask.
   at::Tensor positions = head.embed_positions.narrow(0, kOptPositionOffset, T);
@@ -146,7 +151,7 @@ at::Tensor OptLayerNorm(const at::Tensor& x, const LayerNormWeights& norm) {
 }
 
 at::Tensor OptAttentionForward(const OptLayer& layer, const ModelConfig& c,
-                               const at::Tensor& hidden, const LinearInputHook& hook) {
+                               const at::Tensor& hidden, const LinearInputHook& hook, const TokenLayout* layout) {
   const int64_t B = hidden.size(0), T = hidden.size(1);
   const int64_t nh = c.num_heads, hd = c.head_dim;
   auto observe = [&](const char* name, const at::Tensor& x) {
@@ -167,7 +172,8 @@ at::Tensor OptAttentionForward(const OptLayer& layer, const ModelConfig& c,
   k = QuantizeKv(layer.act, k.view({B, T, nh, hd}).transpose(1, 2).reshape({B * nh, T, hd}));
   v = QuantizeKv(layer.act, v.view({B, T, nh, hd}).transpose(1, 2).reshape({B * nh, T, hd}));
   at::Tensor mask =
-      at::full({T, T}, -std::numeric_limits<float>::infinity(), hidden.options()).triu(1);
+      layout ? layout->Mask(0).expand({B, nh, T, T}).reshape({B * nh, T, T}).to(q.scalar_type())
+             : at::full({T, T}, -std::numeric_limits<float>::infinity(), hidden.options()).triu(1);
   at::Tensor scores = at::baddbmm(mask.expand({B * nh, T, T}), q, k.transpose(1, 2));
   if (scores.requires_grad()) {
     scores = at::softmax(scores, -1);  // learning (OmniQuant): autograd cannot see in-place outputs
@@ -195,8 +201,8 @@ at::Tensor OptMlpForward(const OptLayer& layer, const ModelConfig& /*config*/,
 }
 
 at::Tensor OptLayerForward(const OptLayer& layer, const ModelConfig& c, const at::Tensor& hidden,
-                           const LinearInputHook& hook) {
-  at::Tensor h = hidden + OptAttentionForward(layer, c, hidden, hook);
+                           const LinearInputHook& hook, const TokenLayout* layout) {
+  at::Tensor h = hidden + OptAttentionForward(layer, c, hidden, hook, layout);
   return h + OptMlpForward(layer, c, h, hook);
 }
 

@@ -80,7 +80,8 @@ absl::StatusOr<OptHead> LoadOptHead(const Checkpoint& ck);
 // position embedding Hugging Face computes from an all-ones attention mask
 // (position i reads row i + 2). Needs seq <= max_position_embeddings (callers
 // cut windows to the context); longer inputs throw c10::Error.
-at::Tensor OptEmbed(const OptHead& head, const at::Tensor& ids);
+// `positions` (int64, ids' shape): each token's own position instead.
+at::Tensor OptEmbed(const OptHead& head, const at::Tensor& ids, const at::Tensor& positions = {});
 
 // LayerNorm over the last dimension with OPT's eps.
 at::Tensor OptLayerNorm(const at::Tensor& x, const LayerNormWeights& norm);
@@ -88,8 +89,10 @@ at::Tensor OptLayerNorm(const at::Tensor& x, const LayerNormWeights& norm);
 // The two halves of a decoder layer, without their residual connections:
 // the attention block's output (out_proj's output) for the layer input, and
 // the MLP block's output (fc2's output) for the post-attention hidden state.
+// `layout`: a packed batch's mask (null: causal).
 at::Tensor OptAttentionForward(const OptLayer& layer, const ModelConfig& config,
-                               const at::Tensor& hidden, const LinearInputHook& hook = nullptr);
+                               const at::Tensor& hidden, const LinearInputHook& hook = nullptr,
+                               const TokenLayout* layout = nullptr);
 at::Tensor OptMlpForward(const OptLayer& layer, const ModelConfig& config, const at::Tensor& hidden,
                          const LinearInputHook& hook = nullptr);
 
@@ -98,7 +101,8 @@ at::Tensor OptMlpForward(const OptLayer& layer, const ModelConfig& config, const
 // normalised input, out_proj the attention output, fc1 the normalised hidden
 // state, fc2 the ReLU output.
 at::Tensor OptLayerForward(const OptLayer& layer, const ModelConfig& config,
-                           const at::Tensor& hidden, const LinearInputHook& hook = nullptr);
+                           const at::Tensor& hidden, const LinearInputHook& hook = nullptr,
+                           const TokenLayout* layout = nullptr);
 
 // hidden after the last layer [..., hidden] -> logits [..., vocab]: the final
 // LayerNorm, then the head.

@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
 #include "quant/model/bpe_tokenizer.h"
 #include "quant/util/files.h"
 #include "quant/util/status_macros.h"
@@ -32,6 +33,8 @@ class SentencePieceTokenizer : public Tokenizer {
 
   std::vector<int> Encode(absl::string_view text) const override;
   int bos_id() const override { return model_.bos_id; }
+  bool add_bos() const override { return add_bos_ && model_.bos_id >= 0; }
+  void set_add_bos(bool add) { add_bos_ = add; }
   int eos_id() const override { return model_.eos_id; }
   int vocab_size() const override { return static_cast<int>(model_.pieces.size()); }
 
@@ -43,6 +46,7 @@ class SentencePieceTokenizer : public Tokenizer {
   std::unordered_map<std::string, int> pieces_;  // normal, user-defined and unused pieces
   std::vector<std::string> user_defined_;
   int byte_ids_[256] = {};
+  bool add_bos_ = true;  // LlamaTokenizer's default
 };
 
 }  // namespace
@@ -61,7 +65,23 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   QAAS_ASSIGN_OR_RETURN(auto bytes, ReadFile(path));
   auto model = ParseSentencePieceModel(bytes);
   if (!model.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", model.status().message()));
-  return FromModel(*std::move(model));
+  QAAS_ASSIGN_OR_RETURN(auto tokenizer, FromModel(*std::move(model)));
+  // tokenizer_config.json's add_bos_token overrides the default (BOS first).
+  const std::string config_path = model_dir + "/tokenizer_config.json";
+  if (FileExists(config_path)) {
+    QAAS_ASSIGN_OR_RETURN(const std::string text, ReadFile(config_path));
+    const auto j = nlohmann::json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(config_path, ": not a JSON object"));
+    }
+    if (j.contains("add_bos_token") && !j["add_bos_token"].is_null()) {
+      if (!j["add_bos_token"].is_boolean()) {
+        return absl::InvalidArgumentError(absl::StrCat(config_path, ": 'add_bos_token' must be a boolean"));
+      }
+      static_cast<SentencePieceTokenizer*>(tokenizer.get())->set_add_bos(j["add_bos_token"].get<bool>());
+    }
+  }
+  return tokenizer;
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromModel(SentencePieceModel model) {

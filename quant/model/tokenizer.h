@@ -37,6 +37,11 @@ class Tokenizer {
   virtual std::vector<int> Encode(absl::string_view text) const = 0;
   // -1 when the tokenizer has none.
   virtual int bos_id() const = 0;
+  // Whether Transformers' tokenizer.encode(text) puts BOS first by default
+  // (add_special_tokens=True): tokenizer_config.json's add_bos_token, else
+  // the tokenizer's own default (SentencePiece models: yes; tokenizer.json:
+  // its post-processor's template). lm-evaluation-harness encodes so.
+  virtual bool add_bos() const = 0;
   virtual int eos_id() const = 0;
   // One more than the largest id Encode can return.
   virtual int vocab_size() const = 0;
