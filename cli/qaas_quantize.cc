@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/method_flags.h"
 #include "quant/artifact_format.h"
+#include "quant/eval/task_table.h"
 #include "quant/pipeline.h"
 #include "quant/util/allocator.h"
 
@@ -40,6 +41,12 @@ ABSL_FLAG(std::string, expert_calibration, "routed",
 ABSL_FLAG(std::string, eval, "", "comma-separated evaluation text files");
 ABSL_FLAG(int, eval_seq_len, 0, "evaluation window length (0 = min(2048, context))");
 ABSL_FLAG(int, max_windows, 0, "evaluation windows per dataset (0 = all)");
+ABSL_FLAG(std::string, tasks, "",
+          "comma-separated zero-shot tasks scored before and after as lm-evaluation-harness scores them: piqa, "
+          "arc_easy, arc_challenge, hellaswag, winogrande, boolq, lambada_openai");
+ABSL_FLAG(std::string, task_data, "", "directory of the task files (piqa.validation.jsonl, ...), for --tasks");
+ABSL_FLAG(int, task_limit, 0, "the first N documents of each task (0 = all)");
+ABSL_FLAG(int, task_max_length, 0, "longest model input for the tasks (0 = the model's context)");
 ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N, or auto (cuda where visible)");
 ABSL_FLAG(std::string, format, "auto",
           "artifact format: auto (GPTQ layout for weight-only integer schemes, compressed-tensors for the "
@@ -94,6 +101,21 @@ int main(int argc, char** argv) {
     o.evaluations.push_back({std::string(path), std::string(path), absl::GetFlag(FLAGS_eval_seq_len),
                              absl::GetFlag(FLAGS_max_windows)});
   }
+  for (const auto& name : absl::StrSplit(absl::GetFlag(FLAGS_tasks), ',', absl::SkipEmpty())) {
+    const q::TaskInfo* task = q::FindTask(name);
+    if (!task) {
+      std::cerr << "qaas-quantize: --tasks: unknown task '" << name << "' (known: " << q::KnownTaskNames() << ")\n";
+      return 2;
+    }
+    if (absl::GetFlag(FLAGS_task_data).empty()) {
+      std::cerr << "qaas-quantize: --tasks needs --task_data, the directory of the task files\n";
+      return 2;
+    }
+    const std::string path = q::TaskFileUri(absl::GetFlag(FLAGS_task_data), *task);
+    o.tasks.push_back({task->name, path, path});
+  }
+  o.task_limit = absl::GetFlag(FLAGS_task_limit);
+  o.task_max_length = absl::GetFlag(FLAGS_task_max_length);
   o.device = absl::GetFlag(FLAGS_device);
   // Checked here for what the scheme and recipe decide, by the pipeline
   // against the model's widths.
@@ -127,6 +149,16 @@ int main(int argc, char** argv) {
   for (const q::EvaluationReport& e : report->evaluations) {
     std::printf("%s seq_len=%d windows=%lld ppl original=%.4f quantized=%.4f\n", e.dataset.c_str(), e.seq_len,
                 static_cast<long long>(e.windows), e.perplexity_original, e.perplexity_quantized);
+  }
+  if (report->tasks) {
+    for (const q::TaskReport& t : report->tasks->tasks) {
+      for (const q::TaskMetricReport& m : t.metrics) {
+        std::printf("%s docs=%lld %s original=%.4f quantized=%.4f (%+.4f)\n", t.task.c_str(),
+                    static_cast<long long>(t.docs), m.metric.c_str(), m.original, m.quantized,
+                    m.quantized - m.original);
+      }
+    }
+    std::printf("tasks: %.1f s, %.0f tokens/s\n", report->tasks->seconds, report->tasks->tokens_per_second);
   }
   std::printf("report: %s/report.json\n", o.output_dir.c_str());
   return 0;

@@ -70,6 +70,12 @@ ABSL_FLAG(int32_t, min_calibration_tokens, 0,
 ABSL_FLAG(std::string, eval, "", "submit: comma-separated evaluation text uris");
 ABSL_FLAG(int32_t, eval_seq_len, 0, "submit: evaluation window length (0 = min(2048, context))");
 ABSL_FLAG(int32_t, max_windows, 0, "submit: evaluation windows per dataset (0 = all)");
+ABSL_FLAG(std::string, tasks, "",
+          "submit: comma-separated zero-shot tasks (piqa, arc_easy, arc_challenge, hellaswag, winogrande, boolq, "
+          "lambada_openai), scored before and after as lm-evaluation-harness scores them");
+ABSL_FLAG(std::string, task_data, "", "submit: uri (or directory) of the task files (piqa.validation.jsonl, ...)");
+ABSL_FLAG(int32_t, task_limit, 0, "submit: the first N documents of each task (0 = all)");
+ABSL_FLAG(int32_t, task_max_length, 0, "submit: longest model input for the tasks (0 = the model's context)");
 ABSL_FLAG(std::string, output, "", "submit: output uri prefix (default: the server's store)");
 ABSL_FLAG(int32_t, priority, 0, "submit: priority (higher first)");
 ABSL_FLAG(std::string, labels, "", "submit: k=v,k=v labels; list: filter");
@@ -222,6 +228,14 @@ int Submit(v1::JobService::Stub& stub, const qaas::cli::MethodFlags& method_flag
     e->set_dataset(ToUri(std::string(d)));
     e->set_seq_len(absl::GetFlag(FLAGS_eval_seq_len));
     e->set_max_windows(absl::GetFlag(FLAGS_max_windows));
+  }
+  for (auto t : absl::StrSplit(absl::GetFlag(FLAGS_tasks), ',', absl::SkipEmpty())) {
+    spec->mutable_tasks()->add_names(std::string(t));
+  }
+  if (spec->tasks().names_size() > 0) {
+    spec->mutable_tasks()->set_data(ToUri(absl::GetFlag(FLAGS_task_data)));
+    spec->mutable_tasks()->set_limit(absl::GetFlag(FLAGS_task_limit));
+    spec->mutable_tasks()->set_max_length(absl::GetFlag(FLAGS_task_max_length));
   }
   spec->set_output(ToUri(absl::GetFlag(FLAGS_output)));
   spec->set_priority(absl::GetFlag(FLAGS_priority));

@@ -18,6 +18,14 @@ const prometheus::Histogram::BucketBoundaries& IncreaseBuckets() {
   return *kBuckets;
 }
 
+// Zero-shot accuracy change (quantized - original), in accuracy points / 100:
+// a 20-point loss to a 5-point gain.
+const prometheus::Histogram::BucketBoundaries& AccuracyChangeBuckets() {
+  static const auto* kBuckets = new prometheus::Histogram::BucketBoundaries{
+      -0.2, -0.1, -0.05, -0.02, -0.01, -0.005, 0, 0.005, 0.01, 0.02, 0.05};
+  return *kBuckets;
+}
+
 std::string StatusLabel(v1::JobState s) {
   switch (s) {
     case v1::JOB_STATE_SUCCEEDED: return "succeeded";
@@ -57,6 +65,11 @@ Metrics::Metrics(prometheus::Registry& r)
                                .Help("Succeeded jobs' perplexity_quantized / perplexity_original - 1 (first "
                                      "evaluation), by method.")
                                .Register(r)),
+      accuracy_change_(prometheus::BuildHistogram()
+                           .Name("qaas_job_task_accuracy_change")
+                           .Help("Succeeded jobs' zero-shot accuracy change (acc quantized - acc original), by "
+                                 "method and task.")
+                           .Register(r)),
       queue_wait_(prometheus::BuildHistogram()
                       .Name("qaas_job_queue_wait_seconds")
                       .Help("Time a job waited in QUEUED before a worker leased it.")
@@ -104,6 +117,12 @@ void Metrics::JobFinished(v1::JobState state, const std::string& method, double 
 void Metrics::QualityMeasured(const std::string& method, double original, double quantized) {
   if (!(original > 0) || !(quantized > 0) || !std::isfinite(original) || !std::isfinite(quantized)) return;
   perplexity_increase_.Add({{"method", method}}, IncreaseBuckets()).Observe(quantized / original - 1.0);
+}
+
+void Metrics::TaskAccuracyMeasured(const std::string& method, const std::string& task, double original,
+                                   double quantized) {
+  if (!std::isfinite(original) || !std::isfinite(quantized)) return;
+  accuracy_change_.Add({{"method", method}, {"task", task}}, AccuracyChangeBuckets()).Observe(quantized - original);
 }
 
 }  // namespace qaas::server

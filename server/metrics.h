@@ -29,6 +29,9 @@ class Metrics {
   void JobFinished(v1::JobState state, const std::string& method, double run_seconds);
   // A succeeded job's evaluation: observes perplexity_quantized / original - 1.
   void QualityMeasured(const std::string& method, double perplexity_original, double perplexity_quantized);
+  // A succeeded job's zero-shot task: observes acc quantized - acc original.
+  void TaskAccuracyMeasured(const std::string& method, const std::string& task, double acc_original,
+                            double acc_quantized);
   void JobStarted(double queue_wait_seconds) { queue_wait_.Observe(queue_wait_seconds); }
   void LeaseExpired() { lease_expirations_.Increment(); }
   void LeaseReleased() { lease_releases_.Increment(); }
@@ -42,6 +45,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& finished_;
   prometheus::Family<prometheus::Histogram>& duration_;
   prometheus::Family<prometheus::Histogram>& perplexity_increase_;
+  prometheus::Family<prometheus::Histogram>& accuracy_change_;
   prometheus::Histogram& queue_wait_;
   prometheus::Counter& lease_expirations_;
   prometheus::Counter& lease_releases_;

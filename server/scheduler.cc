@@ -70,6 +70,9 @@ void Scheduler::RecordFinish(const v1::Job& job) {
   metrics_->JobFinished(job.state(), method, run_seconds);
   if (job.state() == v1::JOB_STATE_SUCCEEDED) {
     metrics_->QualityMeasured(method, job.result().perplexity_original(), job.result().perplexity_quantized());
+    for (const auto& t : job.result().tasks()) {
+      metrics_->TaskAccuracyMeasured(method, t.task(), t.acc_original(), t.acc_quantized());
+    }
   }
 }
 
@@ -172,6 +175,9 @@ absl::Status Scheduler::CheckOutput(const std::string& tenant, const v1::JobSpec
   }
   for (const auto& e : spec.evaluation()) {
     if (Overlaps(out_name, e.dataset())) return refuse(absl::StrCat("overlaps the evaluation dataset '", e.dataset(), "'"));
+  }
+  if (!spec.tasks().names().empty() && Overlaps(out_name, spec.tasks().data())) {
+    return refuse(absl::StrCat("overlaps the task data '", spec.tasks().data(), "'"));
   }
   if (!options_.default_output_uri.empty() && Overlaps(out_name, options_.default_output_uri)) {
     return refuse(absl::StrCat("lies in the server's own store (", options_.default_output_uri,

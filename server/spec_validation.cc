@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -9,6 +10,7 @@
 #include "proto/recipe_convert.h"
 #include "proto/scheme_convert.h"
 #include "quant/artifact_format.h"
+#include "quant/eval/task_table.h"
 #include "quant/method_table.h"
 #include "quant/model/config.h"
 #include "quant/recipe_rules.h"
@@ -235,6 +237,28 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
     QAAS_RETURN_IF_ERROR(check_seq_len(field + ".seq_len", e.seq_len()));
     if (e.max_windows() < 0) return Invalid(field + ".max_windows", "must not be negative");
   }
+  if (spec->has_tasks()) {
+    const auto& t = spec->tasks();
+    if (t.names().empty() && (!t.data().empty() || t.limit() != 0 || t.max_length() != 0)) {
+      return Invalid("tasks.names", "required when tasks are set (one or more of " + quant::KnownTaskNames() + ")");
+    }
+    std::set<std::string> seen;
+    for (int i = 0; i < t.names_size(); ++i) {
+      const std::string field = absl::StrCat("tasks.names[", i, "]");
+      const quant::TaskInfo* task = quant::FindTask(t.names(i));
+      if (!task) {
+        return Invalid(field, absl::StrCat("unknown task '", t.names(i), "' (known: ", quant::KnownTaskNames(), ")"));
+      }
+      if (!seen.insert(t.names(i)).second) return Invalid(field, absl::StrCat("'", t.names(i), "' is named twice"));
+      if (t.data().empty()) return Invalid("tasks.data", "required: the uri prefix of the task files");
+      QAAS_RETURN_IF_ERROR(check_dataset("tasks.data", quant::TaskFileUri(t.data(), *task)));
+    }
+    if (t.limit() < 0) return Invalid("tasks.limit", absl::StrCat("must be 0 (all) or positive, got ", t.limit()));
+    if (t.max_length() < 0 || t.max_length() == 1 || t.max_length() > kMaxSeqLen) {
+      return Invalid("tasks.max_length", absl::StrCat("must be 0 (the model's context) or 2..", kMaxSeqLen, ", got ",
+                                                      t.max_length()));
+    }
+  }
   if (!spec->output().empty()) {
     QAAS_RETURN_IF_ERROR(ValidateUri("output", spec->output(), options.file_roots));
   }
@@ -288,6 +312,18 @@ uint64_t EstimateJobMemory(const v1::JobSpec& spec, const std::vector<std::strin
       }
     }
     if (e.max_windows() > 0) tokens = tokens > 0 ? std::min(tokens, e.max_windows() * len) : e.max_windows() * len;
+    m.evaluation_tokens += tokens;
+  }
+  // Zero-shot tasks: two more streams, about a token per 4 bytes of their files.
+  for (const std::string& name : spec.tasks().names()) {
+    const quant::TaskInfo* task = quant::FindTask(name);
+    if (!task || !absl::StartsWith(spec.tasks().data(), "file:")) continue;
+    auto object = storage::OpenObject(quant::TaskFileUri(spec.tasks().data(), *task), roots);
+    if (!object.ok()) continue;
+    auto info = object->location.store->Stat(object->key);
+    if (!info.ok()) continue;
+    int64_t tokens = static_cast<int64_t>(info->size / 4);
+    if (spec.tasks().limit() > 0) tokens = std::min<int64_t>(tokens, int64_t{spec.tasks().limit()} * 1024);
     m.evaluation_tokens += tokens;
   }
   for (const auto& step : spec.recipe()) m.omniquant |= step.method() == "omniquant";

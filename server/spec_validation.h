@@ -25,11 +25,15 @@ struct ValidationOptions {
 // outside the allowed roots, model directory without config.json, a recipe
 // option out of the method table's bounds: "recipe[0].gptq.damp: ...").
 // Unimplemented: per-tensor FP8 weights (not implemented).
+// Zero-shot tasks: each name one of quant::KnownTasks() (INVALID_ARGUMENT
+// naming an unknown one), tasks.data required and each task's file
+// (TaskFileUri) checked as a dataset.
 absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec);
 
 // EstimatePipelineMemory (server/placement.h) for a validated spec: the
-// model's shape from its config.json and the evaluation sets' sizes (a file
-// of B bytes counted as B/4 tokens unless max_windows bounds it). 0 when the
+// model's shape from its config.json and the evaluation sets' and task
+// files' sizes (a file of B bytes counted as B/4 tokens unless max_windows or
+// the task limit bounds it). 0 when the
 // config cannot be read here (an s3:// model, one outside `roots`, or one
 // that does not parse: the worker reports that). Files are read beneath the
 // roots, as the worker reads them.

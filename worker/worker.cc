@@ -12,6 +12,7 @@
 #include "nlohmann/json.hpp"
 #include "proto/recipe_convert.h"
 #include "proto/scheme_convert.h"
+#include "quant/eval/task_table.h"
 #include "quant/pipeline.h"
 #include "quant/util/device.h"
 #include "quant/util/status_macros.h"
@@ -71,6 +72,19 @@ absl::Status StageInputs(const v1::JobSpec& spec, const FileRoots& roots, const 
     if (!path.ok()) return Annotate(path.status(), "evaluation dataset");
     o->evaluations.push_back({*path, e.dataset(), e.seq_len(), e.max_windows()});
   }
+  for (const std::string& name : spec.tasks().names()) {
+    const quant::TaskInfo* task = quant::FindTask(name);
+    if (!task) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tasks: unknown task '", name, "' (known: ", quant::KnownTaskNames(), ")"));
+    }
+    const std::string uri = quant::TaskFileUri(spec.tasks().data(), *task);
+    auto path = StageFile(uri, roots, cache_dir, bytes);
+    if (!path.ok()) return Annotate(path.status(), absl::StrCat("tasks: ", name));
+    o->tasks.push_back({name, *path, uri});
+  }
+  o->task_limit = spec.tasks().limit();
+  o->task_max_length = spec.tasks().max_length();
   return absl::OkStatus();
 }
 
@@ -283,6 +297,9 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id, const FileR
     for (const auto& e : o.evaluations) {
       absl::StrAppend(&o.inputs_fingerprint, std::filesystem::path(e.path).parent_path().filename().string(), " ");
     }
+    for (const auto& t : o.tasks) {
+      absl::StrAppend(&o.inputs_fingerprint, std::filesystem::path(t.path).parent_path().filename().string(), " ");
+    }
     set_progress(0.02, "looking for checkpoints", 0, 0);
     uint64_t checkpoint_bytes = 0;
     auto found = DownloadPrefix(spec.output(), file_roots, "checkpoints/", o.output_dir, &checkpoint_bytes);
@@ -350,6 +367,18 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id, const FileR
       r->set_perplexity_quantized(report->evaluations[0].perplexity_quantized);
     }
     r->set_quantized_bytes(report->quantized_bytes);
+    if (report->tasks) {
+      for (const quant::TaskReport& t : report->tasks->tasks) {
+        for (const quant::TaskMetricReport& m : t.metrics) {
+          if (m.metric != "acc") continue;
+          v1::TaskResult* tr = r->add_tasks();
+          tr->set_task(t.task);
+          tr->set_docs(t.docs);
+          tr->set_acc_original(m.original);
+          tr->set_acc_quantized(m.quantized);
+        }
+      }
+    }
     v1::CompleteJobResponse resp;
     auto ctx = Context(options_.rpc_timeout_ms);
     return FromGrpc(stub_->CompleteJob(ctx.get(), done, &resp));

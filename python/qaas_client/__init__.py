@@ -78,7 +78,8 @@ class Client:
     def submit(self, model, scheme, preset=None, recipe=None, calibration=None, num_samples=0,
                calib_seq_len=0, seed=0, evaluation=(), eval_seq_len=0, max_windows=0, output="",
                priority=0, labels=None, idempotency_key="", device="", expert_calibration="",
-               min_calibration_tokens=0, artifact_format="", max_shard_bytes=0):
+               min_calibration_tokens=0, artifact_format="", max_shard_bytes=0, tasks=(), task_data="",
+               task_limit=0, task_max_length=0):
         """Submits a job and returns its Job handle.
 
         model, calibration, evaluation: uris (or local paths, made file:// uris).
@@ -92,6 +93,11 @@ class Client:
         min_calibration_tokens: a linear that saw fewer is quantized with RTN (0 = 16).
         artifact_format: "auto" or "" (default), "gptq" or "compressed-tensors";
         max_shard_bytes: shard the weights above this size (0 = 5 GB).
+        tasks: zero-shot task names (piqa, arc_easy, arc_challenge, hellaswag, winogrande, boolq,
+        lambada_openai; a list or a comma-separated string), scored before and after as
+        lm-evaluation-harness scores them; task_data: the uri (or local directory) holding their
+        files (piqa.validation.jsonl, ...); task_limit: the first N documents of each (0 = all);
+        task_max_length: the longest model input (0 = the model's context).
         """
         spec = job_pb2.JobSpec(model=_uri(model), output=output, priority=priority,
                                idempotency_key=idempotency_key)
@@ -120,6 +126,13 @@ class Client:
             spec.resources.device = device
         spec.artifact.format = artifact_format
         spec.artifact.max_shard_bytes = max_shard_bytes
+        if isinstance(tasks, str):
+            tasks = [t for t in tasks.split(",") if t]
+        if tasks:
+            spec.tasks.names.extend(tasks)
+            spec.tasks.data = _uri(task_data) if task_data else ""
+            spec.tasks.limit = task_limit
+            spec.tasks.max_length = task_max_length
         return self.submit_spec(spec)
 
     def submit_spec(self, spec):

@@ -1,6 +1,8 @@
 #include "quant/eval/task_table.h"
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 
 namespace qaas::quant {
 
@@ -28,6 +30,10 @@ std::string KnownTaskNames() {
   std::vector<std::string> names;
   for (const TaskInfo& t : KnownTasks()) names.push_back(t.name);
   return absl::StrJoin(names, ", ");
+}
+
+std::string TaskFileUri(absl::string_view data, const TaskInfo& task) {
+  return absl::StrCat(absl::StripSuffix(data, "/"), "/", task.data_file);
 }
 
 }  // namespace qaas::quant

@@ -81,7 +81,8 @@ class DashboardFileTest(unittest.TestCase):
         for metric in ["qaas_jobs_queued", "qaas_jobs_submitted_total", "qaas_jobs_finished_total",
                        "qaas_job_duration_seconds_bucket", "qaas_job_queue_wait_seconds_bucket",
                        "qaas_worker_jobs_running", "qaas_lease_expirations_total",
-                       "qaas_worker_storage_bytes_total", "qaas_job_perplexity_increase_ratio_bucket"]:
+                       "qaas_worker_storage_bytes_total", "qaas_job_perplexity_increase_ratio_bucket",
+                       "qaas_job_task_accuracy_change_bucket"]:
             self.assertIn(metric, exprs)
 
 
@@ -133,6 +134,14 @@ scrape_configs:
             "--web.listen-address=127.0.0.1:%d" % prom_port, "--log.level=warn"], d))
         cls._wait_for_targets()
 
+        # A small winogrande file for the jobs' zero-shot task.
+        tasks = os.path.join(d, "tasks")
+        os.makedirs(tasks)
+        with open(os.path.join(tasks, "winogrande.validation.jsonl"), "w") as f:
+            for i in range(8):
+                f.write(json.dumps({"sentence": "The cat sat on the mat because _ was %s." % ["tired", "soft"][i % 2],
+                                    "option1": "the cat", "option2": "the mat", "answer": "12"[i % 2]}) + "\n")
+
         # Jobs: two of each kind (a series' first sample is its first value,
         # so a rate needs a second increment), two of them failing.
         cls.client = qaas_client.Client(address)
@@ -140,7 +149,7 @@ scrape_configs:
         for preset, extra in [("rtn", {}), ("gptq", {"calibration": text, "num_samples": 4, "calib_seq_len": 64}),
                               ("rtn", {}), ("gptq", {"calibration": text, "num_samples": 4, "calib_seq_len": 64})]:
             job = cls.client.submit(model=model, scheme="W4A16g32", preset=preset, evaluation=text,
-                                    eval_seq_len=128, max_windows=8, **extra)
+                                    eval_seq_len=128, max_windows=8, tasks=["winogrande"], task_data=tasks, **extra)
             cls.jobs.append(job.wait(timeout=120))
             time.sleep(1.5)
         blank = os.path.join(d, "blank.txt")
@@ -227,6 +236,15 @@ scrape_configs:
         observed = sum(j.result.perplexity_quantized / j.result.perplexity_original - 1 for j in self.jobs[:4])
         total = list(value("sum(qaas_job_perplexity_increase_ratio_sum)").values())[0]
         self.assertAlmostEqual(total, observed, places=6)
+        # And the accuracy histogram the jobs' task results, one per job.
+        results = [t for j in self.jobs[:4] for t in j.result.tasks]
+        self.assertEqual([t.task for t in results], ["winogrande"] * 4)
+        self.assertEqual([t.docs for t in results], [8] * 4)
+        count = value("sum by (method, task) (qaas_job_task_accuracy_change_count)")
+        self.assertEqual(count, {(("method", "gptq"), ("task", "winogrande")): 2.0,
+                                 (("method", "rtn"), ("task", "winogrande")): 2.0})
+        changes = sum(t.acc_quantized - t.acc_original for t in results)
+        self.assertAlmostEqual(list(value("sum(qaas_job_task_accuracy_change_sum)").values())[0], changes, places=9)
 
     def test_rules_load_and_evaluate(self):
         groups = self._api("/api/v1/rules")["groups"]

@@ -4,6 +4,7 @@ Run by ctest with QAAS_SERVER_BIN set; needs python3-grpcio and python3-protobuf
 (scripts/setup installs them).
 """
 
+import json
 import os
 import shutil
 import tempfile
@@ -84,6 +85,28 @@ class ClientTest(unittest.TestCase):
         report = job.report()
         self.assertEqual(report["calibration"]["min_calibration_tokens"], 100000)
         self.assertTrue(all(l["method"] == "rtn" for l in report["layers"]))  # every linear below the minimum
+
+    def test_zero_shot_tasks_reach_the_job(self):
+        tasks = os.path.join(self.dir, "tasks")
+        os.makedirs(tasks, exist_ok=True)
+        with open(os.path.join(tasks, "boolq.validation.jsonl"), "w") as f:
+            for i in range(5):
+                f.write(json.dumps({"passage": "the sky is blue", "question": "is the sky blue",
+                                    "answer": i % 2 == 0}) + "\n")
+        job = self.client.submit(model=self.model, scheme="W4A16g32", preset="rtn", tasks="boolq",
+                                 task_data=tasks, task_limit=4)
+        done = job.wait(timeout=120)
+        self.assertEqual(list(done.spec.tasks.names), ["boolq"])
+        self.assertEqual(done.spec.tasks.data, "file://" + tasks)
+        self.assertEqual([(t.task, t.docs) for t in done.result.tasks], [("boolq", 4)])
+        result = job.report()["tasks"]["results"][0]
+        self.assertEqual(result["docs"], 4)
+        self.assertAlmostEqual(result["metrics"]["acc"]["quantized"], done.result.tasks[0].acc_quantized)
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.client.submit(model=self.model, scheme="W4A16g32", preset="rtn", tasks=["boolq", "mmlu"],
+                               task_data=tasks)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("unknown task 'mmlu'", caught.exception.details())
 
     def test_bad_request_names_the_field(self):
         with self.assertRaises(grpc.RpcError) as caught:

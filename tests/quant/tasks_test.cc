@@ -17,6 +17,7 @@
 #include "quant/model/checkpoint.h"
 #include "quant/model/decoder.h"
 #include "quant/model/tokenizer.h"
+#include "quant/pipeline.h"
 #include "tests/quant/quant_test_util.h"
 
 namespace qaas::quant {
@@ -270,6 +271,51 @@ TEST(TasksTest, PackingEqualsRequestByRequest) {
     }
   }
   EXPECT_EQ(k, sb.size());
+}
+
+// The pipeline's "before" is the harness's figure: a job on tiny-opt with
+// winogrande and boolq (whose passages the 128 positions truncate) reports
+// the harness's acc counts for the original model; its quantized model
+// (RTN W8) stays close; the report's tables name every task.
+TEST(TasksTest, PipelineReportsTheHarnesssOriginalAccuracy) {
+  QAAS_REQUIRE_SHARED();
+  ::qaas::testing::ScopedTempDir dir;
+  PipelineOptions o;
+  o.model_dir = TinyOptDir();
+  o.output_dir = dir.path() + "/out";
+  o.scheme = MustParse("W8A16");
+  o.device = "cpu";
+  const int64_t limit = 50;
+  for (const char* name : {"winogrande", "boolq"}) {
+    const TaskInfo& task = *FindTask(name);
+    o.tasks.push_back({name, TasksDir() + "/" + task.data_file, std::string("file:///tasks/") + task.data_file});
+  }
+  o.task_limit = limit;
+  auto report = RunPipeline(o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_TRUE(report->tasks.has_value());
+  EXPECT_EQ(report->tasks->max_length, 128);
+  ASSERT_EQ(report->tasks->tasks.size(), 2u);
+  for (size_t t = 0; t < 2; ++t) {
+    const TaskReport& r = report->tasks->tasks[t];
+    const nlohmann::json& docs = TaskReference("tiny-opt")["tasks"][r.task]["docs"];
+    int want = 0;
+    for (int64_t d = 0; d < limit; ++d) want += docs[d]["acc"].get<int>();
+    EXPECT_EQ(r.docs, limit);
+    ASSERT_EQ(r.metrics.size(), 1u);
+    EXPECT_EQ(r.metrics[0].metric, "acc");
+    EXPECT_EQ(std::lround(r.metrics[0].original * limit), want) << r.task;
+    // 8-bit weights move a few near-ties at most.
+    EXPECT_LE(r.changed_docs, limit / 5) << r.task;
+    EXPECT_NEAR(r.metrics[0].quantized, r.metrics[0].original, 0.2) << r.task;
+  }
+  EXPECT_GT(report->tasks->tasks[1].truncated_requests, 0);
+  const std::string md = ToMarkdown(*report);
+  EXPECT_NE(md.find("| winogrande | 50 | acc |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| boolq | 50 | acc |"), std::string::npos) << md;
+  const nlohmann::json j = ToJson(*report);
+  EXPECT_EQ(j["tasks"]["results"][0]["data"], "file:///tasks/winogrande.validation.jsonl");
+  EXPECT_GT(j["tasks"]["tokens_per_second"].get<double>(), 0);
 }
 
 TEST(TasksTest, ContinuationLongerThanMaxLengthIsRefused) {

@@ -378,6 +378,92 @@ TEST_F(EndToEndTest, ArtifactFormatAndShardsReachTheWorker) {
   EXPECT_NE(s.error_message().find("RPTQ"), std::string::npos) << s.error_message();
 }
 
+// Zero-shot tasks over the API: the task files staged from the job's
+// tasks.data, scored before and after, in report.json, report.md and the
+// job's result; a request longer than max_length + 1 tokens truncated and
+// counted; an unknown task refused at submit naming it; a task file with a
+// missing field fails the job naming the file, line and field.
+TEST_F(EndToEndTest, ZeroShotTasksRunOverTheApiAndBadTaskInputIsNamed) {
+  fs::create_directories(root_ + "/tasks");
+  std::string piqa, wino, lambada;
+  for (int i = 0; i < 6; ++i) {
+    // The last goal is long: with max_length 48 its requests are cut from the left.
+    const std::string goal = i == 5 ? SyntheticText(400, 7) : "how do you open a door";
+    piqa += nlohmann::json({{"goal", goal}, {"sol1", "push it"}, {"sol2", "sing to it"}, {"label", i % 2}}).dump() + "\n";
+    wino += nlohmann::json({{"sentence", "The cat sat on the mat because _ was tired."},
+                            {"option1", "the cat"}, {"option2", "the mat"}, {"answer", i % 2 ? "2" : "1"}})
+                .dump() +
+            "\n";
+    lambada += nlohmann::json({{"text", "once upon a time there was a little girl who liked to play"}}).dump() + "\n";
+  }
+  WriteLocalFile(root_ + "/tasks/piqa.validation.jsonl", piqa);
+  WriteLocalFile(root_ + "/tasks/winogrande.validation.jsonl", wino);
+  WriteLocalFile(root_ + "/tasks/lambada_openai.test.jsonl", lambada);
+  v1::JobSpec spec = Spec(MakeModel("model", 2, 64, 256));
+  for (const char* t : {"piqa", "winogrande", "lambada_openai"}) spec.mutable_tasks()->add_names(t);
+  spec.mutable_tasks()->set_data("file://" + root_ + "/tasks");
+  spec.mutable_tasks()->set_max_length(48);
+  v1::Job job;
+  const nlohmann::json report = RunCalibrated(spec, &job);
+  ASSERT_FALSE(report.is_null());
+  const nlohmann::json& tasks = report["tasks"];
+  EXPECT_EQ(tasks["max_length"], 48);
+  ASSERT_EQ(tasks["results"].size(), 3u);
+  EXPECT_GT(tasks["tokens_per_second"].get<double>(), 0);
+  for (const auto& r : tasks["results"]) {
+    EXPECT_EQ(r["docs"], 6) << r;
+    EXPECT_TRUE(r["metrics"].contains("acc")) << r;
+    for (const auto& [name, m] : r["metrics"].items()) {
+      EXPECT_TRUE(m["original"].is_number() && m["quantized"].is_number()) << r;
+    }
+  }
+  EXPECT_EQ(tasks["results"][0]["task"], "piqa");
+  EXPECT_EQ(tasks["results"][0]["data"], "file://" + root_ + "/tasks/piqa.validation.jsonl");
+  EXPECT_TRUE(tasks["results"][0]["metrics"].contains("acc_norm"));
+  EXPECT_EQ(tasks["results"][0]["truncated_docs"], 1);
+  EXPECT_EQ(tasks["results"][0]["truncated_requests"], 2);
+  EXPECT_EQ(tasks["results"][1]["truncated_requests"], 0);
+  EXPECT_TRUE(tasks["results"][2]["metrics"].contains("perplexity"));
+  const std::string md = ReadLocalFile(root_ + "/store/jobs/" + job.id() + "/report.md");
+  EXPECT_NE(md.find("| piqa | 6 | acc_norm |"), std::string::npos) << md;
+  EXPECT_NE(md.find("piqa: 2 requests of 1 documents were longer than max_length + 1 tokens"), std::string::npos) << md;
+  const v1::Job done = Get(job.id());
+  ASSERT_EQ(done.result().tasks_size(), 3);
+  EXPECT_EQ(done.result().tasks(1).task(), "winogrande");
+  EXPECT_EQ(done.result().tasks(1).docs(), 6);
+  EXPECT_DOUBLE_EQ(done.result().tasks(1).acc_original(),
+                   tasks["results"][1]["metrics"]["acc"]["original"].get<double>());
+
+  // An unknown task: refused at submit, naming it.
+  v1::JobSpec unknown = Spec(root_ + "/model");
+  unknown.mutable_tasks()->add_names("squad");
+  unknown.mutable_tasks()->set_data("file://" + root_ + "/tasks");
+  v1::Job refused;
+  grpc::Status st = Submit(unknown, &refused);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("tasks.names[0]: unknown task 'squad'"), std::string::npos) << st.error_message();
+  // A task whose file is not there: refused at submit, naming the file.
+  unknown.mutable_tasks()->set_names(0, "boolq");
+  st = Submit(unknown, &refused);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("boolq.validation.jsonl"), std::string::npos) << st.error_message();
+
+  // A document without a field: the job fails naming the file, line and field.
+  fs::create_directories(root_ + "/badtasks");
+  WriteLocalFile(root_ + "/badtasks/piqa.validation.jsonl",
+                 piqa.substr(0, piqa.find('\n') + 1) + R"({"goal": "g", "sol1": "a", "label": 0})" "\n");
+  v1::JobSpec bad = Spec(root_ + "/model");
+  bad.mutable_tasks()->add_names("piqa");
+  bad.mutable_tasks()->set_data("file://" + root_ + "/badtasks/");
+  v1::Job failing;
+  ASSERT_TRUE(Submit(bad, &failing).ok());
+  const v1::Job end = WaitFor(failing.id(), Final);
+  EXPECT_EQ(end.state(), v1::JOB_STATE_FAILED);
+  EXPECT_NE(end.error().find("file://" + root_ + "/badtasks/piqa.validation.jsonl line 2: field 'sol2' is missing"),
+            std::string::npos)
+      << end.error();
+}
+
 // The calibration's expert options reach the pipeline: a minimum above the
 // calibration's token count sends every linear to the RTN fallback, and the
 // report records both options.
