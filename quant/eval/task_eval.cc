@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 
@@ -126,25 +127,23 @@ absl::StatusOr<TaskEvaluator> TaskEvaluator::Create(std::vector<TaskInput> input
     while (j < order.size() && static_cast<int64_t>(j - i + 1) * T <= token_budget) ++j;
     const int64_t B = static_cast<int64_t>(j - i);
     at::Tensor ids = at::zeros({B, T}, at::kLong), positions = at::zeros({B, T}, at::kLong);
-    at::Tensor visible = at::zeros({B, T, T}, at::kBool);
+    // Padding is a branch of its own: it attends to the context and itself
+    // (its softmax stays finite) and no real token attends to it.
+    at::Tensor branches = at::full({B, T}, std::numeric_limits<int32_t>::max(), at::kLong);
     auto pid = ids.accessor<int64_t, 2>();
     auto ppos = positions.accessor<int64_t, 2>();
-    auto pvis = visible.accessor<bool, 3>();
+    auto pbr = branches.accessor<int64_t, 2>();
     Batch batch;
     std::vector<int64_t> rows, targets;
     int64_t max_position = 1;
     for (int64_t b = 0; b < B; ++b) {
       const Sequence& s = seqs[order[i + static_cast<size_t>(b)]];
       const int64_t len = static_cast<int64_t>(s.ids.size());
-      for (int64_t q = 0; q < T; ++q) {
-        if (q >= len) {  // padding sees itself only, so its softmax is finite
-          pvis[b][q][q] = true;
-          continue;
-        }
+      for (int64_t q = 0; q < len; ++q) {
         pid[b][q] = s.ids[q];
         ppos[b][q] = s.positions[q];
+        pbr[b][q] = s.branch[q];
         max_position = std::max(max_position, s.positions[q] + 1);
-        for (int64_t k = 0; k <= q; ++k) pvis[b][q][k] = s.branch[k] == 0 || s.branch[k] == s.branch[q];
       }
       for (const Sequence::Scored& sc : s.scored) {
         Slot slot{sc.task, sc.doc, sc.request, static_cast<int64_t>(rows.size()), static_cast<int64_t>(sc.rows.size())};
@@ -157,7 +156,7 @@ absl::StatusOr<TaskEvaluator> TaskEvaluator::Create(std::vector<TaskInput> input
     }
     batch.ids = ids.to(device);
     batch.layout.positions = positions.to(device);
-    batch.layout.visible = visible.to(device);
+    batch.layout.branches = branches.to(device);
     batch.layout.max_position = max_position;
     batch.score_rows = at::tensor(rows, at::kLong).to(device);
     batch.targets = at::tensor(targets, at::kLong).to(device);
@@ -196,14 +195,21 @@ absl::StatusOr<std::vector<std::vector<std::vector<RequestScore>>>> TaskEvaluato
   }
   for (size_t k = 0; k < batches_.size(); ++k) {
     const Batch& b = batches_[k];
-    const at::Tensor h = hidden[k].reshape({-1, hidden[k].size(-1)}).index_select(0, b.score_rows);
+    const at::Tensor flat = hidden[k].reshape({-1, hidden[k].size(-1)});
     // As the harness: log-softmax in float32 over the vocabulary; the
     // continuation's token log-probabilities summed; greedy when every
-    // token is the argmax (the first on ties).
-    const at::Tensor logits = model.Logits(h).to(at::kFloat);
-    const at::Tensor targets = b.targets.unsqueeze(1);
-    const at::Tensor logp = at::log_softmax(logits, -1).gather(1, targets).squeeze(1).to(at::kCPU);
-    const at::Tensor greedy = logits.argmax(-1).eq(b.targets).to(at::kCPU);
+    // token is the argmax (the first on ties). Rows in chunks, so the
+    // logits of a large vocabulary stay bounded.
+    constexpr int64_t kRows = 1024;
+    std::vector<at::Tensor> lps, greedies;
+    for (int64_t r = 0; r < b.score_rows.size(0); r += kRows) {
+      const int64_t n = std::min(kRows, b.score_rows.size(0) - r);
+      const at::Tensor targets = b.targets.narrow(0, r, n);
+      const at::Tensor logits = model.Logits(flat.index_select(0, b.score_rows.narrow(0, r, n))).to(at::kFloat);
+      lps.push_back(at::log_softmax(logits, -1).gather(1, targets.unsqueeze(1)).squeeze(1).to(at::kCPU));
+      greedies.push_back(logits.argmax(-1).eq(targets).to(at::kCPU));
+    }
+    const at::Tensor logp = at::cat(lps), greedy = at::cat(greedies);
     const auto plp = logp.accessor<float, 1>();
     const auto pg = greedy.accessor<bool, 1>();
     for (const Slot& s : b.slots) {

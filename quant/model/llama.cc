@@ -378,12 +378,15 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 }  // namespace
 
 at::Tensor TokenLayout::Mask(int window) const {
-  at::Tensor keep = visible;
+  const int64_t T = positions.size(1);
+  const at::Tensor causal = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(positions.device())).tril();
+  const at::Tensor bi = branches.unsqueeze(2), bj = branches.unsqueeze(1);
+  at::Tensor keep = causal.unsqueeze(0) & (bj.eq(0) | bj.eq(bi));
   if (window > 0) {
     // Query i sees key j only when j is fewer than `window` positions back.
     keep = keep & ((positions.unsqueeze(2) - positions.unsqueeze(1)) < window);
   }
-  const at::Tensor zero = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(visible.device()));
+  const at::Tensor zero = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(positions.device()));
   const at::Tensor inf = at::full({}, -std::numeric_limits<float>::infinity(), zero.options());
   return at::where(keep, zero, inf).unsqueeze(1);
 }
@@ -423,16 +426,22 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
     k = k.repeat_interleave(nh / nkv, 1);
     v = v.repeat_interleave(nh / nkv, 1);
   }
-  at::Tensor mask = layout ? layout->Mask(window).expand({B, nh, T, T}).reshape({B * nh, T, T}).to(q.scalar_type())
-                           : rope.Mask(T, window);
   at::Tensor scores;
-  if (c.attn_logit_softcap > 0) {
+  if (layout) {
+    // A packed batch: its mask [B, 1, T, T] broadcast over the heads.
+    scores = at::matmul(q, k.transpose(2, 3)) * c.attention_scale;
+    if (c.attn_logit_softcap > 0) scores = at::tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap;
+    const at::Tensor mask = layout->Mask(window).to(scores.scalar_type());
+    scores = (scores.requires_grad() ? scores + mask : scores.add_(mask)).view({B * nh, T, T});
+  } else if (c.attn_logit_softcap > 0) {
+    const at::Tensor mask = rope.Mask(T, window);
     // Gemma 2: cap * tanh(s / cap) on the scaled scores, then the mask.
     const double cap = c.attn_logit_softcap;
     scores = at::bmm(q.reshape({B * nh, T, hd}), k.reshape({B * nh, T, hd}).transpose(1, 2)) * c.attention_scale;
     scores = at::tanh(scores / cap) * cap + mask;
   } else {
     // scores = q k^T * scale + causal mask, computed in one fused baddbmm.
+    const at::Tensor mask = rope.Mask(T, window);
     scores = at::baddbmm(mask.expand({B * nh, T, T}), q.reshape({B * nh, T, hd}),
                          k.reshape({B * nh, T, hd}).transpose(1, 2), /*beta=*/1.0, /*alpha=*/c.attention_scale);
   }

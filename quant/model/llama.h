@@ -159,7 +159,11 @@ class Rope {
 // sequences at positions 0..T-1.
 struct TokenLayout {
   at::Tensor positions;  // int64 [B, T]
-  at::Tensor visible;    // bool [B, T, T]: query i may attend to key j
+  // int64 [B, T]: 0 for a token every later token of its row attends to
+  // (a shared context), k > 0 for a token only later tokens of branch k
+  // attend to (a continuation). Query i attends to key j <= i when j's
+  // branch is 0 or i's own.
+  at::Tensor branches;
   // The additive attention mask [B, 1, T, T], 0 where visible (and, when
   // window > 0, fewer than `window` positions back), -inf elsewhere.
   at::Tensor Mask(int window) const;

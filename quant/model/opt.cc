@@ -171,10 +171,14 @@ at::Tensor OptAttentionForward(const OptLayer& layer, const ModelConfig& c,
   // The cache holds K and V: both quantized per token and head.
   k = QuantizeKv(layer.act, k.view({B, T, nh, hd}).transpose(1, 2).reshape({B * nh, T, hd}));
   v = QuantizeKv(layer.act, v.view({B, T, nh, hd}).transpose(1, 2).reshape({B * nh, T, hd}));
-  at::Tensor mask =
-      layout ? layout->Mask(0).expand({B, nh, T, T}).reshape({B * nh, T, T}).to(q.scalar_type())
-             : at::full({T, T}, -std::numeric_limits<float>::infinity(), hidden.options()).triu(1);
-  at::Tensor scores = at::baddbmm(mask.expand({B * nh, T, T}), q, k.transpose(1, 2));
+  at::Tensor scores;
+  if (layout) {  // a packed batch: its mask [B, 1, T, T] broadcast over the heads
+    scores = (at::bmm(q, k.transpose(1, 2)).view({B, nh, T, T}) + layout->Mask(0).to(q.scalar_type()))
+                 .view({B * nh, T, T});
+  } else {
+    const at::Tensor mask = at::full({T, T}, -std::numeric_limits<float>::infinity(), hidden.options()).triu(1);
+    scores = at::baddbmm(mask.expand({B * nh, T, T}), q, k.transpose(1, 2));
+  }
   if (scores.requires_grad()) {
     scores = at::softmax(scores, -1);  // learning (OmniQuant): autograd cannot see in-place outputs
   } else {

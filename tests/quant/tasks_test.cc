@@ -318,6 +318,46 @@ TEST(TasksTest, PipelineReportsTheHarnesssOriginalAccuracy) {
   EXPECT_GT(j["tasks"]["tokens_per_second"].get<double>(), 0);
 }
 
+// A packed sequence (a shared prefix, two continuations at the positions
+// they have after it) gives each continuation the hidden states of its own
+// causal forward, in every family's forward: sliding windows shorter than
+// the sequence (Mistral, Gemma 2/3), Gemma 3's local RoPE, Gemma 2's
+// softcap, Phi-3's partial rotary, mixtures of experts.
+TEST(TasksTest, PackedLayoutEqualsCausalForwardsInEveryFamily) {
+  c10::NoGradGuard no_grad;
+  for (const char* family : {"llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral",
+                             "qwen2-moe", "llama-dynamic", "llama-longrope"}) {
+    SCOPED_TRACE(family);
+    auto ck = Checkpoint::Open(ReferencePath(std::string("families/") + family));
+    ASSERT_TRUE(ck.ok()) << ck.status();
+    auto model = DecoderModel::Create(**ck, at::kCPU, 32);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const int64_t P = 10, N = 6, vocab = (*ck)->config().vocab_size;
+    at::manual_seed(3);
+    const at::Tensor prefix = at::randint(vocab, {P}, at::kLong), x = at::randint(vocab, {N}, at::kLong),
+                     y = at::randint(vocab, {N}, at::kLong);
+    const at::Tensor a = at::cat({prefix, x}).unsqueeze(0), b = at::cat({prefix, y}).unsqueeze(0);
+    TokenLayout layout;
+    layout.positions = at::cat({at::arange(P), at::arange(P, P + N), at::arange(P, P + N)}).unsqueeze(0);
+    layout.branches = at::cat({at::zeros({P}, at::kLong), at::ones({N}, at::kLong), at::full({N}, 2, at::kLong)})
+                          .unsqueeze(0);
+    layout.max_position = P + N;
+    at::Tensor ha = (*model)->Embed(a), hb = (*model)->Embed(b);
+    at::Tensor hp = (*model)->Embed(at::cat({prefix, x, y}).unsqueeze(0), layout);
+    for (int i = 0; i < (*ck)->config().num_layers; ++i) {
+      auto layer = (*model)->LoadLayer(i);
+      ASSERT_TRUE(layer.ok()) << layer.status();
+      ha = (*model)->LayerForward(*layer, ha);
+      hb = (*model)->LayerForward(*layer, hb);
+      hp = (*model)->LayerForward(*layer, hp, layout);
+    }
+    const double scale = ha.abs().max().item<double>();
+    EXPECT_TRUE(at::allclose(hp.narrow(1, 0, P + N), ha, 1e-4, 1e-5 * scale)) << (hp.narrow(1, 0, P + N) - ha).abs().max();
+    EXPECT_TRUE(at::allclose(hp.narrow(1, P + N, N), hb.narrow(1, P, N), 1e-4, 1e-5 * scale))
+        << (hp.narrow(1, P + N, N) - hb.narrow(1, P, N)).abs().max();
+  }
+}
+
 TEST(TasksTest, ContinuationLongerThanMaxLengthIsRefused) {
   auto tokenizer = Tokenizer::Load(TinyOptDir());
   ASSERT_TRUE(tokenizer.ok());
