@@ -913,6 +913,7 @@ absl::StatusOr<Report> Pipeline::Run() {
     QAAS_RETURN_IF_ERROR(i < report_.resumed_layers ? ReplayLayer(i) : QuantizeLayer(i));
     Progress(i + 1, i < report_.resumed_layers ? "layer restored" : "layer done");
   }
+  if (!evals_.empty() || tasks_) Progress(config_.num_layers, "evaluating");
   auto t0 = Clock::now();
   for (auto& s : evals_) {
     auto logits = [this](const at::Tensor& hidden) { return model_->Logits(hidden); };

@@ -431,6 +431,46 @@ TEST_F(SpecValidationTest, LimitsAreChecked) {
   QAAS_EXPECT_CODE(Validate(), kInvalidArgument);
 }
 
+// Zero-shot tasks: known names, each once, their files under tasks.data
+// present now, and the limits.
+TEST_F(SpecValidationTest, TasksAreChecked) {
+  std::filesystem::create_directories(root_ + "/tasks");
+  WriteLocalFile(root_ + "/tasks/piqa.validation.jsonl", "{}\n");
+  WriteLocalFile(root_ + "/tasks/lambada_openai.test.jsonl", "{}\n");
+  auto expect = [&](const std::string& needle) {
+    const absl::Status st = Validate();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_NE(st.message().find(needle), absl::string_view::npos) << "want '" << needle << "' in " << st;
+  };
+  auto* t = spec_.mutable_tasks();
+  t->add_names("piqa");
+  expect("tasks.data: required");
+  t->set_data("file://" + root_ + "/tasks/");
+  QAAS_EXPECT_OK(Validate());
+  t->add_names("lambada_openai");
+  QAAS_EXPECT_OK(Validate());
+  t->add_names("mmlu");
+  expect("tasks.names[2]: unknown task 'mmlu' (known: piqa, arc_easy, arc_challenge, hellaswag, winogrande, boolq, "
+         "lambada_openai)");
+  t->set_names(2, "piqa");
+  expect("tasks.names[2]: 'piqa' is named twice");
+  t->set_names(2, "hellaswag");
+  expect("tasks.data: '" "file://" + root_ + "/tasks/hellaswag.validation.jsonl' does not exist");
+  t->mutable_names()->RemoveLast();
+  t->set_limit(-1);
+  expect("tasks.limit");
+  t->set_limit(100);
+  t->set_max_length(1);
+  expect("tasks.max_length");
+  t->set_max_length(1024);
+  QAAS_EXPECT_OK(Validate());
+  t->set_data("file:///etc");
+  expect("tasks.data");
+  t->clear_names();
+  t->set_data("file://" + root_ + "/tasks");
+  expect("tasks.names: required when tasks are set");
+}
+
 // What the worker would refuse minutes later is refused at submit, by the
 // same parser and rules (each was accepted once).
 TEST_F(SpecValidationTest, WhatIsKnowableAtSubmitIsCheckedThere) {
