@@ -58,6 +58,16 @@ class ResumeTest : public ::testing::TestWithParam<Case> {
     std::string t;
     for (int i = 0; i < 40; ++i) t += kTinyText;
     WriteLocalFile(text_, t);
+    // A zero-shot task, whose streams a resumed run replays too.
+    tasks_ = dir_.path() + "/winogrande.jsonl";
+    std::string docs;
+    for (int i = 0; i < 6; ++i) {
+      docs += nlohmann::json({{"sentence", "The small dog ran to the big _ and sat down."}, {"option1", "tree"},
+                              {"option2", i % 2 ? "house" : "cat"}, {"answer", i % 2 ? "2" : "1"}})
+                  .dump() +
+              "\n";
+    }
+    WriteLocalFile(tasks_, docs);
   }
 
   PipelineOptions Options(const std::string& model, const std::string& out) {
@@ -70,6 +80,8 @@ class ResumeTest : public ::testing::TestWithParam<Case> {
     o.num_samples = 8;
     o.seed = 7;
     o.evaluations = {DatasetRef{text_, "text", 64, 4}};
+    o.tasks = {TaskRef{"winogrande", tasks_, "winogrande"}};
+    o.task_max_length = 24;
     return o;
   }
 
@@ -151,10 +163,12 @@ class ResumeTest : public ::testing::TestWithParam<Case> {
       EXPECT_EQ(resumed->blocks[k].output_relative_error, full->blocks[k].output_relative_error);
     }
     EXPECT_EQ(ToJson(*resumed)["evaluations"].dump(), ToJson(*full)["evaluations"].dump());
+    EXPECT_EQ(ToJson(*resumed)["tasks"]["results"].dump(), ToJson(*full)["tasks"]["results"].dump());
   }
 
   ScopedTempDir dir_;
   std::string text_;
+  std::string tasks_;
   bool stopped_inside_ = false;  // the last CheckResume stopped inside a layer
 };
 
