@@ -73,7 +73,9 @@ ABSL_FLAG(int32_t, max_windows, 0, "submit: evaluation windows per dataset (0 = 
 ABSL_FLAG(std::string, tasks, "",
           "submit: comma-separated zero-shot tasks (piqa, arc_easy, arc_challenge, hellaswag, winogrande, boolq, "
           "lambada_openai), scored before and after as lm-evaluation-harness scores them");
-ABSL_FLAG(std::string, task_data, "", "submit: uri (or directory) of the task files (piqa.validation.jsonl, ...)");
+ABSL_FLAG(std::string, task_data, "",
+          "submit: uri (or directory) of the task files (piqa.validation.jsonl, ...); \"\" = the server's "
+          "--task_data");
 ABSL_FLAG(int32_t, task_limit, 0, "submit: the first N documents of each task (0 = all)");
 ABSL_FLAG(int32_t, task_max_length, 0, "submit: longest model input for the tasks (0 = the model's context)");
 ABSL_FLAG(std::string, output, "", "submit: output uri prefix (default: the server's store)");

@@ -29,6 +29,9 @@ ABSL_FLAG(std::string, database, "",
           "\"\" = SQLite in --data_dir (one replica). The password may come from $PGPASSWORD or ~/.pgpass");
 ABSL_FLAG(bool, embedded, false, "also run a worker in this process");
 ABSL_FLAG(std::string, file_roots, "", "comma-separated extra directories that file:// uris may name");
+ABSL_FLAG(std::string, task_data, "",
+          "uri prefix of the zero-shot task files (piqa.validation.jsonl, ...) for jobs whose tasks.data is empty; "
+          "\"\" = jobs must name it");
 ABSL_FLAG(int64_t, lease_seconds, 30, "lease duration; a worker silent this long loses its job");
 ABSL_FLAG(int32_t, max_attempts, 3, "leases per job before it FAILS");
 ABSL_FLAG(std::string, device, "auto", "the embedded worker's device: cpu, cuda, cuda:N, or auto (cuda where visible)");
@@ -103,6 +106,7 @@ int main(int argc, char** argv) {
     o.scheduler.validation.file_roots.push_back(
         fs::weakly_canonical(fs::absolute(std::string(root))).string());
   }
+  o.scheduler.validation.default_task_data = absl::GetFlag(FLAGS_task_data);
   if (auto st = qaas::storage::ConfigureS3FromFlags(); !st.ok()) {
     std::cerr << "qaas-server: " << st << "\n";
     return 1;

@@ -238,6 +238,9 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
     if (e.max_windows() < 0) return Invalid(field + ".max_windows", "must not be negative");
   }
   if (spec->has_tasks()) {
+    if (spec->tasks().names_size() > 0 && spec->tasks().data().empty()) {
+      spec->mutable_tasks()->set_data(options.default_task_data);
+    }
     const auto& t = spec->tasks();
     if (t.names().empty() && (!t.data().empty() || t.limit() != 0 || t.max_length() != 0)) {
       return Invalid("tasks.names", "required when tasks are set (one or more of " + quant::KnownTaskNames() + ")");
@@ -250,7 +253,9 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
         return Invalid(field, absl::StrCat("unknown task '", t.names(i), "' (known: ", quant::KnownTaskNames(), ")"));
       }
       if (!seen.insert(t.names(i)).second) return Invalid(field, absl::StrCat("'", t.names(i), "' is named twice"));
-      if (t.data().empty()) return Invalid("tasks.data", "required: the uri prefix of the task files");
+      if (t.data().empty()) {
+        return Invalid("tasks.data", "required: the uri prefix of the task files (this server has no --task_data)");
+      }
       QAAS_RETURN_IF_ERROR(check_dataset("tasks.data", quant::TaskFileUri(t.data(), *task)));
     }
     if (t.limit() < 0) return Invalid("tasks.limit", absl::StrCat("must be 0 (all) or positive, got ", t.limit()));

@@ -15,6 +15,9 @@ namespace qaas::server {
 struct ValidationOptions {
   // file:// uris must resolve inside one of these absolute directories.
   std::vector<std::string> file_roots;
+  // Where a job's zero-shot task files are when its tasks.data is empty
+  // (qaas-server --task_data); "" = the job must name them.
+  std::string default_task_data;
 };
 
 // Checks `spec` and fills its defaults in place: a preset becomes its recipe
@@ -26,8 +29,8 @@ struct ValidationOptions {
 // option out of the method table's bounds: "recipe[0].gptq.damp: ...").
 // Unimplemented: per-tensor FP8 weights (not implemented).
 // Zero-shot tasks: each name one of quant::KnownTasks() (INVALID_ARGUMENT
-// naming an unknown one), tasks.data required and each task's file
-// (TaskFileUri) checked as a dataset.
+// naming an unknown one), tasks.data (default: options.default_task_data,
+// filled in) required and each task's file (TaskFileUri) checked as a dataset.
 absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec);
 
 // EstimatePipelineMemory (server/placement.h) for a validated spec: the

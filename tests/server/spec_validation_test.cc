@@ -469,6 +469,12 @@ TEST_F(SpecValidationTest, TasksAreChecked) {
   t->clear_names();
   t->set_data("file://" + root_ + "/tasks");
   expect("tasks.names: required when tasks are set");
+  // The server's default location fills an empty tasks.data.
+  t->add_names("piqa");
+  t->clear_data();
+  options_.default_task_data = "file://" + root_ + "/tasks";
+  QAAS_EXPECT_OK(Validate());
+  EXPECT_EQ(spec_.tasks().data(), "file://" + root_ + "/tasks");
 }
 
 // What the worker would refuse minutes later is refused at submit, by the
