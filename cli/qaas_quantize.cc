@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   for (const auto& name : absl::StrSplit(absl::GetFlag(FLAGS_tasks), ',', absl::SkipEmpty())) {
     const q::TaskInfo* task = q::FindTask(name);
     if (!task) {
-      std::cerr << "qaas-quantize: --tasks: unknown task '" << name << "' (known: " << q::KnownTaskNames() << ")\n";
+      std::cerr << "qaas-quantize: --tasks: " << q::UnknownTaskMessage(name) << "\n";
       return 2;
     }
     if (absl::GetFlag(FLAGS_task_data).empty()) {

@@ -722,11 +722,11 @@ absl::Status Pipeline::ReplayLayer(int i) {
 
 absl::Status Pipeline::PrepareTasks(int* max_len) {
   if (o_.tasks.empty()) return absl::OkStatus();
-  const int context = config_.max_position_embeddings;
-  const int64_t max_length = o_.task_max_length > 0 ? o_.task_max_length : context;
   if (o_.task_max_length < 0) {
     return absl::InvalidArgumentError(absl::StrCat("tasks max_length must be positive, got ", o_.task_max_length));
   }
+  const int context = config_.max_position_embeddings;
+  const int64_t max_length = o_.task_max_length > 0 ? o_.task_max_length : context;
   if (max_length > context && config_.architecture == "opt") {
     return absl::InvalidArgumentError(absl::StrCat("tasks max_length ", max_length, " exceeds ", config_.model_type,
                                                    "'s ", context, " learned positions"));
@@ -739,13 +739,13 @@ absl::Status Pipeline::PrepareTasks(int* max_len) {
   for (const TaskRef& ref : o_.tasks) {
     const TaskInfo* task = FindTask(ref.task);
     if (!task) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown task '", ref.task, "' (known: ", KnownTaskNames(), ")"));
+      return absl::InvalidArgumentError(UnknownTaskMessage(ref.task));
     }
-    QAAS_ASSIGN_OR_RETURN(auto docs, LoadTaskDocs(*task, ref.path, ref.name.empty() ? ref.path : ref.name,
-                                                  o_.task_limit));
-    QAAS_ASSIGN_OR_RETURN(const std::string raw, ReadFile(ref.path));
+    const std::string& display = ref.name.empty() ? ref.path : ref.name;
+    std::string raw;
+    QAAS_ASSIGN_OR_RETURN(auto docs, LoadTaskDocs(*task, ref.path, display, o_.task_limit, &raw));
     fingerprint["files"].push_back({task->name, Fnv1a(raw)});
-    inputs.push_back(EncodeTask(*task, ref.name.empty() ? ref.path : ref.name, std::move(docs), *tokenizer_));
+    inputs.push_back(EncodeTask(*task, display, std::move(docs), *tokenizer_));
   }
   fingerprint_["tasks"] = std::move(fingerprint);
   // Batches of about what the evaluation windows' batches hold.

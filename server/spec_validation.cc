@@ -250,7 +250,7 @@ absl::Status ValidateJobSpec(const ValidationOptions& options, v1::JobSpec* spec
       const std::string field = absl::StrCat("tasks.names[", i, "]");
       const quant::TaskInfo* task = quant::FindTask(t.names(i));
       if (!task) {
-        return Invalid(field, absl::StrCat("unknown task '", t.names(i), "' (known: ", quant::KnownTaskNames(), ")"));
+        return Invalid(field, quant::UnknownTaskMessage(t.names(i)));
       }
       if (!seen.insert(t.names(i)).second) return Invalid(field, absl::StrCat("'", t.names(i), "' is named twice"));
       if (t.data().empty()) {

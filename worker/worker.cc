@@ -75,8 +75,7 @@ absl::Status StageInputs(const v1::JobSpec& spec, const FileRoots& roots, const 
   for (const std::string& name : spec.tasks().names()) {
     const quant::TaskInfo* task = quant::FindTask(name);
     if (!task) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tasks: unknown task '", name, "' (known: ", quant::KnownTaskNames(), ")"));
+      return absl::InvalidArgumentError(absl::StrCat("tasks: ", quant::UnknownTaskMessage(name)));
     }
     const std::string uri = quant::TaskFileUri(spec.tasks().data(), *task);
     auto path = StageFile(uri, roots, cache_dir, bytes);

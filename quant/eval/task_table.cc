@@ -32,6 +32,10 @@ std::string KnownTaskNames() {
   return absl::StrJoin(names, ", ");
 }
 
+std::string UnknownTaskMessage(absl::string_view name) {
+  return absl::StrCat("unknown task '", name, "' (known: ", KnownTaskNames(), ")");
+}
+
 std::string TaskFileUri(absl::string_view data, const TaskInfo& task) {
   return absl::StrCat(absl::StripSuffix(data, "/"), "/", task.data_file);
 }

@@ -26,6 +26,9 @@ const std::vector<TaskInfo>& KnownTasks();
 const TaskInfo* FindTask(absl::string_view name);
 // "piqa, arc_easy, ..." for error messages.
 std::string KnownTaskNames();
+// "unknown task 'mmlu' (known: piqa, ...)": every layer's message for a name
+// FindTask does not know.
+std::string UnknownTaskMessage(absl::string_view name);
 // The uri of `task`'s file under the job's tasks.data prefix: <data>/<data_file>.
 std::string TaskFileUri(absl::string_view data, const TaskInfo& task);
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <sstream>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -12,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 #include "quant/model/unicode_classes.h"
+#include "quant/model/utf8.h"
 #include "quant/util/files.h"
 #include "quant/util/status_macros.h"
 
@@ -19,39 +21,22 @@ namespace qaas::quant {
 
 namespace {
 
-// The code point at s[*i] (advancing *i); an invalid byte reads as itself.
-char32_t NextCodePoint(absl::string_view s, size_t* i) {
-  const unsigned char c = static_cast<unsigned char>(s[*i]);
-  size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 1;
-  if (*i + n > s.size()) n = 1;
-  char32_t cp = n == 1 ? c : n == 2 ? (c & 0x1f) : n == 3 ? (c & 0x0f) : (c & 0x07);
-  for (size_t k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[*i + k]) & 0x3f);
-  *i += n;
-  return cp;
-}
-
-// Byte offsets where each code point of s starts, plus s.size().
-std::vector<size_t> CodePointStarts(absl::string_view s) {
-  std::vector<size_t> starts;
-  size_t i = 0;
-  while (i < s.size()) {
-    starts.push_back(i);
-    NextCodePoint(s, &i);
+// [begin, end) of s without its leading and trailing Python whitespace
+// ({0, 0} when s is all whitespace: all of it trails).
+std::pair<size_t, size_t> NonSpaceSpan(absl::string_view s) {
+  size_t begin = 0, end = 0;
+  bool seen = false;
+  for (size_t i = 0; i < s.size();) {
+    char32_t cp;
+    const size_t n = DecodeUtf8(s, i, &cp);
+    if (!PyIsSpace(cp)) {
+      if (!seen) begin = i;
+      seen = true;
+      end = i + n;
+    }
+    i += n;
   }
-  starts.push_back(s.size());
-  return starts;
-}
-
-// Bytes of trailing Python whitespace in s.
-size_t TrailingSpaceBytes(absl::string_view s) {
-  const std::vector<size_t> starts = CodePointStarts(s);
-  size_t end = s.size();
-  for (size_t k = starts.size() - 1; k > 0; --k) {
-    size_t i = starts[k - 1];
-    if (!PyIsSpace(NextCodePoint(s, &i))) break;
-    end = starts[k - 1];
-  }
-  return s.size() - end;
+  return {begin, end};
 }
 
 // Python's str.capitalize for ASCII letters (the data's ctx_b is ASCII):
@@ -215,7 +200,7 @@ absl::Status BuildDoc(const std::string& task, const DocReader& r, TaskDoc* doc)
     }
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown task '", task, "' (known: ", KnownTaskNames(), ")"));
+  return absl::InvalidArgumentError(UnknownTaskMessage(task));
 }
 
 }  // namespace
@@ -223,19 +208,16 @@ absl::Status BuildDoc(const std::string& task, const DocReader& r, TaskDoc* doc)
 bool PyIsSpace(char32_t c) { return IsUnicodeWhitespace(c) || (c >= 0x1c && c <= 0x1f); }
 
 std::string PyStrip(absl::string_view s) {
-  const std::vector<size_t> starts = CodePointStarts(s);
-  size_t first = 0;
-  while (first + 1 < starts.size()) {
-    size_t i = starts[first];
-    if (!PyIsSpace(NextCodePoint(s, &i))) break;
-    ++first;
-  }
-  const size_t begin = starts[first];
-  const absl::string_view rest = s.substr(begin);
-  return std::string(rest.substr(0, rest.size() - TrailingSpaceBytes(rest)));
+  const auto [begin, end] = NonSpaceSpan(s);
+  return std::string(s.substr(begin, end - begin));
 }
 
-int64_t CodePoints(absl::string_view s) { return static_cast<int64_t>(CodePointStarts(s).size()) - 1; }
+int64_t CodePoints(absl::string_view s) {
+  int64_t n = 0;
+  char32_t cp;
+  for (size_t i = 0; i < s.size(); i += DecodeUtf8(s, i, &cp)) ++n;
+  return n;
+}
 
 std::string HellaswagPreprocess(absl::string_view text) {
   std::string t = absl::StrReplaceAll(PyStrip(text), {{" [title]", ". "}});
@@ -256,7 +238,7 @@ std::string HellaswagPreprocess(absl::string_view text) {
 }
 
 absl::StatusOr<std::vector<TaskDoc>> LoadTaskDocs(const TaskInfo& task, const std::string& path,
-                                                  const std::string& display, int64_t limit) {
+                                                  const std::string& display, int64_t limit, std::string* text) {
   auto raw = ReadFile(path);
   if (!raw.ok()) {
     return absl::Status(raw.status().code(),
@@ -264,6 +246,7 @@ absl::StatusOr<std::vector<TaskDoc>> LoadTaskDocs(const TaskInfo& task, const st
   }
   std::vector<TaskDoc> docs;
   std::istringstream lines(*raw);
+  if (text != nullptr) *text = *raw;
   std::string line;
   int64_t number = 0;
   while (std::getline(lines, line) && (limit <= 0 || static_cast<int64_t>(docs.size()) < limit)) {
@@ -305,7 +288,7 @@ EncodedRequest EncodeRequest(const Tokenizer& tokenizer, const TaskRequest& requ
     return out;
   }
   std::string context = request.context, continuation = request.continuation;
-  if (const size_t n = TrailingSpaceBytes(context); n > 0) {
+  if (const size_t n = context.size() - NonSpaceSpan(context).second; n > 0) {
     continuation = context.substr(context.size() - n) + continuation;
     context.resize(context.size() - n);
   }
@@ -320,11 +303,11 @@ PythonRandom::PythonRandom(uint32_t seed) {
   // init_genrand(19650218), then init_by_array({seed}).
   mt_[0] = 19650218u;
   for (int i = 1; i < 624; ++i) mt_[i] = 1812433253u * (mt_[i - 1] ^ (mt_[i - 1] >> 30)) + static_cast<uint32_t>(i);
-  int i = 1, j = 0;
+  // The key is the one word `seed`: its index j is always 0.
+  int i = 1;
   for (int k = 624; k > 0; --k) {
-    mt_[i] = (mt_[i] ^ ((mt_[i - 1] ^ (mt_[i - 1] >> 30)) * 1664525u)) + seed + static_cast<uint32_t>(j);
+    mt_[i] = (mt_[i] ^ ((mt_[i - 1] ^ (mt_[i - 1] >> 30)) * 1664525u)) + seed;
     ++i;
-    j = 0;  // a one-word key
     if (i >= 624) {
       mt_[0] = mt_[623];
       i = 1;

@@ -41,9 +41,11 @@ struct TaskDoc {
 // the file), the 1-based line and the field: InvalidArgument for malformed
 // JSON, a missing field, a field of the wrong type or a gold answer that is
 // not one of the choices; InvalidArgument naming the file when it holds no
-// document.
+// document. `text`, when given, receives the whole file (for a caller that
+// fingerprints it, so the file is read once).
 absl::StatusOr<std::vector<TaskDoc>> LoadTaskDocs(const TaskInfo& task, const std::string& path,
-                                                  const std::string& display, int64_t limit);
+                                                  const std::string& display, int64_t limit,
+                                                  std::string* text = nullptr);
 
 // Python's str methods the task configs use, over UTF-8 text.
 bool PyIsSpace(char32_t c);

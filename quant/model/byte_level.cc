@@ -3,55 +3,15 @@
 #include <cstdint>
 
 #include "quant/model/unicode_classes.h"
+#include "quant/model/utf8.h"
 
 namespace qaas::quant {
 namespace {
 
-constexpr char32_t kInvalid = 0xFFFFFFFF;  // in none of the classes
-
 struct Char {
   size_t begin;  // byte offset into the text
-  char32_t cp;   // kInvalid for a malformed byte
+  char32_t cp;   // kInvalidCodePoint for a malformed byte
 };
-
-// Decodes one UTF-8 character at s[i]; returns its length (1 for a malformed byte).
-size_t DecodeUtf8(absl::string_view s, size_t i, char32_t* cp) {
-  const auto byte = [&](size_t k) { return static_cast<uint8_t>(s[k]); };
-  const uint8_t b0 = byte(i);
-  if (b0 < 0x80) {
-    *cp = b0;
-    return 1;
-  }
-  size_t len;
-  char32_t min, value;
-  if ((b0 & 0xE0) == 0xC0) {
-    len = 2, min = 0x80, value = b0 & 0x1F;
-  } else if ((b0 & 0xF0) == 0xE0) {
-    len = 3, min = 0x800, value = b0 & 0x0F;
-  } else if ((b0 & 0xF8) == 0xF0) {
-    len = 4, min = 0x10000, value = b0 & 0x07;
-  } else {
-    *cp = kInvalid;
-    return 1;
-  }
-  if (i + len > s.size()) {
-    *cp = kInvalid;
-    return 1;
-  }
-  for (size_t k = 1; k < len; ++k) {
-    if ((byte(i + k) & 0xC0) != 0x80) {
-      *cp = kInvalid;
-      return 1;
-    }
-    value = (value << 6) | (byte(i + k) & 0x3F);
-  }
-  if (value < min || value > 0x10FFFF || (value >= 0xD800 && value <= 0xDFFF)) {
-    *cp = kInvalid;
-    return 1;
-  }
-  *cp = value;
-  return len;
-}
 
 enum class Class { kLetter, kNumber, kSpace, kOther };
 

@@ -93,7 +93,9 @@ void CheckAgainstHarness(const std::string& model, const std::string& model_dir)
     int mismatches = 0;
     for (size_t d = 0; d < inputs[t].docs.size(); ++d) {
       ASSERT_EQ(inputs[t].encoded[d].size(), docs[d]["ll"].size()) << inputs[t].name << " doc " << d;
-      if (inputs[t].task->multiple_choice) EXPECT_EQ(inputs[t].docs[d].gold, docs[d]["gold"].get<int>());
+      if (inputs[t].task->multiple_choice) {
+        EXPECT_EQ(inputs[t].docs[d].gold, docs[d]["gold"].get<int>());
+      }
       for (size_t r = 0; r < inputs[t].encoded[d].size(); ++r) {
         const EncodedRequest& e = inputs[t].encoded[d][r];
         mismatches += e.context.size() != docs[d]["ctx_tokens"][r].get<size_t>() ||
@@ -150,7 +152,9 @@ void CheckAgainstHarness(const std::string& model, const std::string& model_dir)
     }
     std::cout << model << " " << task.name << ": " << s.docs << " docs, worst ll difference " << worst << "\n";
   }
-  if (model == "tiny-opt") EXPECT_GT(truncated_seen, 0) << "the tiny model's 128 positions truncate requests";
+  if (model == "tiny-opt") {
+    EXPECT_GT(truncated_seen, 0) << "the tiny model's 128 positions truncate requests";
+  }
 }
 
 TEST(TasksTest, TinyOptEqualsTheHarness) {
@@ -187,6 +191,7 @@ TEST(TasksTest, PythonRandomMatchesCPython) {
 TEST(TasksTest, StringHelpersFollowPython) {
   EXPECT_EQ(PyStrip("\t a b \n\xc2\xa0"), "a b");  // U+00A0 is whitespace
   EXPECT_EQ(PyStrip("\x1f" "x"), "x");            // so is U+001F, for Python
+  EXPECT_EQ(PyStrip(" \t\n"), "");
   EXPECT_EQ(CodePoints("caf\xc3\xa9"), 4);
   EXPECT_EQ(HellaswagPreprocess("[title] Earn money."), " Earn money.");
   EXPECT_EQ(HellaswagPreprocess("Do it [step] now [title] Go"), "Do it now. Go");
