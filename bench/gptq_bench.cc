@@ -1,38 +1,45 @@
-// GPTQ time per layer at LLaMA-7B shapes against its floor.
+// GPTQ at LLaMA-7B shapes against its floors, in one run.
 //
-//   gptq_bench [--samples 128] [--seq_len 2048] [--bits 4] [--group 128] [--device cpu]
+//   gptq_bench [--samples 128] [--seq_len 2048] [--bits 4] [--group 128]
+//              [--device cpu] [--threads 0]
 //
-// For W of 4096x4096 and 11008x4096 (out x in) it accumulates the Hessian
-// from samples x seq_len random correlated tokens (timed on its own: that is
-// calibration, not GPTQ), then times QuantizeGptq and, as its floor, the
-// matrix work GPTQ cannot avoid: the Cholesky factorisations of H and H^-1
-// and the lazy-batch updates W[:, i2:] -= Err1 Hinv[i1:i2, i2:] (as plain
-// matmuls of the same shapes). Prints one line per shape with the ratio.
+// 1. Hessian accumulation (calibration, once per distinct linear input) of
+//    samples x seq_len tokens of 4096 correlated features: HessianAccumulator
+//    against the GEMM rate of this machine (X^T X of one window as a plain
+//    matmul, timed here). The accumulator's rate counts the flops of the
+//    symmetric update it must do, tokens x 4096 x 4097 (what BLAS's syrk
+//    does); its ratio to the GEMM rate is the figure to read. The windows are
+//    made before the clock starts.
+// 2. QuantizeGptq for W of 4096x4096 and 11008x4096 (out x in) against its
+//    floor: the matrix work GPTQ cannot avoid, the Cholesky factorisations of
+//    H and H^-1 and the lazy-batch updates W[:, i2:] -= Err1 Hinv[i1:i2, i2:]
+//    (plain matmuls of the same shapes).
+// --threads sizes ATen's and OpenBLAS's pools (0: the cores available), as
+// the worker's --threads does.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <string>
+#include <vector>
 
 #include "quant/methods/gptq.h"
+#include "quant/util/device.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-void Sync(const at::Device& d) {
-  if (d.is_cuda()) at::zeros({1}, at::TensorOptions().device(d)).cpu();  // waits for queued work
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  int samples = 128, seq_len = 2048, bits = 4, group = 128;
+  qaas::quant::PrepareCpuRuntime(argv);  // first: may re-execute the process
+  int samples = 128, seq_len = 2048, bits = 4, group = 128, threads = 0;
   std::string device = "cpu";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
@@ -41,12 +48,15 @@ int main(int argc, char** argv) {
     else if (flag == "--bits") bits = std::atoi(argv[i + 1]);
     else if (flag == "--group") group = std::atoi(argv[i + 1]);
     else if (flag == "--device") device = argv[i + 1];
+    else if (flag == "--threads") threads = std::atoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown flag %s\n", argv[i]);
       return 2;
     }
   }
+  threads = qaas::quant::ConfigureCpuThreads(threads);
   const at::Device dev(device);
+  auto sync = [&] { qaas::quant::Synchronize(dev); };
   auto opts = at::TensorOptions().dtype(at::kFloat).device(dev);
   at::Generator gen = at::detail::createCPUGenerator(0);
   qaas::quant::TensorQuant spec;
@@ -54,36 +64,55 @@ int main(int argc, char** argv) {
   spec.bits = bits;
   spec.granularity = group > 0 ? qaas::quant::Granularity::kPerGroup : qaas::quant::Granularity::kPerChannel;
   spec.group_size = group;
-  std::printf("device %s, threads %d, Hessian from %d x %d tokens, W%dA16%s\n", device.c_str(),
-              at::get_num_threads(), samples, seq_len, bits, group > 0 ? ("g" + std::to_string(group)).c_str() : "");
+  std::printf("device %s, %d threads, Hessian from %d x %d tokens, W%dA16%s\n", device.c_str(), threads, samples,
+              seq_len, bits, group > 0 ? ("g" + std::to_string(group)).c_str() : "");
   const int64_t in = 4096;
-  // Correlated inputs: a fixed random mixing of independent features.
+  // Correlated inputs: a fixed random mixing of independent features. Four
+  // distinct windows, cycled (the accumulator's cost does not depend on the
+  // values).
   at::Tensor mix = (at::randn({in, in}, gen, at::TensorOptions().dtype(at::kFloat)) / 64.0 + at::eye(in)).to(dev);
-  auto t0 = Clock::now();
-  qaas::quant::HessianAccumulator acc(in, dev);
-  for (int s = 0; s < samples; ++s) {
-    acc.Add(at::matmul(at::randn({seq_len, in}, gen, at::TensorOptions().dtype(at::kFloat)).to(dev), mix));
+  std::vector<at::Tensor> windows;
+  for (int s = 0; s < std::min(samples, 4); ++s) {
+    windows.push_back(at::matmul(at::randn({seq_len, in}, gen, at::TensorOptions().dtype(at::kFloat)).to(dev), mix));
   }
-  Sync(dev);
+
+  // The GEMM rate: X^T X of one window, full product.
+  at::Tensor G = at::empty({in, in}, opts);
+  at::mm_out(G, windows[0].t(), windows[0]);  // warm-up
+  sync();
+  const int gemm_reps = 3;
+  auto t0 = Clock::now();
+  for (int r = 0; r < gemm_reps; ++r) at::mm_out(G, windows[r % windows.size()].t(), windows[r % windows.size()]);
+  sync();
+  const double gemm_gflops = gemm_reps * 2.0 * seq_len * in * in / Seconds(t0) / 1e9;
+
+  t0 = Clock::now();
+  qaas::quant::HessianAccumulator acc(in, dev);
+  for (int s = 0; s < samples; ++s) acc.Add(windows[s % windows.size()]);
+  const at::Tensor& H_acc = acc.H();
+  sync();
   const double hessian_s = Seconds(t0);
-  std::printf("hessian accumulation (calibration, once per input): %.2f s\n", hessian_s);
+  const double hessian_gflops = static_cast<double>(samples) * seq_len * in * (in + 1) / hessian_s / 1e9;
+  std::printf("hessian: %.2f s, %.1f GFLOP/s (symmetric-update flops); GEMM %.1f GFLOP/s; ratio %.2f\n", hessian_s,
+              hessian_gflops, gemm_gflops, hessian_gflops / gemm_gflops);
+  windows.clear();
 
   for (int64_t out : {int64_t{4096}, int64_t{11008}}) {
     at::Tensor W = (at::randn({out, in}, gen, at::TensorOptions().dtype(at::kFloat)) * 0.02).to(dev);
     qaas::quant::GptqOptions o;
-    Sync(dev);
+    sync();
     t0 = Clock::now();
-    auto q = qaas::quant::QuantizeGptq(W, acc.H(), spec, o);
-    Sync(dev);
+    auto q = qaas::quant::QuantizeGptq(W, H_acc, spec, o);
+    sync();
     const double gptq_s = Seconds(t0);
     if (!q.ok()) {
       std::fprintf(stderr, "gptq failed: %s\n", std::string(q.status().message()).c_str());
       return 1;
     }
     // Floor: the factorisations and the lazy-batch matmuls, nothing else.
-    at::Tensor H = acc.H().clone();
+    at::Tensor H = H_acc.clone();
     H.diagonal().add_(0.01 * H.diagonal().mean().item<double>());
-    Sync(dev);
+    sync();
     t0 = Clock::now();
     at::Tensor L = at::linalg_cholesky(H);
     at::Tensor Hinv = at::linalg_cholesky(at::cholesky_inverse(L), /*upper=*/true);
@@ -94,7 +123,7 @@ int main(int argc, char** argv) {
         W.narrow(1, i2, in - i2).sub_(at::matmul(err, Hinv.narrow(0, i1, i2 - i1).narrow(1, i2, in - i2)));
       }
     }
-    Sync(dev);
+    sync();
     const double floor_s = Seconds(t0);
     std::printf("layer %5ldx%ld: gptq %.2f s, floor (cholesky + lazy-batch matmuls) %.2f s, ratio %.2fx\n",
                 static_cast<long>(out), static_cast<long>(in), gptq_s, floor_s, gptq_s / floor_s);

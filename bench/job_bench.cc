@@ -57,6 +57,7 @@ ABSL_FLAG(int, eval_windows, 16, "evaluation windows per model");
 ABSL_FLAG(std::string, jobs, "gptq:W4A16g128,rtn:W4A16g128,smoothquant+rtn:W8A8",
           "comma-separated recipe:scheme pairs; a recipe joins its methods with '+'");
 ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N or auto");
+ABSL_FLAG(int, threads, 0, "CPU threads for quantization and evaluation (ATen and OpenBLAS pools; 0 = the cores available to the process)");
 ABSL_FLAG(int, batch_size, 8, "windows per forward call");
 ABSL_FLAG(bool, keep_outputs, false,
           "keep each job's artifact/ and checkpoints/ (at 7B: ~4 GB and ~27 GB per job); report.json is always kept");
@@ -130,8 +131,10 @@ std::string Mib(std::optional<uint64_t> b) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  q::PrepareCpuRuntime(argv);  // first: may re-execute the process
   absl::ParseCommandLine(argc, argv);
   q::KeepTensorBuffersInTheHeap();
+  q::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   auto device = q::ResolveDevice(absl::GetFlag(FLAGS_device));
   if (!device.ok()) {
     std::fprintf(stderr, "job_bench: %s\n", device.status().ToString().c_str());

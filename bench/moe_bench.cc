@@ -58,6 +58,7 @@ ABSL_FLAG(int, seq_len, 256, "calibration window length");
 ABSL_FLAG(std::string, recipe, "gptq", "recipe, methods joined with '+'");
 ABSL_FLAG(std::string, scheme, "W4A16g128", "scheme");
 ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N or auto");
+ABSL_FLAG(int, threads, 0, "CPU threads for quantization and evaluation (ATen and OpenBLAS pools; 0 = the cores available to the process)");
 
 namespace {
 
@@ -133,9 +134,11 @@ double GptqFloor(int64_t h, int64_t m, const at::Device& dev) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  q::PrepareCpuRuntime(argv);  // first: may re-execute the process
   absl::ParseCommandLine(argc, argv);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // figures as they come, also into a file
   q::KeepTensorBuffersInTheHeap();
+  q::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   auto device = q::ResolveDevice(absl::GetFlag(FLAGS_device));
   if (!device.ok()) {
     std::fprintf(stderr, "moe_bench: %s\n", device.status().ToString().c_str());

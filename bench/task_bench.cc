@@ -41,6 +41,7 @@ ABSL_FLAG(int, limit, 300, "documents per task (0 = all)");
 ABSL_FLAG(int, budget, 4096, "tokens per batch (padding included)");
 ABSL_FLAG(int, max_length, 0, "longest model input (0 = the model's context)");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda");
+ABSL_FLAG(int, threads, 0, "CPU threads for quantization and evaluation (ATen and OpenBLAS pools; 0 = the cores available to the process)");
 ABSL_FLAG(int, hidden, 0, "> 0: a random 2-layer LLaMA of this width with --model's tokenizer");
 ABSL_FLAG(std::string, work_dir, "/tmp/qaas-task-bench", "where --hidden's model is written");
 
@@ -56,8 +57,10 @@ int Fail(const absl::Status& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  q::PrepareCpuRuntime(argv);  // first: may re-execute the process
   absl::ParseCommandLine(argc, argv);
   q::KeepTensorBuffersInTheHeap();
+  q::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   c10::NoGradGuard no_grad;
   std::string model_dir = absl::GetFlag(FLAGS_model);
   if (absl::GetFlag(FLAGS_hidden) > 0) {

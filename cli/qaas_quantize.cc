@@ -22,6 +22,7 @@
 #include "quant/artifact_format.h"
 #include "quant/eval/task_table.h"
 #include "quant/pipeline.h"
+#include "quant/util/device.h"
 #include "quant/util/allocator.h"
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
@@ -31,6 +32,9 @@ ABSL_FLAG(std::string, recipe, "rtn",
           "comma-separated methods: transforms, then at most one weight quantizer (the methods above)");
 ABSL_FLAG(std::string, calib, "", "calibration text file (.txt or .jsonl)");
 ABSL_FLAG(int, num_samples, 128, "calibration windows");
+ABSL_FLAG(bool, block_errors, false,
+          "with a recipe that needs no calibration (rtn): read --calib anyway and report each block's output error "
+          "on it (two forwards of the calibration windows per layer)");
 ABSL_FLAG(int, calib_seq_len, 0, "calibration window length (0 = min(2048, context))");
 ABSL_FLAG(uint64_t, seed, 0, "calibration sampling seed");
 ABSL_FLAG(int, min_calibration_tokens, 16,
@@ -48,6 +52,7 @@ ABSL_FLAG(std::string, task_data, "", "directory of the task files (piqa.validat
 ABSL_FLAG(int, task_limit, 0, "the first N documents of each task (0 = all)");
 ABSL_FLAG(int, task_max_length, 0, "longest model input for the tasks (0 = the model's context)");
 ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N, or auto (cuda where visible)");
+ABSL_FLAG(int, threads, 0, "CPU threads for quantization and evaluation (ATen and OpenBLAS pools; 0 = the cores available to the process)");
 ABSL_FLAG(std::string, format, "auto",
           "artifact format: auto (GPTQ layout for weight-only integer schemes, compressed-tensors for the "
           "others it stores), gptq, compressed-tensors");
@@ -56,6 +61,7 @@ ABSL_FLAG(uint64_t, max_shard_bytes, 5000000000ull,
 ABSL_FLAG(bool, quiet, false, "no per-layer progress on stderr");
 
 int main(int argc, char** argv) {
+  qaas::quant::PrepareCpuRuntime(argv);  // first: may re-execute the process
   absl::SetProgramUsageMessage(absl::StrCat("Quantizes a local Hugging Face model without a server.\n\n",
                                             qaas::cli::MethodFlagsHelp()));
   // --help lists this file's flags (Abseil's default looks for qaas-quantize.cc).
@@ -69,6 +75,7 @@ int main(int argc, char** argv) {
   }
   absl::ParseCommandLine(argc, argv);
   qaas::quant::KeepTensorBuffersInTheHeap();
+  qaas::quant::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   namespace q = qaas::quant;
   if (absl::GetFlag(FLAGS_model).empty() || absl::GetFlag(FLAGS_output).empty()) {
     std::cerr << "qaas-quantize: --model and --output are required (see --help)\n";
@@ -95,6 +102,7 @@ int main(int argc, char** argv) {
   }
   o.num_samples = absl::GetFlag(FLAGS_num_samples);
   o.min_calibration_tokens = absl::GetFlag(FLAGS_min_calibration_tokens);
+  o.block_errors = absl::GetFlag(FLAGS_block_errors);
   o.expert_calibration = absl::GetFlag(FLAGS_expert_calibration);
   o.seed = absl::GetFlag(FLAGS_seed);
   for (const auto& path : absl::StrSplit(absl::GetFlag(FLAGS_eval), ',', absl::SkipEmpty())) {

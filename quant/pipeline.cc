@@ -313,7 +313,15 @@ absl::Status Pipeline::Prepare() {
     evals_.push_back(std::move(s));
   }
   at::Tensor calib_windows;
-  if (o_.calibration) {
+  // Calibration data that no step needs (RTN with dynamic activations) is
+  // not read: no calibration pass, and the report says it was skipped.
+  if (o_.calibration && !o_.block_errors && CalibrationNeed(o_.recipe, o_.scheme).empty()) {
+    // Its window length is still checked: a spec error is one either way.
+    QAAS_RETURN_IF_ERROR(ResolveSeqLen(o_.calibration->seq_len, context, "calibration").status());
+    report_.calibration = {{"dataset", o_.calibration->name},
+                           {"skipped", "no step of the recipe and nothing in the scheme calibrates (block_errors "
+                                       "runs the pass anyway)"}};
+  } else if (o_.calibration) {
     QAAS_ASSIGN_OR_RETURN(const int seq_len, ResolveSeqLen(o_.calibration->seq_len, context, "calibration"));
     auto text = LoadDataset(*o_.calibration);
     if (!text.ok()) return Annotate(text.status(), "calibration");
@@ -606,6 +614,7 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
     for (int j : group) in_group[names[j]] = j;
     std::vector<LinearToQuantize> linears(names.size());
     std::map<int, std::unique_ptr<HessianAccumulator>> hessians;
+    std::map<int, int> shared_with;  // a linear -> the one whose accumulator holds its inputs
     if (quantizer_->NeedsHessians() || layer.sample.defined()) {
       auto tc = Clock::now();
       // A routed expert's group: its inputs need the router and that expert
@@ -616,13 +625,37 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
         ~Reset() { model->set_observed_expert(-1); }
       } reset{model_.get()};
       if (quantizer_->NeedsHessians()) {
-        for (int j : group) {
-          hessians[j] = std::make_unique<HessianAccumulator>(original.linears[j].weight.size(1), device_);
-        }
+        // Linears that read the same tensor (q/k/v, gate/up: the forward
+        // hands it to each in turn) share one accumulator.
+        at::Tensor last_x;
+        int last_j = -1;
         ForwardBatched(model, *quantized, calib_, o_.batch_size, [&](const std::string& name, const at::Tensor& x) {
           auto it = in_group.find(name);
-          if (it != in_group.end()) hessians[it->second]->Add(x);
+          if (it == in_group.end()) return;
+          const int j = it->second;
+          if (last_j >= 0 && x.is_same(last_x)) {
+            shared_with.emplace(j, shared_with.count(last_j) ? shared_with[last_j] : last_j);
+          } else {
+            auto& h = hessians[j];
+            if (!h) h = std::make_unique<HessianAccumulator>(original.linears[j].weight.size(1), device_);
+            h->Add(x);
+          }
+          last_x = x;
+          last_j = j;
         });
+        // A linear that saw no token (an expert nothing was routed to) has
+        // an empty accumulator: it falls back below.
+        for (int j : group) {
+          if (!shared_with.count(j) && !hessians.count(j)) {
+            hessians[j] = std::make_unique<HessianAccumulator>(original.linears[j].weight.size(1), device_);
+          }
+        }
+        for (const auto& [j, root] : shared_with) {
+          if (hessians.count(j)) {
+            return absl::InternalError(absl::StrCat(layer_prefix, names[j], ": its inputs were the same tensor as ",
+                                                    names[root], "'s in some forwards and not in others"));
+          }
+        }
       }
       if (layer.sample.defined()) {
         ForwardBatched(model, *quantized, layer.sample, o_.batch_size, [&](const std::string& name, const at::Tensor& x) {
@@ -638,7 +671,8 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
       LinearToQuantize& linear = linears[j];
       linear.index = j;
       linear.weight = transformed.linears[j].weight;
-      if (hessians.count(j)) linear.hessian = hessians[j]->H();
+      const int holder = shared_with.count(j) ? shared_with[j] : j;
+      if (hessians.count(holder)) linear.hessian = hessians[holder]->H();
       LayerReport& report = out.reports[j];
       report.name = layer_prefix + names[j];
       report.method = quantizer_->name();
@@ -646,8 +680,8 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
       // The tokens its statistics come from: all of them for a dense linear,
       // the routed ones for an expert. Too few: RTN, and the report says so.
       WeightQuantizer* quantizer = quantizer_.get();
-      if (hessians.count(j) || layer.sample.defined()) {
-        report.calibration_tokens = hessians.count(j)                 ? hessians[j]->samples()
+      if (hessians.count(holder) || layer.sample.defined()) {
+        report.calibration_tokens = hessians.count(holder)            ? hessians[holder]->samples()
                                     : linear.sample_inputs.defined() ? linear.sample_inputs.size(0)
                                                                      : 0;
         if (report.calibration_tokens < o_.min_calibration_tokens) {

@@ -35,6 +35,7 @@ ABSL_FLAG(std::string, task_data, "",
 ABSL_FLAG(int64_t, lease_seconds, 30, "lease duration; a worker silent this long loses its job");
 ABSL_FLAG(int32_t, max_attempts, 3, "leases per job before it FAILS");
 ABSL_FLAG(std::string, device, "auto", "the embedded worker's device: cpu, cuda, cuda:N, or auto (cuda where visible)");
+ABSL_FLAG(int, threads, 0, "CPU threads for quantization and evaluation (ATen and OpenBLAS pools; 0 = the cores available to the process)");
 ABSL_FLAG(std::string, auth_tokens, "",
           "bearer tokens file or directory (a mounted Secret) of '<sha256> tenant:NAME|worker[:NAME]' lines; "
           "\"\" = no authentication (every caller is tenant 'default')");
@@ -53,6 +54,7 @@ void OnSignal(int) { g_stop = true; }
 }  // namespace
 
 int main(int argc, char** argv) {
+  qaas::quant::PrepareCpuRuntime(argv);  // first: may re-execute the process
   absl::SetProgramUsageMessage("qaas scheduler (qaas.v1.JobService / WorkerService).");
   // --help lists our flags (Abseil's default looks for a file named qaas-server.cc).
   absl::FlagsUsageConfig usage;
@@ -62,6 +64,7 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   qaas::quant::KeepTensorBuffersInTheHeap();
+  qaas::quant::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   if (absl::GetFlag(FLAGS_embedded)) {
     if (auto device = qaas::quant::ResolveDevice(absl::GetFlag(FLAGS_device)); !device.ok()) {
       std::cerr << "qaas-server: --device: " << device.status() << "\n";

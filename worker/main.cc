@@ -30,6 +30,7 @@ ABSL_FLAG(std::string, server, "127.0.0.1:50051", "scheduler address");
 ABSL_FLAG(std::string, name, "", "worker name (default: host name)");
 ABSL_FLAG(std::string, work_dir, "/tmp/qaas-worker", "scratch and cache directory");
 ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N, or auto (cuda where a CUDA device is visible, else cpu)");
+ABSL_FLAG(int, threads, 0, "CPU threads for quantization and evaluation (ATen and OpenBLAS pools; 0 = the cores available to the process)");
 ABSL_FLAG(int64_t, poll_wait_ms, 10000, "long-poll wait for a job");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9465", "Prometheus /metrics and /healthz address (\"\" = off)");
 ABSL_FLAG(std::string, token_file, "",
@@ -48,6 +49,7 @@ void OnSignal(int) { g_signals.fetch_add(1); }
 }  // namespace
 
 int main(int argc, char** argv) {
+  qaas::quant::PrepareCpuRuntime(argv);  // first: may re-execute the process
   absl::SetProgramUsageMessage("Runs qaas quantization jobs leased from a qaas-server.");
   // --help lists our flags (Abseil's default looks for a file named qaas-worker.cc).
   absl::FlagsUsageConfig usage;
@@ -57,6 +59,7 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   qaas::quant::KeepTensorBuffersInTheHeap();
+  qaas::quant::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   if (auto device = qaas::quant::ResolveDevice(absl::GetFlag(FLAGS_device)); !device.ok()) {
     std::cerr << "qaas-worker: --device: " << device.status() << "\n";
     return 1;

@@ -1,5 +1,6 @@
 #include "quant/methods/gptq.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <utility>
@@ -11,19 +12,73 @@
 
 namespace qaas::quant {
 
-HessianAccumulator::HessianAccumulator(int64_t columns, const at::Device& device)
-    : H_(at::zeros({columns, columns}, at::TensorOptions().dtype(at::kFloat).device(device))) {}
+HessianAccumulator::HessianAccumulator(int64_t columns, const at::Device& device, int64_t batch_bytes)
+    : H_(at::zeros({columns, columns}, at::TensorOptions().dtype(at::kFloat).device(device))),
+      batch_rows_(std::max<int64_t>(256, batch_bytes / (4 * std::max<int64_t>(columns, 1)))) {}
 
 void HessianAccumulator::Add(const at::Tensor& x_in) {
-  at::Tensor x = x_in.reshape({-1, x_in.size(-1)}).to(at::kFloat);
-  const int64_t tmp = x.size(0);
-  if (tmp == 0) return;
-  // Running mean: H_n = n/(n+t) H_{n-1} + 2/(n+t) X^T X.
-  H_.mul_(static_cast<double>(n_) / static_cast<double>(n_ + tmp));
-  n_ += tmp;
-  x = x * std::sqrt(2.0 / static_cast<double>(n_));
-  H_.addmm_(x.t(), x);
+  at::Tensor x = x_in.reshape({-1, x_in.size(-1)});
+  const int64_t tokens = x.size(0);
+  if (tokens == 0) return;
+  const int64_t columns = H_.size(0);
+  // Small windows are staged so that each update is one large product; a
+  // window at least a batch long goes straight in.
+  if (pending_ == 0 && tokens >= batch_rows_) {
+    Update(x.to(at::kFloat));
+    return;
+  }
+  if (!staged_.defined()) staged_ = at::empty({batch_rows_, columns}, H_.options());
+  for (int64_t done = 0; done < tokens;) {
+    const int64_t take = std::min(tokens - done, batch_rows_ - pending_);
+    staged_.narrow(0, pending_, take).copy_(x.narrow(0, done, take));
+    pending_ += take;
+    done += take;
+    if (pending_ == batch_rows_) Flush();
+  }
 }
+
+void HessianAccumulator::Flush() const {
+  if (pending_ == 0) return;
+  const int64_t t = pending_;
+  pending_ = 0;
+  Update(staged_.narrow(0, 0, t));
+}
+
+void HessianAccumulator::Update(const at::Tensor& x) const {
+  const int64_t t = x.size(0), columns = H_.size(0);
+  // Running mean: H_n = n/(n+t) H_{n-1} + 2/(n+t) X^T X, rescaled once per
+  // batch rather than once per window.
+  if (n_ > 0) H_.mul_(static_cast<double>(n_) / static_cast<double>(n_ + t));
+  n_ += t;
+  const double alpha = 2.0 / static_cast<double>(n_);
+  // The symmetric rank-t update on the upper triangle only (ATen has no
+  // syrk): one product per panel of kPanel rows, H[i:i+p, i:] += X_i^T X[:, i:],
+  // which is (1 + kPanel / columns) / 2 of the full X^T X.
+  constexpr int64_t kPanel = 512;
+  for (int64_t i = 0; i < columns; i += kPanel) {
+    const int64_t p = std::min(kPanel, columns - i);
+    H_.narrow(0, i, p)
+        .narrow(1, i, columns - i)
+        .addmm_(x.narrow(1, i, p).t(), x.narrow(1, i, columns - i), /*beta=*/1, alpha);
+  }
+  symmetric_ = false;
+}
+
+const at::Tensor& HessianAccumulator::H() const {
+  Flush();
+  staged_ = at::Tensor();  // most callers read H once, after the last window
+  if (!symmetric_) {
+    // Mirror the upper triangle (the diagonal panels also wrote below the
+    // diagonal: that part is replaced). The next update rewrites the upper
+    // triangle and rescales all of it, and the next H() mirrors it again.
+    at::Tensor strict_upper_t = at::triu(H_, 1).t();
+    H_.triu_().add_(strict_upper_t);
+    symmetric_ = true;
+  }
+  return H_;
+}
+
+int64_t HessianAccumulator::samples() const { return n_ + pending_; }
 
 namespace {
 
@@ -76,6 +131,9 @@ class Grids {
   // Once, with the dead-zeroed W in the original column order; perm: the
   // quantization order (empty without act-order).
   virtual void Prepare(const at::Tensor& W, const std::vector<int64_t>& perm) {}
+  // Whether Select at position col reads columns after col (which must then
+  // carry every update so far: the sweep applies its pending panel first).
+  virtual bool ReadsAhead(int64_t col) const { return false; }
   // Makes the grid of the column at sweep.col current.
   virtual void Select(const Sweep& sweep) = 0;
   // Quantize-dequantize column w on the current grid; *code: its integer codes.
@@ -164,6 +222,7 @@ class SweepGroups : public Grids {
     scales_ = at::zeros({rows, groups}, options);
     zeros_ = at::zeros({rows, groups}, options);
   }
+  bool ReadsAhead(int64_t col) const override { return col % groupsize_ == 0; }
   void Select(const Sweep& s) override {
     if (s.col % groupsize_ != 0) return;
     FindParams(s.Columns(std::min(groupsize_, columns_ - s.col)), bits_, symmetric_, &scale_,
@@ -222,6 +281,7 @@ class MxBlocks : public Grids {
  public:
   MxBlocks(const TensorQuant& spec, int64_t rows, int64_t columns, ElementFormat element)
       : Grids(spec, rows, columns), element_(element) {}
+  bool ReadsAhead(int64_t col) const override { return col % kMxBlockSize == 0; }
   void Select(const Sweep& s) override {
     if (s.col % kMxBlockSize != 0) return;
     scale_ = Pow2(MxSharedExponents(s.Columns(std::min<int64_t>(kMxBlockSize, columns_ - s.col)),
@@ -401,40 +461,65 @@ absl::StatusOr<QuantizedLinear> QuantizeGptq(const at::Tensor& W_in, const at::T
 
   // Algorithm 1: lazy blocks of columns; in each, quantize a column, spread
   // its error over the rest of the block, then the block's errors over every
-  // later column at once.
-  at::Tensor Q = at::zeros_like(W);
-  at::Tensor codes = at::zeros_like(W);
+  // later column at once. The sweep runs on transposed copies so that a
+  // column is a contiguous row, and inside a block the rank-1 updates stay
+  // within a panel of kPanel columns; the panel's errors reach the rest of
+  // the block as one product when it closes. A panel also closes before a
+  // grid that reads columns ahead of the current one (ReadsAhead), so such
+  // grids see every update so far, as without panels.
+  constexpr int64_t kPanel = 16;
+  const int64_t rows = W.size(0);
+  at::Tensor Wt = W.t().contiguous();  // [columns, rows]
+  W = at::Tensor();
+  const at::Tensor W_view = Wt.t();
+  at::Tensor Qt = at::empty_like(Wt), Ct = at::empty_like(Wt);
+  at::Tensor Wt1 = at::empty({std::min<int64_t>(o.blocksize, columns), rows}, Wt.options());
+  at::Tensor Errt1 = at::empty_like(Wt1);
   for (int64_t i1 = 0; i1 < columns; i1 += o.blocksize) {
     const int64_t i2 = std::min<int64_t>(i1 + o.blocksize, columns), count = i2 - i1;
-    at::Tensor W1 = W.narrow(1, i1, count).clone();
-    at::Tensor Q1 = at::zeros_like(W1);
-    at::Tensor C1 = at::zeros_like(W1);
-    at::Tensor Err1 = at::zeros_like(W1);
-    at::Tensor Hinv1 = Hinv.narrow(0, i1, count).narrow(1, i1, count);
-    const at::Tensor diag =
-        Hinv1.diagonal().to(at::kCPU, at::kDouble).contiguous();  // one sync per block
-    for (int64_t i = 0; i < count; ++i) {
-      at::Tensor w = W1.select(1, i);
-      // Q[:, j] = quant(W[:, j]), on the grid the strategy gives column j.
-      grids->Select(Sweep{W, W1, Err1, Hinv, i1, i2, i1 + i, o.group_params_from});
-      at::Tensor code;
-      at::Tensor q = grids->Quantize(w, &code);
-      Q1.select(1, i).copy_(q);
-      C1.select(1, i).copy_(code);
-      // E[:, j] = (W[:, j] - Q[:, j]) / [H^-1]_jj
-      at::Tensor err1 = (w - q) / diag.data_ptr<double>()[i];
-      // W[:, j:i2] -= E[:, j] [H^-1]_{j, j:i2}
-      W1.narrow(1, i, count - i).sub_(at::outer(err1, Hinv1[i].narrow(0, i, count - i)));
-      Err1.select(1, i).copy_(err1);
+    at::Tensor B = Wt1.narrow(0, 0, count), E = Errt1.narrow(0, 0, count);
+    B.copy_(Wt.narrow(0, i1, count));
+    E.zero_();
+    const at::Tensor W1_view = B.t(), Err1_view = E.t();
+    const at::Tensor Hinv1 = Hinv.narrow(0, i1, count).narrow(1, i1, count);
+    const at::Tensor diag = Hinv1.diagonal().to(at::kCPU, at::kDouble).contiguous();  // one sync per block
+    const double* d = diag.data_ptr<double>();
+    for (int64_t p1 = 0; p1 < count;) {
+      // The panel [p1, p2): at most kPanel columns, ending before a column
+      // whose grid reads ahead.
+      int64_t p2 = std::min(p1 + kPanel, count);
+      for (int64_t j = p1 + 1; j < p2; ++j) {
+        if (grids->ReadsAhead(i1 + j)) p2 = j;
+      }
+      for (int64_t i = p1; i < p2; ++i) {
+        at::Tensor w = B.select(0, i);
+        // Q[:, j] = quant(W[:, j]), on the grid the strategy gives column j.
+        grids->Select(Sweep{W_view, W1_view, Err1_view, Hinv, i1, i2, i1 + i, o.group_params_from});
+        at::Tensor code;
+        at::Tensor q = grids->Quantize(w, &code);
+        Qt.select(0, i1 + i).copy_(q);
+        Ct.select(0, i1 + i).copy_(code);
+        // E[:, j] = (W[:, j] - Q[:, j]) / [H^-1]_jj
+        at::Tensor e = E.select(0, i);
+        at::sub_out(e, w, q).div_(d[i]);
+        // W[:, j+1:p2] -= E[:, j] [H^-1]_{j, j+1:p2}, inside the panel.
+        if (i + 1 < p2) B.narrow(0, i + 1, p2 - i - 1).addr_(Hinv1[i].narrow(0, i + 1, p2 - i - 1), e, 1, -1);
+      }
+      // The panel's errors over the rest of the block.
+      if (p2 < count) {
+        B.narrow(0, p2, count - p2)
+            .addmm_(Hinv1.narrow(0, p1, p2 - p1).narrow(1, p2, count - p2).t(), E.narrow(0, p1, p2 - p1),
+                    /*beta=*/1, /*alpha=*/-1);
+      }
+      p1 = p2;
     }
-    Q.narrow(1, i1, count).copy_(Q1);
-    codes.narrow(1, i1, count).copy_(C1);
     // The lazy batch update: W[:, i2:] -= E [H^-1]_{i1:i2, i2:}
     if (i2 < columns) {
-      W.narrow(1, i2, columns - i2)
-          .sub_(at::matmul(Err1, Hinv.narrow(0, i1, count).narrow(1, i2, columns - i2)));
+      Wt.narrow(0, i2, columns - i2)
+          .addmm_(Hinv.narrow(0, i1, count).narrow(1, i2, columns - i2).t(), E, /*beta=*/1, /*alpha=*/-1);
     }
   }
+  at::Tensor Q = Qt.t().contiguous(), codes = Ct.t().contiguous();
   return grids->Finish(std::move(Q), std::move(codes), invperm);
 }
 

@@ -68,18 +68,34 @@ struct GptqStats {
   int dead_columns = 0;      // inputs that were always zero (diag(H) == 0)
 };
 
-// Streams calibration inputs into H = 2 X X^T / n in float32.
+// Streams calibration inputs into H = 2 X X^T / n in float32. Windows are
+// staged into batches of about `batch_bytes` and each batch is one symmetric
+// rank-k update of the upper triangle (half the work of X^T X), so small
+// windows cost no more per token than large ones.
 class HessianAccumulator {
  public:
-  HessianAccumulator(int64_t columns, const at::Device& device);
-  // x: [tokens, columns]; any float dtype.
+  static constexpr int64_t kDefaultBatchBytes = int64_t{64} << 20;
+  HessianAccumulator(int64_t columns, const at::Device& device,
+                     int64_t batch_bytes = kDefaultBatchBytes);
+  // x: [..., columns]; any float dtype.
   void Add(const at::Tensor& x);
-  const at::Tensor& H() const { return H_; }
-  int64_t samples() const { return n_; }
+  // The symmetric H of every token added so far (staged ones included).
+  const at::Tensor& H() const;
+  int64_t samples() const;
 
  private:
-  at::Tensor H_;
-  int64_t n_ = 0;
+  void Flush() const;
+  void Update(const at::Tensor& x) const;
+
+  // H() folds the staged tokens in: logically const.
+  // [columns, columns]: its upper triangle is H; the whole of it once H()
+  // has mirrored it (symmetric_), until the next update.
+  mutable at::Tensor H_;
+  mutable bool symmetric_ = true;
+  mutable at::Tensor staged_;  // [batch_rows_, columns]
+  mutable int64_t pending_ = 0;
+  mutable int64_t n_ = 0;
+  const int64_t batch_rows_;
 };
 
 // W: float [rows, columns] (out x in); H from HessianAccumulator. Integer

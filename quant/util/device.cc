@@ -2,13 +2,20 @@
 
 #include <dlfcn.h>
 #include <link.h>
+#include <sched.h>
+#include <unistd.h>
+#include <ATen/Parallel.h>
 #include <torch/version.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -186,6 +193,66 @@ void Synchronize(const at::Device& device) {
 #ifdef QAAS_WITH_CUDA
   if (device.is_cuda()) c10::cuda::device_synchronize();
 #endif
+}
+
+std::string BlasCoreForThisCpu() {
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (avx512) return __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+  return "";
+}
+
+void PrepareCpuRuntime(char** argv) {
+  bool changed = false;
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", /*overwrite=*/0);
+    changed = true;
+  }
+  using Getter = char* (*)();
+  auto corename = reinterpret_cast<Getter>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr && corename != nullptr &&
+      absl::AsciiStrToLower(corename()) == "prescott") {
+    const std::string core = BlasCoreForThisCpu();
+    if (!core.empty()) {
+      setenv("OPENBLAS_CORETYPE", core.c_str(), /*overwrite=*/0);
+      changed = true;
+    }
+  }
+  if (!changed) return;
+  execv("/proc/self/exe", argv);
+  // Still here: exec failed; go on as loaded.
+  std::fprintf(stderr,
+               "note: could not re-execute with OMP_WAIT_POLICY / OPENBLAS_CORETYPE set (%s); set them in the "
+               "environment for faster CPU runs (docs/decisions.md)\n",
+               std::strerror(errno));
+}
+
+int AvailableCpuCores() {
+  int cores = 0;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) cores = CPU_COUNT(&set);
+  if (cores <= 0) cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // cgroup v2: "max 100000" (no limit) or "<quota> <period>".
+  std::ifstream f("/sys/fs/cgroup/cpu.max");
+  std::string quota, period;
+  if (f >> quota >> period && quota != "max") {
+    int64_t q = 0, p = 0;
+    if (absl::SimpleAtoi(quota, &q) && absl::SimpleAtoi(period, &p) && q > 0 && p > 0) {
+      cores = std::min<int64_t>(cores, std::max<int64_t>(1, (q + p - 1) / p));
+    }
+  }
+  return std::max(1, cores);
+}
+
+int ConfigureCpuThreads(int threads) {
+  if (threads <= 0) threads = AvailableCpuCores();
+  at::set_num_threads(threads);
+  using Setter = void (*)(int);
+  if (auto set = reinterpret_cast<Setter>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(threads);
+  return threads;
 }
 
 }  // namespace qaas::quant

@@ -64,6 +64,37 @@ struct ComputeEnvironment {
 };
 const ComputeEnvironment& DescribeComputeEnvironment();
 
+// Two settings of the CPU runtime that its libraries read when they load,
+// before main, so that a process can only set them by re-executing itself:
+// - OMP_WAIT_POLICY=PASSIVE: ATen's OpenMP threads otherwise spin for a while
+//   after each parallel region, on the cores OpenBLAS's own threads need for
+//   the next matrix product (measured: GPTQ 10-18x slower with both pools at
+//   2 threads on 2 cores).
+// - OPENBLAS_CORETYPE: Debian 12's OpenBLAS (0.3.21) chooses its kernels by
+//   CPU model, and on a model newer than it knows (Sapphire Rapids, say) falls
+//   back to its generic SSE3 ("Prescott") kernels: matrix products 4-8x slower
+//   than the CPU can do. It is set to the core that matches the CPU's features
+//   (BlasCoreForThisCpu) where OpenBLAS fell back to Prescott.
+// Called first thing in main: sets whichever of the two is unset and needed,
+// and if it set any, re-executes the process with the same arguments (once:
+// the variables are then set). A variable already set is left as it is; if
+// the re-execution fails the process goes on as it was, with a note.
+void PrepareCpuRuntime(char** argv);
+
+// The OpenBLAS core whose kernels suit this CPU's features ("Cooperlake",
+// "SkylakeX", "Haswell"), or "" where the generic ones are the best it has.
+std::string BlasCoreForThisCpu();
+
+// The CPU cores this process may use: the affinity mask, capped by a cgroup
+// v2 CPU quota (a Kubernetes limit) where one is set; at least 1.
+int AvailableCpuCores();
+
+// Sizes the CPU thread pools that compute a job: ATen's intra-op pool and,
+// where the BLAS is OpenBLAS, its own pool. threads <= 0: AvailableCpuCores().
+// Debian's libtorch starts its pool at one thread whatever the machine, so a
+// process that quantizes calls this once at start. Returns the count set.
+int ConfigureCpuThreads(int threads);
+
 }  // namespace qaas::quant
 
 #endif  // QAAS_QUANT_UTIL_DEVICE_H_

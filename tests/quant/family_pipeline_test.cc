@@ -72,6 +72,7 @@ class FamilyPipelineTest : public ::testing::TestWithParam<std::string> {
     QAAS_ASSIGN_OR_RETURN(o.scheme, ParseScheme(job.scheme));
     o.recipe = job.recipe;
     o.calibration = DatasetRef{text_, "text", 24, 0};
+    o.block_errors = true;  // RTN's block errors are the baseline GPTQ's are compared with
     o.num_samples = 4;
     o.evaluations = {DatasetRef{text_, "text", 24, 4}};
     return RunPipeline(o);
@@ -378,6 +379,7 @@ TEST_P(MoePipelineTest, TransformsAndActivationQuantizationRun) {
     o.scheme = *ParseScheme(job.scheme);
     o.recipe = job.recipe;
     o.calibration = DatasetRef{text_, "text", 24, 0};
+    o.block_errors = true;  // RTN's block errors are the baseline GPTQ's are compared with
     o.num_samples = 4;
     o.evaluations = {DatasetRef{text_, "text", 24, 4}};
     std::vector<std::pair<int, int>> experts_started;  // (layer, expert) as "quantizing" reports them

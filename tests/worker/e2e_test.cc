@@ -2,6 +2,7 @@
 // workers in this process or as separate qaas-worker processes, the file://
 // store, and the Prometheus endpoint scraped over HTTP.
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include <set>
 #include <functional>
 #include <fstream>
+#include <map>
 #include <random>
 #include <thread>
 #include <vector>
@@ -25,11 +27,13 @@
 #include <google/protobuf/dynamic_message.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/support/byte_buffer.h>
+#include "absl/strings/ascii.h"
 #include "nlohmann/json.hpp"
 #include <prometheus/registry.h>
 #include "qaas/v1/job_service.grpc.pb.h"
 #include "quant/model/random_model.h"
 #include "quant/pipeline.h"
+#include "quant/util/device.h"
 #include "server/server.h"
 #include "storage/sha256.h"
 #include "tests/test_util.h"
@@ -887,6 +891,42 @@ TEST_F(EndToEndTest, StoppedWorkerProcessReleasesItsJobAtOnce) {
   const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
   EXPECT_NE(metrics.find("qaas_lease_releases_total 1"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("qaas_lease_expirations_total 0"), std::string::npos) << metrics;
+}
+
+// A qaas-worker process re-executes itself once, keeping its pid, with the
+// CPU runtime settings its libraries read when they load
+// (quant/util/device.h, PrepareCpuRuntime): OpenMP threads that sleep rather
+// than spin, and OpenBLAS kernels chosen by the CPU's features where the
+// library fell back to its generic ones (as it does in this test process,
+// which starts without them, on CPUs newer than it knows).
+TEST_F(EndToEndTest, WorkerProcessRunsWithTheCpuRuntimeSettings) {
+  unsetenv("OMP_WAIT_POLICY");
+  unsetenv("OPENBLAS_CORETYPE");
+  std::map<std::string, std::string> expected = {{"OMP_WAIT_POLICY", "PASSIVE"}};
+  using Getter = char* (*)();
+  auto corename = reinterpret_cast<Getter>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (corename != nullptr && absl::AsciiStrToLower(corename()) == "prescott" &&
+      !quant::BlasCoreForThisCpu().empty()) {
+    expected["OPENBLAS_CORETYPE"] = quant::BlasCoreForThisCpu();
+  }
+  pid_t pid = SpawnWorker("runtime");
+  ASSERT_GT(pid, 0);
+  std::map<std::string, std::string> seen;
+  for (int i = 0; i < 400; ++i) {  // up to 20 s
+    std::ifstream f("/proc/" + std::to_string(pid) + "/environ");
+    std::string entry;
+    seen.clear();
+    while (std::getline(f, entry, '\0')) {
+      const size_t eq = entry.find('=');
+      if (eq != std::string::npos && expected.count(entry.substr(0, eq))) seen[entry.substr(0, eq)] = entry.substr(eq + 1);
+    }
+    if (seen == expected) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(seen, expected);
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  const int status = Reap(pid, 30);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
 }
 
 // SIGTERM with a drain: the current job finishes, the next one stays queued.
