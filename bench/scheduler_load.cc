@@ -3,14 +3,19 @@
 // 127.0.0.1: a qaas-server in this process, a PostgreSQL started for the run.
 //
 //   scheduler_load [--store sqlite|postgres|both] [--jobs 2000] [--workers 100] [--submitters 8]
+//                  [--job_ms 0]
 //
 // Phase 1: `submitters` threads submit `jobs` jobs over gRPC (each its own
 // channel); prints submissions/s and SubmitJob p50/p99.
 // Phase 2: `workers` threads (each its own channel, as separate processes
 // would be) register and long-poll LeaseJob, completing each job at once,
 // until every job is done; prints LeaseJob p50/p99 over the calls that got
-// a job, and completed jobs/s. The job does no work: this is the
-// scheduler's and the store's cost alone.
+// a job, and completed jobs/s. With --job_ms 0 the job does no work: the
+// workers lease back to back, so the figures are the scheduler's and the
+// store's throughput and the queueing behind it (on a 2-core machine the
+// clients share the cores with the server, and with PostgreSQL's processes).
+// --job_ms N holds each job N ms before completing it, as a worker running
+// jobs would: LeaseJob's latency at that load.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -48,7 +53,7 @@ std::shared_ptr<grpc::Channel> OwnChannel(int port) {
   return grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(), args);
 }
 
-int Run(const std::string& store, int jobs, int workers, int submitters) {
+int Run(const std::string& store, int jobs, int workers, int submitters, int job_ms) {
   qaas::testing::ScopedTempDir dir;
   std::filesystem::create_directories(dir.path() + "/model");
   std::ofstream(dir.path() + "/model/config.json") << qaas::testing::kTestModelConfig;
@@ -140,6 +145,7 @@ int Run(const std::string& store, int jobs, int workers, int submitters) {
         }
         if (!got.has_job()) continue;
         mine.push_back(Ms(Clock::now() - t));
+        if (job_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(job_ms));
         v1::CompleteJobRequest c;
         c.set_job_id(got.job().id());
         c.set_lease_id(got.lease_id());
@@ -159,9 +165,9 @@ int Run(const std::string& store, int jobs, int workers, int submitters) {
               "(%d errors)\n",
               store.c_str(), jobs, submitters, submit_s, jobs / submit_s, Percentile(submit_ms, 0.5),
               Percentile(submit_ms, 0.99), submit_errors.load());
-  std::printf("%-8s lease:  %d workers polling, %d jobs leased+completed in %.2f s = %.0f jobs/s, "
+  std::printf("%-8s lease:  %d workers polling, jobs of %d ms, %d jobs leased+completed in %.2f s = %.0f jobs/s, "
               "LeaseJob p50 %.2f ms p99 %.2f ms (%d errors)\n",
-              store.c_str(), workers, done.load(), work_s, done.load() / work_s, Percentile(lease_ms, 0.5),
+              store.c_str(), workers, job_ms, done.load(), work_s, done.load() / work_s, Percentile(lease_ms, 0.5),
               Percentile(lease_ms, 0.99), lease_errors.load());
   return submit_errors.load() == 0 && lease_errors.load() == 0 && done.load() == jobs ? 0 : 1;
 }
@@ -170,20 +176,21 @@ int Run(const std::string& store, int jobs, int workers, int submitters) {
 
 int main(int argc, char** argv) {
   std::string store = "both";
-  int jobs = 2000, workers = 100, submitters = 8;
+  int jobs = 2000, workers = 100, submitters = 8, job_ms = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--store")) store = argv[i + 1];
     else if (!std::strcmp(argv[i], "--jobs")) jobs = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--workers")) workers = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--submitters")) submitters = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--job_ms")) job_ms = std::atoi(argv[i + 1]);
     else {
-      std::fprintf(stderr, "usage: scheduler_load [--store sqlite|postgres|both] [--jobs N] [--workers N] [--submitters N]\n");
+      std::fprintf(stderr, "usage: scheduler_load [--store sqlite|postgres|both] [--jobs N] [--workers N] [--submitters N] [--job_ms N]\n");
       return 2;
     }
   }
   int rc = 0;
   for (const std::string s : {"sqlite", "postgres"}) {
-    if (store == s || store == "both") rc |= Run(s, jobs, workers, submitters);
+    if (store == s || store == "both") rc |= Run(s, jobs, workers, submitters, job_ms);
   }
   return rc;
 }

@@ -68,12 +68,16 @@ class JobStore {
   // returns OK to commit or an error to abort (returned as is).
   virtual absl::StatusOr<JobRow> Update(const std::string& id,
                                         const std::function<absl::Status(JobRow&)>& mutate) = 0;
-  // What ClaimNext's chooser sees: each tenant's first kClaimWindow QUEUED
+  // What ClaimNext's chooser sees: each tenant's first kClaimProbe QUEUED
   // jobs (highest priority, then oldest; so a tenant's long backlog never
   // hides another tenant's jobs), in that order overall, and RUNNING jobs
-  // per tenant.
+  // per tenant. When it picks none of those and a tenant has more, it is
+  // asked again with each tenant's first kClaimWindow: most claims read
+  // (and on PostgreSQL lock) a few rows per tenant, and a job deep in a
+  // backlog that only this worker can run is still found.
   using Chooser = std::function<int(const std::vector<const v1::Job*>& queued,
                                     const std::map<std::string, int>& running_by_tenant)>;
+  static constexpr int kClaimProbe = 8;
   static constexpr int kClaimWindow = 64;
   // Atomically lets `choose` pick a QUEUED job (an index into `queued`, or -1
   // for none) and `mutate` turn it into a leased RUNNING row. Concurrent

@@ -5,6 +5,10 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <unordered_map>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -26,8 +30,10 @@ CREATE TABLE IF NOT EXISTS jobs (
   job BYTEA NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(tenant, idempotency_key) WHERE idempotency_key <> '';
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority DESC, seq);
+-- jobs_claim serves every lookup by state (jobs_queue, by state and priority, did before it).
+DROP INDEX IF EXISTS jobs_queue;
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(tenant, seq);
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(state, tenant, priority DESC, seq);
 )sql";
 
 // Serializes schema creation across replicas starting together.
@@ -83,6 +89,48 @@ absl::Status PgError(PGconn* c, const PGresult* r, const std::string& what) {
   return absl::InternalError(msg);
 }
 
+// The statements each connection has prepared, by SQL text (the store's
+// statements are fixed strings): prepared on a connection's first use of
+// one, so PostgreSQL parses and plans it once, not per call. A connection
+// that is reset loses them (ForgetPrepared).
+class PreparedStatements {
+ public:
+  // The name `sql` is prepared under on `c`, preparing it now if need be;
+  // empty when it cannot be (the caller sends it unprepared).
+  std::string NameFor(PGconn* c, const char* sql, int params) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto& names = by_connection_[c];
+      auto it = names.find(sql);
+      if (it != names.end()) return it->second;
+    }
+    std::string name;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      name = absl::StrCat("qaas_", ++next_);
+    }
+    Result r(PQprepare(c, name.c_str(), sql, params, nullptr));
+    if (PQresultStatus(r.get()) != PGRES_COMMAND_OK) return "";
+    std::lock_guard<std::mutex> lock(mu_);
+    by_connection_[c][sql] = name;
+    return name;
+  }
+  void ForgetPrepared(PGconn* c) {
+    std::lock_guard<std::mutex> lock(mu_);
+    by_connection_.erase(c);
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<PGconn*, std::unordered_map<std::string, std::string>> by_connection_;
+  uint64_t next_ = 0;
+};
+
+PreparedStatements& Prepared() {
+  static PreparedStatements* p = new PreparedStatements();
+  return *p;
+}
+
 absl::StatusOr<Result> Exec(PGconn* c, const std::string& what, const char* sql, const std::vector<Param>& params = {}) {
   std::vector<const char*> values;
   std::vector<int> lengths, formats;
@@ -91,8 +139,10 @@ absl::StatusOr<Result> Exec(PGconn* c, const std::string& what, const char* sql,
     lengths.push_back(static_cast<int>(p.value.size()));
     formats.push_back(p.binary ? 1 : 0);
   }
-  Result r(PQexecParams(c, sql, static_cast<int>(params.size()), nullptr, values.data(), lengths.data(),
-                        formats.data(), 0));
+  const int n = static_cast<int>(params.size());
+  const std::string name = Prepared().NameFor(c, sql, n);
+  Result r(name.empty() ? PQexecParams(c, sql, n, nullptr, values.data(), lengths.data(), formats.data(), 0)
+                        : PQexecPrepared(c, name.c_str(), n, values.data(), lengths.data(), formats.data(), 0));
   const ExecStatusType st = PQresultStatus(r.get());
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return PgError(c, r.get(), what);
   return r;
@@ -170,7 +220,10 @@ absl::StatusOr<std::unique_ptr<PostgresJobStore>> PostgresJobStore::Open(const s
 }
 
 PostgresJobStore::~PostgresJobStore() {
-  for (PGconn* c : all_) PQfinish(c);
+  for (PGconn* c : all_) {
+    Prepared().ForgetPrepared(c);  // a later connection may get the same address
+    PQfinish(c);
+  }
 }
 
 PGconn* PostgresJobStore::Acquire() {
@@ -184,7 +237,10 @@ PGconn* PostgresJobStore::Acquire() {
 void PostgresJobStore::Return(PGconn* c) {
   // A connection that broke is reset now, so the next call finds it working
   // (or fails fast with the reason).
-  if (PQstatus(c) != CONNECTION_OK) PQreset(c);
+  if (PQstatus(c) != CONNECTION_OK) {
+    Prepared().ForgetPrepared(c);
+    PQreset(c);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     free_.push_back(c);
@@ -302,35 +358,53 @@ absl::StatusOr<std::optional<JobRow>> PostgresJobStore::ClaimNext(const Chooser&
   return WithConnection<std::optional<JobRow>>([&](PGconn* c) -> absl::StatusOr<std::optional<JobRow>> {
     Tx tx(c);
     QAAS_RETURN_IF_ERROR(tx.Begin());
-    // Rows another replica is claiming right now are skipped, not waited for.
-    QAAS_ASSIGN_OR_RETURN(
-        auto r,
-        Exec(c, "claim",
-             "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE state = $1 AND seq IN ("
-             "SELECT seq FROM (SELECT seq, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY priority DESC, seq) "
-             "AS rank FROM jobs WHERE state = $1) AS w WHERE rank <= $2) "
-             "ORDER BY priority DESC, seq ASC FOR UPDATE SKIP LOCKED",
-             {Int(v1::JOB_STATE_QUEUED), Int(kClaimWindow)}));
-    std::vector<JobRow> rows;
-    for (int i = 0; i < r.rows(); ++i) {
-      QAAS_ASSIGN_OR_RETURN(auto row, RowFrom(r, i, 0));
-      rows.push_back(std::move(row));
-    }
     std::optional<JobRow> chosen;
-    if (rows.empty()) return chosen;
-    QAAS_ASSIGN_OR_RETURN(auto counts,
-                          Exec(c, "claim", "SELECT tenant, COUNT(*) FROM jobs WHERE state = $1 GROUP BY tenant",
-                               {Int(v1::JOB_STATE_RUNNING)}));
     std::map<std::string, int> running;
-    for (int i = 0; i < counts.rows(); ++i) running[counts.Str(i, 0)] = static_cast<int>(counts.Int(i, 1));
-    std::vector<const v1::Job*> queued;
-    for (const auto& row : rows) queued.push_back(&row.job);
-    const int pick = choose(queued, running);
-    if (pick < 0 || pick >= static_cast<int>(rows.size())) return chosen;
-    chosen = std::move(rows[pick]);
-    mutate(*chosen);
-    QAAS_RETURN_IF_ERROR(Write(c, *chosen));
-    QAAS_RETURN_IF_ERROR(tx.Commit());
+    bool counted = false;
+    for (const int window : {kClaimProbe, kClaimWindow}) {
+      // Each tenant's first `window` through jobs_claim (a few index range
+      // scans, whatever the queue's length), locked; rows another replica
+      // is claiming right now are skipped, not waited for. Locking a row
+      // writes it, so the first look locks few.
+      QAAS_ASSIGN_OR_RETURN(
+          auto r, Exec(c, "claim",
+                       "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE state = $1 AND seq IN ("
+                       "SELECT w.seq FROM (SELECT DISTINCT tenant FROM jobs WHERE state = $1) AS t CROSS JOIN LATERAL ("
+                       "SELECT seq FROM jobs WHERE state = $1 AND tenant = t.tenant ORDER BY priority DESC, seq "
+                       "LIMIT $2) AS w) ORDER BY priority DESC, seq ASC FOR UPDATE SKIP LOCKED",
+                       {Int(v1::JOB_STATE_QUEUED), Int(window)}));
+      std::vector<JobRow> rows;
+      std::map<std::string, int> per_tenant;
+      for (int i = 0; i < r.rows(); ++i) {
+        QAAS_ASSIGN_OR_RETURN(auto row, RowFrom(r, i, 0));
+        ++per_tenant[row.job.tenant()];
+        rows.push_back(std::move(row));
+      }
+      if (!rows.empty() && !counted) {
+        QAAS_ASSIGN_OR_RETURN(auto counts,
+                              Exec(c, "claim", "SELECT tenant, COUNT(*) FROM jobs WHERE state = $1 GROUP BY tenant",
+                                   {Int(v1::JOB_STATE_RUNNING)}));
+        for (int i = 0; i < counts.rows(); ++i) running[counts.Str(i, 0)] = static_cast<int>(counts.Int(i, 1));
+        counted = true;
+      }
+      if (!rows.empty()) {
+        std::vector<const v1::Job*> queued;
+        for (const auto& row : rows) queued.push_back(&row.job);
+        const int pick = choose(queued, running);
+        if (pick >= 0 && pick < static_cast<int>(rows.size())) {
+          chosen = std::move(rows[pick]);
+          mutate(*chosen);
+          QAAS_RETURN_IF_ERROR(Write(c, *chosen));
+          QAAS_RETURN_IF_ERROR(tx.Commit());
+          return chosen;
+        }
+      }
+      // The wider look only where this one may have missed rows: a tenant
+      // filled its window, or other claims hold the rows it would see.
+      bool more = rows.empty();
+      for (const auto& [tenant, n] : per_tenant) more |= n == window;
+      if (!more) break;
+    }
     return chosen;
   });
 }

@@ -44,6 +44,22 @@ void Scheduler::Notify() {
   changed_.notify_all();
 }
 
+void Scheduler::OfferWork() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++offers_;
+  WakeNextPollerLocked();
+}
+
+void Scheduler::WakeNextPollerLocked() {
+  for (Poller* p : pollers_) {
+    if (!p->woken && p->looked_at < offers_) {
+      p->woken = true;
+      p->cv.notify_one();
+      return;
+    }
+  }
+}
+
 uint64_t Scheduler::WaitForChange(uint64_t seen, int64_t timeout_ms) {
   std::unique_lock<std::mutex> lock(mu_);
   changed_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
@@ -54,6 +70,8 @@ uint64_t Scheduler::WaitForChange(uint64_t seen, int64_t timeout_ms) {
 void Scheduler::Shutdown() {
   shutdown_ = true;
   Notify();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (Poller* p : pollers_) p->cv.notify_one();
 }
 
 void Scheduler::RefreshGauges() {
@@ -253,6 +271,7 @@ absl::StatusOr<v1::Job> Scheduler::Submit(const std::string& tenant, v1::JobSpec
     metrics_->JobSubmitted(MethodLabel(stored.spec()));
     RefreshGauges();
     Notify();
+    OfferWork();
   }
   return stored;
 }
@@ -346,7 +365,11 @@ absl::StatusOr<v1::LeaseJobResponse> Scheduler::LeaseJob(const v1::LeaseJobReque
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<int64_t>(0, req.wait_ms()));
   v1::LeaseJobResponse resp;
   while (true) {
-    const uint64_t seen = Version();
+    uint64_t looked_at;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      looked_at = offers_;
+    }
     const std::string lease_id = RandomId("l-");
     PlacementInput in;
     in.worker = worker.capabilities;
@@ -395,9 +418,18 @@ absl::StatusOr<v1::LeaseJobResponse> Scheduler::LeaseJob(const v1::LeaseJobReque
       for (const auto& root : options_.validation.file_roots) resp.add_file_roots(root);
       return resp;
     }
-    const auto now = std::chrono::steady_clock::now();
-    if (now >= deadline || shutting_down()) return resp;
-    WaitForChange(seen, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count());
+    std::unique_lock<std::mutex> lock(mu_);
+    // Nothing this worker can take: a poller that has not looked since the
+    // latest offer may find something (its device, its tenant's slot).
+    WakeNextPollerLocked();
+    if (std::chrono::steady_clock::now() >= deadline || shutting_down()) return resp;
+    if (offers_ != looked_at) continue;  // offered while this call looked: look again
+    Poller me;
+    me.looked_at = looked_at;
+    pollers_.push_back(&me);
+    auto self = std::prev(pollers_.end());
+    me.cv.wait_until(lock, deadline, [&] { return me.woken || shutting_down(); });
+    pollers_.erase(self);
   }
 }
 
@@ -459,6 +491,7 @@ absl::Status Scheduler::FinishLeased(const std::string& job_id, const std::strin
   RecordFinish(row->job);
   RefreshGauges();
   Notify();
+  OfferWork();  // its tenant's slot is free
   return absl::OkStatus();
 }
 
@@ -485,6 +518,7 @@ absl::Status Scheduler::Release(const v1::FailJobRequest& req) {
   if (finished) RecordFinish(row->job);
   RefreshGauges();
   Notify();
+  OfferWork();
   return absl::OkStatus();
 }
 
@@ -530,6 +564,7 @@ absl::StatusOr<int> Scheduler::ExpireLeases() {
   if (n > 0) {
     RefreshGauges();
     Notify();
+    for (int k = 0; k < n; ++k) OfferWork();
   }
   return n;
 }

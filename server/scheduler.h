@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -69,7 +70,8 @@ class Scheduler {
   // refreshes the active-workers gauge here.
   absl::StatusOr<int> ExpireLeases();
 
-  // Change notification for WatchJob: Version() increases on every change;
+  // Change notification for WatchJob (LeaseJob waits on offers of work
+  // instead): Version() increases on every change;
   // WaitForChange blocks until it passes `seen` or `timeout_ms` passes.
   uint64_t Version() const { return version_.load(); }
   uint64_t WaitForChange(uint64_t seen, int64_t timeout_ms);
@@ -100,6 +102,12 @@ class Scheduler {
   void RefreshWorkerGauge();  // takes mu_
   int64_t Now() const { return options_.now_ms(); }
   void Notify();
+  // A change that may let a queued job run (a submit, a requeue, a job that
+  // ended and so freed its tenant's slot): wakes one waiting LeaseJob call.
+  void OfferWork();
+  // Wakes the longest-waiting LeaseJob call that has not looked at the queue
+  // since the latest offer, if any. Takes mu_ held.
+  void WakeNextPollerLocked();
   void RefreshGauges();
   void RecordFinish(const v1::Job& job);
   // Capabilities of the workers heard from within a lease.
@@ -124,6 +132,18 @@ class Scheduler {
   // servers on one PostgreSQL would need the database to arbitrate).
   std::mutex submit_mu_;
   std::condition_variable changed_;
+  // Long-polling LeaseJob calls, longest-waiting first. A new job wakes one
+  // of them, not all: one that finds nothing it can take (another worker's
+  // device, a tenant at its limit) passes the wake to the next that has not
+  // looked since the offer, so a job any poller can run is taken after one
+  // wake, and one nobody can run costs each poller one look. Guarded by mu_.
+  struct Poller {
+    std::condition_variable cv;
+    uint64_t looked_at = 0;  // offers_ when it last read the queue
+    bool woken = false;
+  };
+  std::list<Poller*> pollers_;
+  uint64_t offers_ = 0;
   std::map<std::string, WorkerInfo> workers_;
   // When each tenant last got a job from this scheduler (fair share's round
   // robin; per replica).

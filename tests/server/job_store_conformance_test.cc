@@ -99,6 +99,59 @@ TEST_P(JobStoreTest, InsertIsDurableAcrossReopen) {
   QAAS_EXPECT_CODE((*store)->Get("missing"), kNotFound);
 }
 
+// Many writers at once (the SQLite store commits them in groups, each write
+// a savepoint of a shared transaction): every acknowledged write survives a
+// reopen, a write that fails (a duplicate id, a missing job) changes nothing
+// and fails no other, and the per-state counts follow every transition.
+TEST_P(JobStoreTest, ConcurrentWritesAreDurableAndAFailedOneLeavesTheOthers) {
+  constexpr int kThreads = 8, kPerThread = 24;
+  std::atomic<int> inserted{0}, running{0}, failed_as_expected{0}, unexpected{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const std::string id = "c" + std::to_string(t) + "-" + std::to_string(i);
+        bool created = false;
+        if (store_->Insert(MakeJob(id), &created).ok() && created) ++inserted;
+        else ++unexpected;
+        // The same id again: refused by the store, nothing else undone.
+        if (store_->Insert(MakeJob(id), &created).ok()) ++unexpected;
+        else ++failed_as_expected;
+        auto missing = store_->Update("missing-" + id, [](JobRow&) { return absl::OkStatus(); });
+        if (absl::IsNotFound(missing.status())) ++failed_as_expected;
+        else ++unexpected;
+        if (i % 3 == 0) {
+          if (store_->Update(id, [](JobRow& r) { Lease(r); return absl::OkStatus(); }).ok()) ++running;
+          else ++unexpected;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(unexpected.load(), 0);
+  EXPECT_EQ(inserted.load(), kThreads * kPerThread);
+  EXPECT_EQ(failed_as_expected.load(), 2 * kThreads * kPerThread);
+  auto counts = store_->CountStates();
+  QAAS_ASSERT_OK(counts);
+  EXPECT_EQ(counts->queued, inserted.load() - running.load());
+  EXPECT_EQ(counts->running, running.load());
+
+  store_.reset();
+  auto store = Open();
+  QAAS_ASSERT_OK(store);
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kPerThread; ++i) {
+      auto row = (*store)->Get("c" + std::to_string(t) + "-" + std::to_string(i));
+      QAAS_ASSERT_OK(row);
+      EXPECT_EQ(row->job.state(), i % 3 == 0 ? v1::JOB_STATE_RUNNING : v1::JOB_STATE_QUEUED);
+    }
+  }
+  auto reopened = (*store)->CountStates();
+  QAAS_ASSERT_OK(reopened);
+  EXPECT_EQ(reopened->queued, counts->queued);
+  EXPECT_EQ(reopened->running, counts->running);
+}
+
 TEST_P(JobStoreTest, IdempotencyKeyReturnsTheFirstJobPerTenant) {
   bool created = false;
   QAAS_ASSERT_OK(store_->Insert(MakeJob("a", 0, "k"), &created));
@@ -337,7 +390,39 @@ TEST_P(JobStoreTest, ALongBacklogDoesNotHideAnotherTenantsJobs) {
   QAAS_ASSERT_OK(c);
   ASSERT_TRUE(c->has_value());
   EXPECT_EQ((*c)->job.id(), "b0");
-  EXPECT_EQ(seen, static_cast<size_t>(JobStore::kClaimWindow + 1));
+  EXPECT_EQ(seen, static_cast<size_t>(JobStore::kClaimProbe + 1));
+}
+
+// The chooser first sees each tenant's first kClaimProbe jobs; when it takes
+// none of them it is asked again with the first kClaimWindow, so a job deep
+// in a backlog (the only one this worker can run) is found; past the window
+// it is not.
+TEST_P(JobStoreTest, AChooserThatTakesNoneOfTheFirstJobsSeesTheWholeWindow) {
+  bool created;
+  for (int i = 0; i < JobStore::kClaimWindow + 20; ++i) {
+    QAAS_ASSERT_OK(store_->Insert(MakeJob("a" + std::to_string(i), 0, "", "a"), &created));
+  }
+  auto want = [&](const std::string& id, std::vector<size_t>* sizes) {
+    return [id, sizes](const std::vector<const v1::Job*>& q, const std::map<std::string, int>&) {
+      sizes->push_back(q.size());
+      for (size_t i = 0; i < q.size(); ++i) {
+        if (q[i]->id() == id) return static_cast<int>(i);
+      }
+      return -1;
+    };
+  };
+  std::vector<size_t> sizes;
+  auto deep = store_->ClaimNext(want("a20", &sizes), Lease);
+  QAAS_ASSERT_OK(deep);
+  ASSERT_TRUE(deep->has_value());
+  EXPECT_EQ((*deep)->job.id(), "a20");
+  EXPECT_EQ(sizes, (std::vector<size_t>{JobStore::kClaimProbe, JobStore::kClaimWindow}));
+
+  sizes.clear();
+  auto beyond = store_->ClaimNext(want("a80", &sizes), Lease);
+  QAAS_ASSERT_OK(beyond);
+  EXPECT_FALSE(beyond->has_value());
+  EXPECT_EQ(sizes, (std::vector<size_t>{JobStore::kClaimProbe, JobStore::kClaimWindow}));
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <prometheus/registry.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <map>
 #include <thread>
@@ -227,6 +229,110 @@ TEST_F(SchedulerTest, LeaseMatchesDeviceAndKnowsWorkers) {
   v1::LeaseJobRequest unknown;
   unknown.set_worker_id("nobody");
   QAAS_EXPECT_CODE(scheduler_->LeaseJob(unknown), kFailedPrecondition);
+}
+
+// Counts the claims a scheduler makes (each LeaseJob look at the queue).
+class CountingStore : public JobStore {
+ public:
+  CountingStore(std::unique_ptr<JobStore> inner, std::atomic<int>* claims)
+      : inner_(std::move(inner)), claims_(claims) {}
+  absl::StatusOr<v1::Job> Insert(const v1::Job& job, bool* created) override { return inner_->Insert(job, created); }
+  absl::StatusOr<JobRow> Get(const std::string& id) override { return inner_->Get(id); }
+  absl::StatusOr<ListPage> List(const ListQuery& q) override { return inner_->List(q); }
+  absl::StatusOr<JobRow> Update(const std::string& id, const std::function<absl::Status(JobRow&)>& m) override {
+    return inner_->Update(id, m);
+  }
+  absl::StatusOr<std::optional<JobRow>> ClaimNext(const Chooser& c, const std::function<void(JobRow&)>& m) override {
+    ++*claims_;
+    return inner_->ClaimNext(c, m);
+  }
+  absl::StatusOr<std::vector<std::string>> ExpiredLeases(int64_t now_ms) override {
+    return inner_->ExpiredLeases(now_ms);
+  }
+  absl::StatusOr<StateCounts> CountStates() override { return inner_->CountStates(); }
+
+ private:
+  std::unique_ptr<JobStore> inner_;
+  std::atomic<int>* claims_;
+};
+
+// Long-polling LeaseJob calls: a new job wakes one of them, not all; one that
+// cannot take it (a CPU worker, a CUDA job) passes the wake on until a poller
+// that can does. The others stay asleep: the claims counted are the pollers'
+// first looks plus the ones the job caused.
+TEST(SchedulerPollingTest, ANewJobWakesOnePollerAndIsPassedToOneThatCanRunIt) {
+  ScopedTempDir dir;
+  std::filesystem::create_directories(dir.path() + "/model");
+  WriteLocalFile(dir.path() + "/model/config.json", ::qaas::testing::kTestModelConfig);
+  auto sqlite = SqliteJobStore::Open(dir.path() + "/jobs.db");
+  QAAS_ASSERT_OK(sqlite);
+  std::atomic<int> claims{0};
+  prometheus::Registry registry;
+  Metrics metrics(registry);
+  SchedulerOptions o;
+  o.validation.file_roots = {dir.path()};
+  o.default_output_uri = "file://" + dir.path() + "/out";
+  Scheduler scheduler(std::make_unique<CountingStore>(*std::move(sqlite), &claims), o, &metrics);
+  auto spec = [&](const std::string& device) {
+    v1::JobSpec s;
+    s.set_model("file://" + dir.path() + "/model");
+    s.set_preset("rtn");
+    s.mutable_scheme()->set_shorthand("W4A16");
+    s.mutable_resources()->set_device(device);
+    return s;
+  };
+  // Eight CPU pollers, then one CUDA poller (the last to wait).
+  constexpr int kCpu = 8;
+  std::vector<std::string> ids;
+  for (int i = 0; i <= kCpu; ++i) {
+    v1::RegisterWorkerRequest r;
+    r.set_name("w" + std::to_string(i));
+    r.mutable_capabilities()->add_devices(i < kCpu ? "cpu" : "cuda");
+    auto w = scheduler.RegisterWorker(r);
+    QAAS_ASSERT_OK(w);
+    ids.push_back(w->worker_id());
+  }
+  std::vector<std::string> leased(kCpu + 1);
+  std::vector<std::thread> pollers;
+  for (int i = 0; i <= kCpu; ++i) {
+    pollers.emplace_back([&, i] {
+      v1::LeaseJobRequest r;
+      r.set_worker_id(ids[i]);
+      r.set_wait_ms(20000);
+      auto got = scheduler.LeaseJob(r);
+      if (got.ok() && got->has_job()) leased[i] = got->job().id();
+    });
+    // Each looks once at the empty queue before it waits; in this order.
+    while (claims.load() < i + 1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  auto wait_for_claims = [&](int n) {
+    for (int k = 0; k < 2000 && claims.load() < n; ++k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // room for extra, wrong wakes
+  };
+
+  // A CPU job: the longest-waiting CPU poller takes it, with one look.
+  auto cpu_job = scheduler.Submit("t", spec("cpu"));
+  QAAS_ASSERT_OK(cpu_job);
+  wait_for_claims(kCpu + 2);
+  EXPECT_EQ(claims.load(), kCpu + 2);
+  pollers[0].join();
+  EXPECT_EQ(leased[0], cpu_job->id());
+
+  // A CUDA job: each remaining CPU poller looks once and passes it on, then
+  // the CUDA poller takes it; nobody looks twice.
+  auto cuda_job = scheduler.Submit("t", spec("cuda"));
+  QAAS_ASSERT_OK(cuda_job);
+  pollers[kCpu].join();  // well before its 20 s wait ends
+  EXPECT_EQ(leased[kCpu], cuda_job->id());
+  wait_for_claims(kCpu + 2 + kCpu);
+  EXPECT_EQ(claims.load(), kCpu + 2 + (kCpu - 1) + 1);
+
+  scheduler.Shutdown();  // ends the other waits at once
+  for (int i = 1; i < kCpu; ++i) {
+    pollers[i].join();
+    EXPECT_TRUE(leased[i].empty()) << i;
+  }
 }
 
 TEST_F(SchedulerTest, FailJobKeepsTheReason) {
