@@ -33,8 +33,8 @@ ABSL_FLAG(std::string, recipe, "rtn",
 ABSL_FLAG(std::string, calib, "", "calibration text file (.txt or .jsonl)");
 ABSL_FLAG(int, num_samples, 128, "calibration windows");
 ABSL_FLAG(bool, block_errors, false,
-          "with a recipe that needs no calibration (rtn): read --calib anyway and report each block's output error "
-          "on it (two forwards of the calibration windows per layer)");
+          "with a recipe that needs no calibration (rtn): run the calibration pass anyway and report each block's "
+          "output error on --calib (two forwards of the calibration windows per layer)");
 ABSL_FLAG(int, calib_seq_len, 0, "calibration window length (0 = min(2048, context))");
 ABSL_FLAG(uint64_t, seed, 0, "calibration sampling seed");
 ABSL_FLAG(int, min_calibration_tokens, 16,

@@ -313,15 +313,7 @@ absl::Status Pipeline::Prepare() {
     evals_.push_back(std::move(s));
   }
   at::Tensor calib_windows;
-  // Calibration data that no step needs (RTN with dynamic activations) is
-  // not read: no calibration pass, and the report says it was skipped.
-  if (o_.calibration && !o_.block_errors && CalibrationNeed(o_.recipe, o_.scheme).empty()) {
-    // Its window length is still checked: a spec error is one either way.
-    QAAS_RETURN_IF_ERROR(ResolveSeqLen(o_.calibration->seq_len, context, "calibration").status());
-    report_.calibration = {{"dataset", o_.calibration->name},
-                           {"skipped", "no step of the recipe and nothing in the scheme calibrates (block_errors "
-                                       "runs the pass anyway)"}};
-  } else if (o_.calibration) {
+  if (o_.calibration) {
     QAAS_ASSIGN_OR_RETURN(const int seq_len, ResolveSeqLen(o_.calibration->seq_len, context, "calibration"));
     auto text = LoadDataset(*o_.calibration);
     if (!text.ok()) return Annotate(text.status(), "calibration");
@@ -332,7 +324,16 @@ absl::Status Pipeline::Prepare() {
                            {"seq_len", seq_len}, {"seed", o_.seed}, {"tokens", calib_windows.numel()},
                            {"min_calibration_tokens", o_.min_calibration_tokens},
                            {"expert_calibration", o_.expert_calibration}};
-    max_len = std::max(max_len, seq_len);
+    if (!o_.block_errors && CalibrationNeed(o_.recipe, o_.scheme).empty()) {
+      // Nothing needs it (RTN with dynamic activations): the data the job
+      // names is still read and checked (bad data fails the job as it would
+      // otherwise), but no calibration pass runs.
+      report_.calibration["skipped"] =
+          "no step of the recipe and nothing in the scheme calibrates (block_errors runs the pass anyway)";
+      calib_windows = at::Tensor();
+    } else {
+      max_len = std::max(max_len, seq_len);
+    }
   }
   QAAS_RETURN_IF_ERROR(PrepareTasks(&max_len));
   QAAS_ASSIGN_OR_RETURN(model_, DecoderModel::Create(*ck_, device_, max_len));

@@ -97,11 +97,11 @@ struct PipelineOptions {
   int task_bootstrap_iters = 100000;  // LAMBADA's perplexity stderr (the harness's default)
   std::string device = "cpu";
   int batch_size = 8;            // windows per forward call
-  // A recipe that needs no calibration (RTN with dynamic activations) reads
-  // no calibration data and runs no calibration pass. With this set it runs
-  // the pass anyway, to report each block's output error on the calibration
-  // data (the report's "blocks", which compare methods): two forwards of the
-  // calibration windows per layer.
+  // A recipe that needs no calibration (RTN with dynamic activations) runs
+  // no calibration pass (the calibration data is still read and checked).
+  // With this set it runs the pass anyway, to report each block's output
+  // error on the calibration data (the report's "blocks", which compare
+  // methods): two forwards of the calibration windows per layer.
   bool block_errors = false;
   // A linear whose calibration saw fewer tokens than this (a mixture of
   // experts' rarely routed expert) is quantized with RTN instead of the

@@ -391,6 +391,36 @@ at::Tensor TokenLayout::Mask(int window) const {
   return at::where(keep, zero, inf).unsqueeze(1);
 }
 
+namespace {
+
+// Causal attention of q, k, v [BH, T, hd] under the additive mask [T, T], a
+// chunk of queries at a time: a chunk's scores stop at its last query and
+// start at its first query's window (the keys outside are masked anyway), so
+// the T x T square is never materialized: about half its products, and a
+// working set of ~kChunkBytes that stays in cache instead of T^2 floats per
+// head streamed through memory four times (the product, the mask, softmax,
+// the product with V). Equal to the square's result up to float rounding:
+// the keys left out have weight exactly 0.
+at::Tensor ChunkedCausalAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& mask, int window, double scale) {
+  constexpr int64_t kChunkBytes = int64_t{4} << 20;
+  const int64_t BH = q.size(0), T = q.size(1);
+  const int64_t rows = std::clamp<int64_t>(kChunkBytes / (BH * T * 4), 16, T);
+  at::Tensor out = at::empty_like(q);
+  for (int64_t q0 = 0; q0 < T; q0 += rows) {
+    const int64_t n = std::min(rows, T - q0), q1 = q0 + n;
+    const int64_t k0 = window > 0 ? std::max<int64_t>(0, q0 - window + 1) : 0, nk = q1 - k0;
+    at::Tensor scores = at::baddbmm(mask.narrow(0, q0, n).narrow(1, k0, nk).expand({BH, n, nk}),
+                                    q.narrow(1, q0, n), k.narrow(1, k0, nk).transpose(1, 2), /*beta=*/1.0,
+                                    /*alpha=*/scale);
+    at::_softmax_out(scores, scores, -1, false);
+    out.narrow(1, q0, n).copy_(at::bmm(scores, v.narrow(1, k0, nk)));
+  }
+  return out;
+}
+
+}  // namespace
+
 at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, const Rope& rope,
                                  const at::Tensor& hidden, const LinearInputHook& hook, const TokenLayout* layout) {
   const int64_t B = hidden.size(0), T = hidden.size(1);
@@ -439,6 +469,15 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
     const double cap = c.attn_logit_softcap;
     scores = at::bmm(q.reshape({B * nh, T, hd}), k.reshape({B * nh, T, hd}).transpose(1, 2)) * c.attention_scale;
     scores = at::tanh(scores / cap) * cap + mask;
+  } else if (!q.requires_grad() && !k.requires_grad() && !v.requires_grad()) {
+    at::Tensor attn = ChunkedCausalAttention(q.reshape({B * nh, T, hd}), k.reshape({B * nh, T, hd}),
+                                             v.reshape({B * nh, T, hd}), rope.Mask(T, window), window,
+                                             c.attention_scale)
+                          .view({B, nh, T, hd});
+    attn = QuantizeActivation(layer.act, ActPoint::kAttnOut, attn.transpose(1, 2).reshape({B, T, nh * hd}));
+    observe("self_attn.o_proj", attn);
+    at::Tensor out = ApplyLinear(layer.linears[3], attn);
+    return layer.attn_out_norm.defined() ? RmsNorm(out, layer.attn_out_norm, c.rms_norm_eps) : out;
   } else {
     // scores = q k^T * scale + causal mask, computed in one fused baddbmm.
     const at::Tensor mask = rope.Mask(T, window);

@@ -110,11 +110,13 @@ TEST_F(Stories260kPipelineTest, ReportJsonHasEveryField) {
   EXPECT_EQ(written["artifact_format"], "gptq");
   EXPECT_NE(ReadLocalFile(out() + "/report.md").find("artifact format: gptq"), std::string::npos);
   EXPECT_EQ(written["model"], Stories260kDir());
+  EXPECT_EQ(written["calibration"]["num_samples"], 4);
+  EXPECT_EQ(written["calibration"]["seq_len"], 128);
+  EXPECT_EQ(written["calibration"]["tokens"], 4 * 128);
   // RTN with dynamic activations needs no calibration: the data the job
-  // names is not read and no calibration pass runs.
+  // names is read and checked, but no calibration pass runs.
   EXPECT_EQ(written["calibration"]["dataset"], "tinystories-calib");
   EXPECT_NE(written["calibration"]["skipped"].get<std::string>().find("nothing"), std::string::npos);
-  EXPECT_FALSE(written["calibration"].contains("tokens"));
   EXPECT_TRUE(written["blocks"].empty());
   EXPECT_EQ(written["seconds"]["calibration"].get<double>(), 0);
 
@@ -298,7 +300,6 @@ TEST_F(RandomModelPipelineTest, EvaluationLongerThanTheContextIsInvalidArgument)
 TEST_F(RandomModelPipelineTest, EmptyCalibrationTextIsInvalidArgumentNamingTheJobsUri) {
   WriteLocalFile(dir_.path() + "/empty.txt", "");
   PipelineOptions o = Options();
-  o.recipe = {RecipeStep{"gptq"}};  // RTN would not read it
   // As a worker stages it: a cache path, and the uri the job gave.
   o.calibration = DatasetRef{dir_.path() + "/empty.txt", "s3://bucket/calib.txt", 32, 0};
   auto report = RunPipeline(o);
