@@ -13,6 +13,7 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -541,9 +542,13 @@ absl::Status Pipeline::QuantizeLayer(int i) {
   if (calib_.defined()) {
     Progress(i, "calibrating");
     auto tc = Clock::now();
-    at::Tensor ref = ForwardBatched(model, original, calib_, o_.batch_size);
     at::Tensor next = ForwardBatched(model, quantized, calib_, o_.batch_size);
-    report_.blocks.push_back({i, RelativeError(ref, next), transforms.empty() ? nlohmann::json() : transforms});
+    // The block's error, a diagnostic: on the first windows only, so it
+    // costs a fraction of a forward, not a whole one.
+    const int64_t k = std::min<int64_t>(calib_.size(0), kBlockErrorWindows);
+    at::Tensor ref = ForwardBatched(model, original, calib_.narrow(0, 0, k), o_.batch_size);
+    report_.blocks.push_back(
+        {i, RelativeError(ref, next.narrow(0, 0, k)), transforms.empty() ? nlohmann::json() : transforms});
     calib_ = next;
     report_.seconds_calibration += Elapsed(tc);
     QAAS_RETURN_IF_ERROR(CheckFinite(calib_, absl::StatusCode::kFailedPrecondition,
@@ -572,6 +577,34 @@ absl::Status Pipeline::QuantizeLayer(int i) {
   const LayerToPack pack{layer_prefix, &model.LinearNames(), &transformed, &quantized, &q.linears, ck_.get()};
   return SaveLayer(i, pack, record);
 }
+
+namespace {
+
+// `layer`'s forward over `hidden` in batches, for the inputs of the linears
+// in `in_group` only (their outputs are not wanted): each batch's forward
+// ends as soon as every one of them has seen its input, so gathering a
+// sequential group's inputs costs the layer up to that group, not all of it
+// (a later group's forward sees its own). The early end is a private tag
+// thrown by the hook below and caught here, never past this function. A
+// linear that sees no token in a batch (an expert nothing was routed to)
+// lets that batch's forward run to the end.
+void ObserveGroupInputs(const DecoderModel& model, const DecoderLayer& layer, const at::Tensor& hidden, int batch,
+                        const std::map<std::string, int>& in_group, const LinearInputHook& hook) {
+  struct GroupSeen {};
+  for (int64_t i = 0; i < hidden.size(0); i += batch) {
+    const int64_t n = std::min<int64_t>(batch, hidden.size(0) - i);
+    std::set<std::string> seen;
+    try {
+      model.LayerForward(layer, hidden.narrow(0, i, n), [&](const std::string& name, const at::Tensor& x) {
+        hook(name, x);
+        if (in_group.count(name) && seen.insert(name).second && seen.size() == in_group.size()) throw GroupSeen();
+      });
+    } catch (const GroupSeen&) {
+    }
+  }
+}
+
+}  // namespace
 
 absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderLayer& original,
                                                            const DecoderLayer& transformed,
@@ -630,7 +663,7 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
         // hands it to each in turn) share one accumulator.
         at::Tensor last_x;
         int last_j = -1;
-        ForwardBatched(model, *quantized, calib_, o_.batch_size, [&](const std::string& name, const at::Tensor& x) {
+        ObserveGroupInputs(model, *quantized, calib_, o_.batch_size, in_group, [&](const std::string& name, const at::Tensor& x) {
           auto it = in_group.find(name);
           if (it == in_group.end()) return;
           const int j = it->second;
@@ -659,7 +692,7 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
         }
       }
       if (layer.sample.defined()) {
-        ForwardBatched(model, *quantized, layer.sample, o_.batch_size, [&](const std::string& name, const at::Tensor& x) {
+        ObserveGroupInputs(model, *quantized, layer.sample, o_.batch_size, in_group, [&](const std::string& name, const at::Tensor& x) {
           auto it = in_group.find(name);
           if (it == in_group.end()) return;
           at::Tensor& inputs = linears[it->second].sample_inputs;

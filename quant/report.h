@@ -25,9 +25,14 @@ struct LayerReport {
   int64_t calibration_tokens = -1;
 };
 
+// Windows of the calibration stream a block's output error is measured on
+// (a diagnostic: the first ones, not a whole extra forward).
+constexpr int kBlockErrorWindows = 16;
+
 struct BlockReport {
   int index = 0;
-  // ||L_q(X) - L(X)||_F / ||L(X)||_F on the calibration inputs X of the block.
+  // ||L_q(X) - L(X)||_F / ||L(X)||_F on the calibration inputs X of the
+  // block: its first kBlockErrorWindows windows.
   double output_relative_error = 0;
   // What the recipe's transforms did to the block (SmoothQuant's scale
   // range, RPTQ's cluster counts, static activation ranges), when any.

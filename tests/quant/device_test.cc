@@ -1,9 +1,12 @@
 #include "quant/util/device.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "quant/pipeline.h"
@@ -123,6 +126,33 @@ TEST_F(DevicePipelineTest, ReportRecordsTheDeviceAndPeakMemory) {
 
 // ATEN_CPU_CAPABILITY lowers the kernel set (scripts/test reruns the numeric
 // suites that way); the report says which one ran.
+// --threads: both pools follow it, and 0 means the cores this process may
+// use (its affinity, capped by a cgroup quota), at least one.
+TEST(CpuThreadsTest, ConfigureSizesTheAtenPoolAndZeroMeansTheAvailableCores) {
+  const int cores = AvailableCpuCores();
+  EXPECT_GE(cores, 1);
+  EXPECT_LE(static_cast<unsigned>(cores), std::max(1u, std::thread::hardware_concurrency()));
+  EXPECT_EQ(ConfigureCpuThreads(1), 1);
+  EXPECT_EQ(at::get_num_threads(), 1);
+  EXPECT_EQ(ConfigureCpuThreads(0), cores);
+  EXPECT_EQ(at::get_num_threads(), cores);
+}
+
+// The OpenBLAS core named for a CPU matches its features: an AVX-512 core
+// only where AVX-512 is there, none without AVX2 (the generic kernels are
+// then the best OpenBLAS has).
+TEST(CpuThreadsTest, BlasCoreFollowsTheCpuFeatures) {
+  __builtin_cpu_init();
+  const std::string core = BlasCoreForThisCpu();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
+    EXPECT_TRUE(core == "SkylakeX" || core == "Cooperlake") << core;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    EXPECT_EQ(core, "Haswell");
+  } else {
+    EXPECT_EQ(core, "");
+  }
+}
+
 TEST(ComputeEnvironmentTest, CapabilityFollowsAtenCpuCapability) {
   const char* requested = std::getenv("ATEN_CPU_CAPABILITY");
   const std::string capability = DescribeComputeEnvironment().cpu_capability;
