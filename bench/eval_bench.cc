@@ -13,8 +13,10 @@
 // evaluated tokens per second, the roofline's, and their ratio.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -23,7 +25,6 @@
 #include "quant/pipeline.h"
 #include "quant/util/allocator.h"
 #include "quant/util/device.h"
-#include "quant/util/files.h"
 
 ABSL_FLAG(std::string, model, "../shared/models/stories260k", "Hugging Face model directory");
 ABSL_FLAG(std::string, text, "../shared/data/wikitext-2/test.txt", "evaluation text");

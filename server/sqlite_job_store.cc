@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <exception>
 #include <map>
 #include <string>
 #include <vector>
@@ -207,7 +208,11 @@ void SqliteJobStore::RunGroup(const std::vector<PendingWrite*>& group) {
       p->result = SqlError(db_, "savepoint");
       continue;
     }
-    p->result = (*p->op)();
+    try {
+      p->result = (*p->op)();
+    } catch (const std::exception& e) {  // never past the group: the others' writes, and committing_, go on
+      p->result = absl::InternalError(absl::StrCat("job store: a write failed: ", e.what()));
+    }
     if (!p->result.ok()) run("ROLLBACK TO w");
     run("RELEASE w");
   }
