@@ -98,15 +98,12 @@ class PreparedStatements {
   // The name `sql` is prepared under on `c`, preparing it now if need be;
   // empty when it cannot be (the caller sends it unprepared).
   std::string NameFor(PGconn* c, const char* sql, int params) {
+    std::string name;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto& names = by_connection_[c];
       auto it = names.find(sql);
       if (it != names.end()) return it->second;
-    }
-    std::string name;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
       name = absl::StrCat("qaas_", ++next_);
     }
     Result r(PQprepare(c, name.c_str(), sql, params, nullptr));
@@ -380,14 +377,14 @@ absl::StatusOr<std::optional<JobRow>> PostgresJobStore::ClaimNext(const Chooser&
         ++per_tenant[row.job.tenant()];
         rows.push_back(std::move(row));
       }
-      if (!rows.empty() && !counted) {
-        QAAS_ASSIGN_OR_RETURN(auto counts,
-                              Exec(c, "claim", "SELECT tenant, COUNT(*) FROM jobs WHERE state = $1 GROUP BY tenant",
-                                   {Int(v1::JOB_STATE_RUNNING)}));
-        for (int i = 0; i < counts.rows(); ++i) running[counts.Str(i, 0)] = static_cast<int>(counts.Int(i, 1));
-        counted = true;
-      }
       if (!rows.empty()) {
+        if (!counted) {
+          QAAS_ASSIGN_OR_RETURN(auto counts,
+                                Exec(c, "claim", "SELECT tenant, COUNT(*) FROM jobs WHERE state = $1 GROUP BY tenant",
+                                     {Int(v1::JOB_STATE_RUNNING)}));
+          for (int i = 0; i < counts.rows(); ++i) running[counts.Str(i, 0)] = static_cast<int>(counts.Int(i, 1));
+          counted = true;
+        }
         std::vector<const v1::Job*> queued;
         for (const auto& row : rows) queued.push_back(&row.job);
         const int pick = choose(queued, running);

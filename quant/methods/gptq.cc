@@ -222,9 +222,9 @@ class SweepGroups : public Grids {
     scales_ = at::zeros({rows, groups}, options);
     zeros_ = at::zeros({rows, groups}, options);
   }
-  bool ReadsAhead(int64_t col) const override { return col % groupsize_ == 0; }
+  bool ReadsAhead(int64_t col) const override { return col % groupsize_ == 0; }  // a group begins
   void Select(const Sweep& s) override {
-    if (s.col % groupsize_ != 0) return;
+    if (!ReadsAhead(s.col)) return;
     FindParams(s.Columns(std::min(groupsize_, columns_ - s.col)), bits_, symmetric_, &scale_,
                &zero_);
     scales_.select(1, s.col / groupsize_).copy_(scale_);
@@ -281,9 +281,9 @@ class MxBlocks : public Grids {
  public:
   MxBlocks(const TensorQuant& spec, int64_t rows, int64_t columns, ElementFormat element)
       : Grids(spec, rows, columns), element_(element) {}
-  bool ReadsAhead(int64_t col) const override { return col % kMxBlockSize == 0; }
+  bool ReadsAhead(int64_t col) const override { return col % kMxBlockSize == 0; }  // a block begins
   void Select(const Sweep& s) override {
-    if (s.col % kMxBlockSize != 0) return;
+    if (!ReadsAhead(s.col)) return;
     scale_ = Pow2(MxSharedExponents(s.Columns(std::min<int64_t>(kMxBlockSize, columns_ - s.col)),
                                     element_))
                  .select(1, 0);

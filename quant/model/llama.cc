@@ -456,41 +456,41 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
     k = k.repeat_interleave(nh / nkv, 1);
     v = v.repeat_interleave(nh / nkv, 1);
   }
-  at::Tensor scores;
-  if (layout) {
-    // A packed batch: its mask [B, 1, T, T] broadcast over the heads.
-    scores = at::matmul(q, k.transpose(2, 3)) * c.attention_scale;
-    if (c.attn_logit_softcap > 0) scores = at::tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap;
-    const at::Tensor mask = layout->Mask(window).to(scores.scalar_type());
-    scores = (scores.requires_grad() ? scores + mask : scores.add_(mask)).view({B * nh, T, T});
-  } else if (c.attn_logit_softcap > 0) {
-    const at::Tensor mask = rope.Mask(T, window);
-    // Gemma 2: cap * tanh(s / cap) on the scaled scores, then the mask.
-    const double cap = c.attn_logit_softcap;
-    scores = at::bmm(q.reshape({B * nh, T, hd}), k.reshape({B * nh, T, hd}).transpose(1, 2)) * c.attention_scale;
-    scores = at::tanh(scores / cap) * cap + mask;
-  } else if (!q.requires_grad() && !k.requires_grad() && !v.requires_grad()) {
-    at::Tensor attn = ChunkedCausalAttention(q.reshape({B * nh, T, hd}), k.reshape({B * nh, T, hd}),
-                                             v.reshape({B * nh, T, hd}), rope.Mask(T, window), window,
-                                             c.attention_scale)
-                          .view({B, nh, T, hd});
-    attn = QuantizeActivation(layer.act, ActPoint::kAttnOut, attn.transpose(1, 2).reshape({B, T, nh * hd}));
-    observe("self_attn.o_proj", attn);
-    at::Tensor out = ApplyLinear(layer.linears[3], attn);
-    return layer.attn_out_norm.defined() ? RmsNorm(out, layer.attn_out_norm, c.rms_norm_eps) : out;
+  at::Tensor attn;  // [B * nh, T, hd]
+  if (!layout && c.attn_logit_softcap <= 0 && !q.requires_grad() && !k.requires_grad() && !v.requires_grad()) {
+    // Plain causal attention, nothing to learn: in chunks of queries.
+    attn = ChunkedCausalAttention(q.reshape({B * nh, T, hd}), k.reshape({B * nh, T, hd}), v.reshape({B * nh, T, hd}),
+                                  rope.Mask(T, window), window, c.attention_scale);
   } else {
-    // scores = q k^T * scale + causal mask, computed in one fused baddbmm.
-    const at::Tensor mask = rope.Mask(T, window);
-    scores = at::baddbmm(mask.expand({B * nh, T, T}), q.reshape({B * nh, T, hd}),
-                         k.reshape({B * nh, T, hd}).transpose(1, 2), /*beta=*/1.0, /*alpha=*/c.attention_scale);
+    at::Tensor scores;
+    if (layout) {
+      // A packed batch: its mask [B, 1, T, T] broadcast over the heads.
+      scores = at::matmul(q, k.transpose(2, 3)) * c.attention_scale;
+      if (c.attn_logit_softcap > 0) scores = at::tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap;
+      const at::Tensor mask = layout->Mask(window).to(scores.scalar_type());
+      scores = (scores.requires_grad() ? scores + mask : scores.add_(mask)).view({B * nh, T, T});
+    } else if (c.attn_logit_softcap > 0) {
+      const at::Tensor mask = rope.Mask(T, window);
+      // Gemma 2: cap * tanh(s / cap) on the scaled scores, then the mask.
+      const double cap = c.attn_logit_softcap;
+      scores = at::bmm(q.reshape({B * nh, T, hd}), k.reshape({B * nh, T, hd}).transpose(1, 2)) * c.attention_scale;
+      scores = at::tanh(scores / cap) * cap + mask;
+    } else {
+      // Learning (OmniQuant): scores = q k^T * scale + causal mask in one
+      // fused baddbmm, kept whole for autograd.
+      const at::Tensor mask = rope.Mask(T, window);
+      scores = at::baddbmm(mask.expand({B * nh, T, T}), q.reshape({B * nh, T, hd}),
+                           k.reshape({B * nh, T, hd}).transpose(1, 2), /*beta=*/1.0, /*alpha=*/c.attention_scale);
+    }
+    if (scores.requires_grad()) {
+      scores = at::softmax(scores, -1);  // learning (OmniQuant): autograd cannot see in-place outputs
+    } else {
+      at::_softmax_out(scores, scores, -1, false);  // in place
+    }
+    attn = at::bmm(scores, v.reshape({B * nh, T, hd}));
   }
-  if (scores.requires_grad()) {
-    scores = at::softmax(scores, -1);  // learning (OmniQuant): autograd cannot see in-place outputs
-  } else {
-    at::_softmax_out(scores, scores, -1, false);  // in place
-  }
-  at::Tensor attn = at::bmm(scores, v.reshape({B * nh, T, hd})).view({B, nh, T, hd});
-  attn = QuantizeActivation(layer.act, ActPoint::kAttnOut, attn.transpose(1, 2).reshape({B, T, nh * hd}));
+  attn = QuantizeActivation(layer.act, ActPoint::kAttnOut,
+                            attn.view({B, nh, T, hd}).transpose(1, 2).reshape({B, T, nh * hd}));
   observe("self_attn.o_proj", attn);
   at::Tensor out = ApplyLinear(layer.linears[3], attn);
   // Gemma: the block's output is normalized before the residual.

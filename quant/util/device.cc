@@ -69,15 +69,23 @@ std::string CpuCapability() {
   return "";
 }
 
+}  // namespace
+
+std::string OpenBlasCore() {
+  using Getter = char* (*)();
+  auto corename = reinterpret_cast<Getter>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  return corename ? corename() : "";
+}
+
+namespace {
+
 // OpenBLAS says what it is and which core's kernels it chose; any other BLAS
 // is named by the library file loaded for it.
 std::string BlasDescription() {
   using Getter = char* (*)();
   if (auto config = reinterpret_cast<Getter>(dlsym(RTLD_DEFAULT, "openblas_get_config"))) {
     std::string s = absl::StrCat("OpenBLAS ", absl::StripAsciiWhitespace(config()));
-    if (auto core = reinterpret_cast<Getter>(dlsym(RTLD_DEFAULT, "openblas_get_corename"))) {
-      absl::StrAppend(&s, " (core ", core(), ")");
-    }
+    if (const std::string core = OpenBlasCore(); !core.empty()) absl::StrAppend(&s, " (core ", core, ")");
     return s;
   }
   std::string found;
@@ -210,10 +218,7 @@ void PrepareCpuRuntime(char** argv) {
     setenv("OMP_WAIT_POLICY", "PASSIVE", /*overwrite=*/0);
     changed = true;
   }
-  using Getter = char* (*)();
-  auto corename = reinterpret_cast<Getter>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-  if (std::getenv("OPENBLAS_CORETYPE") == nullptr && corename != nullptr &&
-      absl::AsciiStrToLower(corename()) == "prescott") {
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr && absl::AsciiStrToLower(OpenBlasCore()) == "prescott") {
     const std::string core = BlasCoreForThisCpu();
     if (!core.empty()) {
       setenv("OPENBLAS_CORETYPE", core.c_str(), /*overwrite=*/0);

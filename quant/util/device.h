@@ -81,6 +81,10 @@ const ComputeEnvironment& DescribeComputeEnvironment();
 // the re-execution fails the process goes on as it was, with a note.
 void PrepareCpuRuntime(char** argv);
 
+// The core whose kernels the loaded OpenBLAS chose ("Cooperlake",
+// "Prescott", ...); "" where the BLAS is not OpenBLAS.
+std::string OpenBlasCore();
+
 // The OpenBLAS core whose kernels suit this CPU's features ("Cooperlake",
 // "SkylakeX", "Haswell"), or "" where the generic ones are the best it has.
 std::string BlasCoreForThisCpu();

@@ -2,7 +2,6 @@
 // workers in this process or as separate qaas-worker processes, the file://
 // store, and the Prometheus endpoint scraped over HTTP.
 #include <arpa/inet.h>
-#include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -902,12 +901,10 @@ TEST_F(EndToEndTest, WorkerProcessRunsWithTheCpuRuntimeSettings) {
   // Whether OpenBLAS falls back here: this test process was started (or
   // re-executed itself) the same way, so it either runs the generic kernels
   // or set OPENBLAS_CORETYPE to this CPU's core.
-  using Getter = char* (*)();
-  auto corename = reinterpret_cast<Getter>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
   const std::string core = quant::BlasCoreForThisCpu();
   const char* own = std::getenv("OPENBLAS_CORETYPE");
   const bool falls_back = !core.empty() && ((own != nullptr && own == core) ||
-                                            (corename != nullptr && absl::AsciiStrToLower(corename()) == "prescott"));
+                                            absl::AsciiStrToLower(quant::OpenBlasCore()) == "prescott");
   unsetenv("OMP_WAIT_POLICY");
   unsetenv("OPENBLAS_CORETYPE");
   std::map<std::string, std::string> expected = {{"OMP_WAIT_POLICY", "PASSIVE"}};
