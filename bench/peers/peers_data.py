@@ -120,6 +120,15 @@ class Tokenizer:
         return self._encode(text)
 
 
+def write_timing(output, t_start, t_imports, t_loaded, t_quantized, t_saved, torch_threads):
+    """A Python tool's own phases (perf_counter marks) as report.py reads them:
+    <output>/peers_timing.json."""
+    with open(os.path.join(output, "peers_timing.json"), "w") as f:
+        json.dump({"imports_s": t_imports - t_start, "load_s": t_loaded - t_imports,
+                   "quantize_s": t_quantized - t_loaded, "save_s": t_saved - t_quantized,
+                   "torch_threads": torch_threads}, f, indent=1)
+
+
 def read_text(path):
     # qaas reads the file's bytes as they are (a .txt file; .jsonl is not supported here).
     if path.endswith(".jsonl"):

@@ -15,12 +15,13 @@ Exit status 3 with a line "SKIP: reason" when GPTQModel cannot run here.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
 
 T_START = time.perf_counter()
+
+from peers_data import write_timing  # noqa: E402
 
 
 def main():
@@ -62,10 +63,7 @@ def main():
     t_quantized = time.perf_counter()
     model.save(args.output)
     t_saved = time.perf_counter()
-    with open(os.path.join(args.output, "peers_timing.json"), "w") as f:
-        json.dump({"imports_s": t_imports - T_START, "load_s": t_loaded - t_imports,
-                   "quantize_s": t_quantized - t_loaded, "save_s": t_saved - t_quantized,
-                   "torch_threads": torch.get_num_threads()}, f, indent=1)
+    write_timing(args.output, T_START, t_imports, t_loaded, t_quantized, t_saved, torch.get_num_threads())
     print(f"GPTQModel gptq: load {t_loaded - t_imports:.1f} s, quantize {t_quantized - t_loaded:.1f} s, "
           f"save {t_saved - t_quantized:.1f} s -> {args.output}")
     return 0

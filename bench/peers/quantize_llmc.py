@@ -19,8 +19,6 @@ The whole process is what run.sh times: imports, model load, oneshot and save.
 """
 
 import argparse
-import json
-import os
 import sys
 import time
 
@@ -28,6 +26,7 @@ T_START = time.perf_counter()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from peers_data import write_timing  # noqa: E402
 
 
 def main():
@@ -80,10 +79,7 @@ def main():
     model.save_pretrained(args.output, save_compressed=True)
     processor.save_pretrained(args.output)
     t_saved = time.perf_counter()
-    with open(os.path.join(args.output, "peers_timing.json"), "w") as f:
-        json.dump({"imports_s": t_imports - T_START, "load_s": t_loaded - t_imports,
-                   "quantize_s": t_quantized - t_loaded, "save_s": t_saved - t_quantized,
-                   "torch_threads": torch.get_num_threads()}, f, indent=1)
+    write_timing(args.output, T_START, t_imports, t_loaded, t_quantized, t_saved, torch.get_num_threads())
     print(f"llm-compressor {args.job}: load {t_loaded - t_imports:.1f} s, oneshot {t_quantized - t_loaded:.1f} s, "
           f"save {t_saved - t_quantized:.1f} s -> {args.output}")
 
