@@ -359,16 +359,23 @@ absl::StatusOr<std::optional<JobRow>> PostgresJobStore::ClaimNext(const Chooser&
     std::map<std::string, int> running;
     bool counted = false;
     for (const int window : {kClaimProbe, kClaimWindow}) {
-      // Each tenant's first `window` through jobs_claim (a few index range
-      // scans, whatever the queue's length), locked; rows another replica
-      // is claiming right now are skipped, not waited for. Locking a row
-      // writes it, so the first look locks few.
+      // Each tenant's first `window` rows that no other claim holds,
+      // through jobs_claim, locked. The skip is inside each tenant's window:
+      // concurrent claims (other connections, other replicas) lock disjoint
+      // windows and go on at once, where one window locked whole would leave
+      // every other claim of that moment with nothing. Tenants are found by a
+      // skip-scan (one index probe per tenant, not a read of the queue).
+      // Locking a row writes it, so the first look locks few.
       QAAS_ASSIGN_OR_RETURN(
           auto r, Exec(c, "claim",
-                       "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE state = $1 AND seq IN ("
-                       "SELECT w.seq FROM (SELECT DISTINCT tenant FROM jobs WHERE state = $1) AS t CROSS JOIN LATERAL ("
-                       "SELECT seq FROM jobs WHERE state = $1 AND tenant = t.tenant ORDER BY priority DESC, seq "
-                       "LIMIT $2) AS w) ORDER BY priority DESC, seq ASC FOR UPDATE SKIP LOCKED",
+                       "WITH RECURSIVE t(tenant) AS ("
+                       "(SELECT tenant FROM jobs WHERE state = $1 ORDER BY tenant LIMIT 1) UNION ALL "
+                       "SELECT (SELECT tenant FROM jobs WHERE state = $1 AND tenant > t.tenant ORDER BY tenant LIMIT 1) "
+                       "FROM t WHERE t.tenant IS NOT NULL) "
+                       "SELECT w.job, w.lease_id, w.lease_expire_ms FROM t CROSS JOIN LATERAL ("
+                       "SELECT job, lease_id, lease_expire_ms, priority, seq FROM jobs "
+                       "WHERE state = $1 AND tenant = t.tenant ORDER BY priority DESC, seq LIMIT $2 "
+                       "FOR UPDATE SKIP LOCKED) AS w WHERE t.tenant IS NOT NULL ORDER BY w.priority DESC, w.seq ASC",
                        {Int(v1::JOB_STATE_QUEUED), Int(window)}));
       std::vector<JobRow> rows;
       std::map<std::string, int> per_tenant;

@@ -75,10 +75,31 @@ void Scheduler::Shutdown() {
 }
 
 void Scheduler::RefreshGauges() {
-  auto counts = store_->CountStates();
-  if (!counts.ok()) return;
-  metrics_->SetQueueDepth(static_cast<double>(counts->queued));
-  metrics_->SetRunning(static_cast<double>(counts->running));
+  {
+    std::lock_guard<std::mutex> lock(gauge_mu_);
+    gauge_stale_ = true;
+    if (gauge_counting_) return;  // that caller counts (again) for this change
+    gauge_counting_ = true;
+  }
+  for (int pass = 0;; ++pass) {
+    {
+      std::lock_guard<std::mutex> lock(gauge_mu_);
+      if (!gauge_stale_ || pass == 2) {
+        gauge_counting_ = false;
+        return;
+      }
+      gauge_stale_ = false;
+    }
+    auto counts = store_->CountStates();
+    if (!counts.ok()) {
+      std::lock_guard<std::mutex> lock(gauge_mu_);
+      gauge_stale_ = true;  // the next call tries again
+      gauge_counting_ = false;
+      return;
+    }
+    metrics_->SetQueueDepth(static_cast<double>(counts->queued));
+    metrics_->SetRunning(static_cast<double>(counts->running));
+  }
 }
 
 void Scheduler::RecordFinish(const v1::Job& job) {
@@ -565,6 +586,13 @@ absl::StatusOr<int> Scheduler::ExpireLeases() {
     RefreshGauges();
     Notify();
     for (int k = 0; k < n; ++k) OfferWork();
+  } else {
+    bool stale;
+    {
+      std::lock_guard<std::mutex> lock(gauge_mu_);
+      stale = gauge_stale_;
+    }
+    if (stale) RefreshGauges();  // what a burst's shared counts missed
   }
   return n;
 }

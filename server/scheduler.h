@@ -108,6 +108,11 @@ class Scheduler {
   // Wakes the longest-waiting LeaseJob call that has not looked at the queue
   // since the latest offer, if any. Takes mu_ held.
   void WakeNextPollerLocked();
+  // The queue-depth and running gauges from the store's counts. Concurrent
+  // calls share counts: one caller counts while the others mark the gauges
+  // stale, and it counts once more if they did, so a burst of leases costs
+  // the store two counts, not one per lease. A change that even the second
+  // count misses stays marked stale for the next call or the reaper's.
   void RefreshGauges();
   void RecordFinish(const v1::Job& job);
   // Capabilities of the workers heard from within a lease.
@@ -127,6 +132,9 @@ class Scheduler {
   std::atomic<uint64_t> version_{0};
   std::atomic<bool> shutdown_{false};
   std::mutex mu_;  // guards workers_ and the condition variable
+  std::mutex gauge_mu_;  // guards the two below
+  bool gauge_counting_ = false;  // a RefreshGauges call is counting
+  bool gauge_stale_ = false;     // the store changed after that count began
   // Serializes an explicit output's checks with the job's insert, so two
   // submits racing to one empty output cannot both pass (one server; several
   // servers on one PostgreSQL would need the database to arbitrate).
