@@ -8,6 +8,7 @@
 //
 // The method options' flags are the method table's (cli/method_flags.h, the
 // same as qaasctl's); --help lists them with their defaults and bounds.
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -53,6 +54,8 @@ ABSL_FLAG(int, task_limit, 0, "the first N documents of each task (0 = all)");
 ABSL_FLAG(int, task_max_length, 0, "longest model input for the tasks (0 = the model's context)");
 ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N, or auto (cuda where visible)");
 ABSL_FLAG(int, threads, 0, "CPU threads for quantization and evaluation (ATen and OpenBLAS pools; 0 = the cores available to the process)");
+ABSL_FLAG(int64_t, staged_forward_mb, 2048,
+          "calibration activations GPTQ-like jobs may hold so that each layer's forward runs once, not once per sequential group (MiB; 0 = least memory, recompute)");
 ABSL_FLAG(std::string, format, "auto",
           "artifact format: auto (GPTQ layout for weight-only integer schemes, compressed-tensors for the "
           "others it stores), gptq, compressed-tensors");
@@ -125,6 +128,7 @@ int main(int argc, char** argv) {
   o.task_limit = absl::GetFlag(FLAGS_task_limit);
   o.task_max_length = absl::GetFlag(FLAGS_task_max_length);
   o.device = absl::GetFlag(FLAGS_device);
+  o.staged_forward_bytes = static_cast<uint64_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_staged_forward_mb))) << 20;
   // Checked here for what the scheme and recipe decide, by the pipeline
   // against the model's widths.
   if (auto format = q::ResolveArtifactFormat(absl::GetFlag(FLAGS_format), o.scheme, o.recipe); !format.ok()) {

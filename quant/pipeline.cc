@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 
@@ -32,6 +33,7 @@
 #include "quant/methods/gptq.h"
 #include "quant/model/checkpoint.h"
 #include "quant/model/decoder.h"
+#include "quant/model/staged_forward.h"
 #include "quant/model/tokenizer.h"
 #include "quant/recipe_rules.h"
 #include "quant/report.h"
@@ -124,6 +126,9 @@ absl::StatusOr<std::string> LoadDataset(const DatasetRef& ref) {
 struct QuantizedLinears {
   std::vector<std::optional<QuantizedLinear>> linears;  // none: the linear stays float
   std::vector<LayerReport> reports;
+  // The quantized layer's output on calib_ where the staged forward computed
+  // it (what ForwardBatched(model, *quantized, calib_, batch_size) gives).
+  at::Tensor calib_out;
 };
 
 class Pipeline {
@@ -142,6 +147,9 @@ class Pipeline {
   absl::Status QuantizeLayer(int i);
   // The weight quantizer on each linear of `transformed`, group by group;
   // `quantized` starts as `transformed` and ends with every linear quantized.
+  // How many calibration batches QuantizeLinears stages (0: it recomputes
+  // every batch up to each group).
+  int64_t StagedBatches() const;
   absl::StatusOr<QuantizedLinears> QuantizeLinears(int i, const DecoderLayer& original,
                                                    const DecoderLayer& transformed, DecoderLayer* quantized);
   absl::Status ReplayLayer(int i);
@@ -344,6 +352,11 @@ absl::Status Pipeline::Prepare() {
     QAAS_RETURN_IF_ERROR(CheckFinite(calib_, absl::StatusCode::kDataLoss,
                                      "the model's token embeddings of the calibration windows"));
   }
+  if (calib_.defined()) {
+    // The windows whose layer forwards QuantizeLinears runs once per layer
+    // (staged_forward_bytes); the others run up to each sequential group.
+    report_.calibration["staged_windows"] = std::min<int64_t>(calib_.size(0), StagedBatches() * o_.batch_size);
+  }
   if (quantizer_->LearnsBlock()) calib_fp_ = calib_;
   for (auto& s : evals_) {
     s.original = model_->Embed(s.windows);
@@ -542,7 +555,7 @@ absl::Status Pipeline::QuantizeLayer(int i) {
   if (calib_.defined()) {
     Progress(i, "calibrating");
     auto tc = Clock::now();
-    at::Tensor next = ForwardBatched(model, quantized, calib_, o_.batch_size);
+    at::Tensor next = q.calib_out.defined() ? q.calib_out : ForwardBatched(model, quantized, calib_, o_.batch_size);
     // The block's error, a diagnostic: on the first windows only, so it
     // costs a fraction of a forward, not a whole one.
     const int64_t k = std::min<int64_t>(calib_.size(0), kBlockErrorWindows);
@@ -606,6 +619,16 @@ void ObserveGroupInputs(const DecoderModel& model, const DecoderLayer& layer, co
 
 }  // namespace
 
+int64_t Pipeline::StagedBatches() const {
+  if (o_.staged_forward_bytes == 0 || !o_.scheme.weights.enabled() || !quantizer_->NeedsHessians() ||
+      !quantizer_->Sequential() || quantizer_->SampleWindows() > 0 || config_.moe.num_experts > 0 || !calib_.defined() || calib_.size(0) == 0) {
+    return 0;
+  }
+  const int64_t batches = (calib_.size(0) + o_.batch_size - 1) / o_.batch_size;
+  const uint64_t per_batch = static_cast<uint64_t>(StagedBytesPerToken(config_) * o_.batch_size * calib_.size(1));
+  return std::min<int64_t>(batches, static_cast<int64_t>(o_.staged_forward_bytes / per_batch));
+}
+
 absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderLayer& original,
                                                            const DecoderLayer& transformed,
                                                            DecoderLayer* quantized) {
@@ -627,8 +650,34 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
     groups = {{"all", std::vector<int>(names.size())}};
     for (size_t j = 0; j < names.size(); ++j) groups[0].linears[j] = static_cast<int>(j);
   }
+  // Each calibration batch's forward runs once for all the groups: it pauses
+  // when it has handed a group its inputs, and applies that group's linears
+  // once they are quantized (as many batches as staged_forward_bytes holds;
+  // the rest are recomputed up to each group). Not for a routed expert's
+  // inputs (a forward of that expert only), sampled windows (a forward of
+  // their own) or a quantizer that gathers every linear at once.
+  std::unique_ptr<StagedLayerForward> staged;
+  if (const int64_t k = StagedBatches(); k > 0) {
+    std::map<std::string, int> group_of;
+    for (size_t g = 0; g < groups.size(); ++g) {
+      for (int j : groups[g].linears) group_of[names[j]] = static_cast<int>(g);
+    }
+    // The forwards hold these tensors from their start: each linear's
+    // quantized weight is copied into them (contiguous, as the recomputing
+    // path stores it) before any forward reaches it.
+    for (Linear& lin : quantized->linears) {
+      lin.weight = lin.weight.clone(at::MemoryFormat::Contiguous);
+      if (lin.bias.defined()) lin.bias = lin.bias.clone(at::MemoryFormat::Contiguous);
+    }
+    staged = std::make_unique<StagedLayerForward>(model, quantized, calib_, o_.batch_size, k, std::move(group_of));
+  }
+  // The windows the staged forwards do not hold.
+  const int64_t staged_windows = staged ? staged->windows() : 0;
+  const at::Tensor recomputed = calib_.defined() ? calib_.narrow(0, staged_windows, calib_.size(0) - staged_windows)
+                                                 : calib_;
   int expert_reported = -1;
-  for (const auto& [group_name, group, expert] : groups) {
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const auto& [group_name, group, expert] = groups[g];
     if (expert >= 0 && expert != expert_reported) {
       // A mixture of experts' layer can take long: a stop is honoured
       // between experts too (the layer reruns whole on resume).
@@ -663,7 +712,7 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
         // hands it to each in turn) share one accumulator.
         at::Tensor last_x;
         int last_j = -1;
-        ObserveGroupInputs(model, *quantized, calib_, o_.batch_size, in_group, [&](const std::string& name, const at::Tensor& x) {
+        const LinearInputHook observe = [&](const std::string& name, const at::Tensor& x) {
           auto it = in_group.find(name);
           if (it == in_group.end()) return;
           const int j = it->second;
@@ -676,7 +725,11 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
           }
           last_x = x;
           last_j = j;
-        });
+        };
+        // The staged batches first: the windows in their order, as the
+        // recomputing path sees them.
+        if (staged) staged->Advance(static_cast<int>(g), observe);
+        ObserveGroupInputs(model, *quantized, recomputed, o_.batch_size, in_group, observe);
         // A linear that saw no token (an expert nothing was routed to) has
         // an empty accumulator: it falls back below.
         for (int j : group) {
@@ -738,12 +791,31 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
       // Contiguous: a resumed run replays this layer from a stored copy, and
       // the same memory layout gives the same matmul, bit for bit.
       Linear& lin = quantized->linears[j];
-      lin.weight = q->dequantized.contiguous();
       // Evaluate the bias as the artifact stores it.
-      lin.bias = layouts_.front()->StoredBias(*q, lin.bias);
+      const at::Tensor bias = layouts_.front()->StoredBias(*q, lin.bias);
+      if (staged) {  // into the tensors the paused forwards hold
+        if (!lin.weight.sizes().equals(q->dequantized.sizes()) ||
+            lin.weight.scalar_type() != q->dequantized.scalar_type() || bias.defined() != lin.bias.defined()) {
+          return absl::InternalError(absl::StrCat(report.name, ": the quantized weight or bias differs in shape or type "
+                                                  "from the float one"));
+        }
+        lin.weight.copy_(q->dequantized);
+        if (bias.defined() && !bias.is_same(lin.bias)) lin.bias.copy_(bias);
+      } else {
+        lin.weight = q->dequantized.contiguous();
+        lin.bias = bias;
+      }
       report_.seconds_quantization += report.seconds;
       out.linears[j] = *std::move(q);
     }
+  }
+  if (staged) {  // the staged batches run to their ends: the next layer's inputs
+    auto tc = Clock::now();
+    const at::Tensor head = staged->Finish();
+    out.calib_out = recomputed.size(0) == 0
+                        ? head
+                        : at::cat({head, ForwardBatched(model, *quantized, recomputed, o_.batch_size)}, 0);
+    report_.seconds_calibration += Elapsed(tc);
   }
   return out;
 }

@@ -97,6 +97,13 @@ struct PipelineOptions {
   int task_bootstrap_iters = 100000;  // LAMBADA's perplexity stderr (the harness's default)
   std::string device = "cpu";
   int batch_size = 8;            // windows per forward call
+  // GPTQ-like quantizers gather each sequential group's inputs with the
+  // earlier groups quantized. Up to this many bytes of calibration
+  // activations are held so that each batch's layer forward pauses between
+  // groups and runs once (model/staged_forward.h); the batches beyond it are
+  // recomputed up to each group. The results are the same bit for bit; 0
+  // recomputes every batch (the least memory). Dense models only.
+  uint64_t staged_forward_bytes = 2ull << 30;
   // A recipe that needs no calibration (RTN with dynamic activations) runs
   // no calibration pass (the calibration data is still read and checked).
   // With this set it runs the pass anyway, to report each block's output

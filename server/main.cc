@@ -1,6 +1,7 @@
 // qaas-server: the scheduler. With --embedded it also runs an in-process
 // worker and keeps everything (SQLite database, file:// object store, worker
 // scratch) under one --data_dir, so a newcomer needs no other server.
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -35,6 +36,9 @@ ABSL_FLAG(std::string, task_data, "",
 ABSL_FLAG(int64_t, lease_seconds, 30, "lease duration; a worker silent this long loses its job");
 ABSL_FLAG(int32_t, max_attempts, 3, "leases per job before it FAILS");
 ABSL_FLAG(std::string, device, "auto", "the embedded worker's device: cpu, cuda, cuda:N, or auto (cuda where visible)");
+ABSL_FLAG(int64_t, staged_forward_mb, 2048,
+          "embedded worker: "
+          "calibration activations GPTQ-like jobs may hold so that each layer's forward runs once, not once per sequential group (MiB; 0 = least memory, recompute)");
 ABSL_FLAG(int, threads, 0, "CPU threads for quantization and evaluation (ATen and OpenBLAS pools; 0 = the cores available to the process)");
 ABSL_FLAG(std::string, auth_tokens, "",
           "bearer tokens file or directory (a mounted Secret) of '<sha256> tenant:NAME|worker[:NAME]' lines; "
@@ -132,6 +136,8 @@ int main(int argc, char** argv) {
     wo.work_dir = data_dir + "/worker";
     wo.device = absl::GetFlag(FLAGS_device);
     wo.poll_wait_ms = 1000;
+    wo.staged_forward_bytes =
+        static_cast<uint64_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_staged_forward_mb))) << 20;
     wo.registry = &(*server)->registry();
     worker = std::make_unique<qaas::worker::Worker>((*server)->InProcessChannel(), wo);
     worker_thread = std::thread([&] { worker->Run(); });

@@ -7,6 +7,7 @@
 // --drain_seconds plus one layer's time.
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -31,6 +32,8 @@ ABSL_FLAG(std::string, name, "", "worker name (default: host name)");
 ABSL_FLAG(std::string, work_dir, "/tmp/qaas-worker", "scratch and cache directory");
 ABSL_FLAG(std::string, device, "auto", "cpu, cuda, cuda:N, or auto (cuda where a CUDA device is visible, else cpu)");
 ABSL_FLAG(int, threads, 0, "CPU threads for quantization and evaluation (ATen and OpenBLAS pools; 0 = the cores available to the process)");
+ABSL_FLAG(int64_t, staged_forward_mb, 2048,
+          "calibration activations GPTQ-like jobs may hold so that each layer's forward runs once, not once per sequential group (MiB; 0 = least memory, recompute)");
 ABSL_FLAG(int64_t, poll_wait_ms, 10000, "long-poll wait for a job");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9465", "Prometheus /metrics and /healthz address (\"\" = off)");
 ABSL_FLAG(std::string, token_file, "",
@@ -78,6 +81,7 @@ int main(int argc, char** argv) {
   o.work_dir = absl::GetFlag(FLAGS_work_dir);
   o.device = absl::GetFlag(FLAGS_device);
   o.poll_wait_ms = absl::GetFlag(FLAGS_poll_wait_ms);
+  o.staged_forward_bytes = static_cast<uint64_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_staged_forward_mb))) << 20;
   prometheus::Registry registry;
   std::unique_ptr<qaas::server::MetricsHttpServer> http;
   if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {

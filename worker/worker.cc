@@ -281,6 +281,7 @@ void Worker::RunJob(const v1::Job& job, const std::string& lease_id, const FileR
       o.recipe.push_back(*std::move(step));
     }
     o.device = options_.device;
+    o.staged_forward_bytes = options_.staged_forward_bytes;
     // The server resolved "auto" at submit where it could read the model's
     // config; the pipeline resolves (or checks) it against the model.
     o.artifact_layout = spec.artifact().format().empty() ? "auto" : spec.artifact().format();

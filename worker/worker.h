@@ -42,6 +42,7 @@ struct WorkerOptions {
   std::string name = "worker";
   std::string work_dir;  // scratch space: <work_dir>/jobs/<id>, <work_dir>/cache
   std::string device = "cpu";
+  uint64_t staged_forward_bytes = 2ull << 30;  // PipelineOptions::staged_forward_bytes
   int64_t poll_wait_ms = 10000;
   int64_t rpc_timeout_ms = 30000;
   // Where the worker's metrics go (qaas_worker_*); null = not recorded. Must

@@ -489,6 +489,12 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
     }
     attn = at::bmm(scores, v.reshape({B * nh, T, hd}));
   }
+  // Free what attn was made of before o_proj's input is observed: a staged
+  // forward (staged_forward.h) pauses there, holding what is alive.
+  x.reset();
+  q.reset();
+  k.reset();
+  v.reset();
   attn = QuantizeActivation(layer.act, ActPoint::kAttnOut,
                             attn.view({B, nh, T, hd}).transpose(1, 2).reshape({B, T, nh * hd}));
   observe("self_attn.o_proj", attn);
@@ -562,7 +568,7 @@ at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& c, const 
   auto observe = [&](const char* name, const at::Tensor& x) {
     if (hook) hook(name, x.reshape({-1, x.size(-1)}));
   };
-  const at::Tensor normed = RmsNorm(Reorder(hidden, layer.post_reorder), layer.post_norm, c.rms_norm_eps);
+  at::Tensor normed = RmsNorm(Reorder(hidden, layer.post_reorder), layer.post_norm, c.rms_norm_eps);
   at::Tensor x = QuantizeActivation(layer.act, ActPoint::kMlpIn, normed);
   if (c.moe.num_experts > 0) {
     at::Tensor out = MoeForward(layer, c, normed, x, hook ? LinearNamesOf(c) : std::vector<std::string>(), hook);
@@ -573,6 +579,8 @@ at::Tensor LlamaMlpForward(const LlamaLayer& layer, const ModelConfig& c, const 
   at::Tensor mlp =
       QuantizeActivation(layer.act, ActPoint::kMlpHidden,
                          Activation(c.activation, ApplyLinear(layer.linears[4], x)) * ApplyLinear(layer.linears[5], x));
+  normed.reset();  // as in the attention: nothing more than down_proj's input is held at its observer
+  x.reset();
   observe("mlp.down_proj", mlp);
   at::Tensor out = ApplyLinear(layer.linears[6], mlp);
   return layer.mlp_out_norm.defined() ? RmsNorm(out, layer.mlp_out_norm, c.rms_norm_eps) : out;

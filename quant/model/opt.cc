@@ -186,6 +186,13 @@ at::Tensor OptAttentionForward(const OptLayer& layer, const ModelConfig& c,
   }
   at::Tensor attn =
       at::bmm(scores, v).view({B, nh, T, hd}).transpose(1, 2).reshape({B, T, nh * hd});
+  // Free what attn was made of before out_proj's input is observed: a
+  // staged forward (staged_forward.h) pauses there, holding what is alive.
+  x.reset();
+  q.reset();
+  k.reset();
+  v.reset();
+  scores.reset();
   attn = QuantizeActivation(layer.act, ActPoint::kAttnOut, attn);
   observe("self_attn.out_proj", attn);
   return ApplyLinear(layer.linears[3], attn);
@@ -200,6 +207,7 @@ at::Tensor OptMlpForward(const OptLayer& layer, const ModelConfig& /*config*/,
                                     OptLayerNorm(Reorder(hidden, layer.final_reorder), layer.final_layer_norm));
   observe("fc1", x);
   at::Tensor a = QuantizeActivation(layer.act, ActPoint::kMlpHidden, at::relu(ApplyLinear(layer.linears[4], x)));
+  x.reset();
   observe("fc2", a);
   return ApplyLinear(layer.linears[5], a);
 }
