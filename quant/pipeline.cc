@@ -374,6 +374,35 @@ absl::Status Pipeline::Prepare() {
   return MakeDirs(o_.output_dir + "/checkpoints");
 }
 
+namespace {
+
+// `layer`'s forward over `hidden` in batches, for the inputs of the linears
+// in `in_group` only (their outputs are not wanted): each batch's forward
+// ends as soon as every one of them has seen its input, so gathering a
+// sequential group's inputs costs the layer up to that group, not all of it
+// (a later group's forward sees its own), and SmoothQuant's statistics cost
+// the layer up to the MLP's input. The early end is a private tag
+// thrown by the hook below and caught here, never past this function. A
+// linear that sees no token in a batch (an expert nothing was routed to)
+// lets that batch's forward run to the end.
+void ObserveGroupInputs(const DecoderModel& model, const DecoderLayer& layer, const at::Tensor& hidden, int batch,
+                        const std::map<std::string, int>& in_group, const LinearInputHook& hook) {
+  struct GroupSeen {};
+  for (int64_t i = 0; i < hidden.size(0); i += batch) {
+    const int64_t n = std::min<int64_t>(batch, hidden.size(0) - i);
+    std::set<std::string> seen;
+    try {
+      model.LayerForward(layer, hidden.narrow(0, i, n), [&](const std::string& name, const at::Tensor& x) {
+        hook(name, x);
+        if (in_group.count(name) && seen.insert(name).second && seen.size() == in_group.size()) throw GroupSeen();
+      });
+    } catch (const GroupSeen&) {
+    }
+  }
+}
+
+}  // namespace
+
 absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* details) {
   const DecoderModel& model = *model_;
   const std::vector<std::string>& names = model.LinearNames();
@@ -388,7 +417,12 @@ absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* detai
   // routed tokens' (what it computes on when serving), whatever
   // expert_calibration says for the weight quantizer's statistics.
   std::array<at::Tensor, kNumActPoints> point_lo, point_hi;  // each point's scalar range, by collect
-  auto collect = [&](ChannelRange* v_out) {
+  const std::vector<ActPoint> kAllActPoints = {ActPoint::kAttnIn, ActPoint::kAttnOut, ActPoint::kMlpIn,
+                                               ActPoint::kMlpHidden};
+  // `points`: the points whose ranges are wanted (their observers' inputs);
+  // each batch's forward ends once it has seen them all (and V's input for
+  // RPTQ's v_out).
+  auto collect = [&](ChannelRange* v_out, std::vector<ActPoint> points) {
     std::array<ChannelRange, kNumActPoints> ranges;
     std::array<bool, kNumActPoints> mixed_widths{};
     point_lo = {};
@@ -404,7 +438,13 @@ absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* detai
     // By observer: a point's observers may differ in width (Qwen2-MoE's
     // shared expert's hidden state is wider than a routed expert's).
     std::map<std::string, ChannelRange> observed;
-    ForwardBatched(model, *layer, calib_, o_.batch_size, [&](const std::string& name, const at::Tensor& x) {
+    std::map<std::string, int> wanted;
+    for (ActPoint p : points) {
+      for (int j : model.ObserversOf(p)) wanted[names[j]] = j;
+    }
+    if (v_out) wanted[v_name] = v_index;
+    ObserveGroupInputs(model, *layer, calib_, o_.batch_size, wanted, [&](const std::string& name, const at::Tensor& x) {
+      if (!wanted.count(name)) return;
       if (point_of.count(name)) observed[name].Add(x);
       if (v_out && name == v_name) {
         const Linear& v = layer->linears[v_index];
@@ -437,7 +477,7 @@ absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* detai
   std::array<bool, kNumActPoints> set_by_transform{};
   for (const RecipeStep& step : transforms_) {
     if (step.method == "smoothquant") {
-      auto ranges = collect(nullptr);
+      auto ranges = collect(nullptr, {ActPoint::kAttnIn, ActPoint::kMlpIn});
       nlohmann::json j = nlohmann::json::object();
       for (ActPoint p : {ActPoint::kAttnIn, ActPoint::kMlpIn}) {
         const ChannelRange& r = ranges[static_cast<int>(p)];
@@ -449,7 +489,7 @@ absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* detai
       (*details)["smoothquant"] = j;
     } else if (step.method == "rptq") {
       RptqStats stats;
-      auto ranges = collect(&stats.v_out);
+      auto ranges = collect(&stats.v_out, kAllActPoints);
       stats.attn_in = ranges[0];
       stats.attn_out = ranges[1];
       stats.mlp_in = ranges[2];
@@ -465,7 +505,7 @@ absl::Status Pipeline::TransformLayer(DecoderLayer* layer, nlohmann::json* detai
   const TensorQuant& a = o_.scheme.activations;
   if (a.enabled()) {
     if (a.is_static_int()) {
-      auto ranges = collect(nullptr);
+      auto ranges = collect(nullptr, kAllActPoints);
       nlohmann::json j = nlohmann::json::object();
       for (int p = 0; p < kNumActPoints; ++p) {
         if (set_by_transform[p]) continue;
@@ -590,34 +630,6 @@ absl::Status Pipeline::QuantizeLayer(int i) {
   const LayerToPack pack{layer_prefix, &model.LinearNames(), &transformed, &quantized, &q.linears, ck_.get()};
   return SaveLayer(i, pack, record);
 }
-
-namespace {
-
-// `layer`'s forward over `hidden` in batches, for the inputs of the linears
-// in `in_group` only (their outputs are not wanted): each batch's forward
-// ends as soon as every one of them has seen its input, so gathering a
-// sequential group's inputs costs the layer up to that group, not all of it
-// (a later group's forward sees its own). The early end is a private tag
-// thrown by the hook below and caught here, never past this function. A
-// linear that sees no token in a batch (an expert nothing was routed to)
-// lets that batch's forward run to the end.
-void ObserveGroupInputs(const DecoderModel& model, const DecoderLayer& layer, const at::Tensor& hidden, int batch,
-                        const std::map<std::string, int>& in_group, const LinearInputHook& hook) {
-  struct GroupSeen {};
-  for (int64_t i = 0; i < hidden.size(0); i += batch) {
-    const int64_t n = std::min<int64_t>(batch, hidden.size(0) - i);
-    std::set<std::string> seen;
-    try {
-      model.LayerForward(layer, hidden.narrow(0, i, n), [&](const std::string& name, const at::Tensor& x) {
-        hook(name, x);
-        if (in_group.count(name) && seen.insert(name).second && seen.size() == in_group.size()) throw GroupSeen();
-      });
-    } catch (const GroupSeen&) {
-    }
-  }
-}
-
-}  // namespace
 
 int64_t Pipeline::StagedBatches() const {
   if (o_.staged_forward_bytes == 0 || !o_.scheme.weights.enabled() || !quantizer_->NeedsHessians() ||
