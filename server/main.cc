@@ -67,7 +67,9 @@ int main(int argc, char** argv) {
   };
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
-  qaas::quant::KeepTensorBuffersInTheHeap();
+  // The tensor-buffer malloc settings (one arena among them) are for
+  // computing: a scheduler alone keeps glibc's defaults for its RPC threads.
+  if (absl::GetFlag(FLAGS_embedded)) qaas::quant::KeepTensorBuffersInTheHeap();
   qaas::quant::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   if (absl::GetFlag(FLAGS_embedded)) {
     if (auto device = qaas::quant::ResolveDevice(absl::GetFlag(FLAGS_device)); !device.ok()) {

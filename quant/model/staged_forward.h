@@ -42,9 +42,8 @@
 
 namespace qaas::quant {
 
-// An upper estimate of the bytes a forward of `config`'s layer holds per
-// token while it waits in a linear's hook (the residual, that input and one
-// more hidden-wide tensor, in float32): each staged token costs this much.
+// An upper estimate of the peak memory a staged token adds (float32 live
+// activations of a paused forward, its output, and the allocator's share).
 int64_t StagedBytesPerToken(const ModelConfig& config);
 
 class StagedLayerForward {
