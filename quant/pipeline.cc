@@ -145,11 +145,11 @@ class Pipeline {
   // activation quantizers; `details` receives what they did.
   absl::Status TransformLayer(DecoderLayer* layer, nlohmann::json* details);
   absl::Status QuantizeLayer(int i);
-  // The weight quantizer on each linear of `transformed`, group by group;
-  // `quantized` starts as `transformed` and ends with every linear quantized.
   // How many calibration batches QuantizeLinears stages (0: it recomputes
   // every batch up to each group).
   int64_t StagedBatches() const;
+  // The weight quantizer on each linear of `transformed`, group by group;
+  // `quantized` starts as `transformed` and ends with every linear quantized.
   absl::StatusOr<QuantizedLinears> QuantizeLinears(int i, const DecoderLayer& original,
                                                    const DecoderLayer& transformed, DecoderLayer* quantized);
   absl::Status ReplayLayer(int i);
@@ -633,11 +633,13 @@ absl::Status Pipeline::QuantizeLayer(int i) {
 
 int64_t Pipeline::StagedBatches() const {
   if (o_.staged_forward_bytes == 0 || !o_.scheme.weights.enabled() || !quantizer_->NeedsHessians() ||
-      !quantizer_->Sequential() || quantizer_->SampleWindows() > 0 || config_.moe.num_experts > 0 || !calib_.defined() || calib_.size(0) == 0) {
+      !quantizer_->Sequential() || quantizer_->SampleWindows() > 0 || config_.moe.num_experts > 0 ||
+      !calib_.defined() || calib_.size(0) == 0) {
     return 0;
   }
   const int64_t batches = (calib_.size(0) + o_.batch_size - 1) / o_.batch_size;
-  const uint64_t per_batch = static_cast<uint64_t>(StagedBytesPerToken(config_) * o_.batch_size * calib_.size(1));
+  const uint64_t per_batch =
+      std::max<uint64_t>(1, static_cast<uint64_t>(StagedBytesPerToken(config_) * o_.batch_size * calib_.size(1)));
   return std::min<int64_t>(batches, static_cast<int64_t>(o_.staged_forward_bytes / per_batch));
 }
 

@@ -21,8 +21,6 @@
 #include "quant/model/checkpoint.h"
 #include "quant/model/decoder.h"
 #include "quant/model/llama.h"
-#include "quant/model/sentencepiece_model.h"
-#include "quant/model/tokenizer.h"
 #include "quant/pipeline.h"
 #include "quant/report.h"
 #include "quant/scheme.h"
@@ -35,7 +33,6 @@ namespace {
 
 using ::qaas::testing::ReadLocalFile;
 using ::qaas::testing::ScopedTempDir;
-using ::qaas::testing::WriteLocalFile;
 using nlohmann::json;
 
 struct Job {
@@ -53,16 +50,9 @@ class FamilyPipelineTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     model_ = tmp_.path() + "/model";
-    std::filesystem::copy(ReferencePath("families/" + GetParam()), model_, std::filesystem::copy_options::recursive);
-    auto sp = TrainBpeModel(kTinyText, 320);
-    QAAS_ASSERT_OK(sp);
-    WriteLocalFile(model_ + "/tokenizer.model", SerializeSentencePieceModel(*sp));
-    WriteLocalFile(model_ + "/tokenizer_config.json",
-                   R"({"tokenizer_class": "LlamaTokenizer", "add_bos_token": true, "add_eos_token": false})");
+    CopyModelForTinyText("families/" + GetParam(), model_);
     text_ = tmp_.path() + "/text.txt";
-    std::string text;
-    for (int i = 0; i < 8; ++i) text += kTinyText;
-    WriteLocalFile(text_, text);
+    WriteTinyText(text_);
   }
 
   absl::StatusOr<Report> Run(const Job& job, const std::string& out) {

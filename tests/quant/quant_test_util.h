@@ -3,6 +3,7 @@
 #ifndef QAAS_TESTS_QUANT_QUANT_TEST_UTIL_H_
 #define QAAS_TESTS_QUANT_QUANT_TEST_UTIL_H_
 
+#include <filesystem>
 #include <map>
 #include <string>
 
@@ -12,6 +13,8 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "quant/model/safetensors.h"
+#include "quant/model/sentencepiece_model.h"
+#include "quant/model/tokenizer.h"
 #include "quant/scheme.h"
 #include "tests/test_util.h"
 
@@ -71,6 +74,26 @@ inline const char* kTinyText =
     "Once upon a time there was a little girl named Lily. She liked to play in the park with her "
     "dog. One day the sun was hot and Lily was happy. The dog ran to the tree and Lily ran after "
     "him. They played all day and then they went home to eat cake with mom and dad.\n";
+
+// A copy of tests/data/<name> at `dir` that runs on kTinyText: a model
+// without a tokenizer of its own (the LLaMA-like families' test checkpoints)
+// gets a BPE one trained on it.
+inline void CopyModelForTinyText(const std::string& name, const std::string& dir) {
+  std::filesystem::copy(ReferencePath(name), dir, std::filesystem::copy_options::recursive);
+  if (std::filesystem::exists(dir + "/vocab.json")) return;
+  auto sp = TrainBpeModel(kTinyText, 320);
+  ASSERT_TRUE(sp.ok()) << sp.status();
+  ::qaas::testing::WriteLocalFile(dir + "/tokenizer.model", SerializeSentencePieceModel(*sp));
+  ::qaas::testing::WriteLocalFile(dir + "/tokenizer_config.json",
+                                  R"({"tokenizer_class": "LlamaTokenizer", "add_bos_token": true, "add_eos_token": false})");
+}
+
+// kTinyText eight times over, at `path`: calibration and evaluation text.
+inline void WriteTinyText(const std::string& path) {
+  std::string text;
+  for (int i = 0; i < 8; ++i) text += kTinyText;
+  ::qaas::testing::WriteLocalFile(path, text);
+}
 
 }  // namespace qaas::quant
 

@@ -16,8 +16,6 @@
 #include "quant/model/checkpoint.h"
 #include "quant/model/decoder.h"
 #include "quant/model/random_model.h"
-#include "quant/model/sentencepiece_model.h"
-#include "quant/model/tokenizer.h"
 #include "quant/pipeline.h"
 #include "quant/report.h"
 #include "quant/scheme.h"
@@ -30,25 +28,15 @@ namespace {
 
 using ::qaas::testing::ReadLocalFile;
 using ::qaas::testing::ScopedTempDir;
-using ::qaas::testing::WriteLocalFile;
 
 // A model directory from tests/data with a tokenizer that covers kTinyText.
 class StagedPipelineTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     model_ = tmp_.path() + "/model";
-    std::filesystem::copy(ReferencePath(GetParam()), model_, std::filesystem::copy_options::recursive);
-    if (!std::filesystem::exists(model_ + "/vocab.json")) {  // the LLaMA-like families: a trained BPE
-      auto sp = TrainBpeModel(kTinyText, 320);
-      QAAS_ASSERT_OK(sp);
-      WriteLocalFile(model_ + "/tokenizer.model", SerializeSentencePieceModel(*sp));
-      WriteLocalFile(model_ + "/tokenizer_config.json",
-                     R"({"tokenizer_class": "LlamaTokenizer", "add_bos_token": true, "add_eos_token": false})");
-    }
+    CopyModelForTinyText(GetParam(), model_);
     text_ = tmp_.path() + "/text.txt";
-    std::string text;
-    for (int i = 0; i < 8; ++i) text += kTinyText;
-    WriteLocalFile(text_, text);
+    WriteTinyText(text_);
     auto ck = Checkpoint::Open(model_);
     QAAS_ASSERT_OK(ck);
     bytes_per_window_ = static_cast<uint64_t>(StagedBytesPerToken((*ck)->config()) * kSeqLen);
