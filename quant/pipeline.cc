@@ -672,10 +672,6 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
   // their own) or a quantizer that gathers every linear at once.
   std::unique_ptr<StagedLayerForward> staged;
   if (const int64_t k = StagedBatches(); k > 0) {
-    std::map<std::string, int> group_of;
-    for (size_t g = 0; g < groups.size(); ++g) {
-      for (int j : groups[g].linears) group_of[names[j]] = static_cast<int>(g);
-    }
     // The forwards hold these tensors from their start: each linear's
     // quantized weight is copied into them (contiguous, as the recomputing
     // path stores it) before any forward reaches it.
@@ -683,7 +679,7 @@ absl::StatusOr<QuantizedLinears> Pipeline::QuantizeLinears(int i, const DecoderL
       lin.weight = lin.weight.clone(at::MemoryFormat::Contiguous);
       if (lin.bias.defined()) lin.bias = lin.bias.clone(at::MemoryFormat::Contiguous);
     }
-    staged = std::make_unique<StagedLayerForward>(model, quantized, calib_, o_.batch_size, k, std::move(group_of));
+    staged = std::make_unique<StagedLayerForward>(model, quantized, calib_, o_.batch_size, k, groups);
   }
   // The windows the staged forwards do not hold.
   const int64_t staged_windows = staged ? staged->windows() : 0;

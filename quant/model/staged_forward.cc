@@ -29,15 +29,14 @@ int64_t StagedBytesPerToken(const ModelConfig& config) {
 }
 
 StagedLayerForward::StagedLayerForward(const DecoderModel& model, const DecoderLayer* layer, const at::Tensor& hidden,
-                                       int batch, int64_t num_batches, std::map<std::string, int> group_of)
-    : model_(model), layer_(layer), hidden_(hidden), batch_(batch), group_of_(std::move(group_of)) {
+                                       int batch, int64_t num_batches, const std::vector<LinearGroup>& groups)
+    : model_(model), layer_(layer), hidden_(hidden), batch_(batch), group_sizes_(groups.size()) {
   num_batches = std::max<int64_t>(0, std::min<int64_t>(num_batches, (hidden.size(0) + batch - 1) / batch));
   slots_ = std::vector<Slot>(static_cast<size_t>(num_batches));
   staged_windows_ = std::min<int64_t>(hidden.size(0), num_batches * batch);
-  for (const auto& [name, g] : group_of_) {
-    if (g < 0) throw std::invalid_argument(absl::StrCat("staged layer forward: ", name, " has group ", g));
-    if (static_cast<size_t>(g) >= group_sizes_.size()) group_sizes_.resize(g + 1);
-    ++group_sizes_[g];
+  for (size_t g = 0; g < groups.size(); ++g) {
+    for (int j : groups[g].linears) group_of_[model.LinearNames()[j]] = static_cast<int>(g);
+    group_sizes_[g] = groups[g].linears.size();
   }
 }
 

@@ -49,12 +49,12 @@ int64_t StagedBytesPerToken(const ModelConfig& config);
 class StagedLayerForward {
  public:
   // Stages the first `num_batches` batches of `batch` windows of `hidden`.
-  // `group_of` maps a linear's name (as LinearInputHook sees it) to its
-  // sequential group, 0, 1, 2, ... in the forward's order; a name it does
-  // not hold is not waited for. `layer` must outlive this object; its
-  // linears' tensors are read when each batch applies them.
+  // `groups`: the sequential groups of `model`'s linears (indices into its
+  // LinearNames()), in the forward's order; a linear in none is not waited
+  // for. `layer` must outlive this object; its linears' tensors are read
+  // when each batch applies them.
   StagedLayerForward(const DecoderModel& model, const DecoderLayer* layer, const at::Tensor& hidden, int batch,
-                     int64_t num_batches, std::map<std::string, int> group_of);
+                     int64_t num_batches, const std::vector<LinearGroup>& groups);
   // Stops parked batches (their forwards unwind) and joins every thread.
   ~StagedLayerForward();
   StagedLayerForward(const StagedLayerForward&) = delete;
@@ -92,7 +92,7 @@ class StagedLayerForward {
   at::Tensor hidden_;
   int batch_;
   int64_t staged_windows_ = 0;
-  std::map<std::string, int> group_of_;
+  std::map<std::string, int> group_of_;  // a linear's name -> its group
   std::vector<size_t> group_sizes_;
   std::vector<Slot> slots_;
   at::ThreadLocalState state_;  // the caller's (grad mode): each batch's thread runs under it

@@ -15,12 +15,12 @@
 #include "gtest/gtest.h"
 #include "quant/model/checkpoint.h"
 #include "quant/model/decoder.h"
-#include "quant/model/random_model.h"
 #include "quant/pipeline.h"
 #include "quant/report.h"
 #include "quant/scheme.h"
 #include "quant/util/status_macros.h"
 #include "tests/quant/quant_test_util.h"
+#include "tests/quant/random_model_fixture.h"
 #include "tests/test_util.h"
 
 namespace qaas::quant {
@@ -119,14 +119,11 @@ INSTANTIATE_TEST_SUITE_P(Models, StagedPipelineTest,
                          });
 
 // The staged forward on its own, over a random LLaMA's first layer.
-class StagedForwardTest : public ::testing::Test {
+class StagedForwardTest : public RandomModelPipelineTest {
  protected:
   void SetUp() override {
-    RandomModelOptions m;
-    m.tokenizer_text = kTinyText;
-    m.seed = 5;
-    QAAS_ASSERT_OK(WriteRandomLlama(m, dir_.path()));
-    auto ck = Checkpoint::Open(dir_.path());
+    RandomModelPipelineTest::SetUp();
+    auto ck = Checkpoint::Open(model_dir());
     QAAS_ASSERT_OK(ck);
     ck_ = *std::move(ck);
     auto model = DecoderModel::Create(*ck_, at::kCPU, 16);
@@ -138,27 +135,21 @@ class StagedForwardTest : public ::testing::Test {
     for (Linear& l : layer_.linears) l.weight = l.weight.clone();  // the tests change them in place
     at::manual_seed(1);
     hidden_ = at::randn({5, 16, ck_->config().hidden_size});
-    const auto& names = model_->LinearNames();
-    const auto& groups = model_->SequentialGroups();
-    for (size_t g = 0; g < groups.size(); ++g) {
-      for (int j : groups[g].linears) group_of_[names[j]] = static_cast<int>(g);
-    }
   }
+  const std::vector<LinearGroup>& groups() const { return model_->SequentialGroups(); }
 
-  ScopedTempDir dir_;
   std::unique_ptr<Checkpoint> ck_;
   std::unique_ptr<DecoderModel> model_;
   DecoderLayer layer_;
   at::Tensor hidden_;
-  std::map<std::string, int> group_of_;
 };
 
 TEST_F(StagedForwardTest, EachLinearRunsWithTheWeightsItHasAfterItsGroup) {
   // Batches of 2 over 5 windows: 3 batches, the last of 1 window.
-  StagedLayerForward staged(*model_, &layer_, hidden_, 2, 3, group_of_);
+  StagedLayerForward staged(*model_, &layer_, hidden_, 2, 3, groups());
   EXPECT_EQ(staged.num_batches(), 3);
   EXPECT_EQ(staged.windows(), 5);
-  const auto& groups = model_->SequentialGroups();
+  const std::vector<LinearGroup>& groups = this->groups();
   const auto& names = model_->LinearNames();
   for (size_t g = 0; g < groups.size(); ++g) {
     std::map<std::string, int64_t> rows;
@@ -176,26 +167,26 @@ TEST_F(StagedForwardTest, EachLinearRunsWithTheWeightsItHasAfterItsGroup) {
 }
 
 TEST_F(StagedForwardTest, FewerStagedBatchesThanTheStreamHoldsOnlyTheirWindows) {
-  StagedLayerForward staged(*model_, &layer_, hidden_, 2, 1, group_of_);
+  StagedLayerForward staged(*model_, &layer_, hidden_, 2, 1, groups());
   EXPECT_EQ(staged.windows(), 2);
   for (size_t g = 0; g < model_->SequentialGroups().size(); ++g) staged.Advance(static_cast<int>(g), nullptr);
   EXPECT_TRUE(at::equal(staged.Finish(), ForwardBatched(*model_, layer_, hidden_.narrow(0, 0, 2), 2)));
 }
 
 TEST_F(StagedForwardTest, ADestroyedStagedForwardUnwindsItsParkedBatches) {
-  // Parked at o_proj (group 1) after gathering q/k/v; destroyed without
-  // Finish, as when quantizing a group fails: returns, nothing hangs.
-  auto staged = std::make_unique<StagedLayerForward>(*model_, &layer_, hidden_, 1, 5, group_of_);
+  // Parked in v_proj's hook after gathering q/k/v (group 0); destroyed
+  // without Finish, as when quantizing a group fails: returns, nothing hangs.
+  auto staged = std::make_unique<StagedLayerForward>(*model_, &layer_, hidden_, 1, 5, groups());
   int calls = 0;
   staged->Advance(0, [&](const std::string&, const at::Tensor&) { ++calls; });
   EXPECT_EQ(calls, 3 * 5);  // q, k, v of 5 batches
   staged.reset();
   // Never started: destroyed at once.
-  StagedLayerForward idle(*model_, &layer_, hidden_, 1, 5, group_of_);
+  StagedLayerForward idle(*model_, &layer_, hidden_, 1, 5, groups());
 }
 
 TEST_F(StagedForwardTest, ErrorsInAForwardComeBackFromAdvance) {
-  StagedLayerForward staged(*model_, &layer_, hidden_, 2, 3, group_of_);
+  StagedLayerForward staged(*model_, &layer_, hidden_, 2, 3, groups());
   EXPECT_THROW(staged.Advance(0,
                               [&](const std::string& name, const at::Tensor&) {
                                 if (name == "self_attn.k_proj") throw std::runtime_error("hook failed");
@@ -207,14 +198,14 @@ TEST_F(StagedForwardTest, GroupsOutOfTheForwardsOrderAreAnError) {
   // down_proj as the first group: the forward meets q_proj (group 1) first.
   // Had it gone on, down_proj's weights would not have been final when the
   // staged forward applied them.
-  std::map<std::string, int> reversed = group_of_;
-  for (auto& [name, g] : reversed) g = name == "mlp.down_proj" ? 0 : 1;
+  const std::vector<LinearGroup> reversed = {{"down", {6}}, {"rest", {0, 1, 2, 3, 4, 5}}};
+  ASSERT_EQ(model_->LinearNames()[6], "mlp.down_proj");
   StagedLayerForward staged(*model_, &layer_, hidden_, 2, 3, reversed);
   EXPECT_THROW(staged.Advance(0, nullptr), std::logic_error);
 }
 
 TEST_F(StagedForwardTest, AdvanceAndFinishComeInGroupOrder) {
-  StagedLayerForward staged(*model_, &layer_, hidden_, 2, 3, group_of_);
+  StagedLayerForward staged(*model_, &layer_, hidden_, 2, 3, groups());
   EXPECT_THROW(staged.Advance(1, nullptr), std::logic_error);  // group 0 first
   staged.Advance(0, nullptr);
   EXPECT_THROW(staged.Finish(), std::logic_error);  // the later groups' linears are not quantized yet
