@@ -51,6 +51,10 @@ class Result {
  public:
   explicit Result(PGresult* r) : r_(r) {}
   Result(Result&& o) noexcept : r_(o.r_) { o.r_ = nullptr; }
+  Result& operator=(Result&& o) noexcept {
+    std::swap(r_, o.r_);
+    return *this;
+  }
   Result(const Result&) = delete;
   ~Result() { PQclear(r_); }
   PGresult* get() const { return r_; }
@@ -145,6 +149,68 @@ absl::StatusOr<Result> Exec(PGconn* c, const std::string& what, const char* sql,
   return r;
 }
 
+struct Statement {
+  const char* sql;
+  std::vector<Param> params;
+};
+
+// Runs `statements` in one round trip (libpq's pipeline mode: all sent, then
+// all answered) and returns their results in order. On a loaded scheduler a
+// round trip is two wake-ups queued behind everything else on the cores, so
+// a claim that takes two instead of five answers sooner. The first statement
+// that fails is the error, named `what`; PostgreSQL skips those after it.
+absl::StatusOr<std::vector<Result>> ExecPipelined(PGconn* c, const std::string& what,
+                                                  const std::vector<Statement>& statements) {
+  std::vector<std::string> names;  // prepared outside the pipeline (PQprepare waits for its answer)
+  for (const Statement& s : statements) names.push_back(Prepared().NameFor(c, s.sql, static_cast<int>(s.params.size())));
+  if (PQenterPipelineMode(c) != 1) return PgError(c, nullptr, what);
+  bool sent = true;
+  for (size_t i = 0; i < statements.size() && sent; ++i) {
+    std::vector<const char*> values;
+    std::vector<int> lengths, formats;
+    for (const auto& p : statements[i].params) {
+      values.push_back(p.value.data());
+      lengths.push_back(static_cast<int>(p.value.size()));
+      formats.push_back(p.binary ? 1 : 0);
+    }
+    const int n = static_cast<int>(values.size());
+    sent = (names[i].empty() ? PQsendQueryParams(c, statements[i].sql, n, nullptr, values.data(), lengths.data(),
+                                                 formats.data(), 0)
+                             : PQsendQueryPrepared(c, names[i].c_str(), n, values.data(), lengths.data(),
+                                                   formats.data(), 0)) == 1;
+  }
+  sent = PQpipelineSync(c) == 1 && sent;
+  absl::Status status = sent ? absl::OkStatus() : PgError(c, nullptr, what);
+  std::vector<Result> results;
+  // Each statement's result, then the NULL that ends it; then the sync.
+  // What a failed send left unsent is never answered: read only to the sync.
+  for (bool ended = false; PQstatus(c) == CONNECTION_OK;) {
+    Result r(PQgetResult(c));
+    if (r.get() == nullptr) {  // the end of one statement's results; twice: nothing more will come
+      if (ended) break;
+      ended = true;
+      continue;
+    }
+    ended = false;
+    const ExecStatusType st = PQresultStatus(r.get());
+    if (st == PGRES_PIPELINE_SYNC) break;
+    if (status.ok() && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) status = PgError(c, r.get(), what);
+    results.push_back(std::move(r));
+  }
+  if (PQexitPipelineMode(c) != 1) {
+    // Answers still pending: the connection cannot serve another call as it
+    // is. A fresh one (the statements it prepared are gone with it).
+    if (status.ok()) status = PgError(c, nullptr, what);
+    Prepared().ForgetPrepared(c);
+    PQreset(c);
+  }
+  if (status.ok() && (PQstatus(c) != CONNECTION_OK || results.size() != statements.size())) {
+    status = PgError(c, nullptr, what);
+  }
+  if (!status.ok()) return status;
+  return results;
+}
+
 // BEGIN ... COMMIT; rolls back unless committed.
 class Tx {
  public:
@@ -157,9 +223,24 @@ class Tx {
     open_ = r.ok();
     return r.status();
   }
+  // BEGIN and then `first`, in one round trip: their results after BEGIN's.
+  absl::StatusOr<std::vector<Result>> BeginWith(const std::string& what, std::vector<Statement> first) {
+    first.insert(first.begin(), Statement{"BEGIN", {}});
+    open_ = true;  // a ROLLBACK is harmless if BEGIN did not run
+    QAAS_ASSIGN_OR_RETURN(auto results, ExecPipelined(c_, what, first));
+    results.erase(results.begin());
+    return results;
+  }
   absl::Status Commit() {
     auto r = Exec(c_, "commit", "COMMIT");
     open_ = false;
+    return r.status();
+  }
+  // `last` and then COMMIT, in one round trip.
+  absl::Status CommitWith(const std::string& what, std::vector<Statement> last) {
+    last.push_back(Statement{"COMMIT", {}});
+    auto r = ExecPipelined(c_, what, last);
+    open_ = !r.ok();  // a failed statement left the transaction open (aborted): roll it back
     return r.status();
   }
 
@@ -180,12 +261,11 @@ absl::StatusOr<JobRow> RowFrom(const Result& r, int row, int first_col) {
   return out;
 }
 
-absl::Status Write(PGconn* c, const JobRow& row) {
-  return Exec(c, "update",
-              "UPDATE jobs SET state = $1, priority = $2, lease_id = $3, lease_expire_ms = $4, job = $5 WHERE id = $6",
-              {Int(row.job.state()), Int(row.job.spec().priority()), Text(row.lease_id), Int(row.lease_expire_ms),
-               Bytes(row.job.SerializeAsString()), Text(row.job.id())})
-      .status();
+// The UPDATE that stores `row` (Tx::CommitWith sends it with the COMMIT).
+Statement Write(const JobRow& row) {
+  return {"UPDATE jobs SET state = $1, priority = $2, lease_id = $3, lease_expire_ms = $4, job = $5 WHERE id = $6",
+          {Int(row.job.state()), Int(row.job.spec().priority()), Text(row.lease_id), Int(row.lease_expire_ms),
+           Bytes(row.job.SerializeAsString()), Text(row.job.id())}};
 }
 
 }  // namespace
@@ -336,16 +416,15 @@ absl::StatusOr<ListPage> PostgresJobStore::List(const ListQuery& q) {
 absl::StatusOr<JobRow> PostgresJobStore::Update(const std::string& id,
                                                 const std::function<absl::Status(JobRow&)>& mutate) {
   return WithConnection<JobRow>([&](PGconn* c) -> absl::StatusOr<JobRow> {
+    // Two round trips: BEGIN with the locking read, the write with COMMIT.
     Tx tx(c);
-    QAAS_RETURN_IF_ERROR(tx.Begin());
     QAAS_ASSIGN_OR_RETURN(
-        auto r,
-        Exec(c, "update", "SELECT job, lease_id, lease_expire_ms FROM jobs WHERE id = $1 FOR UPDATE", {Text(id)}));
-    if (r.rows() == 0) return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
-    QAAS_ASSIGN_OR_RETURN(auto row, RowFrom(r, 0, 0));
+        auto r, tx.BeginWith("update", {{"SELECT job, lease_id, lease_expire_ms FROM jobs WHERE id = $1 FOR UPDATE",
+                                         {Text(id)}}}));
+    if (r[0].rows() == 0) return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
+    QAAS_ASSIGN_OR_RETURN(auto row, RowFrom(r[0], 0, 0));
     QAAS_RETURN_IF_ERROR(mutate(row));
-    QAAS_RETURN_IF_ERROR(Write(c, row));
-    QAAS_RETURN_IF_ERROR(tx.Commit());
+    QAAS_RETURN_IF_ERROR(tx.CommitWith("update", {Write(row)}));
     return row;
   });
 }
@@ -353,30 +432,40 @@ absl::StatusOr<JobRow> PostgresJobStore::Update(const std::string& id,
 absl::StatusOr<std::optional<JobRow>> PostgresJobStore::ClaimNext(const Chooser& choose,
                                                                   const std::function<void(JobRow&)>& mutate) {
   return WithConnection<std::optional<JobRow>>([&](PGconn* c) -> absl::StatusOr<std::optional<JobRow>> {
+    // Each tenant's first `window` rows that no other claim holds, through
+    // jobs_claim, locked. The skip is inside each tenant's window: concurrent
+    // claims (other connections, other replicas) lock disjoint windows and go
+    // on at once, where one window locked whole would leave every other claim
+    // of that moment with nothing. Tenants are found by a skip-scan (one index
+    // probe per tenant, not a read of the queue). Locking a row writes it, so
+    // the first look locks few.
+    constexpr const char* kClaim =
+        "WITH RECURSIVE t(tenant) AS ("
+        "(SELECT tenant FROM jobs WHERE state = $1 ORDER BY tenant LIMIT 1) UNION ALL "
+        "SELECT (SELECT tenant FROM jobs WHERE state = $1 AND tenant > t.tenant ORDER BY tenant LIMIT 1) "
+        "FROM t WHERE t.tenant IS NOT NULL) "
+        "SELECT w.job, w.lease_id, w.lease_expire_ms FROM t CROSS JOIN LATERAL ("
+        "SELECT job, lease_id, lease_expire_ms, priority, seq FROM jobs "
+        "WHERE state = $1 AND tenant = t.tenant ORDER BY priority DESC, seq LIMIT $2 "
+        "FOR UPDATE SKIP LOCKED) AS w WHERE t.tenant IS NOT NULL ORDER BY w.priority DESC, w.seq ASC";
+    // Two round trips for most claims: BEGIN, the first look and the running
+    // counts the chooser weighs tenants by; then the lease's write and COMMIT.
     Tx tx(c);
-    QAAS_RETURN_IF_ERROR(tx.Begin());
-    std::optional<JobRow> chosen;
+    QAAS_ASSIGN_OR_RETURN(
+        std::vector<Result> looks,
+        tx.BeginWith("claim", {{kClaim, {Int(v1::JOB_STATE_QUEUED), Int(kClaimProbe)}},
+                               {"SELECT tenant, COUNT(*) FROM jobs WHERE state = $1 GROUP BY tenant",
+                                {Int(v1::JOB_STATE_RUNNING)}}}));
     std::map<std::string, int> running;
-    bool counted = false;
+    for (int i = 0; i < looks[1].rows(); ++i) running[looks[1].Str(i, 0)] = static_cast<int>(looks[1].Int(i, 1));
+    looks.pop_back();
+    std::optional<JobRow> chosen;
     for (const int window : {kClaimProbe, kClaimWindow}) {
-      // Each tenant's first `window` rows that no other claim holds,
-      // through jobs_claim, locked. The skip is inside each tenant's window:
-      // concurrent claims (other connections, other replicas) lock disjoint
-      // windows and go on at once, where one window locked whole would leave
-      // every other claim of that moment with nothing. Tenants are found by a
-      // skip-scan (one index probe per tenant, not a read of the queue).
-      // Locking a row writes it, so the first look locks few.
-      QAAS_ASSIGN_OR_RETURN(
-          auto r, Exec(c, "claim",
-                       "WITH RECURSIVE t(tenant) AS ("
-                       "(SELECT tenant FROM jobs WHERE state = $1 ORDER BY tenant LIMIT 1) UNION ALL "
-                       "SELECT (SELECT tenant FROM jobs WHERE state = $1 AND tenant > t.tenant ORDER BY tenant LIMIT 1) "
-                       "FROM t WHERE t.tenant IS NOT NULL) "
-                       "SELECT w.job, w.lease_id, w.lease_expire_ms FROM t CROSS JOIN LATERAL ("
-                       "SELECT job, lease_id, lease_expire_ms, priority, seq FROM jobs "
-                       "WHERE state = $1 AND tenant = t.tenant ORDER BY priority DESC, seq LIMIT $2 "
-                       "FOR UPDATE SKIP LOCKED) AS w WHERE t.tenant IS NOT NULL ORDER BY w.priority DESC, w.seq ASC",
-                       {Int(v1::JOB_STATE_QUEUED), Int(window)}));
+      if (window != kClaimProbe) {
+        QAAS_ASSIGN_OR_RETURN(auto wider, Exec(c, "claim", kClaim, {Int(v1::JOB_STATE_QUEUED), Int(window)}));
+        looks.push_back(std::move(wider));
+      }
+      const Result& r = looks.back();
       std::vector<JobRow> rows;
       std::map<std::string, int> per_tenant;
       for (int i = 0; i < r.rows(); ++i) {
@@ -385,21 +474,13 @@ absl::StatusOr<std::optional<JobRow>> PostgresJobStore::ClaimNext(const Chooser&
         rows.push_back(std::move(row));
       }
       if (!rows.empty()) {
-        if (!counted) {
-          QAAS_ASSIGN_OR_RETURN(auto counts,
-                                Exec(c, "claim", "SELECT tenant, COUNT(*) FROM jobs WHERE state = $1 GROUP BY tenant",
-                                     {Int(v1::JOB_STATE_RUNNING)}));
-          for (int i = 0; i < counts.rows(); ++i) running[counts.Str(i, 0)] = static_cast<int>(counts.Int(i, 1));
-          counted = true;
-        }
         std::vector<const v1::Job*> queued;
         for (const auto& row : rows) queued.push_back(&row.job);
         const int pick = choose(queued, running);
         if (pick >= 0 && pick < static_cast<int>(rows.size())) {
           chosen = std::move(rows[pick]);
           mutate(*chosen);
-          QAAS_RETURN_IF_ERROR(Write(c, *chosen));
-          QAAS_RETURN_IF_ERROR(tx.Commit());
+          QAAS_RETURN_IF_ERROR(tx.CommitWith("claim", {Write(*chosen)}));
           return chosen;
         }
       }

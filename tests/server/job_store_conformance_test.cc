@@ -2,6 +2,7 @@
 // (a server the suite starts on 127.0.0.1). "Two replicas" are two stores
 // opened on the same database.
 #include <gtest/gtest.h>
+#include <libpq-fe.h>
 
 #include <atomic>
 #include <mutex>
@@ -314,6 +315,110 @@ TEST_P(JobStoreTest, ConcurrentClaimsFromTwoReplicasNeverShareAJob) {
   EXPECT_EQ(counts->running, kJobs);
   // Each job's stored lease is the one its claimer wrote.
   for (const auto& id : claimed) EXPECT_EQ(store_->Get(id)->job.state(), v1::JOB_STATE_RUNNING);
+}
+
+// SQL on the test's database from a connection of the test's own.
+absl::Status Sql(const std::string& conninfo, const std::string& sql) {
+  PGconn* c = PQconnectdb(conninfo.c_str());
+  absl::Status s = absl::OkStatus();
+  if (PQstatus(c) != CONNECTION_OK) {
+    s = absl::UnavailableError(PQerrorMessage(c));
+  } else {
+    PGresult* r = PQexec(c, sql.c_str());
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+      s = absl::InternalError(absl::StrCat(sql, ": ", PQresultErrorMessage(r)));
+    }
+    PQclear(r);
+  }
+  PQfinish(c);
+  return s;
+}
+
+// A claim and an update each send their statements in one round trip
+// (pipelined): a statement of the batch that fails is the call's error,
+// names the call, writes nothing, and leaves the store's only connection
+// working for the next call.
+TEST_P(JobStoreTest, AStatementThatFailsInABatchWritesNothingAndTheConnectionGoesOn) {
+  if (GetParam() != "postgres") GTEST_SKIP() << "PostgreSQL's pipelined statements only";
+  auto one = PostgresJobStore::Open(conninfo_, /*connections=*/1);
+  QAAS_ASSERT_OK(one);
+  JobStore& store = **one;
+  bool created;
+  QAAS_ASSERT_OK(store.Insert(MakeJob("a"), &created));
+  QAAS_ASSERT_OK(store.Insert(MakeJob("b"), &created));
+  QAAS_ASSERT_OK(Sql(conninfo_, "ALTER TABLE jobs ADD CONSTRAINT no_bad_lease CHECK (lease_id <> 'bad')"));
+  auto bad_lease = [](JobRow& r) {
+    Lease(r);
+    r.lease_id = "bad";
+  };
+  auto claim = store.ClaimNext(First(), bad_lease);
+  EXPECT_EQ(claim.status().code(), absl::StatusCode::kInternal) << claim.status();
+  EXPECT_NE(claim.status().message().find("claim"), std::string::npos) << claim.status();
+  EXPECT_NE(claim.status().message().find("no_bad_lease"), std::string::npos) << claim.status();
+  auto update = store.Update("b", [&](JobRow& r) {
+    bad_lease(r);
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(update.status().code(), absl::StatusCode::kInternal) << update.status();
+  EXPECT_NE(update.status().message().find("update"), std::string::npos) << update.status();
+  auto counts = store.CountStates();
+  QAAS_ASSERT_OK(counts);
+  EXPECT_EQ(counts->queued, 2);
+  EXPECT_EQ(counts->running, 0);
+  // The same connection: claims, updates and reads as before.
+  auto claimed = store.ClaimNext(First(), Lease);
+  QAAS_ASSERT_OK(claimed);
+  ASSERT_TRUE(claimed->has_value());
+  EXPECT_EQ((*claimed)->job.id(), "a");
+  QAAS_ASSERT_OK(store.Update("b", [](JobRow& r) {
+    Lease(r);
+    return absl::OkStatus();
+  }));
+  EXPECT_EQ(store.Get("b")->job.state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(store.Get("a")->lease_id, "l");
+}
+
+// The server ends the store's connection between calls: the next call fails
+// as Unavailable (or succeeds if it reconnected first), nothing half-written,
+// and the call after it works on a fresh connection.
+TEST_P(JobStoreTest, AConnectionTheServerEndedFailsOneCallAndTheNextWorks) {
+  if (GetParam() != "postgres") GTEST_SKIP() << "PostgreSQL's connections only";
+  auto one = PostgresJobStore::Open(conninfo_, /*connections=*/1);
+  QAAS_ASSERT_OK(one);
+  JobStore& store = **one;
+  bool created;
+  QAAS_ASSERT_OK(store.Insert(MakeJob("a"), &created));
+  QAAS_ASSERT_OK(store.Insert(MakeJob("b"), &created));
+  for (int round = 0; round < 2; ++round) {
+    QAAS_ASSERT_OK(Sql(conninfo_,
+                       "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()"));
+    absl::Status first;
+    if (round == 0) {
+      first = store.ClaimNext(First(), Lease).status();
+    } else {
+      first = store.Update("b", [](JobRow& r) {
+        Lease(r);
+        return absl::OkStatus();
+      }).status();
+    }
+    EXPECT_TRUE(first.ok() || absl::IsUnavailable(first)) << first;
+    if (!first.ok()) {  // then it wrote nothing, and the next call works
+      EXPECT_EQ(store.Get(round == 0 ? "a" : "b")->job.state(), v1::JOB_STATE_QUEUED);
+      if (round == 0) {
+        QAAS_ASSERT_OK(store.ClaimNext(First(), Lease));
+      } else {
+        QAAS_ASSERT_OK(store.Update("b", [](JobRow& r) {
+          Lease(r);
+          return absl::OkStatus();
+        }));
+      }
+    }
+  }
+  auto counts = store.CountStates();
+  QAAS_ASSERT_OK(counts);
+  EXPECT_EQ(counts->queued, 0);
+  EXPECT_EQ(counts->running, 2);
 }
 
 // The same idempotency key submitted through both replicas at once: one job.
