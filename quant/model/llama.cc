@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "quant/model/small_head_attention.h"
 #include "quant/util/status_macros.h"
 
 namespace qaas::quant {
@@ -391,8 +392,6 @@ at::Tensor TokenLayout::Mask(int window) const {
   return at::where(keep, zero, inf).unsqueeze(1);
 }
 
-namespace {
-
 // Causal attention of q, k, v [BH, T, hd] under the additive mask [T, T], a
 // chunk of queries at a time: a chunk's scores stop at its last query and
 // start at its first query's window (the keys outside are masked anyway), so
@@ -419,7 +418,11 @@ at::Tensor ChunkedCausalAttention(const at::Tensor& q, const at::Tensor& k, cons
   return out;
 }
 
-}  // namespace
+at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                           int window, double scale) {
+  at::Tensor out = SmallHeadCausalAttention(q, k, v, window, scale);
+  return out.defined() ? out : ChunkedCausalAttention(q, k, v, mask, window, scale);
+}
 
 at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, const Rope& rope,
                                  const at::Tensor& hidden, const LinearInputHook& hook, const TokenLayout* layout) {
@@ -458,9 +461,10 @@ at::Tensor LlamaAttentionForward(const LlamaLayer& layer, const ModelConfig& c, 
   }
   at::Tensor attn;  // [B * nh, T, hd]
   if (!layout && c.attn_logit_softcap <= 0 && !q.requires_grad() && !k.requires_grad() && !v.requires_grad()) {
-    // Plain causal attention, nothing to learn: in chunks of queries.
-    attn = ChunkedCausalAttention(q.reshape({B * nh, T, hd}), k.reshape({B * nh, T, hd}), v.reshape({B * nh, T, hd}),
-                                  rope.Mask(T, window), window, c.attention_scale);
+    // Plain causal attention, nothing to learn: small heads by the kernel
+    // made for them, others in chunks of queries.
+    attn = CausalAttention(q.reshape({B * nh, T, hd}), k.reshape({B * nh, T, hd}), v.reshape({B * nh, T, hd}),
+                           rope.Mask(T, window), window, c.attention_scale);
   } else {
     at::Tensor scores;
     if (layout) {

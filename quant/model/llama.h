@@ -187,6 +187,19 @@ at::Tensor QuantizeKv(const std::shared_ptr<const LayerActQuant>& act, const at:
 // x's last dimension gathered in `reorder`'s order; x when undefined.
 at::Tensor Reorder(const at::Tensor& x, const at::Tensor& reorder);
 
+// Causal attention of q, k, v [BH, T, hd], nothing to learn: query i's output
+// is the softmax (of scale * q_i . k_j) weighted sum of the values over keys
+// i - window < j <= i (window 0: every j <= i); `mask` is the same as an
+// additive [T, T] mask (Rope::Mask). Heads of at most kSmallHeadMaxDim in
+// float32 on a CPU that has AVX2 run the small-head kernel
+// (small_head_attention.h), the rest chunked matrix products.
+at::Tensor CausalAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                           int window, double scale);
+// Its form for larger heads (SmallHeadCausalAttention is the other), for
+// tests and benchmarks.
+at::Tensor ChunkedCausalAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& mask, int window, double scale);
+
 // The two halves of a decoder layer, without their residual connections:
 // the attention block's output (o_proj's output) for the layer input, and the
 // MLP block's output (down_proj's output) for the post-attention hidden state.
