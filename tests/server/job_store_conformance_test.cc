@@ -334,18 +334,34 @@ absl::Status Sql(const std::string& conninfo, const std::string& sql) {
   return s;
 }
 
+// A PostgreSQL store of one connection on the test's database, holding
+// queued jobs "a" and "b": a call's failure then shows on the next call.
+absl::StatusOr<std::unique_ptr<PostgresJobStore>> OneConnectionStoreWithTwoJobs(const std::string& conninfo) {
+  QAAS_ASSIGN_OR_RETURN(auto store, PostgresJobStore::Open(conninfo, /*connections=*/1));
+  bool created;
+  for (const char* id : {"a", "b"}) QAAS_RETURN_IF_ERROR(store->Insert(MakeJob(id), &created).status());
+  return store;
+}
+
+absl::Status LeaseById(JobStore& store, const std::string& id) {
+  return store
+      .Update(id,
+              [](JobRow& r) {
+                Lease(r);
+                return absl::OkStatus();
+              })
+      .status();
+}
+
 // A claim and an update each send their statements in one round trip
 // (pipelined): a statement of the batch that fails is the call's error,
 // names the call, writes nothing, and leaves the store's only connection
 // working for the next call.
 TEST_P(JobStoreTest, AStatementThatFailsInABatchWritesNothingAndTheConnectionGoesOn) {
   if (GetParam() != "postgres") GTEST_SKIP() << "PostgreSQL's pipelined statements only";
-  auto one = PostgresJobStore::Open(conninfo_, /*connections=*/1);
+  auto one = OneConnectionStoreWithTwoJobs(conninfo_);
   QAAS_ASSERT_OK(one);
   JobStore& store = **one;
-  bool created;
-  QAAS_ASSERT_OK(store.Insert(MakeJob("a"), &created));
-  QAAS_ASSERT_OK(store.Insert(MakeJob("b"), &created));
   QAAS_ASSERT_OK(Sql(conninfo_, "ALTER TABLE jobs ADD CONSTRAINT no_bad_lease CHECK (lease_id <> 'bad')"));
   auto bad_lease = [](JobRow& r) {
     Lease(r);
@@ -370,10 +386,7 @@ TEST_P(JobStoreTest, AStatementThatFailsInABatchWritesNothingAndTheConnectionGoe
   QAAS_ASSERT_OK(claimed);
   ASSERT_TRUE(claimed->has_value());
   EXPECT_EQ((*claimed)->job.id(), "a");
-  QAAS_ASSERT_OK(store.Update("b", [](JobRow& r) {
-    Lease(r);
-    return absl::OkStatus();
-  }));
+  QAAS_ASSERT_OK(LeaseById(store, "b"));
   EXPECT_EQ(store.Get("b")->job.state(), v1::JOB_STATE_RUNNING);
   EXPECT_EQ(store.Get("a")->lease_id, "l");
 }
@@ -383,36 +396,18 @@ TEST_P(JobStoreTest, AStatementThatFailsInABatchWritesNothingAndTheConnectionGoe
 // and the call after it works on a fresh connection.
 TEST_P(JobStoreTest, AConnectionTheServerEndedFailsOneCallAndTheNextWorks) {
   if (GetParam() != "postgres") GTEST_SKIP() << "PostgreSQL's connections only";
-  auto one = PostgresJobStore::Open(conninfo_, /*connections=*/1);
+  auto one = OneConnectionStoreWithTwoJobs(conninfo_);
   QAAS_ASSERT_OK(one);
   JobStore& store = **one;
-  bool created;
-  QAAS_ASSERT_OK(store.Insert(MakeJob("a"), &created));
-  QAAS_ASSERT_OK(store.Insert(MakeJob("b"), &created));
   for (int round = 0; round < 2; ++round) {
     QAAS_ASSERT_OK(Sql(conninfo_,
                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"));
-    absl::Status first;
-    if (round == 0) {
-      first = store.ClaimNext(First(), Lease).status();
-    } else {
-      first = store.Update("b", [](JobRow& r) {
-        Lease(r);
-        return absl::OkStatus();
-      }).status();
-    }
+    const absl::Status first = round == 0 ? store.ClaimNext(First(), Lease).status() : LeaseById(store, "b");
     EXPECT_TRUE(first.ok() || absl::IsUnavailable(first)) << first;
     if (!first.ok()) {  // then it wrote nothing, and the next call works
       EXPECT_EQ(store.Get(round == 0 ? "a" : "b")->job.state(), v1::JOB_STATE_QUEUED);
-      if (round == 0) {
-        QAAS_ASSERT_OK(store.ClaimNext(First(), Lease));
-      } else {
-        QAAS_ASSERT_OK(store.Update("b", [](JobRow& r) {
-          Lease(r);
-          return absl::OkStatus();
-        }));
-      }
+      QAAS_ASSERT_OK(round == 0 ? store.ClaimNext(First(), Lease).status() : LeaseById(store, "b"));
     }
   }
   auto counts = store.CountStates();
