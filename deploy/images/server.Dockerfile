@@ -16,10 +16,11 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DQAAS_BUILD_TESTS=
 
 FROM debian:12-slim
 # libopenblas0-pthread: libtorch's BLAS through the libblas.so.3 alternative
-# (without it, netlib's reference BLAS: about 10x slower on CPU).
+# (without it, netlib's reference BLAS: about 10x slower on CPU). libgomp1: the
+# OpenMP runtime the small-head attention kernel's threads run on.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libabsl20220623 libgrpc++1.51 libgrpc29 libprotobuf32 \
-      libprometheus-cpp-core1.0 libsqlite3-0 libpq5 libcurl4 libssl3 libpcre2-8-0 libutf8proc2 libtorch1.13 libopenblas0-pthread ca-certificates curl \
+      libprometheus-cpp-core1.0 libsqlite3-0 libpq5 libcurl4 libssl3 libpcre2-8-0 libutf8proc2 libtorch1.13 libopenblas0-pthread libgomp1 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home --home-dir /var/lib/qaas qaas \
  && mkdir -p /var/lib/qaas && chown qaas:qaas /var/lib/qaas
