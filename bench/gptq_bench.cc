@@ -1,10 +1,10 @@
 // GPTQ at LLaMA-7B shapes against its floors, in one run.
 //
 //   gptq_bench [--samples 128] [--seq_len 2048] [--bits 4] [--group 128]
-//              [--device cpu] [--threads 0]
+//              [--device cpu] [--threads 0] [--columns 4096]
 //
 // 1. Hessian accumulation (calibration, once per distinct linear input) of
-//    samples x seq_len tokens of 4096 correlated features: HessianAccumulator
+//    samples x seq_len tokens of 4096 (--columns) correlated features: HessianAccumulator
 //    against the GEMM rate of this machine (X^T X of one window as a plain
 //    matmul, timed here). The accumulator's rate counts the flops of the
 //    symmetric update it must do, tokens x 4096 x 4097 (what BLAS's syrk
@@ -39,7 +39,7 @@ double Seconds(Clock::time_point t) { return std::chrono::duration<double>(Clock
 
 int main(int argc, char** argv) {
   qaas::quant::PrepareCpuRuntime(argv);  // first: may re-execute the process
-  int samples = 128, seq_len = 2048, bits = 4, group = 128, threads = 0;
+  int samples = 128, seq_len = 2048, bits = 4, group = 128, threads = 0, columns = 4096;
   std::string device = "cpu";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
     else if (flag == "--group") group = std::atoi(argv[i + 1]);
     else if (flag == "--device") device = argv[i + 1];
     else if (flag == "--threads") threads = std::atoi(argv[i + 1]);
+    else if (flag == "--columns") columns = std::atoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown flag %s\n", argv[i]);
       return 2;
@@ -66,7 +67,7 @@ int main(int argc, char** argv) {
   spec.group_size = group;
   std::printf("device %s, %d threads, Hessian from %d x %d tokens, W%dA16%s\n", device.c_str(), threads, samples,
               seq_len, bits, group > 0 ? ("g" + std::to_string(group)).c_str() : "");
-  const int64_t in = 4096;
+  const int64_t in = columns;
   // Correlated inputs: a fixed random mixing of independent features. Four
   // distinct windows, cycled (the accumulator's cost does not depend on the
   // values).
@@ -93,8 +94,9 @@ int main(int argc, char** argv) {
   sync();
   const double hessian_s = Seconds(t0);
   const double hessian_gflops = static_cast<double>(samples) * seq_len * in * (in + 1) / hessian_s / 1e9;
-  std::printf("hessian: %.2f s, %.1f GFLOP/s (symmetric-update flops); GEMM %.1f GFLOP/s; ratio %.2f\n", hessian_s,
-              hessian_gflops, gemm_gflops, hessian_gflops / gemm_gflops);
+  std::printf("hessian (%s): %.2f s, %.1f GFLOP/s (symmetric-update flops); GEMM %.1f GFLOP/s; ratio %.2f\n",
+              dev.is_cpu() && qaas::quant::HessianAccumulator::UsesBlasSyrk() ? "BLAS ssyrk" : "ATen panels",
+              hessian_s, hessian_gflops, gemm_gflops, hessian_gflops / gemm_gflops);
   windows.clear();
 
   for (int64_t out : {int64_t{4096}, int64_t{11008}}) {

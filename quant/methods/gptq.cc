@@ -1,6 +1,10 @@
 #include "quant/methods/gptq.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
+#include <cstddef>
+#include <limits>
 #include <cmath>
 #include <memory>
 #include <utility>
@@ -12,9 +16,11 @@
 
 namespace qaas::quant {
 
-HessianAccumulator::HessianAccumulator(int64_t columns, const at::Device& device, int64_t batch_bytes)
+HessianAccumulator::HessianAccumulator(int64_t columns, const at::Device& device, int64_t batch_bytes,
+                                       bool allow_blas)
     : H_(at::zeros({columns, columns}, at::TensorOptions().dtype(at::kFloat).device(device))),
-      batch_rows_(std::max<int64_t>(256, batch_bytes / (4 * std::max<int64_t>(columns, 1)))) {}
+      batch_rows_(std::max<int64_t>(256, batch_bytes / (4 * std::max<int64_t>(columns, 1)))),
+      allow_blas_(allow_blas) {}
 
 void HessianAccumulator::Add(const at::Tensor& x_in) {
   at::Tensor x = x_in.reshape({-1, x_in.size(-1)});
@@ -44,16 +50,57 @@ void HessianAccumulator::Flush() const {
   Update(staged_.narrow(0, 0, t));
 }
 
+namespace {
+
+// BLAS's symmetric rank-k update (Fortran interface; the two trailing
+// arguments are the hidden lengths of the character arguments), taken from
+// the BLAS that libtorch loaded: Debian's libtorch links libblas.so.3, which
+// scripts/setup points at OpenBLAS. Null where the process has none (a
+// libtorch with MKL linked in statically): the ATen panels are used then.
+using SsyrkFn = void (*)(const char* uplo, const char* trans, const int* n, const int* k, const float* alpha,
+                         const float* a, const int* lda, const float* beta, float* c, const int* ldc, size_t,
+                         size_t);
+
+SsyrkFn BlasSsyrk() {
+  static const SsyrkFn fn = reinterpret_cast<SsyrkFn>(dlsym(RTLD_DEFAULT, "ssyrk_"));
+  return fn;
+}
+
+bool FitsBlasInt(int64_t v) { return v >= 0 && v <= std::numeric_limits<int>::max(); }
+
+}  // namespace
+
+bool HessianAccumulator::UsesBlasSyrk() { return BlasSsyrk() != nullptr; }
+
 void HessianAccumulator::Update(const at::Tensor& x) const {
   const int64_t t = x.size(0), columns = H_.size(0);
   // Running mean: H_n = n/(n+t) H_{n-1} + 2/(n+t) X^T X, rescaled once per
   // batch rather than once per window.
-  if (n_ > 0) H_.mul_(static_cast<double>(n_) / static_cast<double>(n_ + t));
+  const double keep = n_ > 0 ? static_cast<double>(n_) / static_cast<double>(n_ + t) : 1.0;
   n_ += t;
   const double alpha = 2.0 / static_cast<double>(n_);
-  // The symmetric rank-t update on the upper triangle only (ATen has no
-  // syrk): one product per panel of kPanel rows, H[i:i+p, i:] += X_i^T X[:, i:],
-  // which is (1 + kPanel / columns) / 2 of the full X^T X.
+  symmetric_ = false;
+  if (columns == 0) return;
+  // On the CPU, BLAS's syrk: the triangle only, at the GEMM kernel's rate
+  // (ATen has no syrk). Row-major H's upper triangle is column-major's
+  // lower one, and row-major x [t, columns] is column-major x^T, so this is
+  // H^T(lower) = keep * H^T + alpha * x^T x: uplo 'L', trans 'N'.
+  if (const SsyrkFn syrk = allow_blas_ ? BlasSsyrk() : nullptr; syrk != nullptr && H_.is_cpu() && x.is_cpu() &&
+                                         x.scalar_type() == at::kFloat && FitsBlasInt(columns) && FitsBlasInt(t)) {
+    // Rows of x must be columns apart or more (a row's stride means nothing
+    // when there is one row).
+    const bool rows_ok = x.stride(1) == 1 && (t == 1 || x.stride(0) >= columns) && FitsBlasInt(x.stride(0));
+    const at::Tensor a_mat = rows_ok ? x : x.contiguous();
+    const int n = static_cast<int>(columns), k = static_cast<int>(t), ldc = n;
+    const int lda = t == 1 ? n : static_cast<int>(a_mat.stride(0));
+    const float a = static_cast<float>(alpha), b = static_cast<float>(keep);
+    syrk("L", "N", &n, &k, &a, a_mat.data_ptr<float>(), &lda, &b, H_.data_ptr<float>(), &ldc, 1, 1);
+    return;
+  }
+  if (keep != 1.0) H_.mul_(keep);
+  // Elsewhere the symmetric update on the upper triangle in panels: one
+  // product per panel of kPanel rows, H[i:i+p, i:] += X_i^T X[:, i:], which
+  // is (1 + kPanel / columns) / 2 of the full X^T X.
   constexpr int64_t kPanel = 512;
   for (int64_t i = 0; i < columns; i += kPanel) {
     const int64_t p = std::min(kPanel, columns - i);
@@ -61,7 +108,6 @@ void HessianAccumulator::Update(const at::Tensor& x) const {
         .narrow(1, i, columns - i)
         .addmm_(x.narrow(1, i, p).t(), x.narrow(1, i, columns - i), /*beta=*/1, alpha);
   }
-  symmetric_ = false;
 }
 
 const at::Tensor& HessianAccumulator::H() const {

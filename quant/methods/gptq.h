@@ -75,13 +75,18 @@ struct GptqStats {
 class HessianAccumulator {
  public:
   static constexpr int64_t kDefaultBatchBytes = int64_t{64} << 20;
+  // allow_blas = false keeps CPU updates on the ATen panels (the path every
+  // other device takes), for tests and comparisons.
   HessianAccumulator(int64_t columns, const at::Device& device,
-                     int64_t batch_bytes = kDefaultBatchBytes);
+                     int64_t batch_bytes = kDefaultBatchBytes, bool allow_blas = true);
   // x: [..., columns]; any float dtype.
   void Add(const at::Tensor& x);
   // The symmetric H of every token added so far (staged ones included).
   const at::Tensor& H() const;
   int64_t samples() const;
+  // Whether CPU updates are BLAS's ssyrk (found in the loaded BLAS) rather
+  // than ATen products in panels.
+  static bool UsesBlasSyrk();
 
  private:
   void Flush() const;
@@ -96,6 +101,7 @@ class HessianAccumulator {
   mutable int64_t pending_ = 0;
   mutable int64_t n_ = 0;
   const int64_t batch_rows_;
+  const bool allow_blas_;
 };
 
 // W: float [rows, columns] (out x in); H from HessianAccumulator. Integer

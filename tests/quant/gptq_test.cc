@@ -58,12 +58,17 @@ TEST(HessianAccumulator, StreamingEqualsTheBatchFormula) {
 // Staged windows, flushed mid-window and at the end, updating only the upper
 // triangle in panels (600 columns: one full panel and a partial one), read
 // between windows and after: H is the batch formula every time, symmetric
-// exactly, and samples() counts the staged tokens too.
-TEST(HessianAccumulator, StagedBatchesAndPanelsEqualTheBatchFormula) {
+// exactly, and samples() counts the staged tokens too. On both CPU paths:
+// BLAS's syrk where the process has one, and ATen's panels (what other
+// devices run).
+class HessianAccumulatorPaths : public ::testing::TestWithParam<bool> {};
+
+TEST_P(HessianAccumulatorPaths, StagedBatchesAndPanelsEqualTheBatchFormula) {
+  const bool allow_blas = GetParam();
   const int64_t columns = 600;
   Problem p = MakeProblem(4, columns, 1300, 2);
   // Batches of 256 rows (the smallest): windows of 100 rows end mid-batch.
-  HessianAccumulator acc(columns, at::kCPU, /*batch_bytes=*/256 * columns * 4);
+  HessianAccumulator acc(columns, at::kCPU, /*batch_bytes=*/256 * columns * 4, allow_blas);
   int64_t added = 0;
   for (int64_t i = 0; i < 1300; i += 100) {
     acc.Add(p.X.narrow(0, i, 100));
@@ -81,12 +86,38 @@ TEST(HessianAccumulator, StagedBatchesAndPanelsEqualTheBatchFormula) {
     }
   }
   // One window longer than a batch goes straight in.
-  HessianAccumulator whole(columns, at::kCPU, 256 * columns * 4);
+  HessianAccumulator whole(columns, at::kCPU, 256 * columns * 4, allow_blas);
   whole.Add(p.X);
   at::Tensor expected = 2.0 * at::matmul(p.X.t(), p.X) / 1300.0;
   EXPECT_LT((whole.H() - expected).abs().max().item<double>(), 1e-5 * expected.abs().max().item<double>());
   EXPECT_EQ(whole.samples(), 1300);
 }
+
+// Windows as a calibration pass may hand them, each at least a batch long
+// so that it goes straight in: one whose rows are not contiguous (a
+// transposed view) and one whose rows are padded apart; then a single row,
+// flushed alone when H is read.
+TEST_P(HessianAccumulatorPaths, StridedWindowsAndASingleRowEqualTheBatchFormula) {
+  const bool allow_blas = GetParam();
+  const int64_t columns = 300;
+  Problem p = MakeProblem(4, columns, 1001, 3);
+  HessianAccumulator acc(columns, at::kCPU, /*batch_bytes=*/256 * columns * 4, allow_blas);
+  acc.Add(p.X.narrow(0, 0, 300).t().contiguous().t());
+  at::Tensor padded = at::zeros({700, columns + 7}, p.X.options());
+  padded.narrow(1, 0, columns).copy_(p.X.narrow(0, 300, 700));
+  acc.Add(padded.narrow(1, 0, columns));
+  acc.Add(p.X.narrow(0, 1000, 1));
+  const at::Tensor expected = 2.0 * at::matmul(p.X.t(), p.X) / 1001.0;
+  const at::Tensor H = acc.H();
+  EXPECT_LT((H - expected).abs().max().item<double>(), 1e-5 * expected.abs().max().item<double>());
+  EXPECT_TRUE(at::equal(H, H.t()));
+  EXPECT_EQ(acc.samples(), 1001);
+}
+
+INSTANTIATE_TEST_SUITE_P(CpuPaths, HessianAccumulatorPaths, ::testing::Values(true, false),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return std::string(info.param ? "BlasWhereFound" : "AtenPanels");
+                         });
 
 class GptqBeatsRtn : public ::testing::TestWithParam<std::tuple<int, int, bool>> {};
 
