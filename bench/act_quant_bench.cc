@@ -7,8 +7,9 @@
 // Times LlamaLayerForward on [batch, seq_len, hidden] random inputs with
 // random weights, float and under each activation scheme (the weights stay
 // float: fake-quantized weights cost the same as float ones), and prints
-// tokens/s and the ratio to the float forward, measured in one run. Each
-// figure is the best of `repeats` after one warm-up.
+// tokens/s and the ratio to the float forward, measured in one run; then
+// per-token fake quantization alone, the fused kernel against the ATen
+// formula. Each figure is the best of `repeats` after one warm-up.
 #include <ATen/ATen.h>
 
 #include <chrono>
@@ -122,6 +123,31 @@ int main(int argc, char** argv) {
     }
     if (!k.act) float_seconds = best;
     std::printf("%-36s %12.0f %9.2fx\n", k.name.c_str(), batch * seq_len / best, best / float_seconds);
+  }
+
+  // Per-token integer fake quantization alone, on the MLP's hidden state
+  // [tokens, intermediate]: FakeQuantizePerToken (the fused CPU kernel where
+  // it applies) against the ATen formula it replaces. Same bits; the ratio is
+  // the figure to read.
+  const at::Tensor h = at::randn({batch * seq_len, intermediate}, opts);
+  auto best_of = [&](auto&& f) {
+    double best = 1e30;
+    for (int r = 0; r <= repeats; ++r) {
+      Sync(dev);
+      auto t0 = Clock::now();
+      at::Tensor y = f();
+      Sync(dev);
+      const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+      if (r > 0 && s < best) best = s;
+    }
+    return best;
+  };
+  for (const bool symmetric : {true, false}) {
+    const double fused = best_of([&] { return q::FakeQuantizePerToken(h, 8, symmetric); });
+    const double formula = best_of([&] { return q::FakeQuantizePerTokenFormula(h, 8, symmetric); });
+    std::printf("per-token 8-bit %s on [%d, %d]: %.2f ms, formula %.2f ms: %.1fx faster\n",
+                symmetric ? "symmetric" : "asymmetric", batch * seq_len, intermediate, fused * 1e3, formula * 1e3,
+                formula / fused);
   }
   return 0;
 }

@@ -38,6 +38,7 @@
 #include "quant/recipe_rules.h"
 #include "quant/report.h"
 #include "quant/util/device.h"
+#include "quant/util/finite.h"
 #include "quant/util/files.h"
 #include "quant/util/status_macros.h"
 #include "quant/weight_quantizer.h"
@@ -88,16 +89,6 @@ absl::StatusOr<int> ResolveSeqLen(int requested, int context, const std::string&
         absl::StrCat(what, " seq_len ", requested, " exceeds the model context ", context));
   }
   return requested;
-}
-
-// A non-finite value (NaN or Inf) anywhere in `t`: an error with `code`
-// saying how many and what `what` is. A wrong number is never a result.
-absl::Status CheckFinite(const at::Tensor& t, absl::StatusCode code, const std::string& what) {
-  if (!t.defined() || !at::is_floating_point(t)) return absl::OkStatus();
-  const int64_t finite = at::isfinite(t).sum().item<int64_t>();
-  if (finite == t.numel()) return absl::OkStatus();
-  return absl::Status(code, absl::StrCat(what, " has ", t.numel() - finite, " non-finite values (NaN or Inf) of ",
-                                         t.numel()));
 }
 
 // The weights of a layer as the model stores them: corrupt if not finite.

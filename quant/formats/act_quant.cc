@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "quant/formats/number_format.h"
+#include "quant/formats/per_token_kernel.h"
 
 namespace qaas::quant {
 
@@ -31,6 +32,11 @@ double AsymmetricMax(int bits) { return static_cast<double>((1 << bits) - 1); }
 }  // namespace
 
 at::Tensor FakeQuantizePerToken(const at::Tensor& x, int bits, bool symmetric) {
+  at::Tensor fused = FakeQuantizePerTokenKernel(x, bits, symmetric);
+  return fused.defined() ? fused : FakeQuantizePerTokenFormula(x, bits, symmetric);
+}
+
+at::Tensor FakeQuantizePerTokenFormula(const at::Tensor& x, int bits, bool symmetric) {
   if (symmetric) {
     const double qmax = SymmetricMax(bits);
     at::Tensor scale = at::clamp_min(std::get<0>(x.abs().max(-1, /*keepdim=*/true)) / qmax, kMinScale);

@@ -77,8 +77,11 @@ ActQuantizer StaticPerTensorQuantizer(const TensorQuant& spec, double min, doubl
 ActQuantizer StaticPerChannelQuantizer(const TensorQuant& spec, const at::Tensor& min, const at::Tensor& max);
 
 // Integer fake quantization helpers (also used by tests).
-// Per row over the last dimension.
+// Per row over the last dimension: by per_token_kernel.h's kernel where it
+// applies (float32 on an AVX2 CPU), else by the ATen formula, which gives
+// the same bits.
 at::Tensor FakeQuantizePerToken(const at::Tensor& x, int bits, bool symmetric);
+at::Tensor FakeQuantizePerTokenFormula(const at::Tensor& x, int bits, bool symmetric);
 // With fixed scale/zero broadcast over the last dimension (zero undefined: symmetric).
 at::Tensor FakeQuantizeStatic(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero, int bits);
 
