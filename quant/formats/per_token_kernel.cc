@@ -6,6 +6,8 @@
 #include <cmath>
 #include <limits>
 
+#include "quant/util/avx_reduce.h"
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define QAAS_PER_TOKEN_X86 1
@@ -28,19 +30,8 @@ constexpr float kMinScale = static_cast<float>(1e-12);
 // clamp_min(v, kMinScale) as ATen computes it: NaN stays NaN.
 float ClampScale(float v) { return std::isnan(v) ? v : std::max(v, kMinScale); }
 
-QAAS_AVX2 inline float HorizontalMax(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
-
-QAAS_AVX2 inline float HorizontalMin(__m256 v) {
-  __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_min_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_min_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
+using avx::HorizontalMax;
+using avx::HorizontalMin;
 
 QAAS_AVX2 inline __m256 Round(__m256 v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 

@@ -4,6 +4,8 @@
 
 #include <vector>
 
+#include "quant/util/avx_reduce.h"
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define QAAS_SMALL_HEAD_X86 1
@@ -44,19 +46,8 @@ QAAS_AVX2_FMA inline __m256 ExpNonPositive(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
 }
 
-QAAS_AVX2_FMA inline float HorizontalSum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
-
-QAAS_AVX2_FMA inline float HorizontalMax(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
+using avx::HorizontalMax;
+using avx::HorizontalSum;
 
 // Lanes j .. j+7 that are keys of the query: lo <= j + lane <= i.
 QAAS_AVX2_FMA inline __m256 KeyMask(int64_t j, int64_t lo, int64_t i) {
