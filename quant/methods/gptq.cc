@@ -3,9 +3,9 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <limits>
-#include <cmath>
 #include <memory>
 #include <utility>
 #include <vector>
