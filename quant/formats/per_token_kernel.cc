@@ -8,14 +8,9 @@
 
 #include "quant/util/avx_reduce.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define QAAS_PER_TOKEN_X86 1
-#endif
-
 namespace qaas::quant {
 
-#if QAAS_PER_TOKEN_X86
+#if QAAS_X86_AVX
 
 namespace {
 

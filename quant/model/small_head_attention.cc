@@ -6,19 +6,15 @@
 
 #include "quant/util/avx_reduce.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define QAAS_SMALL_HEAD_X86 1
-#endif
-
 namespace qaas::quant {
 
-#if QAAS_SMALL_HEAD_X86
+#if QAAS_X86_AVX
 
 namespace {
 
 // Only these functions use AVX2 and FMA (the target attribute), so the rest
-// of the program runs on any x86-64; they call nothing but each other.
+// of the program runs on any x86-64; they call nothing but each other and
+// avx_reduce.h's reductions.
 #define QAAS_AVX2_FMA __attribute__((target("avx2,fma")))
 
 // e^x for x <= 0, eight at a time: 2^n e^r with n = round(x / ln 2) and

@@ -1,16 +1,16 @@
 #ifndef QAAS_QUANT_UTIL_AVX_REDUCE_H_
 #define QAAS_QUANT_UTIL_AVX_REDUCE_H_
 
-// Horizontal reductions of eight floats for the AVX2 kernels
-// (small_head_attention.cc, per_token_kernel.cc). Include only where
-// QAAS_AVX_REDUCE is defined below (x86-64 with GCC or Clang). The functions
-// carry the `target` attribute themselves, so the rest of a file that
-// includes this still builds for any x86-64, and they inline into AVX2 and
-// AVX2+FMA callers alike.
+// What the AVX2 kernels (small_head_attention.cc, per_token_kernel.cc)
+// share: QAAS_X86_AVX, defined where they can be built (x86-64 with GCC or
+// Clang: <immintrin.h> and the `target` attribute), and the horizontal
+// reductions of eight floats. The functions carry the `target` attribute
+// themselves, so the rest of a file that includes this still builds for any
+// x86-64, and they inline into AVX2 and AVX2+FMA callers alike.
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define QAAS_AVX_REDUCE 1
+#define QAAS_X86_AVX 1
 
 namespace qaas::quant::avx {
 
