@@ -629,8 +629,12 @@ int64_t Pipeline::StagedBatches() const {
     return 0;
   }
   const int64_t batches = (calib_.size(0) + o_.batch_size - 1) / o_.batch_size;
+  // A batch holds batch_size windows, or all of them when there are fewer
+  // (one 2048-token window at LLaMA-7B width is 0.3 GB; eight would not fit
+  // the default budget, and every group would be recomputed).
+  const int64_t batch_windows = std::min<int64_t>(o_.batch_size, calib_.size(0));
   const uint64_t per_batch =
-      std::max<uint64_t>(1, static_cast<uint64_t>(StagedBytesPerToken(config_) * o_.batch_size * calib_.size(1)));
+      std::max<uint64_t>(1, static_cast<uint64_t>(StagedBytesPerToken(config_) * batch_windows * calib_.size(1)));
   return std::min<int64_t>(batches, static_cast<int64_t>(o_.staged_forward_bytes / per_batch));
 }
 

@@ -42,9 +42,9 @@ class StagedPipelineTest : public ::testing::TestWithParam<std::string> {
     bytes_per_window_ = static_cast<uint64_t>(StagedBytesPerToken((*ck)->config()) * kSeqLen);
   }
 
-  // 4 calibration windows in batches of 1: up to 4 staged forwards.
+  // 4 calibration windows in batches of `batch` (1: up to 4 staged forwards).
   absl::StatusOr<Report> Run(const char* scheme, std::vector<RecipeStep> recipe, uint64_t staged_bytes,
-                             const std::string& out) {
+                             const std::string& out, int batch = 1) {
     PipelineOptions o;
     o.model_dir = model_;
     o.output_dir = out;
@@ -52,7 +52,7 @@ class StagedPipelineTest : public ::testing::TestWithParam<std::string> {
     o.recipe = std::move(recipe);
     o.calibration = DatasetRef{text_, "text", kSeqLen, 0};
     o.num_samples = 4;
-    o.batch_size = 1;
+    o.batch_size = batch;
     o.staged_forward_bytes = staged_bytes;
     o.evaluations = {DatasetRef{text_, "text", kSeqLen, 4}};
     return RunPipeline(o);
@@ -105,6 +105,15 @@ TEST_P(StagedPipelineTest, StagingAllSomeOrNoBatchesQuantizesTheSameModel) {
       EXPECT_EQ(reports[b].evaluations[0].perplexity_quantized, reports[0].evaluations[0].perplexity_quantized);
     }
   }
+}
+
+// A batch larger than the calibration set holds only its windows: a budget
+// for the 4 windows stages them all, though 8 windows would not fit it.
+TEST_P(StagedPipelineTest, ABatchOfFewerWindowsIsBudgetedForThoseOnly) {
+  const std::string out = tmp_.path() + "/batch8";
+  auto report = Run("W4A16g16", {{"gptq", {}}}, 4 * bytes_per_window_ + bytes_per_window_ / 2, out, /*batch=*/8);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->calibration.value("staged_windows", -1), 4);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, StagedPipelineTest,
