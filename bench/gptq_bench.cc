@@ -11,8 +11,10 @@
 //    does); its ratio to the GEMM rate is the figure to read. The windows are
 //    made before the clock starts.
 // 2. QuantizeGptq for W of 4096x4096 and 11008x4096 (out x in) against its
-//    floor: the matrix work GPTQ cannot avoid, the Cholesky factorisations of
-//    H and H^-1 and the lazy-batch updates W[:, i2:] -= Err1 Hinv[i1:i2, i2:]
+//    floor: the matrix work GPTQ cannot avoid, H^-1's upper Cholesky factor
+//    (UpperCholeskyOfInverse: one factorisation and one triangular inverse;
+//    the three-step way, factor H, invert, factor the inverse, is timed next
+//    to it) and the lazy-batch updates W[:, i2:] -= Err1 Hinv[i1:i2, i2:]
 //    (plain matmuls of the same shapes).
 // --threads sizes ATen's and OpenBLAS's pools (0: the cores available), as
 // the worker's --threads does.
@@ -111,23 +113,40 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "gptq failed: %s\n", std::string(q.status().message()).c_str());
       return 1;
     }
-    // Floor: the factorisations and the lazy-batch matmuls, nothing else.
+    // Floor: the factorisation and the lazy-batch matmuls, nothing else.
     at::Tensor H = H_acc.clone();
     H.diagonal().add_(0.01 * H.diagonal().mean().item<double>());
+    // H^-1's upper factor as GPTQ's reference code gets it (factor H,
+    // invert, factor the inverse) and as QuantizeGptq does (UpperCholeskyOfInverse).
     sync();
     t0 = Clock::now();
-    at::Tensor L = at::linalg_cholesky(H);
-    at::Tensor Hinv = at::linalg_cholesky(at::cholesky_inverse(L), /*upper=*/true);
+    const at::Tensor U_three = at::linalg_cholesky(at::cholesky_inverse(at::linalg_cholesky(H)), /*upper=*/true);
+    sync();
+    const double three_s = Seconds(t0);
+    t0 = Clock::now();
+    const at::Tensor Hinv = *qaas::quant::UpperCholeskyOfInverse(H);
+    sync();
+    const double reversed_s = Seconds(t0);
+    std::printf("H^-1 factor %ldx%ld: cholesky, inverse, cholesky %.2f s; reversed cholesky + %s %.2f s (%.2fx); "
+                "max |difference| / max |U| %.1e\n",
+                static_cast<long>(in), static_cast<long>(in), three_s,
+                dev.is_cpu() && qaas::quant::HasLapackTrtri() ? "LAPACK strtri" : "triangular solve", reversed_s,
+                three_s / reversed_s, ((U_three - Hinv).abs().max() / U_three.abs().max()).item<double>());
+    // The block errors' values do not matter to the time: made once, before
+    // the clock (made inside it, their generation counted as floor).
+    const at::Tensor errors = at::randn({out, o.blocksize}, opts);
+    sync();
+    t0 = Clock::now();
     for (int64_t i1 = 0; i1 < in; i1 += o.blocksize) {
       const int64_t i2 = std::min<int64_t>(i1 + o.blocksize, in);
       if (i2 < in) {
-        at::Tensor err = at::randn({out, i2 - i1}, opts);
+        const at::Tensor err = errors.narrow(1, 0, i2 - i1);
         W.narrow(1, i2, in - i2).sub_(at::matmul(err, Hinv.narrow(0, i1, i2 - i1).narrow(1, i2, in - i2)));
       }
     }
     sync();
-    const double floor_s = Seconds(t0);
-    std::printf("layer %5ldx%ld: gptq %.2f s, floor (cholesky + lazy-batch matmuls) %.2f s, ratio %.2fx\n",
+    const double floor_s = reversed_s + Seconds(t0);
+    std::printf("layer %5ldx%ld: gptq %.2f s, floor (H^-1 factor + lazy-batch matmuls) %.2f s, ratio %.2fx\n",
                 static_cast<long>(out), static_cast<long>(in), gptq_s, floor_s, gptq_s / floor_s);
   }
   return 0;

@@ -72,6 +72,46 @@ bool FitsBlasInt(int64_t v) { return v >= 0 && v <= std::numeric_limits<int>::ma
 
 bool HessianAccumulator::UsesBlasSyrk() { return BlasSsyrk() != nullptr; }
 
+namespace {
+
+// LAPACK's triangular inverse, in place (Fortran interface, as ssyrk).
+using StrtriFn = void (*)(const char* uplo, const char* diag, const int* n, float* a, const int* lda, int* info,
+                          size_t, size_t);
+
+StrtriFn LapackStrtri() {
+  static const StrtriFn fn = reinterpret_cast<StrtriFn>(dlsym(RTLD_DEFAULT, "strtri_"));
+  return fn;
+}
+
+}  // namespace
+
+bool HasLapackTrtri() { return LapackStrtri() != nullptr; }
+
+absl::StatusOr<at::Tensor> UpperCholeskyOfInverse(const at::Tensor& A, bool allow_lapack) {
+  const int64_t n = A.size(0);
+  auto [L, info] = at::linalg_cholesky_ex(A.flip({0, 1}));
+  if (const int64_t i = info.item<int64_t>(); i != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the matrix is not positive definite (Cholesky stopped at its leading minor of order ", i, ")"));
+  }
+  if (const StrtriFn trtri = allow_lapack ? LapackStrtri() : nullptr;
+      trtri != nullptr && L.is_cpu() && L.scalar_type() == at::kFloat && FitsBlasInt(n)) {
+    // Row-major lower L is column-major upper L^T; inverting that in place
+    // leaves L^-T column-major, which is L^-1 row-major.
+    L = L.contiguous();
+    const int nn = static_cast<int>(n), lda = std::max(1, nn);
+    int trtri_info = 0;
+    trtri("U", "N", &nn, L.data_ptr<float>(), &lda, &trtri_info, 1, 1);
+    if (trtri_info != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the Cholesky factor is singular (strtri info ", trtri_info, ")"));
+    }
+  } else {
+    L = at::linalg_solve_triangular(L, at::eye(n, L.options()), /*upper=*/false);
+  }
+  return L.flip({0, 1});
+}
+
 void HessianAccumulator::Update(const at::Tensor& x) const {
   const int64_t t = x.size(0), columns = H_.size(0);
   // Running mean: H_n = n/(n+t) H_{n-1} + 2/(n+t) X^T X, rescaled once per
@@ -439,14 +479,9 @@ absl::StatusOr<at::Tensor> DampedInverseCholesky(const at::Tensor& H, const Gptq
   for (int attempt = 0;; ++attempt) {
     at::Tensor Hd = H.clone();
     Hd.diagonal().add_(damp);
-    auto [L, info] = at::linalg_cholesky_ex(Hd);
-    if (info.item<int64_t>() == 0) {
-      at::Tensor Hi = at::cholesky_inverse(L);
-      auto [U, info2] = at::linalg_cholesky_ex(Hi, /*upper=*/true);
-      if (info2.item<int64_t>() == 0 && !U.isnan().any().item<bool>()) {
-        st.damp = damp;
-        return U;
-      }
+    if (auto U = UpperCholeskyOfInverse(Hd); U.ok() && !U->isnan().any().item<bool>()) {
+      st.damp = damp;
+      return *std::move(U);
     }
     if (attempt >= o.max_damp_retries) {
       return absl::InternalError(

@@ -104,6 +104,21 @@ class HessianAccumulator {
   const bool allow_blas_;
 };
 
+// The upper triangular U with U^T U = A^-1, the upper Cholesky factor of the
+// inverse, for A float [n, n] symmetric positive definite: GPTQ's H^-1 factor.
+// With J the reversal of rows and columns, J A J = L L^T gives A^-1 =
+// (J L^-1 J)^T (J L^-1 J), and J L^-1 J is upper triangular with a positive
+// diagonal, so it is that factor: one Cholesky factorisation and one
+// triangular inverse, n^3 / 3 flops each, where factoring A, inverting it
+// and factoring the inverse takes four times n^3 / 3. The triangular inverse
+// is LAPACK's strtri from the loaded BLAS on the CPU (allow_lapack; as for
+// ssyrk above), else a triangular solve against the identity.
+// FailedPrecondition when A is not positive definite.
+absl::StatusOr<at::Tensor> UpperCholeskyOfInverse(const at::Tensor& A, bool allow_lapack = true);
+
+// Whether UpperCholeskyOfInverse finds LAPACK's strtri in this process.
+bool HasLapackTrtri();
+
 // W: float [rows, columns] (out x in); H from HessianAccumulator. Integer
 // weights, per channel, per group or per tensor, or MX weights (blocks of 32
 // input columns; no act_order). Does not modify W or H.

@@ -119,6 +119,52 @@ INSTANTIATE_TEST_SUITE_P(CpuPaths, HessianAccumulatorPaths, ::testing::Values(tr
                            return std::string(info.param ? "BlasWhereFound" : "AtenPanels");
                          });
 
+// UpperCholeskyOfInverse by LAPACK's strtri (where this process has it) and
+// by the triangular solve: upper triangular, a positive diagonal, and the
+// float64 factor of the float64 inverse, on a Hessian with a few channels of
+// 8x the scale (condition number ~1e3, so float32 is good to ~1e-4 of it).
+class InverseFactorPaths : public ::testing::TestWithParam<bool> {};
+
+TEST_P(InverseFactorPaths, IsTheUpperCholeskyFactorOfTheInverse) {
+  if (GetParam() && !HasLapackTrtri()) GTEST_SKIP() << "this process has no LAPACK strtri";
+  auto one = UpperCholeskyOfInverse(at::full({1, 1}, 4.0f), GetParam());
+  QAAS_ASSERT_OK(one);
+  EXPECT_EQ(one->item<float>(), 0.5f);
+  for (int64_t n : {5, 67, 300}) {
+    SCOPED_TRACE(n);
+    Problem p = MakeProblem(1, n, 4 * n + 16, 11);
+    at::Tensor A = p.H.clone();
+    A.diagonal().add_(0.01 * A.diagonal().mean().item<double>());
+    auto U = UpperCholeskyOfInverse(A, /*allow_lapack=*/GetParam());
+    QAAS_ASSERT_OK(U);
+    ASSERT_EQ(U->sizes(), A.sizes());
+    EXPECT_TRUE(at::equal(at::tril(*U, -1), at::zeros_like(*U)));
+    EXPECT_GT(U->diagonal().min().item<float>(), 0.0f);
+    const at::Tensor A64 = A.to(at::kDouble);
+    const at::Tensor expected = at::linalg_cholesky(at::linalg_inv(A64), /*upper=*/true);
+    const double scale = expected.abs().max().item<double>();
+    EXPECT_LT((U->to(at::kDouble) - expected).abs().max().item<double>(), 1e-3 * scale);
+    // U^T U A = I.
+    const at::Tensor product = at::matmul(at::matmul(U->to(at::kDouble).t(), U->to(at::kDouble)), A64);
+    EXPECT_LT((product - at::eye(n, product.options())).abs().max().item<double>(), 1e-3);
+  }
+}
+
+TEST_P(InverseFactorPaths, AnIndefiniteMatrixIsAnErrorThatSaysSo) {
+  if (GetParam() && !HasLapackTrtri()) GTEST_SKIP() << "this process has no LAPACK strtri";
+  Problem p = MakeProblem(1, 32, 256, 12);
+  at::Tensor A = p.H.clone();
+  A[5][5] = -1.0f;
+  auto U = UpperCholeskyOfInverse(A, GetParam());
+  QAAS_EXPECT_CODE(U, kFailedPrecondition);
+  EXPECT_NE(std::string(U.status().message()).find("not positive definite"), std::string::npos) << U.status();
+}
+
+INSTANTIATE_TEST_SUITE_P(CpuPaths, InverseFactorPaths, ::testing::Values(true, false),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return std::string(info.param ? "LapackTrtri" : "TriangularSolve");
+                         });
+
 class GptqBeatsRtn : public ::testing::TestWithParam<std::tuple<int, int, bool>> {};
 
 TEST_P(GptqBeatsRtn, OnLayerOutputError) {
