@@ -88,6 +88,10 @@ StrtriFn LapackStrtri() {
 bool HasLapackTrtri() { return LapackStrtri() != nullptr; }
 
 absl::StatusOr<at::Tensor> UpperCholeskyOfInverse(const at::Tensor& A, bool allow_lapack) {
+  if (A.dim() != 2 || A.size(0) != A.size(1) || !at::isFloatingType(A.scalar_type())) {
+    return absl::InvalidArgumentError(absl::StrCat("want a square floating-point matrix, got ", A.toString(), " ",
+                                                   c10::str(A.sizes())));
+  }
   const int64_t n = A.size(0);
   auto [L, info] = at::linalg_cholesky_ex(A.flip({0, 1}));
   if (const int64_t i = info.item<int64_t>(); i != 0) {

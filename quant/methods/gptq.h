@@ -113,7 +113,8 @@ class HessianAccumulator {
 // and factoring the inverse takes four times n^3 / 3. The triangular inverse
 // is LAPACK's strtri from the loaded BLAS on the CPU (allow_lapack; as for
 // ssyrk above), else a triangular solve against the identity.
-// FailedPrecondition when A is not positive definite.
+// FailedPrecondition when A is not positive definite; InvalidArgument when it
+// is not a square floating-point matrix.
 absl::StatusOr<at::Tensor> UpperCholeskyOfInverse(const at::Tensor& A, bool allow_lapack = true);
 
 // Whether UpperCholeskyOfInverse finds LAPACK's strtri in this process.

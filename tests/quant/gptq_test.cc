@@ -158,6 +158,8 @@ TEST_P(InverseFactorPaths, AnIndefiniteMatrixIsAnErrorThatSaysSo) {
   auto U = UpperCholeskyOfInverse(A, GetParam());
   QAAS_EXPECT_CODE(U, kFailedPrecondition);
   EXPECT_NE(std::string(U.status().message()).find("not positive definite"), std::string::npos) << U.status();
+  QAAS_EXPECT_CODE(UpperCholeskyOfInverse(at::ones({3, 4}), GetParam()), kInvalidArgument);
+  QAAS_EXPECT_CODE(UpperCholeskyOfInverse(at::ones({4}), GetParam()), kInvalidArgument);
 }
 
 INSTANTIATE_TEST_SUITE_P(CpuPaths, InverseFactorPaths, ::testing::Values(true, false),
