@@ -66,15 +66,9 @@ SsyrkFn BlasSsyrk() {
   return fn;
 }
 
-bool FitsBlasInt(int64_t v) { return v >= 0 && v <= std::numeric_limits<int>::max(); }
-
-}  // namespace
-
-bool HessianAccumulator::UsesBlasSyrk() { return BlasSsyrk() != nullptr; }
-
-namespace {
-
-// LAPACK's triangular inverse, in place (Fortran interface, as ssyrk).
+// LAPACK's triangular inverse, in place (Fortran interface, as ssyrk), from
+// the LAPACK libtorch loaded (liblapack.so.3: OpenBLAS's once scripts/setup
+// has installed libopenblas0-pthread).
 using StrtriFn = void (*)(const char* uplo, const char* diag, const int* n, float* a, const int* lda, int* info,
                           size_t, size_t);
 
@@ -83,7 +77,11 @@ StrtriFn LapackStrtri() {
   return fn;
 }
 
+bool FitsBlasInt(int64_t v) { return v >= 0 && v <= std::numeric_limits<int>::max(); }
+
 }  // namespace
+
+bool HessianAccumulator::UsesBlasSyrk() { return BlasSsyrk() != nullptr; }
 
 bool HasLapackTrtri() { return LapackStrtri() != nullptr; }
 
