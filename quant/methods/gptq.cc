@@ -86,8 +86,8 @@ bool HessianAccumulator::UsesBlasSyrk() { return BlasSsyrk() != nullptr; }
 bool HasLapackTrtri() { return LapackStrtri() != nullptr; }
 
 absl::StatusOr<at::Tensor> UpperCholeskyOfInverse(const at::Tensor& A, bool allow_lapack) {
-  if (A.dim() != 2 || A.size(0) != A.size(1) || !at::isFloatingType(A.scalar_type())) {
-    return absl::InvalidArgumentError(absl::StrCat("want a square floating-point matrix, got ", A.toString(), " ",
+  if (A.dim() != 2 || A.size(0) != A.size(1) || (A.scalar_type() != at::kFloat && A.scalar_type() != at::kDouble)) {
+    return absl::InvalidArgumentError(absl::StrCat("want a square float or double matrix, got ", A.toString(), " ",
                                                    c10::str(A.sizes())));
   }
   const int64_t n = A.size(0);

@@ -114,7 +114,7 @@ class HessianAccumulator {
 // is LAPACK's strtri from the loaded BLAS on the CPU (allow_lapack; as for
 // ssyrk above), else a triangular solve against the identity.
 // FailedPrecondition when A is not positive definite; InvalidArgument when it
-// is not a square floating-point matrix.
+// is not a square float or double matrix (what the Cholesky takes).
 absl::StatusOr<at::Tensor> UpperCholeskyOfInverse(const at::Tensor& A, bool allow_lapack = true);
 
 // Whether UpperCholeskyOfInverse finds LAPACK's strtri in this process.

@@ -160,6 +160,7 @@ TEST_P(InverseFactorPaths, AnIndefiniteMatrixIsAnErrorThatSaysSo) {
   EXPECT_NE(std::string(U.status().message()).find("not positive definite"), std::string::npos) << U.status();
   QAAS_EXPECT_CODE(UpperCholeskyOfInverse(at::ones({3, 4}), GetParam()), kInvalidArgument);
   QAAS_EXPECT_CODE(UpperCholeskyOfInverse(at::ones({4}), GetParam()), kInvalidArgument);
+  QAAS_EXPECT_CODE(UpperCholeskyOfInverse(at::eye(4).to(at::kHalf), GetParam()), kInvalidArgument);
 }
 
 INSTANTIATE_TEST_SUITE_P(CpuPaths, InverseFactorPaths, ::testing::Values(true, false),
